@@ -1,0 +1,1 @@
+"""Off-the-shelf stagers that trained models are compared against."""

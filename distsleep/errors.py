@@ -1,0 +1,38 @@
+"""Errors raised on bad input. Each names the offending file and says what is wrong with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class InputError(Exception):
+    """A recording or annotation file cannot be used as it is.
+
+    `path` is the file at fault, `problem` a sentence a person can act on. The message is
+    "<path>: <problem>" so that logs and failure reports show both.
+    """
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+
+class EdfFormatError(InputError):
+    """The EDF/EDF+ file is unreadable, truncated or has an invalid header."""
+
+
+class MissingChannelError(InputError):
+    """A required channel role is absent (never silently substituted by another channel)."""
+
+
+class AnnotationError(InputError):
+    """The annotation file (NSRR/Profusion XML, EDF+ hypnogram) is unreadable or inconsistent."""
+
+
+class LengthMismatchError(InputError):
+    """Signal and annotations disagree about the length of the night by more than one epoch."""

@@ -1,0 +1,34 @@
+"""Per-epoch sleep-staging metrics (DESIGN.md §7). Unscored epochs (label -1) are excluded."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, f1_score
+
+from distsleep.stages import NUM_STAGES, STAGE_NAMES
+
+
+def staging_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+    """Accuracy, macro-F1, Cohen's kappa, per-stage F1 and the confusion matrix (rows = truth)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    scored = y_true >= 0
+    t, p = y_true[scored], y_pred[scored]
+    labels = list(range(NUM_STAGES))
+    per_class = f1_score(t, p, labels=labels, average=None, zero_division=0)
+    return {
+        "n_epochs": int(scored.sum()),
+        "accuracy": float(accuracy_score(t, p)),
+        "macro_f1": float(np.mean(per_class)),
+        "kappa": float(cohen_kappa_score(t, p, labels=labels)),
+        "f1": {name: float(v) for name, v in zip(STAGE_NAMES, per_class)},
+        "confusion": confusion_matrix(t, p, labels=labels).tolist(),
+    }
+
+
+def format_confusion(confusion: list[list[int]]) -> str:
+    """The confusion matrix as an aligned text table, rows = truth, columns = prediction."""
+    width = max(6, max(len(str(v)) for row in confusion for v in row) + 1)
+    lines = ["true\\pred" + "".join(f"{name:>{width}}" for name in STAGE_NAMES)]
+    for name, row in zip(STAGE_NAMES, confusion):
+        lines.append(f"{name:<9}" + "".join(f"{v:>{width}}" for v in row))
+    return "\n".join(lines)

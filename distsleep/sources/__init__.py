@@ -1,0 +1,1 @@
+"""Readers for polysomnography sources. Each returns a `Record` (see record.py)."""
