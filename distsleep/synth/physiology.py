@@ -104,7 +104,7 @@ def drowsiness(rng: np.random.Generator, stages: np.ndarray) -> np.ndarray:
     position = np.arange(len(stages))
     nearest = np.abs(position[:, None] - asleep[None, :]).min(axis=1) if len(stages) * asleep.size < 4e7 else \
         np.minimum(*(np.abs(position - asleep[np.clip(np.searchsorted(asleep, position) - k, 0, asleep.size - 1)]) for k in (0, 1)))
-    p = np.select([nearest <= 2, nearest <= 6], [0.6, 0.3], 0.12)
+    p = np.select([nearest <= 2, nearest <= 6], [0.7, 0.35], 0.2)
     drowsy = (rng.random(len(stages)) < p) * rng.uniform(0.5, 1.0, len(stages))
     return np.where(stages == W, drowsy, 0.0)
 
@@ -211,8 +211,8 @@ def synth_eeg(rng: np.random.Generator, stages: np.ndarray, subject: Subject, ev
     alpha_targets = EEG_ALPHA * subject.alpha_reactivity
     alpha_lv = stage_levels(rng, stages, alpha_targets, 0.45, 0.2) * np.where(stages == W, 0.3 + 1.4 * eyes_closed, 1.0)
     beta_lv = stage_levels(rng, stages, EEG_BETA, 0.3, 0.3) * np.where(stages == W, 1.6 - 0.8 * eyes_closed, 1.0)
-    theta_lv = stage_levels(rng, stages, EEG_THETA, 0.3, 0.35) * (1.0 + 1.2 * drowsy)
-    alpha_lv *= 1.0 - 0.7 * drowsy
+    theta_lv = stage_levels(rng, stages, EEG_THETA, 0.3, 0.35) * (1.0 + 1.5 * drowsy)
+    alpha_lv *= 1.0 - 0.85 * drowsy
     delta_targets = EEG_DELTA * np.array([1.0, 1.0, 1.0, 0.7 + 0.3 * subject.architecture.sws_propensity, 1.0])
     delta_lv = stage_levels(rng, stages, delta_targets, 0.35, 0.45)
     bg_lv = stage_levels(rng, stages, EEG_BACKGROUND, 0.15, 0.5)
@@ -267,7 +267,7 @@ def synth_eeg(rng: np.random.Generator, stages: np.ndarray, subject: Subject, ev
         t = np.arange(int(0.5 * fs)) / fs
         return (-rng.uniform(30, 80) * np.exp(-((t - 0.2) / 0.06) ** 2)).astype(np.float32)
 
-    add_waveforms(transients, fs, event_times(rng, VERTEX_PER_EPOCH[idx]), vertex)
+    add_waveforms(transients, fs, event_times(rng, VERTEX_PER_EPOCH[idx] + 0.6 * drowsy), vertex)
 
     def sawtooth(_k: int) -> np.ndarray:
         dur = rng.uniform(2, 5)
@@ -351,7 +351,7 @@ def synth_emg(rng: np.random.Generator, stages: np.ndarray, subject: Subject, ev
     idx = np.array([STAGE_INDEX[int(s)] for s in stages])
     tone = EMG_TONE.copy()
     tone[4] = tone[2] * subject.rem_atonia
-    tone_lv = stage_levels(rng, stages, tone * subject.emg_gain, 0.3, 0.3) * (1.0 - 0.5 * drowsy)
+    tone_lv = stage_levels(rng, stages, tone * subject.emg_gain, 0.3, 0.3) * (1.0 - 0.6 * drowsy)
     muscle = band_noise(rng, n, fs, 10.0, 62.0)
     emg = muscle * per_sample(tone_lv, n, fs)
 
