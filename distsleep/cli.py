@@ -2,6 +2,9 @@
 
     distsleep synth     write a synthetic SHHS1-format cohort (EDF + NSRR/Profusion XML)
     distsleep inspect   what is in a recording and what would stop it from being used
+    distsleep preprocess  recordings -> WebDataset shards + manifest, one Ray task per recording
+    distsleep pretrain  MC²SleepNet (or any registered model) on Ray Train + DeepSpeed, tracked in MLflow
+    distsleep finetune  the fine-tuning stage from a pre-training run
 
 Each subcommand is a thin layer over the library; `distsleep SUBCOMMAND --help` explains its options.
 """
@@ -40,6 +43,71 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_preprocess(args: argparse.Namespace) -> int:
+    from distsleep.config import PreprocessConfig, SplitConfig
+    from distsleep.shards.pipeline import ClusterOptions, format_summary, run_preprocess
+
+    channels = tuple(c for part in args.channels for c in part.split(",") if c) or (
+        ("eeg_c4",) if args.source == "shhs" else ("eeg_fpz_cz",))
+    config = PreprocessConfig(
+        source=args.source, channels=channels, target_rate=args.target_rate,
+        bandpass=tuple(args.bandpass) if args.bandpass else None, trim_wake_minutes=args.trim_wake,
+    )
+    split = SplitConfig(n_val=args.n_val, train_fraction=args.train_fraction, seed=args.split_seed, subset=args.subset)
+    cluster = ClusterOptions(address=args.address, cpus_per_task=args.cpus_per_task,
+                             memory_per_task_mb=args.memory_mb, max_retries=args.max_retries)
+    result = run_preprocess(args.root, args.out, config, split, limit=args.limit, cluster=cluster, progress=not args.quiet)
+    print(format_summary(result, Path(args.out).resolve()))
+    if len(result.failures) > args.max_failures:
+        print(f"distsleep preprocess: {len(result.failures)} recording(s) failed (allowed: {args.max_failures}); "
+              "see failures.jsonl", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", choices=("shhs", "sleep-edf"), default="shhs", help="dataset layout (default shhs)")
+    p.add_argument("--root", required=True, help="dataset folder (SHHS: holds polysomnography/; Sleep-EDF: the *-PSG.edf files)")
+    p.add_argument("--out", required=True, help="output folder for shards/, manifest.json, failures.jsonl")
+    p.add_argument("--channels", nargs="+", default=[], metavar="ROLE",
+                   help="channel roles to store, e.g. eeg_c4 eog_l emg (default: the staging EEG, eeg_c4 / eeg_fpz_cz)")
+    p.add_argument("--subset", choices=("all", "shhs-5791", "shhs-5463"), default="all",
+                   help="shhs-5791: readable records with C4-A1 and scored stages; shhs-5463: those containing all five stages")
+    p.add_argument("--limit", type=int, help="only the first N recordings (sorted by id)")
+    p.add_argument("--target-rate", type=float, default=100.0, help="Hz (default 100)")
+    p.add_argument("--bandpass", type=float, nargs=2, metavar=("LOW", "HIGH"), help="zero-phase band-pass in Hz, e.g. 0.3 40")
+    p.add_argument("--trim-wake", type=float, metavar="MIN", help="keep MIN minutes of wake around the sleep period (e.g. 30)")
+    p.add_argument("--n-val", type=int, default=100, help="validation subjects (default 100; small cohorts get at most 10%%)")
+    p.add_argument("--train-fraction", type=float, default=0.7, help="train share of the non-validation subjects (default 0.7)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the subject-wise split")
+    p.add_argument("--max-failures", type=int, default=0, help="exit 0 despite up to N failed recordings (default 0)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
+    p.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs reserved per recording task")
+    p.add_argument("--memory-mb", type=int, default=1500, help="memory reserved per recording task (MB)")
+    p.add_argument("--max-retries", type=int, default=3, help="retries of a task whose worker process died")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from distsleep.train.cli_args import config_from_args
+    from distsleep.train.launch import LaunchError, run_training
+    from distsleep.tracking import TrackingUnavailable
+
+    stage = "finetune" if args.command == "finetune" else None
+    config = config_from_args(args, stage=stage)
+    try:
+        outcome = run_training(config, address=args.address)
+    except (LaunchError, TrackingUnavailable) as error:
+        print(f"distsleep {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    metrics = {k: round(v, 4) for k, v in outcome.metrics.items() if isinstance(v, float)}
+    print(f"{'resumed' if outcome.resumed else 'finished'} run {config.name}: {metrics}")
+    print(f"checkpoints: {outcome.storage} (best: {outcome.best_checkpoint})")
+    print(f"MLflow run {outcome.run_id} in {outcome.tracking_uri} (experiment {config.experiment!r}); "
+          f"model bundle: runs:/{outcome.run_id}/model/model.pt")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distsleep",
@@ -75,6 +143,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", help="NSRR/Profusion XML or Sleep-EDF *-Hypnogram.edf")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser(
+        "preprocess",
+        help="convert a dataset to WebDataset shards on a Ray cluster",
+        description="One Ray task per recording: read the chosen channels at native rates, optionally "
+        "band-pass, resample to the target rate, cut into 30-s epochs, and write one WebDataset tar per "
+        "recording plus manifest.json (splits, counts, hashes) and failures.jsonl. Reruns skip finished "
+        "recordings; the same inputs and config give byte-identical shards.",
+    )
+    add_preprocess_arguments(p)
+    p.set_defaults(func=_cmd_preprocess)
+
+    from distsleep.train.cli_args import add_train_arguments
+
+    for name, summary in (("pretrain", "pre-train (or fine-tune with --stage finetune) on Ray Train + DeepSpeed"),
+                          ("finetune", "fine-tune from a pre-training run: frozen backbones, no masking")):
+        p = sub.add_parser(
+            name, help=summary,
+            description=f"{summary[0].upper() + summary[1:]}. One DeepSpeed engine per Ray Train worker, shards "
+            "streamed from the manifest, validation + checkpoint every --val-every steps, early stopping, test "
+            "evaluation of the best checkpoint, everything logged to MLflow (rank 0). Relaunching the same --name "
+            "resumes from its latest checkpoint.",
+        )
+        add_train_arguments(p, stage="finetune" if name == "finetune" else None)
+        p.set_defaults(func=_cmd_train)
     return parser
 
 

@@ -16,8 +16,11 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # the embedded cluster is local to this job
 
+from distsleep.config import PreprocessConfig, SplitConfig  # noqa: E402
 from distsleep.inspection import inspect_recording  # noqa: E402
+from distsleep.shards.pipeline import format_summary, run_preprocess  # noqa: E402
 from distsleep.sources.shhs import find_shhs_pairs, load_shhs_record  # noqa: E402
 from distsleep.stages import STAGE_NAMES  # noqa: E402
 from distsleep.synth.cohort import CohortConfig, generate_cohort  # noqa: E402
@@ -36,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir).resolve()
     cohort = workdir / "cohort"
     t0 = time.perf_counter()
-    print(f"[1/2] synthetic SHHS1 cohort -> {cohort}")
+    print(f"[1/3] synthetic SHHS1 cohort -> {cohort}")
     generate_cohort(cohort, CohortConfig(n_records=args.n_records, hours=args.hours, seed=args.seed, workers=os.cpu_count() or 1))
 
-    print(f"[2/2] reading the cohort back ({', '.join(DEMO_ROLES)})")
+    print(f"[2/3] reading the cohort back ({', '.join(DEMO_ROLES)})")
     failures = 0
     totals = dict.fromkeys(STAGE_NAMES, 0)
     for record_id, edf, xml in find_shhs_pairs(cohort):
@@ -56,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
             failures += 1
             print(f"    problems: {report['problems']}")
     print(f"cohort total epochs per stage: {totals}")
+
+    shards = workdir / "shards"
+    print(f"[3/3] preprocessing on Ray -> {shards}")
+    result = run_preprocess(cohort, shards, PreprocessConfig(), SplitConfig(seed=args.seed))
+    print(format_summary(result, shards))
+    failures += len(result.failures)
     print(f"done in {time.perf_counter() - t0:.0f} s; {failures} record(s) with problems; data in {workdir}")
     return 1 if failures else 0
 

@@ -15,6 +15,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DISTSLEEP_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Ray 2.60 turns on token auth for fresh clusters; tests talk to their own loopback cluster only.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +27,16 @@ def shared_data() -> Path:
             pytest.fail(message + "; DISTSLEEP_REQUIRE_SHARED=1 makes this an error", pytrace=False)
         pytest.skip(message)
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One real local Ray cluster (2 CPUs) shared by every test that needs one; yields its GCS address."""
+    import ray
+
+    # With its dashboard (on 127.0.0.1): Ray Train V2 needs the state API it serves.
+    ray.init(num_cpus=2, log_to_driver=False, configure_logging=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()

@@ -98,8 +98,11 @@ def _assign_s4(rng: np.random.Generator, rk: np.ndarray, s4_fraction: float) -> 
 
 def generate_hypnogram(rng: np.random.Generator, n_epochs: int, arch: SleepArchitecture) -> np.ndarray:
     """R&K stage codes (int8) for `n_epochs` 30-s epochs of one recording (lights off to lights on)."""
-    stages: list[int] = [RK_W] * _minutes(rng, arch.sleep_latency_min, 0.5 * arch.sleep_latency_min, low=2.0)
-    final_wake = _minutes(rng, arch.final_wake_min, 0.5 * arch.final_wake_min, low=1.0)
+    # Short recordings (demos, tests) keep the same architecture with proportionally shorter wake at
+    # either end, so that they still contain sleep; nights of 8 h and more are unaffected.
+    shrink = min(1.0, n_epochs / (8 * 60 * EPOCHS_PER_MIN))
+    stages: list[int] = [RK_W] * _minutes(rng, shrink * arch.sleep_latency_min, 0.5 * shrink * arch.sleep_latency_min, low=1.0)
+    final_wake = _minutes(rng, shrink * arch.final_wake_min, 0.5 * shrink * arch.final_wake_min, low=1.0)
     k = 0
     while len(stages) < n_epochs - final_wake:
         for stage, length in _cycle_blocks(rng, k, arch):

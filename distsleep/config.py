@@ -1,0 +1,86 @@
+"""Typed configuration: dataclasses that print, serialize, hash, and flatten into MLflow params."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+
+SHARD_FORMAT_VERSION = 1
+SOURCES = ("shhs", "sleep-edf")
+SUBSETS = ("all", "shhs-5791", "shhs-5463")
+
+
+def _canonical(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """What goes into a shard. Everything here changes shard bytes, so all of it is in `content_hash`."""
+
+    source: str = "shhs"
+    channels: tuple[str, ...] = ("eeg_c4",)  # channel roles (see distsleep.sources.channels)
+    target_rate: float = 100.0
+    bandpass: tuple[float, float] | None = None  # zero-phase band-pass (Hz) before resampling
+    trim_wake_minutes: float | None = None  # keep this much wake around the sleep period
+    epoch_seconds: float = 30.0
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise ValueError(f"unknown source {self.source!r}; choose one of {', '.join(SOURCES)}")
+        if self.bandpass is not None and not 0 < self.bandpass[0] < self.bandpass[1] < self.target_rate / 2:
+            raise ValueError(f"band-pass {self.bandpass} must satisfy 0 < low < high < target_rate/2")
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["channels"] = list(self.channels)
+        out["bandpass"] = list(self.bandpass) if self.bandpass else None
+        return out
+
+    def content_hash(self) -> str:
+        payload = {"format": SHARD_FORMAT_VERSION, **self.to_dict()}
+        return hashlib.sha256(_canonical(payload).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PreprocessConfig:
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        data["channels"] = tuple(data.get("channels", ("eeg_c4",)))
+        if data.get("bandpass") is not None:
+            data["bandpass"] = tuple(data["bandpass"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Subject-wise train/val/test split: `n_val` validation subjects, the rest `train_fraction` : rest.
+
+    The SHHS papers use 100 validation records and 70:30 train:test for the remaining ones. Small
+    cohorts get at most a tenth of their subjects (at least one) for validation.
+    """
+
+    n_val: int = 100
+    train_fraction: float = 0.7
+    seed: int = 0
+    subset: str = "all"
+
+    def __post_init__(self):
+        if self.subset not in SUBSETS:
+            raise ValueError(f"unknown subset {self.subset!r}; choose one of {', '.join(SUBSETS)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def flatten(prefix: str, obj) -> dict[str, str]:
+    """Nested dict/dataclass -> {"a.b.c": "value"} strings (MLflow params)."""
+    if hasattr(obj, "to_dict"):
+        obj = obj.to_dict()
+    out: dict[str, str] = {}
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            out.update(flatten(f"{prefix}.{key}" if prefix else str(key), value))
+    else:
+        out[prefix] = _canonical(obj) if isinstance(obj, (list, tuple)) else str(obj)
+    return out

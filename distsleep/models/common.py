@@ -1,0 +1,71 @@
+"""Building blocks and utilities shared by the models (positional encoding, parameter counts, masked CE)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def sinusoidal_positional_encoding(length: int, dim: int, *, device=None, dtype=None) -> torch.Tensor:
+    """(length, dim) fixed sin/cos encoding of "Attention is all you need" (odd dims handled)."""
+    position = torch.arange(length, dtype=torch.float32, device=device)[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(length, dim, dtype=torch.float32, device=device)
+    pe[:, 0::2] = torch.sin(position * div)
+    pe[:, 1::2] = torch.cos(position * div[: dim // 2])
+    return pe if dtype is None else pe.to(dtype)
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
+    """Mean CE over epochs whose label != ignore_index; 0 (still in the graph) when none is scored.
+
+    `F.cross_entropy` returns NaN when every target is ignored — a window of unscored epochs must not
+    poison the step.
+    """
+    flat_logits = logits.reshape(-1, logits.shape[-1])
+    flat_labels = labels.reshape(-1).long()
+    if not bool((flat_labels != ignore_index).any()):
+        return flat_logits.sum() * 0.0
+    return F.cross_entropy(flat_logits.float(), flat_labels, ignore_index=ignore_index)
+
+
+@dataclass
+class ParameterCount:
+    """Parameter totals with a per-child breakdown; `str()` prints a small table."""
+
+    total: int
+    trainable: int
+    by_module: dict[str, int] = field(default_factory=dict)
+
+    def __int__(self) -> int:
+        return self.total
+
+    def __str__(self) -> str:
+        width = max((len(k) for k in self.by_module), default=5)
+        lines = [f"{name:<{width}}  {n:>12,}" for name, n in self.by_module.items()]
+        lines.append(f"{'total':<{width}}  {self.total:>12,}  ({self.total / 1e6:.3f} M, trainable {self.trainable:,})")
+        return "\n".join(lines)
+
+
+def count_parameters(model: nn.Module) -> ParameterCount:
+    """Unique parameters (shared ones counted once), total and trainable, broken down by top-level child."""
+    seen: set[int] = set()
+    by_module: dict[str, int] = {}
+    for name, child in model.named_children():
+        n = 0
+        for p in child.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                n += p.numel()
+        by_module[name] = n
+    direct = sum(p.numel() for p in model.parameters(recurse=False) if id(p) not in seen)
+    if direct:
+        by_module["(own parameters)"] = direct
+    unique = {id(p): p for p in model.parameters()}
+    total = sum(p.numel() for p in unique.values())
+    trainable = sum(p.numel() for p in unique.values() if p.requires_grad)
+    return ParameterCount(total, trainable, by_module)

@@ -1,0 +1,537 @@
+"""MC²SleepNet (Na et al., ACM MM 2024): raw-EEG CNN + spectrogram Transformer, InfoNCE between them,
+and a cross-masked, cross-attending sequence Transformer. The reading follows DESIGN.md §5 where it
+differs from the paper.
+
+Data flow for a batch x of shape (B, L, C=1, 3000) in µV (one staging EEG, 30-s epochs at 100 Hz):
+
+1. Spectrogram Sp (29 × 129 dB) of every *clean* epoch, on x's device (distsleep.spectrogram).
+2. Training in the "pretrain" stage only: raw epochs get one random augmentation each, spectrograms
+   additive noise (distsleep.augment) — the two contrastive views.
+3. Epoch level, per modality: backbone tokens (raw: 5 × 128 from the SleePyCo CNN; spectrogram: 29 × 128
+   from a resizing CNN + sinusoidal PE + 4 post-LN Transformer layers), epoch-wise attention pooling →
+   O^Sg, O^Sp ∈ R^128; projection (Linear 128→128, L2-normalised) → symmetric InfoNCE (Eq. 14–16).
+4. Sequence level: in "pretrain" training, round(L·r) epochs of each modality are replaced by one shared
+   learnable mask token; + sinusoidal PE over the L epochs; per modality 4 layers of
+   [self-attn → LN → cross-attn (query = own modality) → LN → FF → LN] → t^Sg, t^Sp.
+5. Heads: MLP(t^Sg), MLP(t^Sp), MLP(t^Sg ⊕ t^Sp) → 5 classes; inference uses the concat head.
+
+Choices where the paper is silent or inconsistent (all documented in the report to the lead):
+
+* Input normalisation. Raw epochs are divided by a fixed ``raw_scale_uv`` (25 µV) instead of a per-epoch
+  z-score: the amplitude of an epoch relative to its neighbours (slow-wave sleep vs. wake) is a staging
+  cue a per-epoch z-score would erase, and the BatchNorm after the first convolution absorbs the exact
+  constant. Spectrograms are computed from the µV signal (floor ``spectrogram_eps`` = 0.01 µV, i.e.
+  -40 dB, so flat-line or zero-padded epochs do not produce -120 dB outliers) and standardised per
+  frequency bin by a non-affine BatchNorm whose running statistics play the role of XSleepNet's /
+  SleepTransformer's dataset-level per-bin normalisation.
+* Masking. Positions are drawn independently per sequence *and per modality*: the point of
+  "cross-masking" is that a masked epoch in one modality can be recovered from the other through
+  cross-attention, which a shared position set would rule out for every masked epoch. One mask token
+  (a single nn.Parameter) serves both modalities ("our masked tokens are shared"). The number of masked
+  epochs is round-half-up(L·r) per sequence and modality (r = 0.5, L = 21 → 11, effective 0.524);
+  the effective ratio is returned. Masking happens only in stage "pretrain" with the module in training
+  mode and r > 0; never in "finetune" or "eval" or under model.eval().
+* A sinusoidal positional encoding is added to the epoch sequence after masking. The paper does not
+  mention one, but without it self- and cross-attention are permutation-equivariant and every masked
+  position of a sequence would receive the same output.
+* Transformer layers are standard post-LN ``LN(x + Sublayer(x))`` with ReLU feed-forward (Eq. 4–6); the
+  extra outer residual literally written in Eq. 7 is taken as a typesetting slip. Eq. 17 swaps the
+  letters of Q and K; we follow the text (query = own modality, key/value = the other one). The two
+  modalities' layers update in lock-step, each attending to the other's previous-layer output.
+* InfoNCE: Eq. 14 draws negatives for epoch j from the other sequences' epoch j (B − 1 negatives);
+  that is ``infonce_negatives="position"`` (default). ``"all"`` uses every other epoch of the batch.
+  Eq. 14 literally writes -log of the *mean* ratio over L; we use the usual mean over epochs of
+  -log ratio (cross-entropy), which has the same optimum and standard gradients. Projections are
+  L2-normalised (cosine similarity / τ) — with a raw dot product a temperature of 0.1 is unstable.
+  τ is not published: ``infonce_temperature`` (default 0.1).
+* Sequence loss weights. The brief and DESIGN give w1 = 1 to the concat head (the one used for
+  inference) and 0.1 to each single-modality head in pre-training; Eq. 19's letter order would put w1
+  on the Sg head. We follow the brief (``loss_weights_pretrain`` = (concat, Sg, Sp) = (1, 0.1, 0.1)),
+  fine-tuning uses (1, 1, 1). Eq. 18 sums CE over the L epochs; we average over scored epochs
+  (labels == -1 are ignored), which only rescales the learning rate.
+* "GAP" after epoch-wise attention (Eq. 12) is the identity on the already pooled 128-d vector.
+* Fine-tuning freezes the whole epoch-level encoder (both backbones and both epoch-wise attentions,
+  plus the unused projections): the sequence part is trained on "the pairs of the unmasked feature
+  sequences" the frozen epoch level produces. Frozen modules are kept in eval mode so their BatchNorm
+  statistics and dropout do not change either.
+
+Parameter count. At paper size this module has 6.27 M parameters: raw CNN 1.58 M (as DESIGN §5),
+spectrogram branch 1.39 M (4 Transformer layers 1.32 M + resizing CNN 0.07 M), the two 4-layer
+cross-modal sequence stacks 3.17 M, epoch-wise attentions + projections 0.07 M, three MLP heads 0.07 M.
+That is 8.8 % above the 5.76 M of Table 2 (inside the 10 % tolerance; `small()` has 0.11 M). The paper
+does not publish the sequence stack's feed-forward width, the head sizes or the resizing CNN; we reuse the
+backbone's FF 1024 for the sequence layers, which alone accounts for most of the gap (an FF of 768 there
+would land on 5.74 M), but we do not fit an unpublished number to match a total.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from distsleep.augment import RawAugmentConfig, augment_raw, augment_spectrogram
+from distsleep.models.common import masked_cross_entropy, sinusoidal_positional_encoding
+from distsleep.models.registry import register
+from distsleep.spectrogram import N_FFT, n_frames, torch_spectrogram
+
+Stage = Literal["pretrain", "finetune", "eval"]
+STAGES: tuple[str, ...] = ("pretrain", "finetune", "eval")
+STAGING_EEG_ROLES: tuple[str, ...] = ("eeg_c4", "eeg_fpz_cz")  # SHHS C4-A1, Sleep-EDF Fpz-Cz
+
+
+@dataclass(frozen=True)
+class MC2SleepNetConfig:
+    """Hyper-parameters; defaults are the paper's (DESIGN §5). `small()` is a CPU-test preset."""
+
+    # data
+    seq_len: int = 21
+    input_channels: int = 1
+    n_classes: int = 5
+    epoch_samples: int = 3000
+    sample_rate: float = 100.0
+    raw_scale_uv: float = 25.0  # raw epochs are divided by this (see module docstring)
+    spectrogram_eps: float = 1e-2  # µV floor inside log10 (-40 dB)
+    # raw-signal CNN backbone (SleePyCo)
+    raw_widths: tuple[int, ...] = (64, 128, 192, 256, 256)
+    raw_convs_per_block: tuple[int, ...] = (2, 2, 3, 3, 3)
+    raw_pool: int = 5
+    se_reduction: int = 16
+    # shared width
+    d_model: int = 128
+    # spectrogram Transformer backbone
+    spec_layers: int = 4
+    spec_heads: int = 8
+    spec_ff: int = 1024
+    # epoch-wise attention and contrastive projection
+    attention_dim: int = 128
+    proj_dim: int = 128
+    # sequence level
+    seq_layers: int = 4
+    seq_heads: int = 8
+    seq_ff: int = 1024
+    head_hidden: int = 128
+    dropout: float = 0.1
+    mask_ratio: float = 0.5
+    # losses
+    infonce_temperature: float = 0.1
+    infonce_negatives: str = "position"  # "position" (Eq. 14) or "all"
+    infonce_weight: float = 1.0
+    loss_weights_pretrain: tuple[float, float, float] = (1.0, 0.1, 0.1)  # (concat, Sg, Sp)
+    loss_weights_finetune: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    # augmentation (pretrain stage, training mode only)
+    augment: bool = True
+    spec_noise_db: float = 1.0
+    raw_augment: RawAugmentConfig = field(default_factory=RawAugmentConfig)
+
+    def __post_init__(self) -> None:
+        # Configs come back from JSON / MLflow params with lists and dicts: normalise them.
+        for name in ("raw_widths", "raw_convs_per_block", "loss_weights_pretrain", "loss_weights_finetune"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if isinstance(self.raw_augment, dict):
+            aug = {k: tuple(v) if isinstance(v, list) else v for k, v in self.raw_augment.items()}
+            object.__setattr__(self, "raw_augment", RawAugmentConfig(**aug))
+        if len(self.loss_weights_pretrain) != 3 or len(self.loss_weights_finetune) != 3:
+            raise ValueError("loss weights are (concat, Sg, Sp) triples")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if len(self.raw_widths) != len(self.raw_convs_per_block) or len(self.raw_widths) < 1:
+            raise ValueError("raw_widths and raw_convs_per_block must have the same (non-zero) length")
+        if self.d_model % self.spec_heads or self.d_model % self.seq_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by spec_heads and seq_heads")
+        if self.infonce_negatives not in ("position", "all"):
+            raise ValueError(f"infonce_negatives must be 'position' or 'all', got {self.infonce_negatives!r}")
+        if self.infonce_temperature <= 0:
+            raise ValueError("infonce_temperature must be > 0")
+        if self.input_channels < 1 or self.seq_len < 1:
+            raise ValueError("input_channels and seq_len must be >= 1")
+
+    @classmethod
+    def small(cls, **overrides) -> MC2SleepNetConfig:
+        """A tiny model for CPU tests and the demo (~0.1 M parameters, same graph)."""
+        base = dict(
+            seq_len=5,
+            raw_widths=(8, 16, 24, 32, 32),
+            se_reduction=4,
+            d_model=32,
+            spec_layers=1,
+            spec_heads=4,
+            spec_ff=64,
+            attention_dim=32,
+            proj_dim=32,
+            seq_layers=2,
+            seq_heads=4,
+            seq_ff=64,
+            head_hidden=32,
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    def with_(self, **changes) -> MC2SleepNetConfig:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def raw_tokens(self) -> int:
+        """Tokens the raw CNN yields: ceil-divide by `raw_pool` once per block after the first."""
+        n = self.epoch_samples
+        for _ in range(len(self.raw_widths) - 1):
+            n = math.ceil(n / self.raw_pool)
+        return n
+
+
+def n_masked(seq_len: int, ratio: float) -> int:
+    """Masked epochs per sequence and modality: round-half-up(L·r), capped at L (Python's round() is
+    banker's rounding, which would give 10 of 21 at r = 0.5)."""
+    return min(seq_len, int(math.floor(seq_len * ratio + 0.5)))
+
+
+# ------------------------------------------------------------------------------------------ raw backbone
+
+
+class SqueezeExcite(nn.Module):
+    """Channel gate: global average → FC → ReLU → FC → sigmoid → rescale (reduction r)."""
+
+    def __init__(self, channels: int, reduction: int) -> None:
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.fc = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.fc(x.mean(dim=-1))[..., None]
+
+
+class ConvBlock(nn.Module):
+    """[MaxPool] → n × (Conv1d k3 'same' → BN), PReLU after each but the last; SE gate; PReLU."""
+
+    def __init__(self, c_in: int, c_out: int, n_convs: int, pool: int | None, se_reduction: int) -> None:
+        super().__init__()
+        # ceil_mode: the last pool turns 24 samples into 5 tokens (a floor pool would give 4).
+        self.pool = nn.MaxPool1d(pool, ceil_mode=True) if pool else nn.Identity()
+        layers: list[nn.Module] = []
+        for i in range(n_convs):
+            layers += [nn.Conv1d(c_in if i == 0 else c_out, c_out, 3, padding=1), nn.BatchNorm1d(c_out)]
+            if i < n_convs - 1:
+                layers.append(nn.PReLU())
+        self.convs = nn.Sequential(*layers)
+        self.se = SqueezeExcite(c_out, se_reduction)
+        self.act = nn.PReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.se(self.convs(self.pool(x))))
+
+
+class RawBackbone(nn.Module):
+    """SleePyCo CNN: (N, C, 3000) → (N, 5, d_model) tokens (DESIGN §5 shapes at paper widths)."""
+
+    def __init__(self, cfg: MC2SleepNetConfig) -> None:
+        super().__init__()
+        blocks = []
+        c_in = cfg.input_channels
+        for i, (width, n_convs) in enumerate(zip(cfg.raw_widths, cfg.raw_convs_per_block)):
+            blocks.append(ConvBlock(c_in, width, n_convs, None if i == 0 else cfg.raw_pool, cfg.se_reduction))
+            c_in = width
+        self.blocks = nn.Sequential(*blocks)
+        self.out = nn.Conv1d(c_in, cfg.d_model, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.blocks(x)).transpose(1, 2)
+
+
+# ---------------------------------------------------------------------------------- spectrogram backbone
+
+
+class SpectrogramBackbone(nn.Module):
+    """(N, C, 29, 129) dB → (N, 29, d_model): per-bin standardisation, resizing CNN, PE, Transformer."""
+
+    def __init__(self, cfg: MC2SleepNetConfig) -> None:
+        super().__init__()
+        n_bins = cfg.input_channels * (N_FFT // 2 + 1)
+        self.n_frames = n_frames(cfg.epoch_samples)
+        # Non-affine BatchNorm over frequency bins = dataset-level per-bin z-scoring (running stats).
+        self.bin_norm = nn.BatchNorm1d(n_bins, affine=False)
+        # "Simple CNN-based resizing": 129 bins → d_model features per time frame, with one non-linearity.
+        self.resize = nn.Sequential(
+            nn.Conv1d(n_bins, cfg.d_model, 3, padding=1),
+            nn.BatchNorm1d(cfg.d_model),
+            nn.GELU(),
+            nn.Conv1d(cfg.d_model, cfg.d_model, 1),
+        )
+        self.register_buffer("pe", sinusoidal_positional_encoding(self.n_frames, cfg.d_model), persistent=False)
+        layer = nn.TransformerEncoderLayer(
+            cfg.d_model, cfg.spec_heads, cfg.spec_ff, cfg.dropout, activation="relu", batch_first=True, norm_first=False
+        )
+        self.encoder = nn.TransformerEncoder(layer, cfg.spec_layers, enable_nested_tensor=False)
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        n, c, t, f = spec.shape
+        z = spec.permute(0, 1, 3, 2).reshape(n, c * f, t)  # bins as channels, convolve over time
+        z = self.resize(self.bin_norm(z)).transpose(1, 2)  # (N, T, d)
+        return self.encoder(z + self.pe[:t].to(z.dtype))
+
+
+class EpochWiseAttention(nn.Module):
+    """a_t = tanh(W z_t + b), α = softmax_t(a_tᵀ a_e), output Σ_t α_t z_t (Eq. 9–11)."""
+
+    def __init__(self, d_model: int, attention_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_model, attention_dim)
+        self.context = nn.Parameter(torch.randn(attention_dim) / math.sqrt(attention_dim))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        scores = torch.tanh(self.proj(z)) @ self.context  # (N, T)
+        alpha = torch.softmax(scores, dim=-1)
+        return (alpha.unsqueeze(-1) * z).sum(dim=1)
+
+
+# -------------------------------------------------------------------------------------- sequence level
+
+
+class CrossModalLayer(nn.Module):
+    """Post-LN: x ← LN(x + SA(x)); x ← LN(x + CA(q=x, kv=other)); x ← LN(x + FF(x))."""
+
+    def __init__(self, d_model: int, heads: int, ff: int, dropout: float) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
+        self.ff = nn.Sequential(nn.Linear(d_model, ff), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ff, d_model))
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d_model), nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x + self.drop(self.self_attn(x, x, x, need_weights=False)[0]))
+        x = self.norm2(x + self.drop(self.cross_attn(x, other, other, need_weights=False)[0]))
+        return self.norm3(x + self.drop(self.ff(x)))
+
+
+def _mlp_head(d_in: int, hidden: int, n_classes: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes))
+
+
+# ----------------------------------------------------------------------------------------------- losses
+
+
+def info_nce(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, negatives: str = "position") -> torch.Tensor:
+    """Symmetric InfoNCE between two views (B, L, P) of the same epochs (Eq. 14–16).
+
+    "position": for each epoch index j, a (B × B) similarity matrix — positives on the diagonal, negatives
+    the other sequences' epoch j (Eq. 14). "all": one (BL × BL) matrix over every epoch of the batch.
+    Returns the mean of the two directions, averaged over epochs (0 when B·(…) leaves no negatives).
+    """
+    if z_a.shape != z_b.shape or z_a.dim() != 3:
+        raise ValueError(f"views must both be (B, L, P), got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
+    with torch.autocast(device_type=z_a.device.type, enabled=False):  # similarities / τ in float32
+        return _info_nce_fp32(z_a, z_b, temperature, negatives)
+
+
+def _info_nce_fp32(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, negatives: str) -> torch.Tensor:
+    a = F.normalize(z_a.float(), dim=-1)
+    b = F.normalize(z_b.float(), dim=-1)
+    if negatives == "position":
+        logits = torch.einsum("ilp,klp->lik", a, b) / temperature  # (L, B, B): row = anchor i, col = candidate k
+        target = torch.arange(a.shape[0], device=a.device).expand(a.shape[1], -1)  # (L, B)
+        a2b = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+        b2a = F.cross_entropy(logits.transpose(1, 2).reshape(-1, logits.shape[-1]), target.reshape(-1))
+    elif negatives == "all":
+        fa, fb = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+        logits = fa @ fb.T / temperature
+        target = torch.arange(fa.shape[0], device=a.device)
+        a2b = F.cross_entropy(logits, target)
+        b2a = F.cross_entropy(logits.T, target)
+    else:
+        raise ValueError(f"negatives must be 'position' or 'all', got {negatives!r}")
+    return 0.5 * (a2b + b2a)
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+class MC2SleepNet(nn.Module):
+    """The full model; see the module docstring. `forward(x, labels, stage)` returns a dict of tensors."""
+
+    def __init__(self, cfg: MC2SleepNetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.raw_backbone = RawBackbone(cfg)
+        self.spec_backbone = SpectrogramBackbone(cfg)
+        self.raw_attention = EpochWiseAttention(d, cfg.attention_dim)
+        self.spec_attention = EpochWiseAttention(d, cfg.attention_dim)
+        self.raw_projection = nn.Linear(d, cfg.proj_dim)
+        self.spec_projection = nn.Linear(d, cfg.proj_dim)
+        # One learnable mask token shared by both modalities.
+        self.mask_token = nn.Parameter(torch.randn(d) * 0.02)
+        self.sg_layers = nn.ModuleList(CrossModalLayer(d, cfg.seq_heads, cfg.seq_ff, cfg.dropout) for _ in range(cfg.seq_layers))
+        self.sp_layers = nn.ModuleList(CrossModalLayer(d, cfg.seq_heads, cfg.seq_ff, cfg.dropout) for _ in range(cfg.seq_layers))
+        self.head_sg = _mlp_head(d, cfg.head_hidden, cfg.n_classes, cfg.dropout)
+        self.head_sp = _mlp_head(d, cfg.head_hidden, cfg.n_classes, cfg.dropout)
+        self.head_concat = _mlp_head(2 * d, cfg.head_hidden, cfg.n_classes, cfg.dropout)
+        self._frozen: tuple[nn.Module, ...] = ()
+
+    # ---- fine-tuning support
+
+    def epoch_level_modules(self) -> tuple[nn.Module, ...]:
+        return (self.raw_backbone, self.spec_backbone, self.raw_attention, self.spec_attention,
+                self.raw_projection, self.spec_projection)
+
+    def freeze_backbones(self) -> None:
+        """Freeze the epoch-level encoder (backbones, epoch-wise attentions, projections) for fine-tuning.
+
+        Frozen modules stay in eval mode from now on (see `train`), so BatchNorm running statistics and
+        dropout in the backbones are fixed as well.
+        """
+        self._frozen = self.epoch_level_modules()
+        for module in self._frozen:
+            module.requires_grad_(False)
+            module.eval()
+
+    def unfreeze_backbones(self) -> None:
+        for module in self._frozen:
+            module.requires_grad_(True)
+        self._frozen = ()
+        self.train(self.training)
+
+    @property
+    def backbones_frozen(self) -> bool:
+        return bool(self._frozen)
+
+    def train(self, mode: bool = True) -> MC2SleepNet:
+        super().train(mode)
+        for module in self._frozen:
+            module.eval()
+        return self
+
+    # ---- pieces (public so tests and analysis can call them)
+
+    def spectrogram(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, 3000) µV → (N, C, 29, 129) dB, always computed in float32 (also under autocast)."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return torch_spectrogram(x.float(), eps=self.cfg.spectrogram_eps)
+
+    def mask_sequences(
+        self,
+        o_sg: torch.Tensor,
+        o_sp: torch.Tensor,
+        ratio: float | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Replace n_masked(L, r) epochs of each (B, L, d) sequence by the shared mask token.
+
+        Positions are drawn independently per sequence and per modality. Returns the masked features and
+        the boolean masks (B, L) for Sg and Sp.
+        """
+        ratio = self.cfg.mask_ratio if ratio is None else ratio
+        b, l, _ = o_sg.shape
+        k = n_masked(l, ratio)
+        masks = []
+        for _ in range(2):
+            if k == 0:
+                masks.append(torch.zeros(b, l, dtype=torch.bool, device=o_sg.device))
+                continue
+            device = generator.device if generator is not None else o_sg.device
+            order = torch.rand(b, l, generator=generator, device=device).argsort(dim=1)[:, :k].to(o_sg.device)
+            masks.append(torch.zeros(b, l, dtype=torch.bool, device=o_sg.device).scatter_(1, order, True))
+        token = self.mask_token.to(o_sg.dtype)
+        sg = torch.where(masks[0][..., None], token, o_sg)
+        sp = torch.where(masks[1][..., None], token, o_sp)
+        return sg, sp, masks[0], masks[1]
+
+    def encode_epochs(self, raw: torch.Tensor, spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, C, 3000) normalised raw, (N, C, 29, 129) dB → O^Sg, O^Sp of shape (N, d)."""
+        o_sg = self.raw_attention(self.raw_backbone(raw))
+        o_sp = self.spec_attention(self.spec_backbone(spec))
+        return o_sg, o_sp
+
+    def sequence(self, sg: torch.Tensor, sp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, d) × 2 → t^Sg, t^Sp; the two stacks update in lock-step, attending to each other."""
+        pe = sinusoidal_positional_encoding(sg.shape[1], sg.shape[2], device=sg.device, dtype=sg.dtype)
+        sg, sp = sg + pe, sp + pe
+        for layer_sg, layer_sp in zip(self.sg_layers, self.sp_layers):
+            sg, sp = layer_sg(sg, sp), layer_sp(sp, sg)
+        return sg, sp
+
+    # ---- forward
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, stage: Stage = "eval") -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        if x.dim() != 4 or x.shape[2] != cfg.input_channels or x.shape[3] != cfg.epoch_samples:
+            raise ValueError(
+                f"x must be (B, L, {cfg.input_channels}, {cfg.epoch_samples}) µV, got {tuple(x.shape)}"
+            )
+        b, l = x.shape[:2]
+        dtype = self.mask_token.dtype
+        flat = x.reshape(b * l, cfg.input_channels, cfg.epoch_samples)
+        pretraining = stage == "pretrain" and self.training
+
+        spec = self.spectrogram(flat)
+        raw = flat.float() / cfg.raw_scale_uv
+        if pretraining and cfg.augment:
+            raw = augment_raw(raw, cfg.raw_augment)
+            spec = augment_spectrogram(spec, cfg.spec_noise_db)
+        raw, spec = raw.to(dtype), spec.to(dtype)
+
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not (self.backbones_frozen and stage != "pretrain")):
+            o_sg, o_sp = self.encode_epochs(raw, spec)
+            z_sg = self.raw_projection(o_sg).reshape(b, l, -1)
+            z_sp = self.spec_projection(o_sp).reshape(b, l, -1)
+            loss_infonce = info_nce(z_sg, z_sp, cfg.infonce_temperature, cfg.infonce_negatives)
+        o_sg, o_sp = o_sg.reshape(b, l, -1), o_sp.reshape(b, l, -1)
+
+        if pretraining and cfg.mask_ratio > 0:
+            o_sg, o_sp, mask_sg, mask_sp = self.mask_sequences(o_sg, o_sp)
+        else:
+            mask_sg = mask_sp = torch.zeros(b, l, dtype=torch.bool, device=x.device)
+        t_sg, t_sp = self.sequence(o_sg, o_sp)
+        logits_sg = self.head_sg(t_sg)
+        logits_sp = self.head_sp(t_sp)
+        logits = self.head_concat(torch.cat([t_sg, t_sp], dim=-1))
+
+        out: dict[str, torch.Tensor] = {
+            "logits": logits,
+            "logits_sg": logits_sg,
+            "logits_sp": logits_sp,
+            "mask_sg": mask_sg,
+            "mask_sp": mask_sp,
+            "mask_ratio_effective": (mask_sg.float().mean() + mask_sp.float().mean()).detach() / 2,
+            "loss_infonce": loss_infonce if stage == "pretrain" else loss_infonce.detach(),
+        }
+        if labels is not None:
+            if labels.shape != (b, l):
+                raise ValueError(f"labels must be (B, L) = {(b, l)}, got {tuple(labels.shape)}")
+            w_concat, w_sg, w_sp = cfg.loss_weights_pretrain if stage == "pretrain" else cfg.loss_weights_finetune
+            loss_concat = masked_cross_entropy(logits, labels)
+            loss_sg = masked_cross_entropy(logits_sg, labels)
+            loss_sp = masked_cross_entropy(logits_sp, labels)
+            loss_seq = w_concat * loss_concat + w_sg * loss_sg + w_sp * loss_sp
+            loss = loss_seq + cfg.infonce_weight * loss_infonce if stage == "pretrain" else loss_seq
+            out.update(loss=loss, loss_seq=loss_seq, loss_concat=loss_concat, loss_sg=loss_sg, loss_sp=loss_sp)
+        return out
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, C, 3000) µV → (B, L) predicted stages from the concat head (eval mode, no masking/augmentation)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.forward(x, stage="eval")["logits"].argmax(dim=-1)
+        finally:
+            self.train(was_training)
+
+
+@register(
+    "mc2sleepnet",
+    config_class=MC2SleepNetConfig,
+    channels=[STAGING_EEG_ROLES],
+    description="MC²SleepNet: raw-EEG CNN + spectrogram Transformer, InfoNCE, cross-masked sequence Transformer",
+)
+def build_mc2sleepnet(config: MC2SleepNetConfig) -> MC2SleepNet:
+    return MC2SleepNet(config)

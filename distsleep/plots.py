@@ -1,0 +1,81 @@
+"""Figures people would rather look at than read: confusion matrices and hypnograms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on cluster nodes
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from distsleep.stages import STAGE_NAMES  # noqa: E402
+
+# Hypnogram convention: wake on top, REM drawn between wake and N1, deeper sleep lower.
+HYPNOGRAM_LEVEL = {0: 4, 4: 3, 1: 2, 2: 1, 3: 0}
+HYPNOGRAM_TICKS = ["N3", "N2", "N1", "REM", "W"]
+
+
+def confusion_png(confusion: list[list[int]], path: str | Path, title: str = "") -> Path:
+    matrix = np.asarray(confusion, dtype=float)
+    normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(4.8, 4.2), dpi=120)
+    image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(STAGE_NAMES)):
+        for j in range(len(STAGE_NAMES)):
+            ax.text(j, i, f"{int(matrix[i, j])}\n{normalised[i, j]:.0%}", ha="center", va="center", fontsize=7,
+                    color="white" if normalised[i, j] > 0.5 else "black")
+    ax.set_xticks(range(5), STAGE_NAMES)
+    ax.set_yticks(range(5), STAGE_NAMES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "confusion matrix (rows: true stage)", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def _levels(stages: np.ndarray) -> np.ndarray:
+    return np.array([HYPNOGRAM_LEVEL.get(int(s), np.nan) for s in stages], dtype=float)
+
+
+def hypnogram_png(predicted: np.ndarray, path: str | Path, true: np.ndarray | None = None,
+                  probabilities: np.ndarray | None = None, title: str = "", epoch_seconds: float = 30.0) -> Path:
+    """True (if given) and predicted hypnograms on one time axis, plus predicted class probabilities."""
+    rows = 1 + (true is not None) + (probabilities is not None)
+    fig, axes = plt.subplots(rows, 1, figsize=(10, 1.6 * rows + 0.4), dpi=110, sharex=True, squeeze=False)
+    hours = np.arange(len(predicted) + 1) * epoch_seconds / 3600
+    panels = ([("true", true)] if true is not None else []) + [("predicted", predicted)]
+    for ax, (name, stages) in zip(axes[:, 0], panels):
+        levels = _levels(stages)
+        ax.step(hours, np.append(levels, levels[-1] if len(levels) else np.nan), where="post", lw=0.9,
+                color="black" if name == "true" else "tab:blue")
+        rem = np.flatnonzero(np.asarray(stages) == 4)
+        ax.hlines(np.full(len(rem), 3), hours[rem], hours[rem + 1], colors="tab:red", lw=2.5)
+        ax.set_yticks(range(5), HYPNOGRAM_TICKS, fontsize=7)
+        ax.set_ylabel(name, fontsize=8)
+        ax.set_ylim(-0.5, 4.5)
+    if probabilities is not None:
+        ax = axes[-1, 0]
+        ax.stackplot(hours[:-1], np.asarray(probabilities).T, labels=STAGE_NAMES, step="post", alpha=0.85)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("p(stage)", fontsize=8)
+        ax.legend(loc="upper right", fontsize=6, ncols=5)
+    axes[-1, 0].set_xlabel("hours from recording start")
+    if title:
+        axes[0, 0].set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def f1_table(metrics: dict) -> str:
+    """Per-class F1 and the summary metrics as a Markdown table."""
+    head = "| " + " | ".join(["accuracy", "macro-F1", "kappa", *STAGE_NAMES]) + " |"
+    sep = "|" + "---|" * (3 + len(STAGE_NAMES))
+    values = [metrics["accuracy"], metrics["macro_f1"], metrics["kappa"], *(metrics["f1"][s] for s in STAGE_NAMES)]
+    return "\n".join([head, sep, "| " + " | ".join(f"{v:.3f}" for v in values) + " |"])

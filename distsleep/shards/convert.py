@@ -1,0 +1,198 @@
+"""One recording -> one shard. Pure steps (select, filter, resample, epoch, quantize) plus the file write.
+
+This is the body of the per-recording Ray task; it runs the same way in a plain process, which is how
+the benchmark measures it against the naive route.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import signal as sps
+
+from distsleep.config import PreprocessConfig
+from distsleep.errors import AnnotationError
+from distsleep.shards.format import EVENT_COLUMNS, ShardSample, quantize, write_shard
+from distsleep.signal import resample
+from distsleep.sources.record import Event, Record
+from distsleep.stages import N1, N2, N3, REM, stage_counts
+
+
+@dataclass(frozen=True)
+class RecordSource:
+    """Where a recording's files are: the unit of work of the preprocessing job."""
+
+    record_id: str
+    signal_path: str
+    annotation_path: str | None
+
+    @property
+    def subject(self) -> str:
+        # Sleep-EDF SC4ssN: two nights per subject share "SC4ss"; SHHS1 has one night per subject.
+        return self.record_id[:5] if self.record_id.startswith("SC4") else self.record_id
+
+
+def load_record(source: RecordSource, config: PreprocessConfig) -> Record:
+    if source.annotation_path is None:
+        raise AnnotationError(source.signal_path, "no annotation file found for this recording "
+                              "(expected an NSRR/Profusion XML or a Sleep-EDF hypnogram beside it)")
+    if config.source == "shhs":
+        from distsleep.sources.shhs import load_shhs_record
+
+        return load_shhs_record(source.signal_path, source.annotation_path, roles=config.channels, record_id=source.record_id)
+    from distsleep.sources.sleepedf import load_sleepedf_record
+
+    return load_sleepedf_record(source.signal_path, source.annotation_path, roles=config.channels, record_id=source.record_id)
+
+
+def wake_trim_range(stages: np.ndarray, minutes: float | None, epoch_seconds: float) -> tuple[int, int]:
+    """[start, stop) epochs keeping `minutes` of wake before the first and after the last sleep epoch."""
+    n = len(stages)
+    asleep = np.flatnonzero(np.isin(stages, (N1, N2, N3, REM)))
+    if minutes is None or asleep.size == 0:
+        return 0, n
+    margin = int(round(minutes * 60 / epoch_seconds))
+    return max(0, int(asleep[0]) - margin), min(n, int(asleep[-1]) + 1 + margin)
+
+
+def bandpass(x: np.ndarray, rate: float, band: tuple[float, float]) -> np.ndarray:
+    """Zero-phase 4th-order Butterworth band-pass at the native rate (before resampling)."""
+    high = min(band[1], 0.45 * rate)
+    sos = sps.butter(4, [band[0], high], btype="band", fs=rate, output="sos")
+    return sps.sosfiltfilt(sos, x).astype(np.float32)
+
+
+def epoch_signal(x: np.ndarray, rate: float, config: PreprocessConfig, n_epochs: int) -> np.ndarray:
+    """(n_epochs, samples_per_epoch) float32 at the target rate. Resampling by a rational factor can
+    leave a sample or two too many or too few at the end; those are trimmed or edge-padded."""
+    if config.bandpass is not None:
+        x = bandpass(x, rate, config.bandpass)
+    y = resample(x, rate, config.target_rate)
+    per_epoch = int(round(config.epoch_seconds * config.target_rate))
+    need = n_epochs * per_epoch
+    if len(y) < need:
+        if need - len(y) > per_epoch // 100 + 2:
+            raise ValueError(f"resampled signal has {len(y)} samples, {need} expected")
+        y = np.pad(y, (0, need - len(y)), mode="edge")
+    return y[:need].reshape(n_epochs, per_epoch)
+
+
+def event_flags(events: list[Event], n_epochs: int, epoch_seconds: float, offset_s: float = 0.0) -> np.ndarray:
+    """uint8 (n_epochs, 3): 1 where an apnea / hypopnea / desaturation overlaps the epoch."""
+    flags = np.zeros((n_epochs, len(EVENT_COLUMNS)), dtype=np.uint8)
+    for event in events:
+        if event.kind.endswith("apnea"):
+            column = 0
+        elif event.kind == "hypopnea":
+            column = 1
+        elif event.kind == "desaturation":
+            column = 2
+        else:
+            continue
+        start, stop = event.start - offset_s, event.start - offset_s + max(event.duration, 1e-6)
+        first = max(0, int(np.floor(start / epoch_seconds)))
+        last = min(n_epochs, int(np.ceil(stop / epoch_seconds)))
+        flags[first:last, column] = 1
+    return flags
+
+
+def record_to_sample(record: Record, config: PreprocessConfig) -> ShardSample:
+    start, stop = wake_trim_range(record.stages, config.trim_wake_minutes, config.epoch_seconds)
+    n_epochs = stop - start
+    columns, scales, channel_meta = [], [], []
+    for role in config.channels:
+        channel = record.channels[role]
+        first = int(round(start * config.epoch_seconds * channel.rate))
+        last = int(round(stop * config.epoch_seconds * channel.rate))
+        epochs = epoch_signal(channel.data[first:last], channel.rate, config, n_epochs)
+        codes, scale = quantize(epochs)
+        columns.append(codes)
+        scales.append(scale)
+        channel_meta.append({"role": role, "label": channel.label, "source_rate": channel.rate, "unit": "uV"})
+    meta = {
+        "record_id": record.record_id,
+        "source": record.source,
+        "channels": channel_meta,
+        "target_rate": config.target_rate,
+        "scale_uv": scales,
+        "n_epochs": n_epochs,
+        "epoch_seconds": config.epoch_seconds,
+        "kept_epochs": [start, stop],
+        "config_hash": config.content_hash(),
+        "event_columns": list(EVENT_COLUMNS),
+        "augmented": False,
+    }
+    return ShardSample(
+        key=record.record_id,
+        signals=np.stack(columns, axis=1),
+        labels=record.stages[start:stop].astype(np.int8),
+        events=event_flags(record.events, n_epochs, config.epoch_seconds, offset_s=start * config.epoch_seconds),
+        meta=meta,
+    )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shard_path(out: Path, record_id: str) -> Path:
+    return out / "shards" / f"{record_id}.tar"
+
+
+def summary_path(out: Path, record_id: str) -> Path:
+    return out / "records" / f"{record_id}.json"
+
+
+def convert_record(source: RecordSource, config: PreprocessConfig, out: str | Path) -> dict:
+    """Convert one recording and write its shard and summary. Returns the summary.
+
+    The summary (written after the shard, both atomically) is the record's completion marker: a rerun
+    skips a record whose summary exists with the same config hash and whose shard has the recorded size.
+    """
+    out = Path(out)
+    record = load_record(source, config)
+    sample = record_to_sample(record, config)
+    shard = shard_path(out, source.record_id)
+    write_shard(shard, sample)
+    summary = {
+        "record_id": source.record_id,
+        "subject": source.subject,
+        "shard": str(shard.relative_to(out)),
+        "sha256": sha256_file(shard),
+        "bytes": shard.stat().st_size,
+        "n_epochs": sample.meta["n_epochs"],
+        "stages": stage_counts(sample.labels),
+        "events": {name: int(sample.events[:, i].sum()) for i, name in enumerate(EVENT_COLUMNS)},
+        "channels": sample.meta["channels"],
+        "kept_epochs": sample.meta["kept_epochs"],
+        "config_hash": config.content_hash(),
+        "notes": list(record.problems),
+    }
+    target = summary_path(out, source.record_id)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(summary, indent=1, sort_keys=True))
+    os.replace(tmp, target)
+    return summary
+
+
+def completed_summary(out: Path, record_id: str, config_hash: str) -> dict | None:
+    """The summary of a record already converted with this config, or None if it must be (re)done."""
+    path = summary_path(out, record_id)
+    try:
+        summary = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    shard = out / summary.get("shard", "")
+    if summary.get("config_hash") != config_hash or not shard.is_file() or shard.stat().st_size != summary.get("bytes"):
+        return None
+    return summary

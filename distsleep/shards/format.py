@@ -1,0 +1,109 @@
+"""The shard format: one WebDataset tar per recording, one sample per tar.
+
+A sample holds the whole night so that the loader can cut sequences of L consecutive epochs starting
+at any position (context crosses no shard boundary) and storage stays compact: one tar header per array,
+not per epoch. Members of the sample with key `<record_id>` (no dots, e.g. `shhs1-200001`):
+
+    <key>.signals.npy   int16   (n_epochs, n_channels, samples_per_epoch)   physical = int16 * scale_uv[c]
+    <key>.labels.npy    int8    (n_epochs,)         0 W, 1 N1, 2 N2, 3 N3, 4 REM, -1 unscored (masked)
+    <key>.events.npy    uint8   (n_epochs, 3)       1 where an apnea / hypopnea / desaturation overlaps the epoch
+    <key>.meta.json     dict    record_id, source, channels [{role, label, source_rate, unit}], target_rate,
+                                scale_uv, n_epochs, epoch_seconds, kept_epochs, config_hash, event_columns,
+                                augmented (False for real/synthetic-cohort recordings)
+
+Arrays are plain .npy (never pickles); tars are written with mtime 0 and fixed owner/mode so the same
+inputs give byte-identical shards, first to a temporary name and then renamed into place, so a shard
+under its final name is always complete.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+
+EVENT_COLUMNS = ("apnea", "hypopnea", "desaturation")
+INT16_MAX = 32767
+
+
+@dataclass
+class ShardSample:
+    key: str
+    signals: np.ndarray  # int16 (n_epochs, n_channels, samples_per_epoch)
+    labels: np.ndarray  # int8 (n_epochs,)
+    events: np.ndarray  # uint8 (n_epochs, len(EVENT_COLUMNS))
+    meta: dict
+
+    def physical(self) -> np.ndarray:
+        """Signals in uV as float32, (n_epochs, n_channels, samples_per_epoch)."""
+        scale = np.asarray(self.meta["scale_uv"], dtype=np.float32)
+        return self.signals.astype(np.float32) * scale[None, :, None]
+
+
+def quantize(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """int16 codes and the uV-per-code scale that maps the channel's largest magnitude to 32767."""
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    scale = peak / INT16_MAX if peak > 0 else 1.0
+    return np.round(x / scale).astype(np.int16), scale
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def encode_sample(sample: ShardSample) -> dict:
+    if "." in sample.key:
+        raise ValueError(f"sample key {sample.key!r} contains a dot; WebDataset splits keys on dots")
+    return {
+        "__key__": sample.key,
+        "signals.npy": _npy(sample.signals.astype(np.int16)),
+        "labels.npy": _npy(sample.labels.astype(np.int8)),
+        "events.npy": _npy(sample.events.astype(np.uint8)),
+        "meta.json": json.dumps(sample.meta, sort_keys=True).encode(),
+    }
+
+
+def write_shard(path: str | Path, sample: ShardSample) -> None:
+    """Write one sample to `path` atomically (temporary sibling, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as stream:
+            writer = wds.TarWriter(stream, user="distsleep", group="distsleep", mode=0o444, mtime=0, encoder=False)
+            writer.write(encode_sample(sample))
+            writer.close()
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _load_npy(raw: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(raw), allow_pickle=False)
+
+
+def decode_sample(raw: dict) -> ShardSample:
+    """A WebDataset sample dict (bytes values, as yielded by `wds.WebDataset(urls)`) to a ShardSample."""
+    return ShardSample(
+        key=raw["__key__"],
+        signals=_load_npy(raw["signals.npy"]),
+        labels=_load_npy(raw["labels.npy"]),
+        events=_load_npy(raw["events.npy"]),
+        meta=json.loads(raw["meta.json"]),
+    )
+
+
+def read_shard(path: str | Path) -> ShardSample:
+    """The single sample of a shard file, read with plain webdataset."""
+    samples = [decode_sample(raw) for raw in wds.WebDataset(str(path), shardshuffle=False, empty_check=False)]
+    if len(samples) != 1:
+        raise ValueError(f"{path}: expected one sample, found {len(samples)}")
+    return samples[0]

@@ -1,0 +1,466 @@
+"""Training and evaluation data from the shards: sequences of L consecutive 30-s epochs.
+
+Each shard holds one whole night (see `format.py`), so a sequence never crosses a recording and its
+context is the true neighbouring epochs.
+
+Training (`train_dataset` / `make_train_loader`) is an endless, resampled stream: each DataLoader worker
+of each rank draws shards at random (with replacement), cuts every night into all its L-epoch windows in
+random order, mixes them in a shuffle buffer and batches them. Each rank then stops after exactly
+`batches_per_epoch` batches. Every rank must run the same number of steps: a rank that runs out of data
+first would leave the others waiting forever in an all-reduce (DESIGN.md §8), and a split of a fixed shard
+list cannot guarantee equal counts.
+
+Evaluation (`eval_sequences` / `eval_batches`) is a deterministic pass without resampling: rank r reads
+the shards `sorted(urls)[r::world_size]`, and every epoch of those nights is marked `valid` in exactly
+one sequence. Ranks may get different numbers of sequences. That is safe only because the pass runs no
+collective: run the forward passes with no gradient sync, then gather the per-rank results (for example
+`torch.distributed.all_gather_object`, or return them from the Ray Train function) after the pass.
+
+The rank and world size are always passed explicitly, never read from RANK/WORLD_SIZE or
+torch.distributed. Tests and Ray Train then behave the same, and the stream is reproducible from
+(seed, rank, worker, epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Iterable, Iterator, NamedTuple, Sequence
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from distsleep.errors import MissingChannelError
+from distsleep.shards.format import decode_sample
+
+SPLITS = ("train", "val", "test")
+MANIFEST_NAME = "manifest.json"
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # s3://, gs://, http(s)://, pipe:, file:
+
+
+# ----------------------------------------------------------------------------------------------- manifest
+
+
+def _has_scheme(location: str) -> bool:
+    return bool(_SCHEME.match(location))
+
+
+def load_manifest(path_or_url: str | Path) -> tuple[dict, str]:
+    """The manifest and the base its relative shard paths resolve against (its folder).
+
+    `path_or_url` is a manifest file, a folder holding `manifest.json`, or a URL that webdataset's
+    `gopen` can open (http(s)://, s3:// ... with the matching tool installed). `pipe:` is refused because
+    a shell command has no folder to resolve relative shard paths against.
+    """
+    location = str(path_or_url)
+    if location.startswith("pipe:"):
+        raise ValueError(f"{location}: give the manifest as a path or URL, not a pipe: command")
+    if _has_scheme(location) and not location.startswith("file:"):
+        with wds.gopen(location, "rb") as stream:
+            manifest = json.load(stream)
+        return manifest, location.rsplit("/", 1)[0]
+    path = Path(re.sub(r"^file:(//)?", "", location))
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    with open(path, "rb") as stream:
+        manifest = json.load(stream)
+    return manifest, str(path.resolve().parent)
+
+
+def shard_urls(manifest: dict, split: str, base: str) -> list[str]:
+    """Shard locations of one split, sorted by record id.
+
+    Relative shard paths are resolved against `base` (the manifest's folder or URL prefix). Absolute
+    paths and URLs with a scheme (s3://, gs://, http(s)://, pipe:) are returned unchanged.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    urls = []
+    for record_id in sorted(manifest["records"]):
+        shard = str(manifest["records"][record_id]["shard"])
+        if manifest["records"][record_id]["split"] != split:
+            continue
+        if _has_scheme(shard) or Path(shard).is_absolute():
+            urls.append(shard)
+        elif _has_scheme(base):
+            urls.append(base.rstrip("/") + "/" + shard)
+        else:
+            urls.append(str(Path(base) / shard))
+    return urls
+
+
+def count_train_sequences(manifest: dict, *, seq_len: int, split: str = "train") -> int:
+    """How many L-epoch windows the split's nights hold (nights shorter than L hold none)."""
+    return sum(
+        max(0, int(r["n_epochs"]) - seq_len + 1) for r in manifest["records"].values() if r["split"] == split
+    )
+
+
+def batches_per_epoch(manifest: dict, world_size: int, batch_size: int, *, seq_len: int) -> int:
+    """Batches each rank yields per epoch: one "epoch" then draws about as many windows as the split holds.
+
+    The stream is resampled, so this only sets how often the training loop logs, validates and saves a
+    checkpoint; every rank must use the same value.
+    """
+    total = count_train_sequences(manifest, seq_len=seq_len)
+    return max(1, total // (world_size * batch_size))
+
+
+# ------------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class LoaderConfig:
+    """Settings for both the training stream and the evaluation pass.
+
+    `channels` keeps a subset of the shard's channels, in the order given: an int is an index into the
+    shard's channel axis and a str is a channel role (`meta["channels"][i]["role"]`, e.g. "eeg"). None
+    keeps all channels. `stride` is the step between evaluation windows (None = seq_len, i.e. windows that
+    do not overlap). `shuffle_buffer` counts windows; one night gives about n_epochs of them, so the buffer
+    holds windows from a few nights at a time.
+    """
+
+    seq_len: int = 21
+    batch_size: int = 32
+    shuffle_buffer: int = 2000
+    num_workers: int = 2
+    seed: int = 0
+    channels: list[int | str] | None = None
+    stride: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "batch_size", "shuffle_buffer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"LoaderConfig.{name} must be at least 1, not {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ValueError(f"LoaderConfig.num_workers must be >= 0, not {self.num_workers}")
+        if self.stride is not None and not 1 <= self.stride <= self.seq_len:
+            # A stride above seq_len would skip epochs, so some would never be evaluated.
+            raise ValueError(f"LoaderConfig.stride must be between 1 and seq_len={self.seq_len}, not {self.stride}")
+
+    @property
+    def eval_stride(self) -> int:
+        return self.seq_len if self.stride is None else self.stride
+
+
+def _check_rank(world_size: int, rank: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+
+
+# -------------------------------------------------------------------------------------------------- nights
+
+
+@dataclass
+class _Night:
+    """One decoded night. The signals stay int16 codes so that windows are views and the buffer stays small."""
+
+    record_id: str
+    source: str
+    codes: np.ndarray  # int16 (n_epochs, n_kept_channels, samples_per_epoch)
+    scale: np.ndarray  # float32 (n_kept_channels,) uV per code
+    labels: np.ndarray  # int8 (n_epochs,)
+    events: np.ndarray  # uint8 (n_epochs, 3)
+
+    @property
+    def n_epochs(self) -> int:
+        return int(self.labels.shape[0])
+
+    def physical(self, start: int, stop: int) -> np.ndarray:
+        """float32 uV of epochs [start, stop); same arithmetic as ShardSample.physical()."""
+        return self.codes[start:stop].astype(np.float32) * self.scale[None, :, None]
+
+
+def _channel_indices(meta: dict, n_channels: int, channels: Sequence[int | str] | None, source: str) -> list[int]:
+    if channels is None:
+        return list(range(n_channels))
+    roles = [str(c.get("role")) if isinstance(c, dict) else str(c) for c in meta.get("channels", [])]
+    indices = []
+    for channel in channels:
+        if isinstance(channel, str):
+            if channel not in roles:
+                raise MissingChannelError(
+                    source, f"the loader config asks for channel {channel!r}, but this shard has only {roles}; "
+                    "drop it from LoaderConfig.channels or rebuild the shards with that channel",
+                )
+            indices.append(roles.index(channel))
+        else:
+            if not 0 <= int(channel) < n_channels:
+                raise MissingChannelError(
+                    source, f"the loader config asks for channel index {channel}, but this shard has only "
+                    f"{n_channels} channels {roles}; drop it from LoaderConfig.channels or rebuild the shards",
+                )
+            indices.append(int(channel))
+    return indices
+
+
+def _load_night(raw: dict, channels: Sequence[int | str] | None) -> _Night:
+    """A raw webdataset sample to a _Night with only the configured channels (clear errors name the shard)."""
+    source = str(raw.get("__url__", raw.get("__key__")))
+    sample = decode_sample(raw)
+    scale = np.asarray(sample.meta["scale_uv"], dtype=np.float32)
+    n_epochs, n_channels = sample.signals.shape[:2] if sample.signals.ndim == 3 else (-1, -1)
+    if n_epochs < 0 or scale.shape != (n_channels,) or sample.labels.shape != (n_epochs,) \
+            or sample.events.shape[:1] != (n_epochs,):
+        raise ValueError(
+            f"{source}: inconsistent shard: signals {sample.signals.shape}, scale_uv {scale.shape}, "
+            f"labels {sample.labels.shape}, events {sample.events.shape}"
+        )
+    keep = _channel_indices(sample.meta, n_channels, channels, source)
+    codes = sample.signals if keep == list(range(n_channels)) else sample.signals[:, keep]
+    return _Night(
+        record_id=str(sample.meta.get("record_id", sample.key)), source=source, codes=codes,
+        scale=scale[keep], labels=sample.labels, events=sample.events,
+    )
+
+
+def _read_nights(urls: list[str], channels: Sequence[int | str] | None) -> Iterator[_Night]:
+    """Nights of `urls` in the given order, read once (no shuffle, no resampling, no node split)."""
+    if not urls:
+        return
+    pipeline = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples())
+    for raw in pipeline:
+        yield _load_night(raw, channels)
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+class TrainBatch(NamedTuple):
+    signals: torch.Tensor  # float32 uV (B, L, C, samples_per_epoch)
+    labels: torch.Tensor  # int64 (B, L), -1 = unscored (mask it out of the loss)
+    events: torch.Tensor  # uint8 (B, L, 3): apnea, hypopnea, desaturation
+
+
+_Window = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # codes view, scale, labels view, events view
+
+
+def _windows(nights: Iterable[_Night], seq_len: int, rng: random.Random, n_urls: int) -> Iterator[_Window]:
+    """Every L-epoch window of each night (start 0 .. n_epochs-L) in random order; short nights give none."""
+    seen = produced = 0
+    for night in nights:
+        seen += 1
+        starts = list(range(night.n_epochs - seq_len + 1))
+        rng.shuffle(starts)
+        for s in starts:
+            produced += 1
+            yield night.codes[s:s + seq_len], night.scale, night.labels[s:s + seq_len], night.events[s:s + seq_len]
+        if produced == 0 and seen >= 10 * n_urls + 10:
+            # Without this guard, a resampled stream over nights that are all too short would spin forever.
+            raise ValueError(f"none of the {n_urls} training shards has a night of at least seq_len={seq_len} epochs")
+
+
+def _collate_train(windows: list[_Window]) -> TrainBatch:
+    if len({w[0].shape for w in windows}) != 1:
+        raise ValueError(
+            "windows in one batch differ in shape " + str(sorted({w[0].shape for w in windows}))
+            + "; all shards must have the same channels (set LoaderConfig.channels)"
+        )
+    signals = np.stack([w[0] for w in windows]).astype(np.float32)
+    signals *= np.stack([w[1] for w in windows])[:, None, :, None]
+    labels = np.stack([w[2] for w in windows]).astype(np.int64)
+    events = np.stack([w[3] for w in windows])
+    return TrainBatch(torch.from_numpy(signals), torch.from_numpy(labels), torch.from_numpy(events))
+
+
+def worker_share(total: int, worker: int, num_workers: int) -> int:
+    """Batches that DataLoader worker `worker` yields, so that the workers together yield exactly `total`."""
+    return total // num_workers + (1 if worker < total % num_workers else 0)
+
+
+class TrainStream(IterableDataset):
+    """One rank's endless training stream, cut into epochs of exactly `batches_per_epoch` batches.
+
+    In each DataLoader worker, the webdataset pipeline is built on first use with seeds derived from
+    (cfg.seed, rank, worker, epoch). It then stays open, so later epochs continue the stream without
+    refilling the shuffle buffer. Keep the workers persistent (`make_train_loader` does): with
+    non-persistent workers each epoch gets a new worker process and the pipeline is rebuilt; then call
+    `set_epoch(e)` before each epoch, or every epoch repeats the same batches.
+
+    This does not use `wds.WebDataset(resampled=True, ...)`, because that seeds its shard sampler from
+    the clock, the pid and RANK/WORLD_SIZE from the environment, and ignores its `seed` argument. A split by
+    node or worker is not needed: each (rank, worker) draws its own random shards from the whole list.
+    """
+
+    def __init__(self, urls: Sequence[str], cfg: LoaderConfig, world_size: int, rank: int, batches_per_epoch: int):
+        super().__init__()
+        _check_rank(world_size, rank)
+        urls = sorted(urls)  # the seeded stream must not depend on the order the caller listed shards in
+        needed = world_size * max(1, cfg.num_workers)
+        if len(urls) < needed:
+            raise ValueError(
+                f"the training split has {len(urls)} shard(s), but {world_size} rank(s) x "
+                f"{max(1, cfg.num_workers)} DataLoader worker(s) need at least {needed}: lower "
+                "LoaderConfig.num_workers or the number of training workers, or add more records"
+            )
+        if batches_per_epoch < 1:
+            raise ValueError(f"batches_per_epoch must be at least 1, not {batches_per_epoch}")
+        self.urls = urls
+        self.cfg = cfg
+        self.world_size = world_size
+        self.rank = rank
+        self.batches_per_epoch = batches_per_epoch
+        self.epoch = 0
+        self._stream: Iterator[TrainBatch] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Seed for pipelines built from now on. Only needed with non-persistent workers (see class doc)."""
+        self.epoch = epoch
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_stream"] = None  # a running generator cannot be pickled into a worker process
+        return state
+
+    def seeds(self, worker: int) -> list[int]:
+        """Independent seeds for (shard sampler, window order, shuffle buffer) of one worker of this rank."""
+        sequence = np.random.SeedSequence([self.cfg.seed, self.rank, worker, self.epoch])
+        return [int(s) for s in sequence.generate_state(3)]
+
+    def pipeline(self, worker: int) -> wds.DataPipeline:
+        shard_seed, window_seed, shuffle_seed = self.seeds(worker)
+        cfg = self.cfg
+        return wds.DataPipeline(
+            wds.ResampledShards(self.urls, seed=shard_seed, worker_seed=_zero, deterministic=True),
+            wds.tarfile_to_samples(),
+            wds.map(lambda raw: _load_night(raw, cfg.channels)),
+            lambda nights: _windows(nights, cfg.seq_len, random.Random(window_seed), len(self.urls)),
+            # initial = bufsize: the first batches would otherwise all come from the first night
+            wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, rng=random.Random(shuffle_seed)),
+            wds.batched(cfg.batch_size, collation_fn=_collate_train, partial=False),
+        )
+
+    def __iter__(self) -> Iterator[TrainBatch]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if self._stream is None:
+            self._stream = iter(self.pipeline(worker))
+        yield from islice(self._stream, worker_share(self.batches_per_epoch, worker, num_workers))
+
+
+def _zero() -> int:
+    return 0
+
+
+def train_dataset(
+    urls: Sequence[str], cfg: LoaderConfig, world_size: int, rank: int, batches_per_epoch: int
+) -> TrainStream:
+    """The training stream of rank `rank`: `batches_per_epoch` TrainBatches per epoch, summed over workers."""
+    return TrainStream(urls, cfg, world_size, rank, batches_per_epoch)
+
+
+def make_train_loader(
+    urls: Sequence[str], cfg: LoaderConfig, world_size: int, rank: int, batches_per_epoch: int,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader over `train_dataset`. batch_size=None because batching happens in the pipeline.
+
+    The workers are persistent so that each epoch continues the same seeded stream (see TrainStream).
+    """
+    dataset = train_dataset(urls, cfg, world_size, rank, batches_per_epoch)
+    return DataLoader(
+        dataset, batch_size=None, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+        pin_memory=pin_memory,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class EvalSequence:
+    """One evaluation window. Metrics count epochs where `valid & (labels >= 0)`.
+
+    `valid` is True at the first occurrence of each real epoch of the night, so counting valid positions
+    counts every epoch once. `epoch_index` is the epoch's index in the night, or -1 on padding. Use it
+    to average predictions over overlapping windows when stride < seq_len.
+    """
+
+    record_id: str
+    signals: np.ndarray  # float32 uV (L, C, samples_per_epoch); zeros on padding
+    labels: np.ndarray  # int64 (L,), -1 = unscored or padding
+    events: np.ndarray  # uint8 (L, 3); zeros on padding
+    epoch_index: np.ndarray  # int64 (L,), -1 on padding
+    valid: np.ndarray  # bool (L,)
+
+
+@dataclass
+class EvalBatch:
+    record_ids: list[str]
+    signals: torch.Tensor  # float32 (B, L, C, samples_per_epoch)
+    labels: torch.Tensor  # int64 (B, L)
+    events: torch.Tensor  # uint8 (B, L, 3)
+    epoch_index: torch.Tensor  # int64 (B, L)
+    valid: torch.Tensor  # bool (B, L)
+
+    def __len__(self) -> int:
+        return len(self.record_ids)
+
+
+def window_starts(n_epochs: int, seq_len: int, stride: int) -> list[int]:
+    """Starts of the evaluation windows of a night: every `stride`, plus one aligned to the end of the night
+    if the last regular window stops short of it (a night of at most seq_len epochs gets the single start 0)."""
+    if n_epochs <= seq_len:
+        return [0]
+    starts = list(range(0, n_epochs - seq_len + 1, stride))
+    if starts[-1] + seq_len < n_epochs:
+        starts.append(n_epochs - seq_len)
+    return starts
+
+
+def _night_sequences(night: _Night, seq_len: int, stride: int) -> Iterator[EvalSequence]:
+    covered = 0  # epochs [0, covered) already appeared as valid in an earlier window
+    for start in window_starts(night.n_epochs, seq_len, stride):
+        stop = min(start + seq_len, night.n_epochs)
+        n = stop - start
+        index = np.full(seq_len, -1, dtype=np.int64)
+        index[:n] = np.arange(start, stop)
+        valid = (index >= covered) & (index >= 0)
+        covered = stop
+        signals = np.zeros((seq_len, *night.codes.shape[1:]), dtype=np.float32)
+        signals[:n] = night.physical(start, stop)
+        labels = np.full(seq_len, -1, dtype=np.int64)
+        labels[:n] = night.labels[start:stop]
+        events = np.zeros((seq_len, *night.events.shape[1:]), dtype=np.uint8)
+        events[:n] = night.events[start:stop]
+        yield EvalSequence(night.record_id, signals, labels, events, index, valid)
+
+
+def eval_sequences(urls: Sequence[str], cfg: LoaderConfig, world_size: int, rank: int) -> Iterator[EvalSequence]:
+    """Rank `rank`'s share of a deterministic evaluation pass, in order: nights `sorted(urls)[rank::world_size]`.
+
+    The union over ranks of (record_id, epoch_index) where valid is True is every epoch of every night,
+    each exactly once. Ranks may yield different counts, so do not run collectives inside the pass.
+    """
+    _check_rank(world_size, rank)
+    for night in _read_nights(sorted(urls)[rank::world_size], cfg.channels):
+        yield from _night_sequences(night, cfg.seq_len, cfg.eval_stride)
+
+
+def collate_eval(sequences: list[EvalSequence]) -> EvalBatch:
+    return EvalBatch(
+        record_ids=[s.record_id for s in sequences],
+        signals=torch.from_numpy(np.stack([s.signals for s in sequences])),
+        labels=torch.from_numpy(np.stack([s.labels for s in sequences])),
+        events=torch.from_numpy(np.stack([s.events for s in sequences])),
+        epoch_index=torch.from_numpy(np.stack([s.epoch_index for s in sequences])),
+        valid=torch.from_numpy(np.stack([s.valid for s in sequences])),
+    )
+
+
+def eval_batches(urls: Sequence[str], cfg: LoaderConfig, world_size: int, rank: int) -> Iterator[EvalBatch]:
+    """`eval_sequences` in batches of cfg.batch_size (the last one may be smaller)."""
+    batch: list[EvalSequence] = []
+    for sequence in eval_sequences(urls, cfg, world_size, rank):
+        batch.append(sequence)
+        if len(batch) == cfg.batch_size:
+            yield collate_eval(batch)
+            batch = []
+    if batch:
+        yield collate_eval(batch)

@@ -1,0 +1,152 @@
+"""The preprocessing job: every recording of a dataset -> shards, on a Ray cluster, resumably.
+
+One Ray task per recording (bounded CPUs and memory each). Ray retries a task whose worker process died
+(system failure); a recording that is itself bad (unreadable, no C4 channel, no annotations) fails once,
+lands in failures.jsonl with a message naming the file, and the others go on. A rerun skips recordings
+whose summary says they were done with the same config, so a job killed at any point — driver or
+worker — completes on the next run, and the bytes of every shard depend only on its inputs and config.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from distsleep.config import PreprocessConfig, SplitConfig
+from distsleep.errors import InputError
+from distsleep.runtime import connect_ray
+from distsleep.shards.convert import RecordSource, completed_summary, convert_record
+from distsleep.shards.manifest import FAILURES_NAME, MANIFEST_NAME, build_manifest, write_json_atomic
+from distsleep.stages import STAGE_NAMES
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    address: str | None = None  # Ray address; default RAY_ADDRESS, else a local embedded cluster
+    cpus_per_task: float = 1.0
+    memory_per_task_mb: int = 1500  # a 9-h SHHS night peaks well under 1 GB in our path
+    max_retries: int = 3  # retries after a worker process dies (system failures only)
+
+
+@dataclass
+class PreprocessResult:
+    manifest: dict
+    converted: int
+    skipped: int
+    failures: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> int:
+        return len(self.manifest["records"])
+
+
+def discover(config: PreprocessConfig, root: str | Path, limit: int | None = None) -> list[RecordSource]:
+    if config.source == "shhs":
+        from distsleep.sources.shhs import find_shhs_pairs as find
+    else:
+        from distsleep.sources.sleepedf import find_sleepedf_pairs as find
+    sources = [RecordSource(rid, str(sig), str(ann) if ann else None) for rid, sig, ann in find(root)]
+    if not sources:
+        raise FileNotFoundError(f"{root}: no {config.source} recordings found (expected the "
+                                + ("NSRR polysomnography/edfs/... layout)" if config.source == "shhs" else "SC4*-PSG.edf files)"))
+    return sources[:limit] if limit else sources
+
+
+def convert_task(source: RecordSource, config: PreprocessConfig, out: str) -> dict:
+    """Body of the Ray task: a result dict either way, so bad input never kills the job."""
+    try:
+        return {"status": "ok", "summary": convert_record(source, config, out)}
+    except InputError as error:
+        return {"status": "failed", "record_id": source.record_id, "error": error.kind, "message": str(error)}
+    except Exception as error:  # a bug or an unforeseen file problem: report it, keep the rest going
+        return {"status": "failed", "record_id": source.record_id, "error": type(error).__name__,
+                "message": f"{source.signal_path}: {error}", "traceback": traceback.format_exc(limit=3)}
+
+
+def _clean_stale_temporaries(out: Path) -> None:
+    """Temporary files of a killed run are garbage: their final names were never written."""
+    for pattern in ("shards/.*.tmp-*", "records/.*.tmp-*", ".*.tmp-*"):
+        for path in out.glob(pattern):
+            path.unlink(missing_ok=True)
+
+
+def run_preprocess(root: str | Path, out: str | Path, config: PreprocessConfig, split: SplitConfig,
+                   limit: int | None = None, cluster: ClusterOptions = ClusterOptions(), progress: bool = True) -> PreprocessResult:
+    import ray
+
+    t0 = time.perf_counter()
+    out = Path(out).resolve()
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    _clean_stale_temporaries(out)
+    sources = discover(config, root, limit)
+    config_hash = config.content_hash()
+
+    summaries: dict[str, dict] = {}
+    todo: list[RecordSource] = []
+    for source in sources:
+        done = completed_summary(out, source.record_id, config_hash)
+        if done is None:
+            todo.append(source)
+        else:
+            summaries[source.record_id] = done
+    skipped = len(summaries)
+
+    failures: list[dict] = []
+    if todo:
+        connect_ray(cluster.address)
+        task = ray.remote(convert_task).options(
+            num_cpus=cluster.cpus_per_task,
+            memory=cluster.memory_per_task_mb * 1024 * 1024,
+            max_retries=cluster.max_retries,
+            retry_exceptions=False,
+        )
+        pending = {task.remote(source, config, str(out)): source for source in todo}
+        bar = tqdm(total=len(sources), initial=skipped, desc="preprocess", unit="rec", disable=not progress)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            source = pending.pop(ready[0])
+            try:
+                result = ray.get(ready[0])
+            except ray.exceptions.RayError as error:  # the task's worker died more often than max_retries
+                result = {"status": "failed", "record_id": source.record_id, "error": type(error).__name__,
+                          "message": f"{source.signal_path}: worker failed {cluster.max_retries + 1} times: {str(error).splitlines()[0]}"}
+            if result["status"] == "ok":
+                summaries[source.record_id] = result["summary"]
+            else:
+                failures.append({k: v for k, v in result.items() if k != "status"})
+            bar.update()
+            bar.set_postfix(failed=len(failures))
+        bar.close()
+
+    manifest = build_manifest(list(summaries.values()), failures, config, split)
+    write_json_atomic(out / FAILURES_NAME, sorted(failures, key=lambda f: f["record_id"]), lines=True)
+    write_json_atomic(out / MANIFEST_NAME, manifest)
+    return PreprocessResult(manifest=manifest, converted=len(summaries) - skipped, skipped=skipped,
+                            failures=failures, seconds=time.perf_counter() - t0)
+
+
+def format_summary(result: PreprocessResult, out: Path) -> str:
+    manifest = result.manifest
+    records = manifest["records"].values()
+    n_bytes = sum(r["bytes"] for r in records)
+    n_epochs = sum(r["n_epochs"] for r in records)
+    stages = {s: sum(r["stages"][s] for r in records) for s in (*STAGE_NAMES, "unscored")}
+    lines = [
+        f"records: {result.ok} in the manifest ({result.converted} converted, {result.skipped} already done), "
+        f"{len(result.failures)} failed, {len(manifest['excluded']) - len(result.failures)} excluded by subset",
+        "splits: " + "  ".join(f"{k} {v['records']}" for k, v in manifest["totals"].items()),
+        "epochs per stage: " + "  ".join(f"{k} {v}" for k, v in stages.items()),
+        f"bytes: {n_bytes / 1e6:.1f} MB in shards, {n_bytes / max(1, n_epochs):.0f} B per epoch; "
+        f"{result.seconds:.1f} s ({(result.converted / result.seconds if result.seconds else 0):.2f} records/s converted)",
+        f"manifest: {out / MANIFEST_NAME}",
+    ]
+    for failure in result.failures:
+        lines.append(f"FAILED {failure['record_id']}: {failure['error']}: {failure['message']}")
+    if result.failures:
+        lines.append(f"failures: {out / FAILURES_NAME}")
+    return "\n".join(lines)

@@ -1,0 +1,127 @@
+"""MLflow helpers: reachability checks, one run per training run, and logging that never kills training.
+
+The driver creates (or, on a relaunch, finds) the MLflow run before training starts and hands its id
+to the workers; rank 0 logs through `RunLogger`, which uses the client API with an explicit run id (no
+global active run), and turns tracking failures into warnings: losing the tracking server mid-run costs
+metrics, not the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+log = logging.getLogger("distsleep.tracking")
+
+RUN_NAME_TAG = "distsleep.run_name"
+# Fail fast instead of retrying for minutes when a server is unreachable.
+HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking store cannot be reached: raised before any training starts."""
+
+
+def client(uri: str):
+    import mlflow
+
+    for key, value in HTTP_ENV.items():
+        os.environ.setdefault(key, value)
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def check_reachable(uri: str) -> None:
+    """Raise TrackingUnavailable with what to do when `uri` cannot be used."""
+    try:
+        client(uri).search_experiments(max_results=1)
+    except Exception as error:  # connection refused, DNS, permissions, bad URI ...
+        hint = ("start it (cluster/local/start.sh does) or point MLFLOW_TRACKING_URI elsewhere"
+                if uri.startswith("http") else "check the path and its permissions")
+        raise TrackingUnavailable(f"MLflow tracking store {uri} is not reachable ({type(error).__name__}: "
+                                  f"{str(error).splitlines()[0][:200]}); {hint}") from error
+
+
+def experiment_id(uri: str, name: str, artifact_root: str | None = None) -> str:
+    c = client(uri)
+    experiment = c.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    if artifact_root is None and uri.startswith("sqlite:///"):
+        # Keep artifacts beside the SQLite store rather than in whatever directory a worker runs in.
+        artifact_root = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return c.create_experiment(name, artifact_location=artifact_root)
+
+
+def find_or_create_run(uri: str, experiment: str, run_name: str, parent_run_id: str | None = None,
+                       tags: dict | None = None) -> tuple[str, bool]:
+    """(run_id, resumed): the unfinished run tagged with this run name, else a new one."""
+    c = client(uri)
+    exp_id = experiment_id(uri, experiment)
+    found = c.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+                          order_by=["attributes.start_time DESC"], max_results=1)
+    if found and found[0].info.status != "FINISHED":
+        c.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id, True
+    all_tags = {RUN_NAME_TAG: run_name, **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = c.create_run(exp_id, run_name=run_name, tags=all_tags)
+    return run.info.run_id, False
+
+
+class RunLogger:
+    """Log to one MLflow run from one process; failures become (rate-limited) warnings."""
+
+    def __init__(self, uri: str, run_id: str, enabled: bool = True):
+        self.uri, self.run_id, self.enabled = uri, run_id, enabled
+        self._client = client(uri) if enabled else None
+        self._last_warning = 0.0
+        self.failures = 0
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as error:
+            self.failures += 1
+            if time.time() - self._last_warning > 60:
+                log.warning("MLflow %s failed (%s: %s); training continues", what, type(error).__name__, str(error)[:200])
+                self._last_warning = time.time()
+            return None
+
+    def params(self, params: dict[str, str]) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):
+            self._call("log params", self._client.log_batch, self.run_id, params=items[i:i + 100])
+
+    def metrics(self, metrics: dict[str, float], step: int) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        self._call("log metrics", self._client.log_batch, self.run_id, metrics=items)
+
+    def tags(self, tags: dict[str, str]) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import RunTag
+
+        self._call("set tags", self._client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if not self.enabled:
+            return
+        self._call("log artifact", self._client.log_artifact, self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if not self.enabled:
+            return
+        self._call("end run", self._client.set_terminated, self.run_id, status)

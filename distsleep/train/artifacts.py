@@ -1,0 +1,89 @@
+"""What a finished training run leaves in MLflow besides metrics: everything needed to trust, compare and
+reuse it — figures, the exact configuration and data, the environment, and the model bundle."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from distsleep.plots import confusion_png, f1_table, hypnogram_png
+from distsleep.stages import STAGE_NAMES
+
+BUNDLE_FORMAT = "distsleep-model/1"
+
+
+def make_bundle(cfg, model_cfg, weights: dict, manifest: dict, roles) -> dict:
+    """The trained model as one file: fp32 weights plus what inference needs to reproduce the inputs.
+
+    Only tensors and plain Python values, so it loads with torch.load(weights_only=True).
+    """
+    return {
+        "format": BUNDLE_FORMAT,
+        "model": cfg.model,
+        "model_config": model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else asdict(model_cfg),
+        "state_dict": {k: v.float() if v.is_floating_point() else v for k, v in weights.items()},
+        "preprocess": manifest["config"]["preprocess"],
+        "channels": list(roles),
+        "stages": list(STAGE_NAMES),
+        "seq_len": cfg.seq_len,
+        "stage": cfg.stage,
+    }
+
+
+def _environment(world: int, cfg) -> dict:
+    import deepspeed
+    import mlflow
+    import ray
+    import torch
+
+    from distsleep.shards.manifest import code_version
+
+    return {
+        "python": sys.version.split()[0], "platform": platform.platform(), "host": platform.node(),
+        "torch": torch.__version__, "ray": ray.__version__, "deepspeed": deepspeed.__version__,
+        "mlflow": mlflow.__version__, "distsleep": code_version(), "world_size": world,
+        "seed": cfg.seed, "worker_seeds": [cfg.seed + r for r in range(world)],
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+    }
+
+
+def write_run_artifacts(directory: Path, *, cfg, model_cfg, ds_config, manifest, roles, test_metrics, predictions,
+                        state, weights, world) -> list[tuple[Path, str | None]]:
+    """Write the run's artifacts into `directory`; returns (file, MLflow artifact folder) pairs."""
+    import torch
+
+    files: list[tuple[Path, str | None]] = []
+
+    def dump(name: str, payload, folder: str | None = None) -> None:
+        path = directory / name
+        path.write_text(json.dumps(payload, indent=1, sort_keys=True, default=str))
+        files.append((path, folder))
+
+    dump("config.json", {"train": cfg.to_dict(), "model": model_cfg.to_dict(), "deepspeed": ds_config})
+    dump("environment.json", _environment(world, cfg))
+    splits = {s: sorted(r for r, e in manifest["records"].items() if e["split"] == s) for s in ("train", "val", "test")}
+    dump("data.json", {"manifest_config_hash": manifest.get("config_hash"), "manifest_code_version": manifest.get("code_version"),
+                       "shards": cfg.shards, "channels": list(roles), "records": splits,
+                       "preprocess": manifest["config"]["preprocess"]})
+    dump("checkpoint.json", {"evaluated": "best validation", "best_step": state["best_step"],
+                             "best_" + cfg.select_metric: state["best_metric"], "last_step": state["step"],
+                             "stopped_early": state["stopped_early"]})
+    dump("test_metrics.json", test_metrics)
+    table = directory / "per_class_f1.md"
+    table.write_text(f1_table(test_metrics) + "\n")
+    files.append((table, None))
+    files.append((confusion_png(test_metrics["confusion"], directory / "confusion_matrix.png",
+                                title=f"{cfg.model} {cfg.stage}: test confusion (rows: true)"), None))
+    if predictions.labels:
+        record_id = sorted(predictions.labels)[0]
+        path = hypnogram_png(predictions.predicted(record_id), directory / f"hypnogram_{record_id}.png",
+                             true=predictions.labels[record_id], probabilities=predictions.probabilities[record_id],
+                             title=f"{record_id}: true vs predicted ({cfg.model} {cfg.stage})")
+        files.append((path, None))
+    bundle = directory / "model.pt"
+    torch.save(make_bundle(cfg, model_cfg, weights, manifest, roles), bundle)
+    files.append((bundle, "model"))
+    return files

@@ -1,0 +1,85 @@
+"""Command-line options of the training jobs (shared by `distsleep pretrain|finetune`, jobs/pretrain.py
+and the sweep job), mapped onto TrainConfig."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from distsleep.train.config import TrainConfig
+
+_DEFAULTS = TrainConfig()
+
+
+def _parse_set(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def add_train_arguments(p: argparse.ArgumentParser, stage: str | None = None) -> None:
+    d = _DEFAULTS
+    g = p.add_argument_group("what to train")
+    g.add_argument("--shards", required=True, help="manifest.json of a preprocessing run (path or URL)")
+    g.add_argument("--model", default=d.model, help=f"registered model name (default {d.model})")
+    g.add_argument("--model-size", default=d.model_size, choices=("paper", "small"), help="model preset (default paper)")
+    if stage is None:
+        g.add_argument("--stage", default=d.stage, choices=("pretrain", "finetune"), help="training stage (default pretrain)")
+    g.add_argument("--mask-ratio", type=float, help="masking ratio r of the cross-masking pre-training (model default 0.5)")
+    g.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override model config fields, e.g. infonce_temperature=0.07")
+    g.add_argument("--init-from", help="start from a checkpoint dir, a model bundle (model.pt) or an MLflow run id")
+    g = p.add_argument_group("data")
+    g.add_argument("--seq-len", type=int, default=d.seq_len, help=f"epochs per sequence L (default {d.seq_len})")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"sequences per worker per step (default {d.batch_size})")
+    g.add_argument("--loader-workers", type=int, default=d.loader_workers, help="DataLoader processes per worker")
+    g.add_argument("--shuffle-buffer", type=int, default=d.shuffle_buffer, help="sequences in the shuffle buffer")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--max-steps", type=int, default=d.max_steps)
+    g.add_argument("--val-every", type=int, default=d.val_every, help="validate and checkpoint every N steps")
+    g.add_argument("--early-stop-patience", type=int, default=d.early_stop_patience, help="validations without improvement before stopping")
+    g.add_argument("--select-metric", default=d.select_metric, choices=("macro_f1", "accuracy", "kappa"))
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--schedule", default=d.schedule, choices=("constant", "cosine"))
+    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    g.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    g.add_argument("--zero-stage", type=int, default=d.zero_stage, choices=(0, 1, 2))
+    g.add_argument("--precision", default=d.precision, choices=("auto", "fp32", "bf16"), help="auto: bf16 on GPU, fp32 on CPU")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--deepspeed-config", help="DeepSpeed JSON config; the options above override its values")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--log-every", type=int, default=d.log_every, help="log training metrics every N steps")
+    g = p.add_argument_group("cluster")
+    g.add_argument("--num-workers", type=int, default=d.num_workers, help="Ray Train workers (one DeepSpeed rank each)")
+    g.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL")
+    g.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker)
+    g.add_argument("--gpus-per-worker", type=float, default=d.gpus_per_worker)
+    g.add_argument("--storage-path", default=d.storage_path, help="checkpoints go to STORAGE/NAME (shared path or bucket on clusters)")
+    g.add_argument("--name", default="", help="run name; relaunching the same name resumes (default MODEL-STAGE)")
+    g.add_argument("--max-failures", type=int, default=d.max_failures, help="worker-group restarts from the last checkpoint")
+    g.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else a local cluster)")
+    g = p.add_argument_group("tracking")
+    g.add_argument("--experiment", default=d.experiment, help="MLflow experiment")
+    g.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///$PWD/mlflow.db)")
+
+
+def config_from_args(args: argparse.Namespace, stage: str | None = None) -> TrainConfig:
+    return TrainConfig(
+        shards=args.shards, model=args.model, model_size=args.model_size, model_overrides=_parse_set(args.set),
+        stage=stage or args.stage, mask_ratio=args.mask_ratio, init_from=args.init_from, seq_len=args.seq_len,
+        batch_size=args.batch_size, loader_workers=args.loader_workers, shuffle_buffer=args.shuffle_buffer,
+        max_steps=args.max_steps, val_every=args.val_every, early_stop_patience=args.early_stop_patience,
+        select_metric=args.select_metric, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
+        warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, zero_stage=args.zero_stage, precision=args.precision,
+        compile=args.compile, deepspeed_config=args.deepspeed_config, seed=args.seed, log_every=args.log_every,
+        num_workers=args.num_workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker, storage_path=args.storage_path, name=args.name,
+        max_failures=args.max_failures, experiment=args.experiment, tracking_uri=args.tracking_uri,
+    )

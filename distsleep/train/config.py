@@ -1,0 +1,128 @@
+"""Configuration of one training run (pre-training or fine-tuning), and the DeepSpeed config built from it."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+STAGES = ("pretrain", "finetune")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    shards: str = ""  # manifest.json (path or URL) of a preprocessing run
+    model: str = "mc2sleepnet"
+    model_size: str = "paper"  # a preset of the model's config class: "paper" or "small"
+    model_overrides: dict = field(default_factory=dict)  # any field of the model's config class
+    stage: str = "pretrain"
+    mask_ratio: float | None = None  # shorthand for model_overrides["mask_ratio"]
+    init_from: str | None = None  # checkpoint dir, model bundle, or MLflow run id to start from
+    # data
+    seq_len: int = 21
+    batch_size: int = 32  # sequences per worker per step
+    loader_workers: int = 2
+    shuffle_buffer: int = 2000
+    val_stride: int | None = None  # eval window stride (default: seq_len, non-overlapping)
+    # optimisation
+    max_steps: int = 1000
+    val_every: int = 200
+    early_stop_patience: int = 5  # validations without improvement
+    select_metric: str = "macro_f1"  # validation metric that picks the best checkpoint
+    lr: float = 5e-4
+    weight_decay: float = 1e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "constant"  # or "cosine"
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    zero_stage: int = 0
+    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    compile: bool = False
+    seed: int = 0
+    deepspeed_config: str | None = None  # JSON file; the options above override its values
+    log_every: int = 1
+    # cluster
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0
+    storage_path: str = "runs"
+    name: str = ""
+    max_failures: int = 0
+    # tracking
+    experiment: str = "distsleep"
+    tracking_uri: str | None = None
+    parent_run_id: str | None = None  # set by sweeps: this run is a child of that run
+    run_tags: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if not 0 <= self.zero_stage <= 2:
+            raise ValueError("zero_stage must be 0, 1 or 2")
+        self.betas = tuple(self.betas)
+        if self.mask_ratio is not None:
+            self.model_overrides = {**self.model_overrides, "mask_ratio": self.mask_ratio}
+        if not self.name:
+            self.name = f"{self.model}-{self.stage}"
+        self.storage_path = str(Path(self.storage_path).expanduser().resolve()) if "://" not in self.storage_path else self.storage_path
+
+    @property
+    def resolved_precision(self) -> str:
+        return ("bf16" if self.use_gpu else "fp32") if self.precision == "auto" else self.precision
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["betas"] = list(self.betas)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def deepspeed_config(config: TrainConfig) -> dict:
+    """The DeepSpeed config: the user's JSON file (if any) with this run's options on top.
+
+    bf16 runs as torch autocast over fp32 master weights: every model works unchanged (no input casts)
+    and the weights saved are fp32. The optimizer is a torch optimizer passed to deepspeed.initialize
+    (DeepSpeed's fused Adam would JIT-compile a C++/CUDA op on first use).
+    """
+    base: dict = {}
+    if config.deepspeed_config:
+        base = json.loads(Path(config.deepspeed_config).read_text())
+    base.update({
+        "train_micro_batch_size_per_gpu": config.batch_size,
+        "gradient_accumulation_steps": base.get("gradient_accumulation_steps", 1),
+        "gradient_clipping": config.grad_clip,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    })
+    base.pop("train_batch_size", None)  # derived by DeepSpeed from micro batch x accumulation x world
+    zero = dict(base.get("zero_optimization", {}))
+    zero["stage"] = config.zero_stage
+    base["zero_optimization"] = zero
+    base.pop("fp16", None)  # never fp16: no loss scaling needed with bf16, and CPU has no fp16 kernels
+    if config.resolved_precision == "bf16":
+        base["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+    else:
+        base.pop("torch_autocast", None)
+    base.pop("bf16", None)
+    return base
+
+
+def default_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else an absolute SQLite file in the working directory.
+
+    Absolute, because Ray workers run in other directories and a relative sqlite:///mlflow.db would
+    create one store per worker.
+    """
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"

@@ -1,0 +1,95 @@
+"""Distributed evaluation: one prediction per epoch of every val/test recording.
+
+Each rank scores its share of the recordings (no collectives during the pass, so uneven shares cannot
+hang), then one all_gather_object collects the per-window class probabilities. Every rank averages the
+probabilities of each (recording, epoch) over the windows that contain it and computes the same
+metrics, so early-stopping decisions agree without another broadcast.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from distsleep.metrics import staging_metrics
+from distsleep.shards.loader import LoaderConfig, eval_batches
+
+
+@dataclass
+class EpochPredictions:
+    """Per recording: labels, averaged class probabilities and predicted stage for each epoch."""
+
+    labels: dict[str, np.ndarray]
+    probabilities: dict[str, np.ndarray]  # (n_epochs, n_classes)
+
+    def predicted(self, record_id: str) -> np.ndarray:
+        return self.probabilities[record_id].argmax(axis=1)
+
+    def flat(self) -> tuple[np.ndarray, np.ndarray]:
+        ids = sorted(self.labels)
+        if not ids:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return np.concatenate([self.labels[i] for i in ids]), np.concatenate([self.predicted(i) for i in ids])
+
+
+@torch.no_grad()
+def score_windows(model: torch.nn.Module, urls: list[str], cfg: LoaderConfig, world_size: int, rank: int,
+                  device: torch.device, autocast_dtype: torch.dtype | None = None) -> list[tuple]:
+    """This rank's (record_id, epoch_index, label, probabilities) rows for every valid-or-overlapping position."""
+    was_training = model.training
+    model.eval()
+    rows = []
+    for batch in eval_batches(urls, cfg, world_size, rank):
+        x = batch.signals.to(device)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out = model(x, labels=None, stage="eval")
+        probs = torch.softmax(out["logits"].float(), dim=-1).cpu().numpy()
+        index = batch.epoch_index.numpy()
+        labels = batch.labels.numpy()
+        for b, record_id in enumerate(batch.record_ids):
+            keep = index[b] >= 0
+            rows.append((record_id, index[b][keep], labels[b][keep], probs[b][keep]))
+    model.train(was_training)
+    return rows
+
+
+def aggregate(rows: list[tuple]) -> EpochPredictions:
+    """Average probabilities of each (record, epoch) over all windows that contain it."""
+    sums: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
+    counts: dict[str, dict[int, int]] = defaultdict(dict)
+    labels: dict[str, dict[int, int]] = defaultdict(dict)
+    for record_id, index, label, probs in rows:
+        for i, y, p in zip(index.tolist(), label.tolist(), probs):
+            if i in sums[record_id]:
+                sums[record_id][i] = sums[record_id][i] + p
+                counts[record_id][i] += 1
+            else:
+                sums[record_id][i] = p.astype(np.float64)
+                counts[record_id][i] = 1
+                labels[record_id][i] = y
+    out_labels, out_probs = {}, {}
+    for record_id in sums:
+        order = sorted(sums[record_id])
+        if order != list(range(len(order))):
+            raise RuntimeError(f"evaluation of {record_id} does not cover epochs 0..{len(order) - 1} contiguously")
+        out_labels[record_id] = np.array([labels[record_id][i] for i in order], dtype=np.int64)
+        out_probs[record_id] = np.stack([sums[record_id][i] / counts[record_id][i] for i in order]).astype(np.float32)
+    return EpochPredictions(out_labels, out_probs)
+
+
+def evaluate(model: torch.nn.Module, urls: list[str], cfg: LoaderConfig, world_size: int, rank: int,
+             device: torch.device, autocast_dtype: torch.dtype | None = None) -> tuple[dict, EpochPredictions]:
+    """Metrics over every scored epoch of `urls`, identical on all ranks, plus the per-epoch predictions."""
+    rows = score_windows(model, urls, cfg, world_size, rank, device, autocast_dtype)
+    if world_size > 1:
+        import torch.distributed as dist
+
+        gathered: list = [None] * world_size
+        dist.all_gather_object(gathered, rows)
+        rows = [row for part in gathered for row in part]
+    predictions = aggregate(rows)
+    y_true, y_pred = predictions.flat()
+    return staging_metrics(y_true, y_pred), predictions

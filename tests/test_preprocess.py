@@ -1,0 +1,218 @@
+"""The preprocessing job on a real local Ray cluster: shards, manifest, failures, resumability."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import webdataset as wds
+from scipy import signal as sps
+
+from distsleep.cli import main as cli_main
+from distsleep.config import PreprocessConfig, SplitConfig
+from distsleep.shards.format import decode_sample, read_shard
+from distsleep.shards.pipeline import run_preprocess
+from distsleep.sources.shhs import load_shhs_record
+from distsleep.synth.cohort import CohortConfig, generate_cohort, record_paths
+
+from edf_factory import signal as edf_signal, truncate, write_edf
+
+GOOD = ["shhs1-300001", "shhs1-300002", "shhs1-300003", "shhs1-300004"]
+
+
+def _hashes(out: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / "shards").glob("*.tar"))}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """Four good synthetic nights plus a truncated EDF, an EDF without XML and an EDF without C4-A1."""
+    root = tmp_path_factory.mktemp("dataset")
+    generate_cohort(root, CohortConfig(n_records=len(GOOD), hours=0.75, seed=5, workers=2), progress=False)
+    corrupt = record_paths(root, "shhs1-300005")
+    shutil.copy(record_paths(root, "shhs1-300001")["edf"], corrupt["edf"])
+    shutil.copy(record_paths(root, "shhs1-300001")["nsrr"], corrupt["nsrr"])
+    truncate(corrupt["edf"], corrupt["edf"].stat().st_size // 3)
+    no_xml = record_paths(root, "shhs1-300006")
+    shutil.copy(record_paths(root, "shhs1-300002")["edf"], no_xml["edf"])
+    no_c4 = record_paths(root, "shhs1-300007")
+    n = 125 * 30 * 90
+    write_edf(no_c4["edf"], [edf_signal("EEG(sec)", 125, np.random.default_rng(0).normal(0, 20, n)),
+                             edf_signal("EMG", 125, np.random.default_rng(1).normal(0, 5, n))])
+    shutil.copy(record_paths(root, "shhs1-300003")["nsrr"], no_c4["nsrr"])
+    return root
+
+
+@pytest.fixture(scope="module")
+def converted(dataset, ray_local, tmp_path_factory) -> tuple[Path, int]:
+    out = tmp_path_factory.mktemp("shards")
+    code = cli_main(["preprocess", "--root", str(dataset), "--out", str(out), "--quiet"])
+    return out, code
+
+
+def test_bad_records_fail_alone_and_are_named(converted):
+    out, code = converted
+    assert code == 1, "failures beyond --max-failures must give a non-zero exit"
+    failures = {f["record_id"]: f for f in map(json.loads, (out / "failures.jsonl").read_text().splitlines())}
+    assert set(failures) == {"shhs1-300005", "shhs1-300006", "shhs1-300007"}
+    assert failures["shhs1-300005"]["error"] == "EdfFormatError" and "truncated" in failures["shhs1-300005"]["message"]
+    assert failures["shhs1-300006"]["error"] == "AnnotationError" and "shhs1-300006.edf" in failures["shhs1-300006"]["message"]
+    assert failures["shhs1-300007"]["error"] == "MissingChannelError" and "EEG(sec)" in failures["shhs1-300007"]["message"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest["records"]) == GOOD
+    assert {e["record_id"] for e in manifest["excluded"]} == set(failures)
+    assert sorted(p.stem for p in (out / "shards").glob("*.tar")) == GOOD
+
+
+def test_max_failures_allows_exit_zero(dataset, converted):
+    out, _ = converted
+    assert cli_main(["preprocess", "--root", str(dataset), "--out", str(out), "--quiet", "--max-failures", "3"]) == 0
+
+
+def test_shards_read_back_and_match_source(dataset, converted):
+    out, _ = converted
+    manifest = json.loads((out / "manifest.json").read_text())
+    for record_id in GOOD:
+        shard = out / manifest["records"][record_id]["shard"]
+        with tarfile.open(shard) as tar:
+            assert sorted(tar.getnames()) == sorted(f"{record_id}.{m}" for m in ("signals.npy", "labels.npy", "events.npy", "meta.json"))
+        (raw,) = list(wds.WebDataset(str(shard), shardshuffle=False))
+        sample = decode_sample(raw)
+        paths = record_paths(dataset, record_id)
+        source = load_shhs_record(paths["edf"], paths["nsrr"], roles=("eeg_c4",))
+        np.testing.assert_array_equal(sample.labels, source.stages)
+        assert sample.signals.dtype == np.int16 and sample.signals.shape == (source.n_epochs, 1, 3000)
+        # 125 -> 100 Hz by the exact polyphase factor 4/5; shards hold it to within int16 quantization
+        # (half a code, scale_uv / 2) plus float32 rounding.
+        reference = sps.resample_poly(source.channels["eeg_c4"].data.astype(np.float64), 4, 5)
+        scale = sample.meta["scale_uv"][0]
+        assert np.max(np.abs(sample.physical().reshape(-1) - reference)) <= scale / 2 + 1e-3
+        assert sample.meta["channels"][0] == {"role": "eeg_c4", "label": "EEG", "source_rate": 125.0, "unit": "uV"}
+        entry = manifest["records"][record_id]
+        assert entry["stages"] == source.stage_counts() and entry["n_epochs"] == source.n_epochs
+        assert entry["sha256"] == hashlib.sha256(shard.read_bytes()).hexdigest()
+        # Storage budget of the single-EEG recipe: <= 6.5 KB per 30-s epoch including tar overhead.
+        assert entry["bytes"] / entry["n_epochs"] <= 6500
+
+
+def test_split_is_subject_wise_and_seeded(converted):
+    out, _ = converted
+    manifest = json.loads((out / "manifest.json").read_text())
+    splits = {rid: r["split"] for rid, r in manifest["records"].items()}
+    assert set(splits.values()) == {"train", "val", "test"}
+    by_subject: dict[str, set] = {}
+    for rid, r in manifest["records"].items():
+        by_subject.setdefault(r["subject"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in by_subject.values())
+    assert manifest["config"]["split"]["seed"] == 0 and len(manifest["config_hash"]) == 16
+
+
+def test_rerun_skips_and_is_byte_identical(dataset, converted, tmp_path):
+    out, _ = converted
+    before = _hashes(out)
+    manifest_before = (out / "manifest.json").read_bytes()
+    result = run_preprocess(dataset, out, PreprocessConfig(), SplitConfig(), progress=False)
+    assert result.converted == 0 and result.skipped == len(GOOD) and len(result.failures) == 3
+    assert _hashes(out) == before and (out / "manifest.json").read_bytes() == manifest_before
+    # A fresh run elsewhere gives the same bytes.
+    fresh = run_preprocess(dataset, tmp_path / "fresh", PreprocessConfig(), SplitConfig(), progress=False)
+    assert fresh.converted == len(GOOD) and _hashes(tmp_path / "fresh") == before
+
+
+def test_subsets_and_options(dataset, converted, tmp_path):
+    out, _ = converted
+    # shhs-5463 keeps only nights with all five stages; the manifest says why the others are out.
+    result = run_preprocess(dataset, out, PreprocessConfig(), SplitConfig(subset="shhs-5463"), progress=False)
+    manifest = result.manifest
+    for rid, r in manifest["records"].items():
+        assert all(r["stages"][s] > 0 for s in ("W", "N1", "N2", "N3", "REM"))
+    reasons = {e["record_id"]: e["reason"] for e in manifest["excluded"]}
+    for rid in set(GOOD) - set(manifest["records"]):
+        assert reasons[rid].startswith("does not contain all five stages")
+    # Wake trimming and band-pass change the shards (new config hash) and keep labels aligned.
+    trimmed = run_preprocess(dataset, tmp_path / "trim", PreprocessConfig(trim_wake_minutes=1, bandpass=(0.3, 40.0)),
+                             SplitConfig(), limit=len(GOOD), progress=False)
+    for rid, r in trimmed.manifest["records"].items():
+        start, stop = r["kept_epochs"]
+        sample = read_shard(tmp_path / "trim" / r["shard"])
+        full = json.loads((out / "records" / f"{rid}.json").read_text())
+        assert sample.meta["config_hash"] != full["config_hash"]
+        assert sample.signals.shape[0] == stop - start <= full["n_epochs"]
+        sleep = np.flatnonzero(np.isin(sample.labels, (1, 2, 3, 4)))
+        if sleep.size:  # 1 minute = 2 epochs of wake kept on each side of the sleep period
+            assert sleep[0] <= 2 and sample.signals.shape[0] - 1 - sleep[-1] <= 2
+        else:  # a night without sleep is kept whole
+            assert (start, stop) == (0, full["n_epochs"])
+    assert any(r["kept_epochs"] != [0, json.loads((out / "records" / f"{rid}.json").read_text())["n_epochs"]]
+               for rid, r in trimmed.manifest["records"].items()), "no night was trimmed"
+
+
+@pytest.fixture(scope="module")
+def long_dataset(ray_local, tmp_path_factory) -> tuple[Path, Path]:
+    """Three 6-h nights (conversions long enough to be interrupted) and a clean reference conversion."""
+    root = tmp_path_factory.mktemp("long")
+    generate_cohort(root, CohortConfig(n_records=3, hours=6.0, seed=8, workers=2), progress=False)
+    reference = tmp_path_factory.mktemp("long-reference")
+    run_preprocess(root, reference, PreprocessConfig(), SplitConfig(), progress=False)
+    return root, reference
+
+
+def _convert_workers() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info.get("cmdline") or [])
+        if "ray::convert_task" in cmdline:
+            found.append(proc)
+    return found
+
+
+def test_killed_worker_is_retried_and_output_identical(long_dataset, tmp_path):
+    dataset, reference = long_dataset
+    target = tmp_path / "killed"
+    results = {}
+    thread = threading.Thread(target=lambda: results.setdefault("r", run_preprocess(
+        dataset, target, PreprocessConfig(), SplitConfig(), progress=False)))
+    thread.start()
+    killed = 0
+    deadline = time.time() + 60
+    while thread.is_alive() and time.time() < deadline and not killed:
+        for proc in _convert_workers():
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+            break
+    thread.join(timeout=300)
+    assert killed == 1, "the test must kill a worker while a conversion runs"
+    result = results["r"]
+    assert result.failures == [] and len(result.manifest["records"]) == 3
+    assert _hashes(target) == _hashes(reference)
+
+
+def test_killed_driver_then_rerun_completes(long_dataset, ray_local, tmp_path):
+    dataset, reference = long_dataset
+    target = tmp_path / "driver"
+    env = {**os.environ, "RAY_ADDRESS": ray_local}
+    driver = subprocess.Popen([sys.executable, "-m", "distsleep.cli", "preprocess", "--root", str(dataset), "--out",
+                               str(target), "--quiet", "--max-failures", "3"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((target / "records").glob("*.json")):
+        time.sleep(0.01)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert not (target / "manifest.json").exists(), "the driver was killed before it finished"
+    result = run_preprocess(dataset, target, PreprocessConfig(), SplitConfig(), progress=False)
+    assert result.skipped >= 1 and result.converted >= 1 and len(result.manifest["records"]) == 3
+    assert _hashes(target) == _hashes(reference)
+    assert not list(target.rglob("*.tmp-*"))
