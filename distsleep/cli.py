@@ -5,6 +5,7 @@
     distsleep preprocess  recordings -> WebDataset shards + manifest, one Ray task per recording
     distsleep pretrain  MC²SleepNet (or any registered model) on Ray Train + DeepSpeed, tracked in MLflow
     distsleep finetune  the fine-tuning stage from a pre-training run
+    distsleep predict   score a recording with a trained model bundle (stages, hypnogram, report)
 
 Each subcommand is a thin layer over the library; `distsleep SUBCOMMAND --help` explains its options.
 """
@@ -100,11 +101,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except (LaunchError, TrackingUnavailable) as error:
         print(f"distsleep {args.command}: error: {error}", file=sys.stderr)
         return 2
-    metrics = {k: round(v, 4) for k, v in outcome.metrics.items() if isinstance(v, float)}
-    print(f"{'resumed' if outcome.resumed else 'finished'} run {config.name}: {metrics}")
+    m = outcome.metrics
+    summary = "  ".join(f"{k.removeprefix('test_')} {m[k]:.3f}" for k in ("test_accuracy", "test_macro_f1", "test_kappa") if k in m)
+    per_class = "  ".join(f"{s} {m[f'test_f1_{s}']:.2f}" for s in ("W", "N1", "N2", "N3", "REM") if f"test_f1_{s}" in m)
+    print(f"{'resumed and finished' if outcome.resumed else 'finished'} run {config.name!r}: test {summary}")
+    if per_class:
+        print(f"  test F1 per stage: {per_class}")
     print(f"checkpoints: {outcome.storage} (best: {outcome.best_checkpoint})")
     print(f"MLflow run {outcome.run_id} in {outcome.tracking_uri} (experiment {config.experiment!r}); "
           f"model bundle: runs:/{outcome.run_id}/model/model.pt")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from distsleep.predict import PredictionError, format_summary, predict_recording
+
+    try:
+        result = predict_recording(args.model, args.recording, annotations=args.annotations, out_dir=args.out,
+                                   stride=args.stride, batch_size=args.batch_size, device=args.device)
+    except PredictionError as error:
+        print(f"distsleep predict: error: {error}", file=sys.stderr)
+        return 2
+    print(format_summary(result))
     return 0
 
 
@@ -168,6 +186,31 @@ def build_parser() -> argparse.ArgumentParser:
         )
         add_train_arguments(p, stage="finetune" if name == "finetune" else None)
         p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "predict",
+        help="score a recording with a trained model: stages, hypnogram, input report",
+        description="Score every 30-s epoch of one recording with a model bundle. The recording goes through the "
+        "bundle's own preprocessing (same channel roles, band-pass, rate; no wake trimming, so the whole night is "
+        "scored); the night is cut into windows of the model's sequence length every --stride epochs and each "
+        "epoch's probabilities are averaged over the windows containing it. Writes <record>_stages.csv, "
+        "<record>_hypnogram.edf (EDF+ annotations, Sleep-EDF wording), <record>_hypnogram.png and "
+        "<record>_input_report.json, plus <record>_metrics.json and a confusion matrix when --annotations is "
+        "given. Exit status: 0 on success, 2 when the recording or the model cannot be used (e.g. a missing "
+        "channel; the message names the file and the problem).",
+    )
+    p.add_argument("recording", help="EDF file (SHHS .edf or Sleep-EDF *-PSG.edf)")
+    p.add_argument("--model", required=True, metavar="RUN_OR_BUNDLE",
+                   help="model bundle: an MLflow run id, runs:/<run_id>/model/model.pt (from MLFLOW_TRACKING_URI, "
+                   "default ./mlflow.db), a model.pt file, or a folder holding one")
+    p.add_argument("--annotations", help="NSRR/Profusion XML or Sleep-EDF *-Hypnogram.edf: adds true stages and metrics")
+    p.add_argument("--out", default=".", help="output folder, created if needed (default: the current folder)")
+    p.add_argument("--stride", type=int, default=1,
+                   help="epochs between windows, 1..sequence length (default 1: every window, each epoch averaged "
+                   "over up to L windows; larger is faster)")
+    p.add_argument("--batch-size", type=int, default=64, help="windows per forward pass (default 64)")
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=_cmd_predict)
     return parser
 
 

@@ -199,9 +199,9 @@ def time_ray(root: Path, n_records: int, config, scratch: Path, cpus: int, repea
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         run_preprocess(root, scratch / f"ray{cpus}-warmup", config, SplitConfig(), limit=min(2, n_records), cluster=options, progress=False)
-        background = busy_cores()
-        passes, manifest = [], None
+        passes, background, manifest = [], [], None
         for r in range(repeats):
+            background.append(busy_cores(0.5))
             t0 = time.perf_counter()
             result = run_preprocess(root, scratch / f"ray{cpus}-{r}", config, SplitConfig(), limit=n_records, cluster=options, progress=False)
             passes.append(time.perf_counter() - t0)
@@ -212,7 +212,7 @@ def time_ray(root: Path, n_records: int, config, scratch: Path, cpus: int, repea
         ray.shutdown()
     seconds = statistics.median(passes)
     return {"cpus": cpus, "seconds": seconds, "records_per_s": n_records / seconds, "passes": passes,
-            "background_busy_cores": background, "manifest": manifest}
+            "background_busy_cores": max((b for b in background if b is not None), default=None), "manifest": manifest}
 
 
 def measure_preprocess(root: str | Path, n_records: int, naive_records: int, repeats: int, scratch: str | Path,
@@ -297,9 +297,9 @@ def _background_line(result: dict) -> str:
     def show(value):
         return "n/a" if value is None else f"{value:.2f}"
 
-    line = f"background load while idle: {show(result['background_busy_cores'])} busy cores before the single-process routes"
+    line = f"background load (busy cores while this benchmark sleeps): {show(result['background_busy_cores'])} before the single-process routes"
     for cpus, run in result.get("ray", {}).items():
-        line += f", {show(run['background_busy_cores'])} after starting Ray with {cpus} CPU{'s' if cpus != '1' else ''}"
+        line += f", up to {show(run['background_busy_cores'])} before the Ray {cpus}-CPU passes"
     loads = [result["background_busy_cores"], *(run["background_busy_cores"] for run in result.get("ray", {}).values())]
     if any(load is not None and load > 0.25 for load in loads):
         line += "  <- WARNING: other work competes for the cores; the timings (Ray scaling above all) are pessimistic"

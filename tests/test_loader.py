@@ -210,8 +210,8 @@ def test_train_ranks_yield_equal_batch_counts_and_different_streams(dataset, mon
 def test_train_cuts_every_window_of_a_night_in_random_order(dataset):
     manifest, base = load_manifest(dataset["root"])
     urls = shard_urls(manifest, "train", base)
-    # no shuffle buffer, so windows come out in the order the night was cut
-    cfg = LoaderConfig(seq_len=5, batch_size=1, shuffle_buffer=1, num_workers=0, seed=3)
+    # no shuffle buffer, so windows come out in the order the night was cut; every window per visit
+    cfg = LoaderConfig(seq_len=5, batch_size=1, shuffle_buffer=1, num_workers=0, seed=3, windows_per_visit=0)
     stream = train_dataset(urls, cfg, world_size=1, rank=0, batches_per_epoch=80)
     windows = [window_identity(dataset, b.signals[0], b.labels[0], b.events[0]) for b in stream]
     record_id = windows[0][0]
@@ -337,3 +337,16 @@ def test_missing_channel_names_shard_and_channel(dataset):
     loader = make_train_loader(train_urls, LoaderConfig(seq_len=5, num_workers=1, channels=["emg"]), 1, 0, 2)
     with pytest.raises(Exception, match=r"rec-\d+\.tar.*'emg'"):
         next(iter(loader))
+
+
+def test_windows_per_visit_caps_each_visit(dataset):
+    """By default a visit takes ceil(n_epochs / L) distinct random windows of the night, then moves on."""
+    manifest, base = load_manifest(dataset["root"])
+    urls = shard_urls(manifest, "train", base)
+    cfg = LoaderConfig(seq_len=5, batch_size=1, shuffle_buffer=1, num_workers=0, seed=3)
+    stream = train_dataset(urls, cfg, world_size=1, rank=0, batches_per_epoch=40)
+    windows = [window_identity(dataset, b.signals[0], b.labels[0], b.events[0]) for b in stream]
+    first = windows[0][0]
+    cap = -(-len(dataset["nights"][first].labels) // 5)
+    visit = windows[:cap]
+    assert {r for r, _ in visit} == {first} and len({s for _, s in visit}) == cap

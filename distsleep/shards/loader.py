@@ -122,8 +122,10 @@ class LoaderConfig:
     `channels` keeps a subset of the shard's channels, in the order given: an int is an index into the
     shard's channel axis and a str is a channel role (`meta["channels"][i]["role"]`, e.g. "eeg"). None
     keeps all channels. `stride` is the step between evaluation windows (None = seq_len, i.e. windows that
-    do not overlap). `shuffle_buffer` counts windows; one night gives about n_epochs of them, so the buffer
-    holds windows from a few nights at a time.
+    do not overlap). `shuffle_buffer` counts windows. `windows_per_visit` caps the windows taken from a
+    night each time the resampled stream visits it (random starts, no repeats within a visit); the
+    default, ceil(n_epochs / seq_len), keeps a batch from being dominated by the two or three nights in
+    the buffer, while every position is still drawn over repeated visits. 0 takes every window.
     """
 
     seq_len: int = 21
@@ -133,6 +135,7 @@ class LoaderConfig:
     seed: int = 0
     channels: list[int | str] | None = None
     stride: int | None = None
+    windows_per_visit: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "batch_size", "shuffle_buffer"):
@@ -241,14 +244,17 @@ class TrainBatch(NamedTuple):
 _Window = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # codes view, scale, labels view, events view
 
 
-def _windows(nights: Iterable[_Night], seq_len: int, rng: random.Random, n_urls: int) -> Iterator[_Window]:
-    """Every L-epoch window of each night (start 0 .. n_epochs-L) in random order; short nights give none."""
+def _windows(nights: Iterable[_Night], seq_len: int, rng: random.Random, n_urls: int,
+             per_visit: int | None = None) -> Iterator[_Window]:
+    """L-epoch windows of each night (start 0 .. n_epochs-L) in random order, at most `per_visit` per
+    night (None: ceil(n_epochs / L); 0: all); short nights give none."""
     seen = produced = 0
     for night in nights:
         seen += 1
         starts = list(range(night.n_epochs - seq_len + 1))
         rng.shuffle(starts)
-        for s in starts:
+        cap = -(-night.n_epochs // seq_len) if per_visit is None else per_visit
+        for s in starts[:cap] if cap > 0 else starts:
             produced += 1
             yield night.codes[s:s + seq_len], night.scale, night.labels[s:s + seq_len], night.events[s:s + seq_len]
         if produced == 0 and seen >= 10 * n_urls + 10:
@@ -330,7 +336,7 @@ class TrainStream(IterableDataset):
             wds.ResampledShards(self.urls, seed=shard_seed, worker_seed=_zero, deterministic=True),
             wds.tarfile_to_samples(),
             wds.map(lambda raw: _load_night(raw, cfg.channels)),
-            lambda nights: _windows(nights, cfg.seq_len, random.Random(window_seed), len(self.urls)),
+            lambda nights: _windows(nights, cfg.seq_len, random.Random(window_seed), len(self.urls), cfg.windows_per_visit),
             # initial = bufsize: the first batches would otherwise all come from the first night
             wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, rng=random.Random(shuffle_seed)),
             wds.batched(cfg.batch_size, collation_fn=_collate_train, partial=False),

@@ -11,6 +11,11 @@ STAGES = ("pretrain", "finetune")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+def _absolute(location: str) -> str:
+    """Local paths made absolute; URLs (s3://, gs://, file://, ...) unchanged."""
+    return location if "://" in location else str(Path(location).expanduser().resolve())
+
+
 @dataclass
 class TrainConfig:
     # what to train
@@ -72,7 +77,12 @@ class TrainConfig:
             self.model_overrides = {**self.model_overrides, "mask_ratio": self.mask_ratio}
         if not self.name:
             self.name = f"{self.model}-{self.stage}"
-        self.storage_path = str(Path(self.storage_path).expanduser().resolve()) if "://" not in self.storage_path else self.storage_path
+        # Ray workers run in other directories: local paths are made absolute on the driver.
+        self.storage_path = _absolute(self.storage_path)
+        self.shards = _absolute(self.shards) if self.shards else self.shards
+        self.deepspeed_config = _absolute(self.deepspeed_config) if self.deepspeed_config else None
+        if self.init_from and Path(self.init_from).exists():
+            self.init_from = _absolute(self.init_from)
 
     @property
     def resolved_precision(self) -> str:

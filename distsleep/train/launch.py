@@ -113,9 +113,11 @@ def run_training(cfg: TrainConfig, address: str | None = None) -> TrainingOutcom
         client(tracking_uri).set_terminated(run_id, "FAILED")
         raise result.error
     client(tracking_uri).set_terminated(run_id, "FINISHED")
+    # The run's final numbers (test metrics of the best checkpoint) as logged by rank 0.
+    logged = client(tracking_uri).get_run(run_id).data.metrics
     best = None
     if result.best_checkpoints:
         best = max(result.best_checkpoints, key=lambda pair: pair[1].get(f"val_{cfg.select_metric}", float("-inf")))[0].path
-    return TrainingOutcome(run_id=run_id, tracking_uri=tracking_uri, resumed=resumed, metrics=dict(result.metrics or {}),
+    return TrainingOutcome(run_id=run_id, tracking_uri=tracking_uri, resumed=resumed, metrics={**dict(result.metrics or {}), **logged},
                            checkpoint=result.checkpoint.path if result.checkpoint else None, best_checkpoint=best,
                            storage=str(Path(cfg.storage_path) / cfg.name) if "://" not in cfg.storage_path else f"{cfg.storage_path}/{cfg.name}")

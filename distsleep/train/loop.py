@@ -13,6 +13,7 @@ Checkpoint (one per validation, reported by every rank into one merged directory
 from __future__ import annotations
 
 import json
+import logging
 import math
 import platform
 import tempfile
@@ -23,8 +24,9 @@ DS_TAG = "ds"
 
 
 def _log(rank: int, message: str) -> None:
+    # logging, not print: Ray Train patches print in workers and tees it, which doubles every line.
     if rank == 0:
-        print(f"[distsleep rank 0 @ {platform.node()}] {message}", flush=True)
+        logging.getLogger("distsleep.train").info("[rank 0 @ %s] %s", platform.node(), message)
 
 
 def _model_and_config(cfg):
@@ -131,20 +133,22 @@ def train_loop_per_worker(config: dict) -> None:
                                                            config=ds_config, dist_init_required=False)
     autocast_dtype = torch.bfloat16 if cfg.resolved_precision == "bf16" else None
 
-    state = {"step": 0, "best_metric": -math.inf, "best_step": 0, "patience": 0, "stopped_early": False}
+    state = {"step": 0, "best_metric": -math.inf, "best_step": 0, "patience": 0, "stopped_early": False, "resumes": 0}
     best_weights: dict | None = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:
             engine.load_checkpoint(directory, tag=DS_TAG)
             state = json.loads((Path(directory) / "trainer_state.json").read_text())
+            state["resumes"] = state.get("resumes", 0) + 1
             if rank == 0 and (Path(directory) / "best_model.pt").exists():
                 best_weights = torch.load(Path(directory) / "best_model.pt", map_location="cpu", weights_only=True)
-        _log(rank, f"resumed from checkpoint at step {state['step']}")
+        _log(rank, f"resumed from checkpoint at step {state['step']} (resume #{state['resumes']})")
+        tracker.metrics({"resumes": state["resumes"]}, state["step"])
     elif rank == 0:
         tracker.params({**flatten("train", cfg), **flatten("model", model_cfg.to_dict()), "deepspeed": json.dumps(ds_config),
                         "data.manifest_hash": manifest.get("config_hash", ""), "world_size": str(world)})
-        tracker.tags({"model": cfg.model, "stage": cfg.stage, "parameters": str(n_params)})
+        tracker.tags({"model": cfg.model, "stage": cfg.stage, "parameters": str(n_params), "trainable_parameters": str(n_trainable)})
     _log(rank, f"{cfg.model} ({cfg.model_size}): {n_params:,} parameters ({n_trainable:,} trainable); "
                f"{world} worker(s) on {device.type}, {cfg.resolved_precision}, ZeRO {cfg.zero_stage}; "
                f"{len(train_urls)}/{len(val_urls)}/{len(test_urls)} train/val/test records; {per_epoch} batches per epoch")

@@ -1,0 +1,622 @@
+"""Inference: a trained model bundle + one recording -> per-epoch stages, probabilities and files a person reads.
+
+    result = predict_recording("runs:/<run_id>", "night.edf", annotations="night-nsrr.xml", out_dir="pred")
+
+What it guarantees, and why:
+
+* The model sees what it was trained on. The recording goes through the same code as the shards
+  (`load_record` / `record_to_sample` with the bundle's `PreprocessConfig`): same channel roles (exact label
+  aliases, never a substitute channel), same band-pass, resampling, epoching and int16 quantisation. The
+  one difference is deliberate: wake trimming (`trim_wake_minutes`) is switched off, because it is a choice
+  of training data, and a prediction must cover every epoch of the recording.
+* Every epoch is scored from context. The night is cut into windows of the bundle's `seq_len` epochs every
+  `stride` epochs (plus one window aligned to the end of the night); each epoch's class probabilities are
+  the mean over all windows that contain it (up to `seq_len` of them at stride 1). A night shorter than
+  `seq_len` is zero-padded, as in evaluation, and the padding is never scored.
+* Bundles are loaded with `torch.load(weights_only=True)`: a file holding anything but tensors and plain
+  Python values is refused, since unpickling arbitrary objects can run code.
+
+Unlabelled recordings: SHHS EDFs load without annotations (every epoch unscored). Sleep-EDF PSGs without a
+hypnogram are read from the PSG alone with the same channel rules (`_load_unlabelled`), so annotations
+are optional for both sources; metrics and the "true" hypnogram appear only when annotations are given.
+
+Outputs in `out_dir` (all prefixed by the record id): `_stages.csv`, `_hypnogram.edf` (EDF+ annotations
+only, Sleep-EDF wording), `_hypnogram.png`, `_input_report.json`, and with annotations `_metrics.json` and
+`_confusion.png`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from distsleep.errors import InputError, MissingChannelError
+from distsleep.stages import EPOCH_SECONDS, NUM_STAGES, STAGE_NAMES, UNSCORED, stage_counts
+
+BUNDLE_NAME = "model.pt"
+BUNDLE_ARTIFACT = "model/model.pt"  # where training logs the bundle in its MLflow run
+CHECKPOINT_WEIGHTS = "best_model.pt"
+REQUIRED_BUNDLE_KEYS = ("format", "model", "model_config", "state_dict", "preprocess", "channels", "stages", "seq_len")
+# Sleep-EDF hypnogram wording for the five AASM classes (N3 is written as R&K stage 3).
+HYPNOGRAM_TEXT: dict[int, str] = {0: "Sleep stage W", 1: "Sleep stage 1", 2: "Sleep stage 2", 3: "Sleep stage 3", 4: "Sleep stage R"}
+# Plausibility bounds for scalp EEG/EOG after preprocessing, used when the bundle records no training range.
+LOW_AMPLITUDE_UV = 5.0  # p99 of |x| below this: flat, disconnected, or a unit error (mV read as uV)
+HIGH_AMPLITUDE_UV = 500.0  # p99 of |x| above this: artefact-dominated or a unit error (uV read as mV)
+FLAT_EPOCH_STD_UV = 0.5
+CLIPPED_FRACTION_WARN = 0.001
+_RUN_ID = re.compile(r"^[0-9a-fA-F]{32}$")
+_RUNS_URI = re.compile(r"^runs:/(?P<run>[^/]+)/?(?P<path>.*)$")
+
+
+class BundleError(InputError):
+    """A model bundle is missing, unreadable, unsafe to load, or inconsistent."""
+
+
+class PredictionError(ValueError):
+    """Inference options that cannot work with this bundle (e.g. a stride longer than the window)."""
+
+
+# ---------------------------------------------------------------------------------------------- bundle
+
+
+def _tracking_uri() -> str:
+    from distsleep.train.config import default_tracking_uri
+
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def _download_from_run(source: str, run_id: str, artifact_path: str) -> Path:
+    uri = _tracking_uri()
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        if not db.is_file():
+            # MLflow would silently create an empty store here and then report "run not found".
+            raise BundleError(source, f"looks like an MLflow run id, but there is no MLflow store at {db} "
+                                      "(set MLFLOW_TRACKING_URI to the store of the training run)")
+    import mlflow
+
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, tracking_uri=uri)
+    except Exception as error:  # MlflowException, OSError, ... all mean "not there" to the user
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise BundleError(source, f"could not download {artifact_path!r} of MLflow run {run_id} from {uri}: {first}") from error
+    path = Path(local)
+    if path.is_dir():
+        path = path / BUNDLE_NAME
+    if not path.is_file():
+        raise BundleError(source, f"MLflow run {run_id} in {uri} has no model bundle at {artifact_path!r}")
+    return path
+
+
+def resolve_bundle(source: str | os.PathLike) -> Path:
+    """A local path to a model bundle (`model.pt`), from any of the ways a user names one:
+
+    * a `model.pt` file;
+    * a folder holding `model.pt` or `model/model.pt` (e.g. a downloaded MLflow artifact folder);
+    * an MLflow run id or a `runs:/<run_id>[/<artifact path>]` URI: `model/model.pt` of that run is downloaded
+      from MLFLOW_TRACKING_URI (default: `distsleep.train.config.default_tracking_uri()`).
+
+    A training checkpoint folder (only `best_model.pt`) is refused: it has the weights but not the
+    preprocessing and channels the model was trained with, so inference could not reproduce its inputs.
+    """
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for candidate in (path / BUNDLE_NAME, path / "model" / BUNDLE_NAME):
+            if candidate.is_file():
+                return candidate
+        if (path / CHECKPOINT_WEIGHTS).is_file():
+            raise BundleError(path, f"this is a training checkpoint ({CHECKPOINT_WEIGHTS} holds weights only, without the "
+                                    "preprocessing and channels the model was trained with); use the run's model bundle "
+                                    "instead: the MLflow run id, runs:/<run_id>/model/model.pt, or the model.pt it logged")
+        raise BundleError(path, f"no model bundle in this folder (looked for {BUNDLE_NAME} and model/{BUNDLE_NAME})")
+    match = _RUNS_URI.match(text)
+    if match:
+        artifact = match["path"].strip("/")
+        if not artifact or artifact == "model":
+            artifact = BUNDLE_ARTIFACT
+        elif not artifact.endswith(".pt"):
+            artifact = f"{artifact}/{BUNDLE_NAME}"
+        return _download_from_run(text, match["run"], artifact)
+    if _RUN_ID.match(text):
+        return _download_from_run(text, text, BUNDLE_ARTIFACT)
+    raise BundleError(text, "no such file or folder, and not an MLflow run id (32 hex digits) or runs:/<run_id>/... URI; "
+                            "expected a model bundle (model.pt), a folder holding one, or the training run that logged it")
+
+
+def _looks_like_state_dict(blob) -> bool:
+    import torch
+
+    return isinstance(blob, dict) and bool(blob) and all(isinstance(v, torch.Tensor) for v in blob.values())
+
+
+def load_bundle(path: str | os.PathLike):
+    """(model in eval mode on the CPU, bundle dict) from a bundle file, loaded with weights_only=True."""
+    import pickle
+
+    import torch
+
+    from distsleep.models import build_model
+    from distsleep.train.artifacts import BUNDLE_FORMAT
+
+    path = Path(path)
+    try:
+        bundle = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        detail = str(error).strip().splitlines()
+        raise BundleError(path, "refused: the file holds Python objects other than tensors and plain values, and "
+                                "loading those can run arbitrary code (torch.load weights_only=True: "
+                                f"{detail[0] if detail else type(error).__name__}); a distsleep model bundle never does") from error
+    except Exception as error:  # truncated zip, not a torch file at all, ...
+        raise BundleError(path, f"cannot be read as a model bundle ({type(error).__name__}: {error})") from error
+    if not isinstance(bundle, dict) or "format" not in bundle:
+        if _looks_like_state_dict(bundle):
+            raise BundleError(path, "holds bare weights (a training checkpoint's best_model.pt?), not a model bundle with its "
+                                    "preprocessing and channels; use the run's model bundle (runs:/<run_id>/model/model.pt)")
+        raise BundleError(path, f"not a distsleep model bundle (expected a dict with format {BUNDLE_FORMAT!r})")
+    if bundle["format"] != BUNDLE_FORMAT:
+        raise BundleError(path, f"bundle format {bundle['format']!r} is not supported (this distsleep reads {BUNDLE_FORMAT!r})")
+    missing = [k for k in REQUIRED_BUNDLE_KEYS if k not in bundle]
+    if missing:
+        raise BundleError(path, f"model bundle lacks {missing}")
+    if list(bundle["stages"]) != list(STAGE_NAMES):
+        raise BundleError(path, f"bundle predicts stages {bundle['stages']}, this distsleep uses {list(STAGE_NAMES)}")
+    config = dict(bundle["model_config"])
+    expected = config.get("input_channels")
+    if expected is not None and expected != len(bundle["channels"]):
+        raise BundleError(path, f"model has {expected} input channel(s) but the bundle lists channels {bundle['channels']}")
+    try:
+        model = build_model(bundle["model"], config)
+        model.load_state_dict(bundle["state_dict"], strict=True)
+    except (LookupError, ValueError, TypeError, RuntimeError) as error:
+        raise BundleError(path, f"cannot build model {bundle['model']!r} from the bundle: {error}") from error
+    model.eval()
+    return model, bundle
+
+
+# ------------------------------------------------------------------------------------------ windowing
+
+
+def plan_windows(n_epochs: int, seq_len: int, stride: int = 1) -> list[int]:
+    """Start epochs of the windows of `seq_len` epochs that together cover epochs 0..n_epochs-1.
+
+    Every `stride` epochs, plus one window aligned to the end of the night when the last regular one
+    stops short of it; a night of at most `seq_len` epochs gets one (padded) window starting at 0.
+    Same rule as evaluation (`distsleep.shards.loader.window_starts`).
+    """
+    if seq_len < 1:
+        raise PredictionError(f"seq_len must be >= 1, got {seq_len}")
+    if not 1 <= stride <= seq_len:
+        raise PredictionError(f"stride must be between 1 and the model's window of {seq_len} epochs, got {stride} "
+                              "(a longer stride would leave epochs unscored)")
+    if n_epochs < 1:
+        raise PredictionError("the recording has no whole 30-s epoch")
+    if n_epochs <= seq_len:
+        return [0]
+    starts = list(range(0, n_epochs - seq_len + 1, stride))
+    if starts[-1] + seq_len < n_epochs:
+        starts.append(n_epochs - seq_len)
+    return starts
+
+
+def average_windows(window_probs: np.ndarray, starts: Sequence[int], n_epochs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-epoch mean of the window probabilities: window w, position j scores epoch starts[w] + j.
+
+    `window_probs` is (n_windows, seq_len, n_classes); positions past the end of the night (padding)
+    are ignored. Returns (probabilities (n_epochs, n_classes) float32, windows per epoch (n_epochs,) int).
+    Raises ValueError if some epoch is in no window.
+    """
+    window_probs = np.asarray(window_probs, dtype=np.float64)
+    if window_probs.ndim != 3 or len(window_probs) != len(starts):
+        raise ValueError(f"window_probs must be (n_windows={len(starts)}, seq_len, n_classes), got {window_probs.shape}")
+    seq_len = window_probs.shape[1]
+    sums = np.zeros((n_epochs, window_probs.shape[2]), dtype=np.float64)
+    counts = np.zeros(n_epochs, dtype=np.int64)
+    for probs, start in zip(window_probs, starts):
+        stop = min(start + seq_len, n_epochs)
+        if start < 0 or stop <= start:
+            raise ValueError(f"window start {start} is outside a night of {n_epochs} epochs")
+        sums[start:stop] += probs[: stop - start]
+        counts[start:stop] += 1
+    uncovered = np.flatnonzero(counts == 0)
+    if uncovered.size:
+        raise ValueError(f"{uncovered.size} epoch(s) are in no window (first: {int(uncovered[0])})")
+    return (sums / counts[:, None]).astype(np.float32), counts
+
+
+def score_windows(model, signals: np.ndarray, starts: Sequence[int], seq_len: int, batch_size: int = 64,
+                  device: str = "cpu") -> np.ndarray:
+    """Softmax probabilities (n_windows, seq_len, n_classes) of the model on each window of `signals`.
+
+    `signals` is the night in uV, (n_epochs, n_channels, samples_per_epoch); windows running past its
+    end are zero-padded, as in evaluation.
+    """
+    import torch
+
+    n_epochs = len(signals)
+    out = []
+    with torch.no_grad():
+        for first in range(0, len(starts), batch_size):
+            chunk = starts[first:first + batch_size]
+            batch = np.zeros((len(chunk), seq_len, *signals.shape[1:]), dtype=np.float32)
+            for b, start in enumerate(chunk):
+                stop = min(start + seq_len, n_epochs)
+                batch[b, : stop - start] = signals[start:stop]
+            logits = model(torch.from_numpy(batch).to(device), labels=None, stage="eval")["logits"]
+            out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+    return np.concatenate(out, axis=0)
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+@dataclass
+class PredictionResult:
+    """Per-epoch predictions for one recording; `labels` is None when no annotations were given."""
+
+    record_id: str
+    recording: Path
+    source: str
+    stages: np.ndarray  # int64 (n_epochs,) 0..4
+    probabilities: np.ndarray  # float32 (n_epochs, 5), rows sum to 1
+    windows_per_epoch: np.ndarray  # int64 (n_epochs,)
+    labels: np.ndarray | None  # int64 (n_epochs,) 0..4 or -1 (unscored)
+    metrics: dict | None
+    report: dict
+    files: dict[str, Path] = field(default_factory=dict)
+    epoch_seconds: float = EPOCH_SECONDS
+
+    @property
+    def n_epochs(self) -> int:
+        return int(len(self.stages))
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.probabilities.max(axis=1)
+
+    @property
+    def onsets(self) -> np.ndarray:
+        return np.arange(self.n_epochs) * self.epoch_seconds
+
+    def stage_counts(self) -> dict[str, int]:
+        return {name: int(np.count_nonzero(self.stages == code)) for code, name in enumerate(STAGE_NAMES)}
+
+
+def _resolve_roles_for(source: str, bundle: dict, bundle_path: Path) -> tuple[tuple[str, ...], list[str]]:
+    """The roles to read from a `source` recording: the bundle's own roles, or (when the recording comes from
+    the other dataset) the role filling the same model input slot there. Returns (roles, warnings)."""
+    from distsleep.models import required_channels
+    from distsleep.sources.channels import ROLE_SETS
+
+    trained = tuple(bundle["channels"])
+    names = {r.name for r in ROLE_SETS[source]}
+    if all(role in names for role in trained):
+        return trained, []
+    slots = required_channels(bundle["model"])
+    roles, warnings = [], []
+    for role in trained:
+        if role in names:
+            roles.append(role)
+            continue
+        slot = next((s for s in slots if role in s), ())
+        alternative = next((r for r in slot if r in names and r not in roles), None)
+        if alternative is None:
+            raise BundleError(bundle_path,
+                              f"the model was trained on {bundle['preprocess'].get('source')} channel {role!r}, which a "
+                              f"{source} recording does not have, and its input slot accepts no {source} role ({list(slot)})")
+        roles.append(alternative)
+        warnings.append(f"model trained on {bundle['preprocess'].get('source')} role {role!r}; this {source} recording is "
+                        f"read through role {alternative!r}, which fills the same model input (cross-dataset use)")
+    return tuple(roles), warnings
+
+
+def _check_channels(header, source: str, roles: Sequence[str], bundle: dict) -> None:
+    from distsleep.sources.channels import resolve_roles, role_by_name
+
+    labels = [s.label for s in header.signals if not s.is_annotation]
+    found = resolve_roles(source, labels)
+    missing = [role_by_name(source, r) for r in roles if r not in found]
+    if missing:
+        needs = "; ".join(f"{r.name} ({r.description}, labelled {' or '.join(repr(a) for a in r.aliases)})" for r in missing)
+        raise MissingChannelError(
+            header.path,
+            f"model {bundle['model']} needs channel role {needs}, but this {source} recording has only the signals "
+            f"{', '.join(repr(label) for label in labels) or '(none)'}; channels are never substituted, so this "
+            "recording cannot be scored by this model")
+
+
+def _load_unlabelled(edf: Path, source: str, roles: Sequence[str], record_id: str):
+    """A Record from the signal file alone: every whole 30-s epoch, all unscored."""
+    from distsleep.sources.edf import read_header
+    from distsleep.sources.loading import read_role_channels, signal_epochs, slice_channels
+    from distsleep.sources.record import Record
+
+    header = read_header(edf)
+    channels, problems = read_role_channels(header, source, roles)
+    n_epochs = signal_epochs(header.duration, EPOCH_SECONDS)
+    problems.append("no annotation file: every epoch is unscored")
+    return Record(record_id=record_id, source=source, channels=slice_channels(channels, 0.0, n_epochs * EPOCH_SECONDS),
+                  stages=np.full(n_epochs, UNSCORED, dtype=np.int8), start_time=header.start_time,
+                  epoch_seconds=EPOCH_SECONDS, metadata={"edf": str(edf), "annotations": None, "signal_epochs": n_epochs},
+                  problems=problems)
+
+
+def _record_id(edf: Path, source: str) -> str:
+    stem = edf.stem
+    if source == "sleep-edf" and stem.upper().endswith("-PSG"):
+        stem = stem[: -len("-PSG")]
+    return stem.replace(".", "_") or "recording"
+
+
+def _amplitude(x: np.ndarray) -> dict:
+    flat = np.asarray(x, dtype=np.float64).reshape(-1)
+    p = np.percentile(flat, [1, 5, 50, 95, 99])
+    return {"min": float(flat.min()), "max": float(flat.max()), "p1": float(p[0]), "p5": float(p[1]), "p50": float(p[2]),
+            "p95": float(p[3]), "p99": float(p[4]), "std": float(flat.std()),
+            "p99_abs": float(np.percentile(np.abs(flat), 99))}
+
+
+def _clipped_fraction(channel, signal_header) -> float | None:
+    from distsleep.sources.edf import is_voltage_unit, to_microvolts
+
+    bounds = np.array([signal_header.physical_min, signal_header.physical_max], dtype=np.float64)
+    step = abs(signal_header.gain)
+    if channel.unit == "uV" and is_voltage_unit(signal_header.unit):
+        bounds = to_microvolts(bounds, signal_header.unit).astype(np.float64)
+        step = abs(float(to_microvolts(np.array([signal_header.gain]), signal_header.unit)[0]))
+    if channel.data.size == 0:
+        return None
+    data = channel.data.astype(np.float64)
+    at_rail = (data <= bounds.min() + step) | (data >= bounds.max() - step)
+    return float(at_rail.mean())
+
+
+def _input_report(*, recording: Path, annotations: Path | None, bundle_path: Path, bundle: dict, model_source: str,
+                  header, source: str, detected_from: str, config, record, sample, signals: np.ndarray,
+                  starts: list[int], stride: int, warnings: list[str]) -> dict:
+    trained_range = bundle.get("amplitude_uv") or {}  # optional: {role: {"p1": .., "p99": ..}} of the training data
+    channels = []
+    for c, meta in enumerate(sample.meta["channels"]):
+        role, label = meta["role"], meta["label"]
+        amplitude = _amplitude(signals[:, c])
+        epoch_std = signals[:, c].std(axis=1)
+        flat = int(np.count_nonzero(epoch_std < FLAT_EPOCH_STD_UV))
+        clipped = _clipped_fraction(record.channels[role], header.signal(label))
+        reference = trained_range.get(role)
+        channels.append({
+            "role": role, "label": label, "unit": record.channels[role].unit, "source_rate_hz": meta["source_rate"],
+            "target_rate_hz": config.target_rate, "bandpass_hz": list(config.bandpass) if config.bandpass else None,
+            "amplitude_uv": amplitude, "flat_epochs": flat, "clipped_fraction": clipped,
+            "training_amplitude_uv": reference,
+        })
+        where = f"{label!r} ({role})"
+        if reference:
+            spread, trained_spread = amplitude["p99"] - amplitude["p1"], reference["p99"] - reference["p1"]
+            ratio = spread / trained_spread if trained_spread > 0 else float("inf")
+            if not 0.5 <= ratio <= 2.0:
+                warnings.append(f"{where}: amplitude spread p1..p99 of {spread:.1f} uV is {ratio:.2g}x that of the training "
+                                f"data ({trained_spread:.1f} uV); predictions may be unreliable")
+        if amplitude["p99_abs"] < LOW_AMPLITUDE_UV:
+            warnings.append(f"{where}: very low amplitude (99th percentile of |x| = {amplitude['p99_abs']:.2f} uV); "
+                            "check the electrode and the EDF unit (a signal in mV labelled uV reads 1000x too small)")
+        elif amplitude["p99_abs"] > HIGH_AMPLITUDE_UV:
+            warnings.append(f"{where}: very high amplitude (99th percentile of |x| = {amplitude['p99_abs']:.0f} uV); "
+                            "check for artefacts and the EDF unit")
+        if flat:
+            warnings.append(f"{where}: {flat} of {len(signals)} epochs are flat (std < {FLAT_EPOCH_STD_UV} uV); "
+                            "their predictions are not meaningful")
+        if clipped is not None and clipped > CLIPPED_FRACTION_WARN:
+            warnings.append(f"{where}: {clipped:.2%} of samples sit at the EDF physical range limits (clipped signal)")
+    if not trained_range:
+        warnings_note = ("the bundle records no training amplitude range; amplitudes were checked against generic "
+                         f"EEG bounds ({LOW_AMPLITUDE_UV:g}..{HIGH_AMPLITUDE_UV:g} uV for the 99th percentile of |x|)")
+    else:
+        warnings_note = "amplitudes were compared with the training range stored in the bundle"
+    labels = sample.labels.astype(np.int64)
+    scored = int(np.count_nonzero(labels >= 0)) if annotations is not None else None
+    return {
+        "recording": str(recording),
+        "annotations": str(annotations) if annotations is not None else None,
+        "record_id": record.record_id,
+        "source": source,
+        "source_detected_from": detected_from,
+        "start_time": header.start_time.isoformat(),
+        "duration_s": header.duration,
+        "ignored_trailing_s": header.duration - len(labels) * config.epoch_seconds,
+        "epochs": int(len(labels)),
+        "epochs_scored": scored,
+        "true_stages": stage_counts(labels) if annotations is not None else None,
+        "channels": channels,
+        "model": {
+            "bundle": str(bundle_path), "requested": model_source, "name": bundle["model"], "stage": bundle.get("stage"),
+            "seq_len": int(bundle["seq_len"]), "trained_on": {"source": bundle["preprocess"].get("source"),
+                                                              "channels": list(bundle["channels"])},
+        },
+        "preprocess": config.to_dict(),
+        "preprocess_notes": [
+            "same steps as the training shards (distsleep.shards.convert.record_to_sample)",
+            f"wake trimming off for inference (training used trim_wake_minutes="
+            f"{bundle['preprocess'].get('trim_wake_minutes')}): every epoch of the recording is scored",
+        ],
+        "windows": {"seq_len": int(bundle["seq_len"]), "stride": stride, "count": len(starts),
+                    "padded": len(labels) < int(bundle["seq_len"])},
+        "loader_notes": list(record.problems),
+        "amplitude_check": warnings_note,
+        "warnings": warnings,
+    }
+
+
+# ------------------------------------------------------------------------------------------ outputs
+
+
+def _write_csv(result: PredictionResult, path: Path) -> Path:
+    with open(path, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["epoch", "onset_s", "stage", *(f"p_{name}" for name in STAGE_NAMES), "confidence",
+                         *(["true_stage"] if result.labels is not None else [])])
+        for i in range(result.n_epochs):
+            row = [i, f"{i * result.epoch_seconds:g}", STAGE_NAMES[result.stages[i]],
+                   *(f"{p:.6f}" for p in result.probabilities[i]), f"{result.confidence[i]:.6f}"]
+            if result.labels is not None:
+                label = int(result.labels[i])
+                row.append(STAGE_NAMES[label] if label >= 0 else "unscored")
+            writer.writerow(row)
+    return path
+
+
+def write_hypnogram_edf(stages: Sequence[int], path: str | Path, start, epoch_seconds: float = EPOCH_SECONDS) -> Path:
+    """An EDF+ file with no signals and one annotation per epoch ("Sleep stage W/1/2/3/R", Sleep-EDF wording),
+    starting at `start` (datetime), so it reads like a Sleep-EDF hypnogram (edfio writes annotation-only EDF+)."""
+    import edfio
+
+    annotations = [edfio.EdfAnnotation(i * epoch_seconds, epoch_seconds, HYPNOGRAM_TEXT[int(s)]) for i, s in enumerate(stages)]
+    edf = edfio.Edf([], starttime=start.time(), recording=edfio.Recording(startdate=start.date(), equipment_code="distsleep"),
+                    annotations=annotations)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    edf.write(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _write_outputs(result: PredictionResult, out_dir: Path, start, title: str) -> dict[str, Path]:
+    from distsleep.plots import confusion_png, hypnogram_png
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / result.record_id
+    files = {
+        "stages_csv": _write_csv(result, Path(f"{stem}_stages.csv")),
+        "hypnogram_edf": write_hypnogram_edf(result.stages, Path(f"{stem}_hypnogram.edf"), start, result.epoch_seconds),
+        "hypnogram_png": hypnogram_png(result.stages, Path(f"{stem}_hypnogram.png"), true=result.labels,
+                                       probabilities=result.probabilities, epoch_seconds=result.epoch_seconds,
+                                       title=f"{result.record_id}: {'true vs ' if result.labels is not None else ''}"
+                                             f"predicted ({title})"),
+    }
+    report = Path(f"{stem}_input_report.json")
+    report.write_text(json.dumps(result.report, indent=1, default=str) + "\n")
+    files["input_report"] = report
+    if result.metrics is not None:
+        metrics = Path(f"{stem}_metrics.json")
+        metrics.write_text(json.dumps(result.metrics, indent=1) + "\n")
+        files["metrics"] = metrics
+        files["confusion_png"] = confusion_png(result.metrics["confusion"], Path(f"{stem}_confusion.png"),
+                                               title=f"{result.record_id}: confusion ({title}; rows: true)")
+    return files
+
+
+# ------------------------------------------------------------------------------------------ entry point
+
+
+def predict_recording(bundle_source: str | os.PathLike, recording: str | os.PathLike,
+                      annotations: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
+                      stride: int = 1, batch_size: int = 64, device: str | None = None) -> PredictionResult:
+    """Score every 30-s epoch of `recording` with the model bundle named by `bundle_source` (see resolve_bundle).
+
+    With `annotations` (NSRR/Profusion XML for SHHS, *-Hypnogram.edf for Sleep-EDF) the true stages and
+    metrics come too. With `out_dir` the files listed in the module docstring are written there.
+    Raises MissingChannelError when the recording lacks a channel the model needs, BundleError for an
+    unusable bundle, PredictionError for a stride outside 1..seq_len.
+    """
+    import torch
+
+    from distsleep.config import PreprocessConfig
+    from distsleep.inspection import UNKNOWN_SOURCE, detect_source
+    from distsleep.metrics import staging_metrics
+    from distsleep.shards.convert import RecordSource, load_record, record_to_sample
+    from distsleep.sources.edf import read_header
+
+    recording = Path(recording)
+    annotations = Path(annotations) if annotations is not None else None
+    bundle_path = resolve_bundle(bundle_source)
+    model, bundle = load_bundle(bundle_path)
+    seq_len = int(bundle["seq_len"])
+    if batch_size < 1:
+        raise PredictionError(f"batch_size must be >= 1, got {batch_size}")
+    plan_windows(1, seq_len, stride)  # validate the stride before reading a whole night
+
+    header = read_header(recording)
+    trained = PreprocessConfig.from_dict(bundle["preprocess"])
+    labels_in_file = [s.label for s in header.signals if not s.is_annotation]
+    source = detect_source(labels_in_file)
+    detected_from = "channel labels"
+    if source == UNKNOWN_SOURCE:
+        source, detected_from = trained.source, "model bundle (channel labels match neither SHHS nor Sleep-EDF)"
+    roles, warnings = _resolve_roles_for(source, bundle, bundle_path)
+    _check_channels(header, source, roles, bundle)
+    config = replace(trained, source=source, channels=roles, trim_wake_minutes=None)
+    model_cfg = bundle["model_config"]
+    per_epoch = int(round(config.epoch_seconds * config.target_rate))
+    if model_cfg.get("epoch_samples", per_epoch) != per_epoch:
+        raise BundleError(bundle_path, f"model expects {model_cfg['epoch_samples']} samples per epoch but the bundle's "
+                                       f"preprocessing gives {per_epoch} ({config.epoch_seconds:g} s at {config.target_rate:g} Hz)")
+
+    record_id = _record_id(recording, source)
+    if annotations is not None:
+        record = load_record(RecordSource(record_id, str(recording), str(annotations)), config)
+    elif source == "shhs":
+        from distsleep.sources.shhs import load_shhs_record
+
+        record = load_shhs_record(recording, None, roles=roles, record_id=record_id)
+    else:
+        record = _load_unlabelled(recording, source, roles, record_id)
+    sample = record_to_sample(record, config)
+    signals = sample.physical()  # exactly what the training loader feeds: dequantised int16, uV
+    n_epochs = len(signals)
+    starts = plan_windows(n_epochs, seq_len, stride)
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    window_probs = score_windows(model, signals, starts, seq_len, batch_size=batch_size, device=device)
+    if window_probs.shape[-1] != NUM_STAGES:
+        raise BundleError(bundle_path, f"model outputs {window_probs.shape[-1]} classes, expected {NUM_STAGES}")
+    probabilities, counts = average_windows(window_probs, starts, n_epochs)
+    stages = probabilities.argmax(axis=1).astype(np.int64)
+
+    labels = sample.labels.astype(np.int64) if annotations is not None else None
+    metrics = None
+    if labels is not None:
+        if np.any(labels >= 0):
+            metrics = {"record_id": record_id, "model": bundle["model"], "stage": bundle.get("stage"),
+                       **staging_metrics(labels, stages)}
+        else:
+            warnings.append("the annotations score no epoch of this recording: no metrics")
+    report = _input_report(recording=recording, annotations=annotations, bundle_path=bundle_path, bundle=bundle,
+                           model_source=str(bundle_source), header=header, source=source, detected_from=detected_from,
+                           config=config, record=record, sample=sample, signals=signals, starts=starts, stride=stride,
+                           warnings=warnings)
+    result = PredictionResult(record_id=record_id, recording=recording, source=source, stages=stages,
+                              probabilities=probabilities, windows_per_epoch=counts, labels=labels, metrics=metrics,
+                              report=report, epoch_seconds=config.epoch_seconds)
+    if out_dir is not None:
+        title = f"{bundle['model']} {bundle.get('stage') or ''}".strip()
+        result.files = _write_outputs(result, Path(out_dir), record.start_time or header.start_time, title)
+    return result
+
+
+def format_summary(result: PredictionResult) -> str:
+    """A few lines for the terminal: epochs per predicted stage, metrics when labels exist, warnings, files."""
+    minutes = result.n_epochs * result.epoch_seconds / 60
+    counts = result.stage_counts()
+    lines = [f"{result.record_id} ({result.source}): {result.n_epochs} epochs ({minutes:.0f} min) scored by "
+             f"{result.report['model']['name']} ({result.report['model']['stage']}), mean confidence "
+             f"{float(result.confidence.mean()):.2f}",
+             "predicted epochs per stage: " + "  ".join(f"{k} {v}" for k, v in counts.items())]
+    if result.metrics is not None:
+        m = result.metrics
+        lines.append(f"vs annotations ({m['n_epochs']} scored epochs): accuracy {m['accuracy']:.3f}  macro-F1 "
+                     f"{m['macro_f1']:.3f}  kappa {m['kappa']:.3f}")
+    for warning in result.report["warnings"]:
+        lines.append(f"warning: {warning}")
+    if result.files:
+        folder = Path(next(iter(result.files.values()))).parent.resolve()
+        lines.append(f"files in {folder}: " + ", ".join(Path(p).name for p in result.files.values()))
+    return "\n".join(lines)
