@@ -2,6 +2,7 @@
 
   synth-realism   YASA's pretrained stager on a synthetic cohort vs the cohort's ground truth
   preprocess      our per-recording path vs the naive MNE route vs reading the bytes; 1 vs 2 Ray workers
+  train           epochs/s of Ray Train + DeepSpeed vs a plain PyTorch loop (same model and data); 1 vs 2 workers
 """
 
 from __future__ import annotations
@@ -378,6 +379,361 @@ def preprocess(args: argparse.Namespace) -> int:
     return 1 if failed and args.check else 0
 
 
+# --- train ---------------------------------------------------------------------------------------------
+
+PAPER_S_PER_1000_STEPS = 1005.0  # MC²SleepNet Table 2: 1,000 training steps at batch 32 (L = 21) on one RTX 3090
+PAPER_STEP_SETTING = {"model_size": "paper", "batch_size": 32, "seq_len": 21}
+GOAL_TRAIN_OVERHEAD = 0.10  # 1 - (Ray Train + DeepSpeed epochs/s) / (plain PyTorch loop epochs/s), 1 worker
+GOAL_GPU_SPEEDUP = 10.0  # the paper's s per 1,000 steps over ours, on one H100
+
+
+def make_train_shards(scratch: Path, n_records: int, hours: float, seed: int, workers: int) -> Path:
+    """A synthetic SHHS cohort and its shards under `scratch`; returns the manifest path.
+
+    The records are converted in this process, so run_preprocess finds them all done and only splits them
+    and writes the manifest: no Ray cluster is started before the timings."""
+    from distsleep.config import PreprocessConfig, SplitConfig
+    from distsleep.shards.convert import convert_record
+    from distsleep.shards.pipeline import discover, run_preprocess
+    from distsleep.synth.cohort import CohortConfig, generate_cohort
+
+    root, out = scratch / "cohort", (scratch / "shards").resolve()
+    generate_cohort(root, CohortConfig(n_records=n_records, hours=hours, seed=seed, workers=workers), progress=False)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    config = PreprocessConfig()
+    for source in discover(config, root):
+        convert_record(source, config, out)
+    result = run_preprocess(root, out, config, SplitConfig(), progress=False)
+    if result.converted or result.failures:
+        raise RuntimeError(f"shards in {out}: {result.converted} records converted again, failures {result.failures}")
+    return out / "manifest.json"
+
+
+def bench_train_config(shards: str | Path, scratch: Path, *, workers: int, model_size: str = "small", batch_size: int = 32,
+                       seq_len: int = 5, steps: int = 20, warmup: int = 5, loader_workers: int = 1,
+                       use_gpu: bool = False, seed: int = 0):
+    """The TrainConfig both paths run: the trainer's defaults (Adam, lr 5e-4, weight decay 1e-5, gradient
+    clipping 1.0, ZeRO 0, bf16 autocast on GPU, fp32 on CPU), warmup + steps steps, and validation only
+    once, after the last step (val_every > max_steps), so that no evaluation falls inside the timed steps."""
+    from distsleep.train.config import TrainConfig
+
+    return TrainConfig(
+        shards=str(shards), model_size=model_size, seq_len=seq_len, batch_size=batch_size, loader_workers=loader_workers,
+        max_steps=warmup + steps, val_every=warmup + steps + 1, log_every=1, num_workers=workers, use_gpu=use_gpu,
+        seed=seed, storage_path=str(scratch / "runs"), name=f"benchmark-train-{workers}w",
+        tracking_uri=f"sqlite:///{(scratch / 'mlflow.db').resolve()}", experiment="benchmark-train",
+    )
+
+
+def _step_figures(step_seconds: list[float], epochs_per_step: int) -> dict:
+    """Median and mean throughput over the timed steps (the mean is total epochs / total time)."""
+    return {
+        "timed_steps": len(step_seconds),
+        "s_per_step": statistics.median(step_seconds),
+        "epochs_per_s": epochs_per_step / statistics.median(step_seconds),
+        "epochs_per_s_mean": epochs_per_step * len(step_seconds) / sum(step_seconds),
+    }
+
+
+def time_plain_loop(cfg, steps: int, warmup: int) -> dict:
+    """The baseline: the same model, optimizer and data stream as one Ray Train worker, in a plain loop.
+
+    Model from the trainer's own builder (build_model with the same config and seed), torch Adam with the
+    same lr/betas/weight decay and LR schedule, the same gradient clipping DeepSpeed applies, and the
+    training stream of rank 0 of 1 (make_train_loader). Each step's time runs from the end of the previous
+    step to the end of this one (batch fetch included), as the Ray loop's `epochs_per_s` does; the first
+    `warmup` steps are left out. Peak memory is this process's max RSS (its DataLoader workers not
+    counted, like the Ray workers' figure), plus the CUDA allocator's peak on GPU.
+    """
+    import resource
+
+    import torch
+
+    from distsleep.models import resolve_channels
+    from distsleep.shards.loader import LoaderConfig, batches_per_epoch, load_manifest, make_train_loader, shard_urls
+    from distsleep.train.loop import _lr_lambda, _model_and_config
+
+    if cfg.use_gpu and not torch.cuda.is_available():
+        raise RuntimeError("use_gpu is set but torch finds no CUDA device")
+    device = torch.device("cuda", 0) if cfg.use_gpu else torch.device("cpu")
+    autocast_dtype = torch.bfloat16 if cfg.resolved_precision == "bf16" else None
+    torch.manual_seed(cfg.seed)  # rank 0's seed in the Ray loop
+
+    manifest, base = load_manifest(cfg.shards)
+    roles = resolve_channels(cfg.model, manifest["channels"])
+    loader_cfg = LoaderConfig(seq_len=cfg.seq_len, batch_size=cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer,
+                              num_workers=cfg.loader_workers, seed=cfg.seed, channels=list(roles), stride=cfg.val_stride)
+    per_epoch = batches_per_epoch(manifest, 1, cfg.batch_size, seq_len=cfg.seq_len)
+    loader = make_train_loader(shard_urls(manifest, "train", base), loader_cfg, 1, 0, per_epoch)
+
+    model, _ = _model_and_config(cfg)
+    model.to(device).train()
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(parameters, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+
+    epoch, iterator, seconds = 0, iter(loader), []
+    tick = time.perf_counter()
+    while len(seconds) < warmup + steps:
+        try:
+            signals, labels, _events = next(iterator)
+        except StopIteration:
+            epoch += 1
+            loader.dataset.set_epoch(epoch)
+            iterator = iter(loader)
+            continue
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out = model(signals.to(device), labels=labels.to(device), stage=cfg.stage)
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(parameters, cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        float(out["loss"].detach())  # the Ray loop reads the loss each step to log it (a device sync on GPU)
+        now = time.perf_counter()
+        seconds.append(now - tick)
+        tick = now
+    del iterator, loader  # stops the persistent DataLoader workers
+
+    result = {
+        "path": "plain", "workers": 1, "device": str(device), "precision": cfg.resolved_precision,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        **_step_figures(seconds[warmup:], cfg.batch_size * cfg.seq_len),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux reports KiB
+    }
+    if device.type == "cuda":
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        result["gpu"] = torch.cuda.get_device_name(device)
+    return result
+
+
+_PLAIN_CHILD = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("distsleep_benchmark_child", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+from distsleep.train.config import TrainConfig
+job = json.loads(sys.argv[2])
+result = module.time_plain_loop(TrainConfig.from_dict(job["cfg"]), job["steps"], job["warmup"])
+print("BENCHMARK-RESULT " + json.dumps(result))
+"""
+
+
+def time_plain_loop_in_subprocess(cfg, steps: int, warmup: int) -> dict:
+    """time_plain_loop in a fresh Python process, so that its peak RSS is the training's alone."""
+    import subprocess
+
+    job = json.dumps({"cfg": cfg.to_dict(), "steps": steps, "warmup": warmup})
+    done = subprocess.run([sys.executable, "-c", _PLAIN_CHILD, str(Path(__file__).resolve()), job],
+                          capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("BENCHMARK-RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"the plain training loop failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1].removeprefix("BENCHMARK-RESULT "))
+
+
+def time_ray_path(cfg, warmup: int) -> dict:
+    """The real training path, `run_training(cfg)`: Ray Train TorchTrainer, one DeepSpeed engine per worker,
+    MLflow logging. Throughput is read back from the per-step `epochs_per_s` that rank 0 logs (all ranks
+    together; step time from the end of the previous step, batch fetch and logging included); the warmup
+    steps, worker start-up and the final validation/test are outside it. Peak RSS is the loop's
+    `peak_rss_mb` (the largest over the workers)."""
+    from distsleep.tracking import client
+    from distsleep.train.launch import run_training
+
+    t0 = time.perf_counter()
+    outcome = run_training(cfg)
+    wall = time.perf_counter() - t0
+    mlflow_client = client(outcome.tracking_uri)
+    history = {m.step: m.value for m in mlflow_client.get_metric_history(outcome.run_id, "epochs_per_s")}
+    timed = [value for step, value in sorted(history.items()) if step > warmup]
+    if not timed:
+        raise RuntimeError(f"run {outcome.run_id} logged no epochs_per_s after step {warmup}")
+    per_step = cfg.batch_size * cfg.seq_len * cfg.num_workers
+    logged = mlflow_client.get_run(outcome.run_id).data.metrics
+    result = {
+        "path": "ray", "workers": cfg.num_workers, "device": "cuda" if cfg.use_gpu else "cpu",
+        "precision": cfg.resolved_precision, "run_id": outcome.run_id, "fit_wall_s": wall,
+        **_step_figures([per_step / value for value in timed], per_step),
+        "peak_rss_mb": logged.get("peak_rss_mb"),
+    }
+    if "peak_gpu_mb" in logged:
+        result["peak_gpu_mb"] = logged["peak_gpu_mb"]
+    return result
+
+
+def measure_train(shards: str | Path, scratch: str | Path, *, model_size: str, batch_size: int, seq_len: int, steps: int,
+                  warmup: int, workers: list[int], loader_workers: int = 1, use_gpu: bool = False,
+                  plain_in_subprocess: bool = True) -> dict:
+    """Every figure of `benchmark.py train` as a dict (JSON-serializable)."""
+    import torch
+
+    scratch = Path(scratch)
+    gpus = torch.cuda.device_count() if use_gpu else 0
+    result: dict = {
+        "model_size": model_size, "batch_size": batch_size, "seq_len": seq_len, "steps": steps, "warmup": warmup,
+        "loader_workers": loader_workers, "cpu_count": os.cpu_count(), "use_gpu_requested": use_gpu,
+        "gpu": torch.cuda.get_device_name(0) if gpus else None, "gpu_count": gpus, "skipped_workers": [],
+    }
+    use_gpu = use_gpu and gpus > 0
+    if use_gpu:
+        too_many = [n for n in workers if n > gpus]
+        result["skipped_workers"] = too_many
+        workers = [n for n in workers if n <= gpus]
+    common = dict(model_size=model_size, batch_size=batch_size, seq_len=seq_len, steps=steps, warmup=warmup,
+                  loader_workers=loader_workers, use_gpu=use_gpu)
+    plain_cfg = bench_train_config(shards, scratch, workers=1, **common)
+    result["precision"] = plain_cfg.resolved_precision
+    result["background_busy_cores"] = {"plain": busy_cores(1.0)}
+    run_plain = time_plain_loop_in_subprocess if plain_in_subprocess else time_plain_loop
+    result["plain"] = run_plain(plain_cfg, steps, warmup)
+
+    result["ray"] = {}
+    if workers:
+        import ray
+
+        started = not ray.is_initialized()
+        if started:  # the Ray Train V2 controller needs the dashboard's state API: keep it (loopback only)
+            ray.init(log_to_driver=False, configure_logging=False)
+        try:
+            for n in workers:
+                result["background_busy_cores"][f"ray{n}"] = busy_cores(1.0)
+                result["ray"][str(n)] = time_ray_path(bench_train_config(shards, scratch, workers=n, **common), warmup)
+        finally:
+            if started:
+                ray.shutdown()
+    plain, ray1 = result["plain"], result["ray"].get("1")
+    if ray1:
+        result["overhead"] = 1 - ray1["epochs_per_s"] / plain["epochs_per_s"]
+        result["overhead_mean"] = 1 - ray1["epochs_per_s_mean"] / plain["epochs_per_s_mean"]
+        for n, run in result["ray"].items():
+            run["scaling"] = run["epochs_per_s"] / ray1["epochs_per_s"]
+    if use_gpu:
+        comparable = all(result[k] == v for k, v in PAPER_STEP_SETTING.items())
+        reference = ray1 or plain
+        result["gpu_figure"] = {
+            "path": "ray, 1 worker" if ray1 else "plain loop",
+            "s_per_1000_steps": 1000 * reference["s_per_step"],
+            "plain_s_per_1000_steps": 1000 * plain["s_per_step"],
+            "paper_s_per_1000_steps": PAPER_S_PER_1000_STEPS,
+            "speedup": PAPER_S_PER_1000_STEPS / (1000 * reference["s_per_step"]),
+            "comparable": comparable,
+        }
+    result["goals"] = train_goals(result)
+    return result
+
+
+def train_goals(result: dict) -> list[dict]:
+    goals = []
+    if "overhead" in result:
+        goals.append({"goal": f"Ray Train + DeepSpeed overhead vs the plain loop <= {GOAL_TRAIN_OVERHEAD:.0%} at 1 worker "
+                              "(median epochs/s)", "value": result["overhead"], "format": "pct",
+                      "ok": result["overhead"] <= GOAL_TRAIN_OVERHEAD})
+    gpu = result.get("gpu_figure")
+    if gpu and gpu["comparable"]:
+        goals.append({"goal": f"s per 1,000 steps at batch 32 >= {GOAL_GPU_SPEEDUP:g}x faster than the paper's "
+                              f"{PAPER_S_PER_1000_STEPS:,.0f} s (RTX 3090), on {result['gpu']}",
+                      "value": gpu["speedup"], "format": "x", "ok": gpu["speedup"] >= GOAL_GPU_SPEEDUP})
+    return goals
+
+
+def format_train(result: dict) -> str:
+    plain = result["plain"]
+    device = plain["device"] + (f" ({result['gpu']})" if result["gpu"] else "")
+    lines = [
+        f"MC²SleepNet {result['model_size']} ({plain['parameters']:,} parameters), batch {result['batch_size']} "
+        f"sequences x L = {result['seq_len']} epochs per worker, {result['precision']} on {device}; "
+        f"{result['steps']} timed steps after {result['warmup']} warm-up steps; {result['loader_workers']} "
+        f"DataLoader worker(s) per training process; {result['cpu_count']} cores.",
+        "epochs/s = batch x L x workers / step time (median over the timed steps; 'mean' = total epochs / total time). "
+        "Ray rows: read from the epochs_per_s that the real loop logs to MLflow every step (worker start-up and the "
+        "final validation/test are outside it). Peak RSS: each training process, DataLoader workers not counted; "
+        "Ray: the largest over the workers, whole run.",
+        "background load (busy cores while the benchmark sleeps, before each path): "
+        + ", ".join(f"{k} {'n/a' if v is None else f'{v:.2f}'}" for k, v in result["background_busy_cores"].items())
+        + ("  <- WARNING: other work competes for the cores; the timings are unreliable"
+           if any(v is not None and v > 0.25 for v in result["background_busy_cores"].values()) else ""),
+        "",
+        f"{'path':<38}{'workers':>8}{'epochs/s':>10}{'(mean)':>9}{'s/step':>9}{'overhead':>10}{'2 vs 1':>8}{'peak RSS/worker':>17}",
+    ]
+
+    def row(name: str, run: dict, overhead: str, scaling: str) -> str:
+        rss = "n/a" if run.get("peak_rss_mb") is None else f"{run['peak_rss_mb']:.0f} MB"
+        if run.get("peak_gpu_mb") is not None:
+            rss += f" (+{run['peak_gpu_mb']:.0f} MB GPU)"
+        return (f"{name:<38}{run['workers']:>8}{run['epochs_per_s']:>10.1f}{run['epochs_per_s_mean']:>9.1f}"
+                f"{run['s_per_step']:>9.3f}{overhead:>10}{scaling:>8}{rss:>17}")
+
+    lines.append(row("plain PyTorch loop (1 process)", plain, "-", "-"))
+    for n, run in result["ray"].items():
+        overhead = f"{result['overhead']:.1%}" if n == "1" and "overhead" in result else "-"
+        scaling = f"{run['scaling']:.2f}x" if "scaling" in run and n != "1" else "-"
+        lines.append(row("Ray Train + DeepSpeed (run_training)", run, overhead, scaling))
+    if result["ray"]:
+        walls = ", ".join(f"{n} worker(s) {run['fit_wall_s']:.0f} s" for n, run in result["ray"].items())
+        lines.append(f"(whole run_training wall time, start-up and final validation/test included: {walls})")
+    lines.append("")
+    if "overhead" in result:
+        lines.append(f"overhead at 1 worker: 1 - {result['ray']['1']['epochs_per_s']:.1f} / {plain['epochs_per_s']:.1f} "
+                     f"= {result['overhead']:.1%} (from the means: {result['overhead_mean']:.1%})")
+    if "2" in result["ray"]:
+        lines.append(f"scaling: {result['ray']['2']['scaling']:.2f}x epochs/s with 2 workers vs 1 (per-worker batch fixed, so "
+                     f"the global batch doubles). This machine has {result['cpu_count']} cores: 2 workers, each with "
+                     f"its DataLoader worker(s), plus the Ray daemons share them, so 2 is as far as scaling goes here.")
+    if result["skipped_workers"]:
+        lines.append(f"not run: {', '.join(map(str, result['skipped_workers']))} worker(s): one GPU per worker, "
+                     f"and {result['gpu_count']} GPU(s) found")
+    if not result["ray"]:
+        lines.append("Ray Train path: not run (--workers empty)")
+
+    lines += ["", "goals:"]
+    for goal in result["goals"]:
+        value = f"{goal['value']:.1%}" if goal["format"] == "pct" else f"{goal['value']:.1f}x"
+        lines.append(f"  {'PASS' if goal['ok'] else 'FAIL'}  {goal['goal']}: {value}")
+    gpu = result.get("gpu_figure")
+    if gpu:
+        line = (f"  GPU: {gpu['s_per_1000_steps']:.1f} s per 1,000 steps ({gpu['path']}; plain loop "
+                f"{gpu['plain_s_per_1000_steps']:.1f} s) vs the paper's {gpu['paper_s_per_1000_steps']:,.0f} s on one RTX 3090: "
+                f"{gpu['speedup']:.1f}x")
+        if not gpu["comparable"]:
+            line += (f"  (not the paper's setting: measured at {result['model_size']} size, batch {result['batch_size']}, "
+                     f"L = {result['seq_len']}; run with --model-size paper --batch-size 32 --seq-len 21 for the goal)")
+        lines.append(line)
+    elif result["use_gpu_requested"]:
+        lines.append("  GPU figure (s per 1,000 steps at batch 32 vs the paper's 1,005 s): NOT MEASURED: --use-gpu was given "
+                     "but torch finds no CUDA device; everything above ran on the CPU")
+    else:
+        lines.append("  GPU figure (s per 1,000 steps at batch 32 vs the paper's 1,005 s): not measured (no --use-gpu; "
+                     "run `jobs/benchmark.py train --use-gpu --model-size paper --batch-size 32 --workers 1` on a GPU machine)")
+    return "\n".join(lines)
+
+
+def train(args: argparse.Namespace) -> int:
+    import torch
+
+    seq_len = args.seq_len or (21 if args.model_size == "paper" else 5)
+    workers = [int(n) for n in args.workers.split(",") if n.strip()] if args.workers else []
+    if args.use_gpu and not torch.cuda.is_available():
+        print("--use-gpu: no GPU found (torch.cuda.is_available() is False); running on the CPU instead, fp32")
+    with tempfile.TemporaryDirectory(prefix="distsleep-bench-train-") as scratch:
+        scratch = Path(scratch)
+        shards = args.shards
+        if not shards:
+            t0 = time.perf_counter()
+            shards = make_train_shards(scratch, args.n_records, args.hours, args.seed, args.gen_workers)
+            print(f"generated {args.n_records} synthetic SHHS nights of {args.hours:g} h and their shards in "
+                  f"{time.perf_counter() - t0:.0f} s")
+        result = measure_train(shards, scratch, model_size=args.model_size, batch_size=args.batch_size, seq_len=seq_len,
+                               steps=args.steps, warmup=args.warmup, workers=workers, loader_workers=args.loader_workers,
+                               use_gpu=args.use_gpu)
+    print(format_train(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    failed = [g for g in result["goals"] if not g["ok"]]
+    return 1 if failed and args.check else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jobs/benchmark.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -402,6 +758,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--check", action="store_true", help="exit 1 when any goal fails")
     p.set_defaults(func=preprocess)
+    p = sub.add_parser("train", help="epochs/s of Ray Train + DeepSpeed vs a plain PyTorch loop, 1 vs 2 workers, peak memory")
+    p.add_argument("--model-size", choices=("small", "paper"), default="small", help="MC²SleepNet preset (default small)")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per worker per step (default 32)")
+    p.add_argument("--seq-len", type=int, help="epochs per sequence (default 21 at paper size, 5 at small)")
+    p.add_argument("--steps", type=int, default=30, help="timed steps (default 30)")
+    p.add_argument("--warmup", type=int, default=5, help="steps before the timed ones (default 5)")
+    p.add_argument("--workers", default="1,2", help="Ray Train worker counts, comma-separated (default 1,2; '' = plain loop only)")
+    p.add_argument("--loader-workers", type=int, default=1, help="DataLoader workers per training process (default 1)")
+    p.add_argument("--shards", help="benchmark on this shard manifest instead of a generated cohort")
+    p.add_argument("--n-records", type=int, default=6, help="nights to generate (default 6)")
+    p.add_argument("--hours", type=float, default=2.0, help="hours per generated night (default 2)")
+    p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--gen-workers", type=int, default=os.cpu_count() or 1, help="processes for generating the cohort")
+    p.add_argument("--use-gpu", action="store_true", help="train on GPU (bf16 autocast); one GPU per Ray worker")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--check", action="store_true", help="exit 1 when any goal fails")
+    p.set_defaults(func=train)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -222,9 +222,19 @@ def train_loop_per_worker(config: dict) -> None:
     if holder[0] is not None:
         engine.module.load_state_dict(holder[0])
     test_metrics, predictions = evaluate(engine.module, test_urls, loader_cfg, world, rank, device, autocast_dtype)
+    # Peak memory of the worker processes (their DataLoader workers not counted): the largest over ranks.
+    import resource
+
+    peak = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]  # Linux: KiB -> MiB
+    if device.type == "cuda":
+        peak.append(torch.cuda.max_memory_allocated(device) / 2**20)
+    peak = torch.tensor(peak, dtype=torch.float64, device=device)
+    if world > 1:
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     if rank == 0:
         test = {f"test_{k}": test_metrics[k] for k in ("accuracy", "macro_f1", "kappa")}
         test.update({f"test_f1_{k}": v for k, v in test_metrics["f1"].items()})
+        test.update(dict(zip(("peak_rss_mb", "peak_gpu_mb"), peak.tolist())))
         tracker.metrics(test, state["step"])
         _log(rank, f"test (best step {state['best_step']}): acc {test_metrics['accuracy']:.3f} "
                    f"macro-F1 {test_metrics['macro_f1']:.3f} kappa {test_metrics['kappa']:.3f}")
