@@ -216,3 +216,24 @@ def test_killed_driver_then_rerun_completes(long_dataset, ray_local, tmp_path):
     assert result.skipped >= 1 and result.converted >= 1 and len(result.manifest["records"]) == 3
     assert _hashes(target) == _hashes(reference)
     assert not list(target.rglob("*.tmp-*"))
+
+
+@pytest.mark.realdata
+def test_sleep_edf_source_on_real_files(shared_data, ray_local, tmp_path):
+    """The Sleep-EDF path end to end on the real SC4001 excerpt (renamed the way PhysioNet names files)."""
+    root = tmp_path / "sleep-cassette"
+    root.mkdir()
+    shutil.copy(shared_data / "sleep-edf" / "short_psg.edf", root / "SC4001E0-PSG.edf")
+    shutil.copy(shared_data / "sleep-edf" / "SC4001EC-Hypnogram.edf", root / "SC4001EC-Hypnogram.edf")
+    out = tmp_path / "shards"
+    assert cli_main(["preprocess", "--source", "sleep-edf", "--root", str(root), "--out", str(out), "--quiet"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = manifest["records"]["SC4001E0"]
+    assert entry["subject"] == "SC400"  # SC4 + subject 00 (+ night 1): both nights of a subject share a split
+    assert entry["n_epochs"] == 10 and entry["stages"]["W"] == 10  # 300 s, all wake in the expert hypnogram
+    sample = read_shard(out / entry["shard"])
+    assert sample.meta["channels"][0] == {"role": "eeg_fpz_cz", "label": "EEG Fpz-Cz", "source_rate": 100.0, "unit": "uV"}
+    from distsleep.sources.edf import read_signals
+
+    source = read_signals(root / "SC4001E0-PSG.edf", ["EEG Fpz-Cz"])["EEG Fpz-Cz"]
+    np.testing.assert_allclose(sample.physical().reshape(-1), source, atol=sample.meta["scale_uv"][0] / 2 + 1e-4)

@@ -102,8 +102,9 @@ def drowsiness(rng: np.random.Generator, stages: np.ndarray) -> np.ndarray:
     if asleep.size == 0:
         return np.zeros(len(stages))
     position = np.arange(len(stages))
-    nearest = np.abs(position[:, None] - asleep[None, :]).min(axis=1) if len(stages) * asleep.size < 4e7 else \
-        np.minimum(*(np.abs(position - asleep[np.clip(np.searchsorted(asleep, position) - k, 0, asleep.size - 1)]) for k in (0, 1)))
+    after = np.clip(np.searchsorted(asleep, position), 0, asleep.size - 1)  # first sleep epoch at or after
+    before = np.clip(after - 1, 0, asleep.size - 1)
+    nearest = np.minimum(np.abs(position - asleep[after]), np.abs(position - asleep[before]))
     p = np.select([nearest <= 2, nearest <= 6], [0.7, 0.35], 0.2)
     drowsy = (rng.random(len(stages)) < p) * rng.uniform(0.5, 1.0, len(stages))
     return np.where(stages == W, drowsy, 0.0)
@@ -309,7 +310,6 @@ def synth_eog(rng: np.random.Generator, stages: np.ndarray, subject: Subject, ee
 
     # Horizontal gaze position: saccades are fast steps (rise ~40 ms); the amplifier's AC coupling
     # turns each step into a sharp deflection that decays over ~1 s.
-    position = np.zeros(n, dtype=np.float32)
     rem_density = REM_PER_EPOCH[idx] * rng.gamma(0.8, 1 / 0.8, n_epochs) * (rng.random(n_epochs) < 0.7)
     awake_eyes = 1.0 - drowsy  # drowsy wake is eyes-closed: no blinks, no scanning saccades
     sacc_rate = SACCADES_PER_EPOCH[idx] * awake_eyes * rng.gamma(1.0, 1.0, n_epochs) + rem_density
@@ -408,7 +408,6 @@ def synth_respiration(rng: np.random.Generator, n_seconds: float, subject: Subje
     apneas (effort continues, paradoxically, in obstructive apnea; stops in central apnea) and halves in
     hypopneas."""
     n = int(n_seconds * fs)
-    t = np.arange(n) / fs
     rate = subject.resp_rate_hz * (1 + 0.08 * band_noise(rng, n, fs, 0.002, 0.02))
     phase = 2 * np.pi * np.cumsum(rate) / fs
     breath = np.sin(phase)
@@ -439,7 +438,6 @@ def synth_respiration(rng: np.random.Generator, n_seconds: float, subject: Subje
     airflow = amp * flow_gain * breath + 0.02 * rng.standard_normal(n)
     thor = amp * thor_gain * np.sin(phase) + 0.02 * rng.standard_normal(n)
     abdo = 0.8 * amp * thor_gain * np.sin(phase + abdo_phase) + 0.02 * rng.standard_normal(n)
-    del t
     return airflow.astype(np.float32), thor.astype(np.float32), abdo.astype(np.float32)
 
 

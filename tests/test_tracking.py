@@ -1,0 +1,56 @@
+"""MLflow helpers against real stores: a SQLite file, and a closed port on 127.0.0.1 standing in for a
+tracking server that is down."""
+
+from __future__ import annotations
+
+import socket
+
+import mlflow
+import pytest
+
+from distsleep.tracking import RunLogger, TrackingUnavailable, check_reachable, find_or_create_run
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the socket is: nothing listens there
+
+
+def test_unreachable_server_is_a_clear_error_at_start():
+    uri = f"http://127.0.0.1:{closed_port()}"
+    with pytest.raises(TrackingUnavailable, match=r"127\.0\.0\.1.*not reachable.*MLFLOW_TRACKING_URI"):
+        check_reachable(uri)
+
+
+def test_logger_survives_a_lost_server(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id, _ = find_or_create_run(uri, "exp", "run-a")
+    logger = RunLogger(uri, run_id)
+    logger.metrics({"loss": 1.0}, step=1)
+    # The server goes away mid-run: logging calls fail, are counted, and do not raise.
+    dead = RunLogger(f"http://127.0.0.1:{closed_port()}", run_id)
+    dead.metrics({"loss": 0.5}, step=2)
+    dead.params({"a": "1"})
+    dead.artifact(tmp_path / "mlflow.db")
+    assert dead.failures == 3
+    history = mlflow.MlflowClient(uri).get_metric_history(run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(1, 1.0)]
+    # Non-zero ranks log nothing at all.
+    silent = RunLogger(uri, run_id, enabled=False)
+    silent.metrics({"loss": 9.0}, step=3)
+    assert len(mlflow.MlflowClient(uri).get_metric_history(run_id, "loss")) == 1
+
+
+def test_unfinished_run_is_resumed_and_finished_run_is_not(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first, resumed = find_or_create_run(uri, "exp", "name-x", tags={"k": "v"})
+    assert not resumed
+    again, resumed = find_or_create_run(uri, "exp", "name-x")
+    assert resumed and again == first
+    parent, _ = find_or_create_run(uri, "exp", "sweep")
+    child, _ = find_or_create_run(uri, "exp", "trial", parent_run_id=parent)
+    assert mlflow.MlflowClient(uri).get_run(child).data.tags["mlflow.parentRunId"] == parent
+    RunLogger(uri, first).finish()
+    fresh, resumed = find_or_create_run(uri, "exp", "name-x")
+    assert not resumed and fresh != first
