@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from distsleep.errors import InputError, MissingChannelError
+from distsleep.shards.loader import window_starts
 from distsleep.stages import EPOCH_SECONDS, NUM_STAGES, STAGE_NAMES, UNSCORED, stage_counts
 
 BUNDLE_NAME = "model.pt"
@@ -200,12 +201,8 @@ def plan_windows(n_epochs: int, seq_len: int, stride: int = 1) -> list[int]:
                               "(a longer stride would leave epochs unscored)")
     if n_epochs < 1:
         raise PredictionError("the recording has no whole 30-s epoch")
-    if n_epochs <= seq_len:
-        return [0]
-    starts = list(range(0, n_epochs - seq_len + 1, stride))
-    if starts[-1] + seq_len < n_epochs:
-        starts.append(n_epochs - seq_len)
-    return starts
+    # The same rule as the evaluation pass, so offline and in-training scores see the same windows.
+    return window_starts(n_epochs, seq_len, stride)
 
 
 def average_windows(window_probs: np.ndarray, starts: Sequence[int], n_epochs: int) -> tuple[np.ndarray, np.ndarray]:

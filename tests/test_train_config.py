@@ -1,0 +1,64 @@
+"""TrainConfig and the DeepSpeed config built from it (pure functions; no cluster)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from distsleep.config import flatten
+from distsleep.train.config import TrainConfig, deepspeed_config
+from distsleep.train.loop import _lr_lambda
+
+
+def test_deepspeed_file_is_the_base_and_flags_override(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({
+        "gradient_accumulation_steps": 4, "train_batch_size": 999, "fp16": {"enabled": True},
+        "zero_optimization": {"stage": 2, "overlap_comm": True, "reduce_bucket_size": 1000},
+    }))
+    cfg = TrainConfig(shards="m.json", deepspeed_config=str(path), zero_stage=1, batch_size=8, grad_clip=0.5)
+    ds = deepspeed_config(cfg)
+    assert ds["zero_optimization"] == {"stage": 1, "overlap_comm": True, "reduce_bucket_size": 1000}
+    assert ds["gradient_accumulation_steps"] == 4 and ds["train_micro_batch_size_per_gpu"] == 8
+    assert ds["gradient_clipping"] == 0.5
+    assert "train_batch_size" not in ds and "fp16" not in ds  # derived by DeepSpeed; fp16 never used
+    assert "torch_autocast" not in ds  # CPU: fp32
+
+
+def test_precision_resolution():
+    assert TrainConfig(shards="m", use_gpu=True).resolved_precision == "bf16"
+    assert TrainConfig(shards="m").resolved_precision == "fp32"
+    ds = deepspeed_config(TrainConfig(shards="m", use_gpu=True))
+    assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"} and "bf16" not in ds
+    with pytest.raises(ValueError, match="zero_stage"):
+        TrainConfig(shards="m", zero_stage=3)
+    with pytest.raises(ValueError, match="stage"):
+        TrainConfig(shards="m", stage="sweep")
+
+
+def test_paths_become_absolute_and_urls_stay(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainConfig(shards="shards/manifest.json", storage_path="runs")
+    assert cfg.shards == str(tmp_path / "shards" / "manifest.json") and cfg.storage_path == str(tmp_path / "runs")
+    remote = TrainConfig(shards="s3://bucket/shards/manifest.json", storage_path="s3://bucket/runs")
+    assert remote.shards.startswith("s3://") and remote.storage_path == "s3://bucket/runs"
+
+
+def test_mask_ratio_shorthand_and_round_trip():
+    cfg = TrainConfig(shards="m", mask_ratio=0.25, model_overrides={"infonce_temperature": 0.07})
+    assert cfg.model_overrides == {"infonce_temperature": 0.07, "mask_ratio": 0.25}
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    params = flatten("train", cfg)
+    assert params["train.model_overrides.mask_ratio"] == "0.25" and params["train.betas"] == "[0.9,0.999]"
+
+
+def test_warmup_and_cosine_schedule():
+    cfg = TrainConfig(shards="m", schedule="cosine", warmup_steps=10, max_steps=110)
+    f = _lr_lambda(cfg)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0, abs=1e-9)
+    constant = _lr_lambda(TrainConfig(shards="m"))
+    assert all(constant(s) == 1.0 for s in (0, 50, 5000))
+    assert math.isclose(_lr_lambda(TrainConfig(shards="m", warmup_steps=4))(1), 0.5)
