@@ -107,7 +107,17 @@ class RunLogger:
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
-        self._call("log metrics", self._client.log_batch, self.run_id, metrics=items)
+        # Queued to MLflow's background logging thread: a per-step write to a SQLite file or a remote
+        # server costs ~10-30 ms, which must not sit inside the training step. `flush` drains the queue.
+        self._call("log metrics", self._client.log_batch, self.run_id, metrics=items, synchronous=False)
+
+    def flush(self) -> None:
+        """Wait until queued metrics are written (before artifacts and the end of the run)."""
+        if not self.enabled:
+            return
+        import mlflow
+
+        self._call("flush metrics", mlflow.flush_async_logging)
 
     def tags(self, tags: dict[str, str]) -> None:
         if not self.enabled:
@@ -124,4 +134,5 @@ class RunLogger:
     def finish(self, status: str = "FINISHED") -> None:
         if not self.enabled:
             return
+        self.flush()
         self._call("end run", self._client.set_terminated, self.run_id, status)

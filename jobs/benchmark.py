@@ -188,6 +188,24 @@ def time_route(route, sources, repeats: int) -> float:
     return _per_record(passes, len(sources))
 
 
+def time_process_pool(sources, config, scratch: Path, workers: int, repeats: int) -> float:
+    """Wall s/record of convert_record over all records in a plain process pool (no Ray): the scaling this
+    machine allows at all, to tell Ray's overhead apart from cores that share caches, memory and the OS."""
+    from concurrent.futures import ProcessPoolExecutor
+    from itertools import repeat
+
+    from distsleep.shards.convert import convert_record
+
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(convert_record, sources[:workers], repeat(config), repeat(scratch / f"pool{workers}-warmup")))
+        passes = []
+        for r in range(repeats):
+            t0 = time.perf_counter()
+            list(pool.map(convert_record, sources, repeat(config), repeat(scratch / f"pool{workers}-{r}")))
+            passes.append(time.perf_counter() - t0)
+    return _per_record(passes, len(sources))
+
+
 def time_ray(root: Path, n_records: int, config, scratch: Path, cpus: int, repeats: int) -> dict:
     """run_preprocess over n_records on a local Ray cluster of `cpus` CPUs, start-up excluded: a warm-up
     run on 2 records right after ray.init makes the worker processes exist and import their modules."""
@@ -253,6 +271,9 @@ def measure_preprocess(root: str | Path, n_records: int, naive_records: int, rep
     result["epochs_per_record"] = n_epochs / n_records
 
     if ray_scaling:
+        s["pool_1"] = time_process_pool(sources, config, scratch, 1, repeats)
+        s["pool_2"] = time_process_pool(sources, config, scratch, 2, repeats)
+        result["process_scaling"] = s["pool_1"] / s["pool_2"]
         runs = [time_ray(root, n_records, config, scratch, cpus, repeats) for cpus in (1, 2)]
         manifest = runs[-1].pop("manifest")
         runs[0].pop("manifest")
@@ -273,6 +294,7 @@ def measure_preprocess(root: str | Path, n_records: int, naive_records: int, rep
         "ours_cpu_hours": PAPER_RECORDS * s["ours"] / 3600,
         "naive_cpu_hours": PAPER_RECORDS * s["naive"] / 3600,
         "naive_minutes": PAPER_RECORDS * s["naive"] / (CLUSTER_CORES * efficiency) / 60,
+        "edf_gb": PAPER_RECORDS * result["edf_mb_per_record"] / 1e3,
     }
     result["goals"] = preprocess_goals(result)
     return result
@@ -316,6 +338,9 @@ def format_preprocess(result: dict) -> str:
         ('MNE include=["EEG"] + resample_poly(4, 5)', s["mne_include"], result["n_records"]),
         ("naive: MNE full preload + raw.resample(100)", s["naive"], result["naive_records"]),
     ]
+    for workers in (1, 2):
+        if f"pool_{workers}" in s:
+            rows.append((f"process pool, {workers} process{'es' if workers > 1 else ''}, no Ray (wall)", s[f"pool_{workers}"], result["n_records"]))
     for cpus, run in result.get("ray", {}).items():
         rows.append((f"Ray run_preprocess, {cpus} worker{'s' if cpus != '1' else ''} (wall)", 1 / run["records_per_s"], result["n_records"]))
     lines = [
@@ -334,11 +359,13 @@ def format_preprocess(result: dict) -> str:
     lines += ["", "our path, step by step (s/record): " + "  ".join(f"{k} {v:.4f}" for k, v in profile.items())
               + f"  (sum {sum(profile.values()):.4f})"]
     if "ray" in result:
-        lines.append(f"Ray scaling: {result['ray']['2']['records_per_s']:.2f} / {result['ray']['1']['records_per_s']:.2f} records/s "
-                     f"= {result['ray_scaling']:.2f}x with 2 workers vs 1 (start-up excluded; this machine has "
-                     f"{result['cpu_count']} cores, so 2 vs 1 is as far as scaling can be shown here, and the driver and "
-                     f"raylet share those cores); Ray shards byte-identical to the single-process ones: "
-                     f"{'yes' if result['ray_shards_identical'] else 'NO'}")
+        lines += [
+            f"Ray scaling: {result['ray']['2']['records_per_s']:.2f} / {result['ray']['1']['records_per_s']:.2f} records/s "
+            f"= {result['ray_scaling']:.2f}x with 2 workers vs 1 (cluster start-up excluded).",
+            f"  This machine has {result['cpu_count']} cores, so 2 vs 1 is as far as scaling can be shown here, and Ray's driver,",
+            f"  raylet and GCS share those cores with the workers; a plain process pool gets {result['process_scaling']:.2f}x on the same records.",
+            f"  Ray's shards are byte-identical to the single-process ones: {'yes' if result['ray_shards_identical'] else 'NO'}.",
+        ]
     else:
         lines.append("Ray scaling: not measured (--no-ray)")
     lines.append(f"shards: {result['shard_mb_per_record']:.2f} MB per record, {result['bytes_per_epoch']:.0f} B per epoch "
@@ -353,8 +380,10 @@ def format_preprocess(result: dict) -> str:
         "",
         f"extrapolation to {x['records']:,} records on a {x['cores']}-core cluster, parallel efficiency {eff}:",
         f"  our path: {x['records']:,} x {ours:.4f} s / ({x['cores']} x {x['parallel_efficiency']:.2f}) = "
-        f"{x['ours_minutes']:.1f} min ({x['ours_cpu_hours']:.2f} CPU-hours)",
+        f"{x['ours_minutes']:.2f} min ({x['ours_minutes'] * 60:.0f} s; {x['ours_cpu_hours']:.2f} CPU-hours)",
         f"  naive route: {x['naive_cpu_hours']:.1f} CPU-hours ({x['naive_minutes']:.0f} min on the same cluster)",
+        f"  (page cache warm, as here. From cold storage our path is bound by reading the EDFs instead: "
+        f"{x['edf_gb']:.0f} GB, e.g. {x['edf_gb'] / 60:.1f} min at 1 GB/s aggregate)",
     ]
     return "\n".join(lines)
 
@@ -411,16 +440,17 @@ def make_train_shards(scratch: Path, n_records: int, hours: float, seed: int, wo
 
 def bench_train_config(shards: str | Path, scratch: Path, *, workers: int, model_size: str = "small", batch_size: int = 32,
                        seq_len: int = 5, steps: int = 20, warmup: int = 5, loader_workers: int = 1,
-                       use_gpu: bool = False, seed: int = 0):
+                       use_gpu: bool = False, seed: int = 0, log_every: int = 1, name: str | None = None):
     """The TrainConfig both paths run: the trainer's defaults (Adam, lr 5e-4, weight decay 1e-5, gradient
     clipping 1.0, ZeRO 0, bf16 autocast on GPU, fp32 on CPU), warmup + steps steps, and validation only
-    once, after the last step (val_every > max_steps), so that no evaluation falls inside the timed steps."""
+    once, after the last step (val_every > max_steps), so that no evaluation falls inside the timed steps.
+    `log_every` (the trainer's default is 1) is how often rank 0 logs to MLflow, inside the timed steps."""
     from distsleep.train.config import TrainConfig
 
     return TrainConfig(
         shards=str(shards), model_size=model_size, seq_len=seq_len, batch_size=batch_size, loader_workers=loader_workers,
-        max_steps=warmup + steps, val_every=warmup + steps + 1, log_every=1, num_workers=workers, use_gpu=use_gpu,
-        seed=seed, storage_path=str(scratch / "runs"), name=f"benchmark-train-{workers}w",
+        max_steps=warmup + steps, val_every=warmup + steps + 1, log_every=log_every, num_workers=workers, use_gpu=use_gpu,
+        seed=seed, storage_path=str(scratch / "runs"), name=name or f"benchmark-train-{workers}w",
         tracking_uri=f"sqlite:///{(scratch / 'mlflow.db').resolve()}", experiment="benchmark-train",
     )
 
@@ -432,6 +462,7 @@ def _step_figures(step_seconds: list[float], epochs_per_step: int) -> dict:
         "s_per_step": statistics.median(step_seconds),
         "epochs_per_s": epochs_per_step / statistics.median(step_seconds),
         "epochs_per_s_mean": epochs_per_step * len(step_seconds) / sum(step_seconds),
+        "step_seconds": [round(x, 5) for x in step_seconds],
     }
 
 
@@ -535,10 +566,10 @@ def time_plain_loop_in_subprocess(cfg, steps: int, warmup: int) -> dict:
 
 def time_ray_path(cfg, warmup: int) -> dict:
     """The real training path, `run_training(cfg)`: Ray Train TorchTrainer, one DeepSpeed engine per worker,
-    MLflow logging. Throughput is read back from the per-step `epochs_per_s` that rank 0 logs (all ranks
-    together; step time from the end of the previous step, batch fetch and logging included); the warmup
-    steps, worker start-up and the final validation/test are outside it. Peak RSS is the loop's
-    `peak_rss_mb` (the largest over the workers)."""
+    MLflow logging. Throughput is read back from the `epochs_per_s` that rank 0 logs every `log_every` steps
+    (all ranks together, averaged over those steps; batch fetch and the logging itself included); windows
+    that hold a warm-up step are left out, and so are worker start-up and the final validation/test.
+    Peak RSS is the loop's `peak_rss_mb` (the largest over the workers)."""
     from distsleep.tracking import client
     from distsleep.train.launch import run_training
 
@@ -547,15 +578,17 @@ def time_ray_path(cfg, warmup: int) -> dict:
     wall = time.perf_counter() - t0
     mlflow_client = client(outcome.tracking_uri)
     history = {m.step: m.value for m in mlflow_client.get_metric_history(outcome.run_id, "epochs_per_s")}
-    timed = [value for step, value in sorted(history.items()) if step > warmup]
+    timed = [value for step, value in sorted(history.items()) if step - cfg.log_every >= warmup]
     if not timed:
-        raise RuntimeError(f"run {outcome.run_id} logged no epochs_per_s after step {warmup}")
+        raise RuntimeError(f"run {outcome.run_id} logged no epochs_per_s for a window after step {warmup} "
+                           f"(log_every {cfg.log_every}): raise --steps")
     per_step = cfg.batch_size * cfg.seq_len * cfg.num_workers
     logged = mlflow_client.get_run(outcome.run_id).data.metrics
     result = {
         "path": "ray", "workers": cfg.num_workers, "device": "cuda" if cfg.use_gpu else "cpu",
         "precision": cfg.resolved_precision, "run_id": outcome.run_id, "fit_wall_s": wall,
         **_step_figures([per_step / value for value in timed], per_step),
+        "timed_steps": len(timed) * cfg.log_every,
         "peak_rss_mb": logged.get("peak_rss_mb"),
     }
     if "peak_gpu_mb" in logged:
@@ -563,62 +596,89 @@ def time_ray_path(cfg, warmup: int) -> dict:
     return result
 
 
+def _combine(runs: list[dict]) -> dict:
+    """One row from repeated runs of a path: the median of the runs' figures, the spread of their medians,
+    the largest peak memory; the runs themselves are kept under "runs"."""
+    combined = {k: v for k, v in runs[0].items() if k not in ("step_seconds", "run_id", "fit_wall_s")}
+    for key in ("epochs_per_s", "epochs_per_s_mean", "s_per_step"):
+        combined[key] = statistics.median(run[key] for run in runs)
+    combined["epochs_per_s_range"] = [min(run["epochs_per_s"] for run in runs), max(run["epochs_per_s"] for run in runs)]
+    for key in ("peak_rss_mb", "peak_gpu_mb"):
+        values = [run[key] for run in runs if run.get(key) is not None]
+        combined[key] = max(values) if values else None
+    if "fit_wall_s" in runs[0]:
+        combined["fit_wall_s"] = statistics.median(run["fit_wall_s"] for run in runs)
+    combined["runs"] = runs
+    return combined
+
+
 def measure_train(shards: str | Path, scratch: str | Path, *, model_size: str, batch_size: int, seq_len: int, steps: int,
-                  warmup: int, workers: list[int], loader_workers: int = 1, use_gpu: bool = False,
-                  plain_in_subprocess: bool = True) -> dict:
-    """Every figure of `benchmark.py train` as a dict (JSON-serializable)."""
+                  warmup: int, workers: list[int], loader_workers: int = 1, use_gpu: bool = False, log_every: int = 1,
+                  repeats: int = 1, plain_in_subprocess: bool = True) -> dict:
+    """Every figure of `benchmark.py train` as a dict (JSON-serializable).
+
+    Each repeat runs the plain loop, then the Ray path at each worker count (interleaved, so that slow
+    drifts of the machine hit every path alike); each row is the median over the repeats."""
     import torch
 
     scratch = Path(scratch)
     gpus = torch.cuda.device_count() if use_gpu else 0
     result: dict = {
         "model_size": model_size, "batch_size": batch_size, "seq_len": seq_len, "steps": steps, "warmup": warmup,
-        "loader_workers": loader_workers, "cpu_count": os.cpu_count(), "use_gpu_requested": use_gpu,
-        "gpu": torch.cuda.get_device_name(0) if gpus else None, "gpu_count": gpus, "skipped_workers": [],
+        "loader_workers": loader_workers, "log_every": log_every, "repeats": repeats, "cpu_count": os.cpu_count(),
+        "use_gpu_requested": use_gpu, "gpu": torch.cuda.get_device_name(0) if gpus else None, "gpu_count": gpus,
+        "skipped_workers": [],
     }
     use_gpu = use_gpu and gpus > 0
     if use_gpu:
-        too_many = [n for n in workers if n > gpus]
-        result["skipped_workers"] = too_many
+        result["skipped_workers"] = [n for n in workers if n > gpus]
         workers = [n for n in workers if n <= gpus]
     common = dict(model_size=model_size, batch_size=batch_size, seq_len=seq_len, steps=steps, warmup=warmup,
-                  loader_workers=loader_workers, use_gpu=use_gpu)
+                  loader_workers=loader_workers, use_gpu=use_gpu, log_every=log_every)
     plain_cfg = bench_train_config(shards, scratch, workers=1, **common)
     result["precision"] = plain_cfg.resolved_precision
-    result["background_busy_cores"] = {"plain": busy_cores(1.0)}
     run_plain = time_plain_loop_in_subprocess if plain_in_subprocess else time_plain_loop
-    result["plain"] = run_plain(plain_cfg, steps, warmup)
+    background: dict[str, list] = {"plain": [], **{f"ray{n}": [] for n in workers}}
+    runs: dict[str, list] = {"plain": [], **{str(n): [] for n in workers}}
 
-    result["ray"] = {}
+    ray = None
     if workers:
         import ray
 
         started = not ray.is_initialized()
         if started:  # the Ray Train V2 controller needs the dashboard's state API: keep it (loopback only)
             ray.init(log_to_driver=False, configure_logging=False)
-        try:
+    try:
+        for repeat in range(repeats):
+            background["plain"].append(busy_cores(1.0))
+            runs["plain"].append(run_plain(plain_cfg, steps, warmup))
             for n in workers:
-                result["background_busy_cores"][f"ray{n}"] = busy_cores(1.0)
-                result["ray"][str(n)] = time_ray_path(bench_train_config(shards, scratch, workers=n, **common), warmup)
-        finally:
-            if started:
-                ray.shutdown()
+                background[f"ray{n}"].append(busy_cores(1.0))
+                cfg = bench_train_config(shards, scratch, workers=n, name=f"benchmark-train-{n}w-{repeat}", **common)
+                runs[str(n)].append(time_ray_path(cfg, warmup))
+    finally:
+        if ray is not None and started:
+            ray.shutdown()
+    result["background_busy_cores"] = background
+    result["plain"] = _combine(runs.pop("plain"))
+    result["ray"] = {n: _combine(ray_runs) for n, ray_runs in runs.items()}
+
     plain, ray1 = result["plain"], result["ray"].get("1")
     if ray1:
         result["overhead"] = 1 - ray1["epochs_per_s"] / plain["epochs_per_s"]
         result["overhead_mean"] = 1 - ray1["epochs_per_s_mean"] / plain["epochs_per_s_mean"]
-        for n, run in result["ray"].items():
+        result["overhead_per_repeat"] = [1 - r["epochs_per_s"] / p["epochs_per_s"] for p, r in zip(plain["runs"], ray1["runs"])]
+        for run in result["ray"].values():
             run["scaling"] = run["epochs_per_s"] / ray1["epochs_per_s"]
     if use_gpu:
-        comparable = all(result[k] == v for k, v in PAPER_STEP_SETTING.items())
         reference = ray1 or plain
         result["gpu_figure"] = {
-            "path": "ray, 1 worker" if ray1 else "plain loop",
+            "path": "Ray Train + DeepSpeed, 1 worker" if ray1 else "plain loop",
             "s_per_1000_steps": 1000 * reference["s_per_step"],
             "plain_s_per_1000_steps": 1000 * plain["s_per_step"],
             "paper_s_per_1000_steps": PAPER_S_PER_1000_STEPS,
             "speedup": PAPER_S_PER_1000_STEPS / (1000 * reference["s_per_step"]),
-            "comparable": comparable,
+            "comparable": all(result[k] == v for k, v in PAPER_STEP_SETTING.items()),
         }
     result["goals"] = train_goals(result)
     return result
@@ -641,29 +701,39 @@ def train_goals(result: dict) -> list[dict]:
 def format_train(result: dict) -> str:
     plain = result["plain"]
     device = plain["device"] + (f" ({result['gpu']})" if result["gpu"] else "")
+    repeats = result["repeats"]
+
+    def loads(values: list) -> str:
+        return "/".join("n/a" if v is None else f"{v:.2f}" for v in values)
+
+    busy = [v for values in result["background_busy_cores"].values() for v in values if v is not None]
     lines = [
         f"MC²SleepNet {result['model_size']} ({plain['parameters']:,} parameters), batch {result['batch_size']} "
         f"sequences x L = {result['seq_len']} epochs per worker, {result['precision']} on {device}; "
         f"{result['steps']} timed steps after {result['warmup']} warm-up steps; {result['loader_workers']} "
-        f"DataLoader worker(s) per training process; {result['cpu_count']} cores.",
-        "epochs/s = batch x L x workers / step time (median over the timed steps; 'mean' = total epochs / total time). "
-        "Ray rows: read from the epochs_per_s that the real loop logs to MLflow every step (worker start-up and the "
-        "final validation/test are outside it). Peak RSS: each training process, DataLoader workers not counted; "
+        f"DataLoader worker(s) per training process; {result['cpu_count']} cores; "
+        f"{repeats} repeat{'s' if repeats != 1 else ''}, paths interleaved.",
+        "epochs/s = batch x L x workers / step time: median over the timed steps, then median over the repeats "
+        "('mean' = total epochs / total time; 'range' = lowest-highest run). "
+        f"Ray rows: from the epochs_per_s that the real loop logs to MLflow every {result['log_every']} step(s) "
+        "(that logging is inside the timed steps, the plain loop logs nothing; worker start-up and the final "
+        "validation/test are outside). Peak RSS: each training process, DataLoader workers not counted; "
         "Ray: the largest over the workers, whole run.",
-        "background load (busy cores while the benchmark sleeps, before each path): "
-        + ", ".join(f"{k} {'n/a' if v is None else f'{v:.2f}'}" for k, v in result["background_busy_cores"].items())
-        + ("  <- WARNING: other work competes for the cores; the timings are unreliable"
-           if any(v is not None and v > 0.25 for v in result["background_busy_cores"].values()) else ""),
+        "background load (busy cores while the benchmark sleeps, before each run): "
+        + ", ".join(f"{k} {loads(v)}" for k, v in result["background_busy_cores"].items())
+        + ("  <- WARNING: other work competes for the cores; the timings are unreliable" if any(v > 0.25 for v in busy) else ""),
         "",
-        f"{'path':<38}{'workers':>8}{'epochs/s':>10}{'(mean)':>9}{'s/step':>9}{'overhead':>10}{'2 vs 1':>8}{'peak RSS/worker':>17}",
+        f"{'path':<38}{'workers':>8}{'epochs/s':>10}{'range':>13}{'(mean)':>9}{'s/step':>9}{'overhead':>10}{'2 vs 1':>8}"
+        f"{'peak RSS/worker':>17}",
     ]
 
     def row(name: str, run: dict, overhead: str, scaling: str) -> str:
         rss = "n/a" if run.get("peak_rss_mb") is None else f"{run['peak_rss_mb']:.0f} MB"
         if run.get("peak_gpu_mb") is not None:
             rss += f" (+{run['peak_gpu_mb']:.0f} MB GPU)"
-        return (f"{name:<38}{run['workers']:>8}{run['epochs_per_s']:>10.1f}{run['epochs_per_s_mean']:>9.1f}"
-                f"{run['s_per_step']:>9.3f}{overhead:>10}{scaling:>8}{rss:>17}")
+        low, high = run["epochs_per_s_range"]
+        return (f"{name:<38}{run['workers']:>8}{run['epochs_per_s']:>10.1f}{f'{low:.0f}-{high:.0f}':>13}"
+                f"{run['epochs_per_s_mean']:>9.1f}{run['s_per_step']:>9.3f}{overhead:>10}{scaling:>8}{rss:>17}")
 
     lines.append(row("plain PyTorch loop (1 process)", plain, "-", "-"))
     for n, run in result["ray"].items():
@@ -672,11 +742,12 @@ def format_train(result: dict) -> str:
         lines.append(row("Ray Train + DeepSpeed (run_training)", run, overhead, scaling))
     if result["ray"]:
         walls = ", ".join(f"{n} worker(s) {run['fit_wall_s']:.0f} s" for n, run in result["ray"].items())
-        lines.append(f"(whole run_training wall time, start-up and final validation/test included: {walls})")
+        lines.append(f"(whole run_training wall time, start-up and final validation/test included, median: {walls})")
     lines.append("")
     if "overhead" in result:
+        per_repeat = ", ".join(f"{x:.1%}" for x in result["overhead_per_repeat"])
         lines.append(f"overhead at 1 worker: 1 - {result['ray']['1']['epochs_per_s']:.1f} / {plain['epochs_per_s']:.1f} "
-                     f"= {result['overhead']:.1%} (from the means: {result['overhead_mean']:.1%})")
+                     f"= {result['overhead']:.1%} (from the means: {result['overhead_mean']:.1%}; each repeat: {per_repeat})")
     if "2" in result["ray"]:
         lines.append(f"scaling: {result['ray']['2']['scaling']:.2f}x epochs/s with 2 workers vs 1 (per-worker batch fixed, so "
                      f"the global batch doubles). This machine has {result['cpu_count']} cores: 2 workers, each with "
@@ -713,7 +784,7 @@ def train(args: argparse.Namespace) -> int:
     import torch
 
     seq_len = args.seq_len or (21 if args.model_size == "paper" else 5)
-    workers = [int(n) for n in args.workers.split(",") if n.strip()] if args.workers else []
+    workers = list(dict.fromkeys(int(n) for n in args.workers.split(",") if n.strip())) if args.workers else []
     if args.use_gpu and not torch.cuda.is_available():
         print("--use-gpu: no GPU found (torch.cuda.is_available() is False); running on the CPU instead, fp32")
     with tempfile.TemporaryDirectory(prefix="distsleep-bench-train-") as scratch:
@@ -726,7 +797,7 @@ def train(args: argparse.Namespace) -> int:
                   f"{time.perf_counter() - t0:.0f} s")
         result = measure_train(shards, scratch, model_size=args.model_size, batch_size=args.batch_size, seq_len=seq_len,
                                steps=args.steps, warmup=args.warmup, workers=workers, loader_workers=args.loader_workers,
-                               use_gpu=args.use_gpu)
+                               use_gpu=args.use_gpu, log_every=args.log_every, repeats=args.repeats)
     print(format_train(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
@@ -762,10 +833,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-size", choices=("small", "paper"), default="small", help="MC²SleepNet preset (default small)")
     p.add_argument("--batch-size", type=int, default=32, help="sequences per worker per step (default 32)")
     p.add_argument("--seq-len", type=int, help="epochs per sequence (default 21 at paper size, 5 at small)")
-    p.add_argument("--steps", type=int, default=30, help="timed steps (default 30)")
-    p.add_argument("--warmup", type=int, default=5, help="steps before the timed ones (default 5)")
+    p.add_argument("--steps", type=int, default=40, help="timed steps (default 40)")
+    p.add_argument("--warmup", type=int, default=10, help="steps before the timed ones (default 10)")
     p.add_argument("--workers", default="1,2", help="Ray Train worker counts, comma-separated (default 1,2; '' = plain loop only)")
     p.add_argument("--loader-workers", type=int, default=1, help="DataLoader workers per training process (default 1)")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each path, interleaved; the median is reported (default 2)")
+    p.add_argument("--log-every", type=int, default=1, help="MLflow logging interval of the Ray loop, in steps "
+                   "(default 1, the trainer's default); --steps and --warmup should be multiples of it")
     p.add_argument("--shards", help="benchmark on this shard manifest instead of a generated cohort")
     p.add_argument("--n-records", type=int, default=6, help="nights to generate (default 6)")
     p.add_argument("--hours", type=float, default=2.0, help="hours per generated night (default 2)")

@@ -50,6 +50,7 @@ def test_report_formats_without_ray_or_gpu(benchmark, shards, tmp_path):
     result = benchmark.measure_train(shards, tmp_path, model_size="small", batch_size=4, seq_len=5, steps=2, warmup=1,
                                      workers=[], loader_workers=0, use_gpu=False, plain_in_subprocess=False)
     assert result["ray"] == {} and result["goals"] == [] and "gpu_figure" not in result
+    assert len(result["plain"]["runs"]) == 1 and result["plain"]["epochs_per_s_range"][0] > 0
     printed = benchmark.format_train(result)
     assert "plain PyTorch loop" in printed and "Ray Train path: not run" in printed
     assert "GPU figure" in printed and "not measured" in printed

@@ -247,6 +247,7 @@ def train_loop_per_worker(config: dict) -> None:
             for path, folder in files:
                 tracker.artifact(path, folder)
         tracker.tags({"best_step": str(state["best_step"]), "stopped_early": str(state["stopped_early"])})
+        tracker.flush()
     # A final report so the driver's result carries the test metrics (every rank reports once more).
     ray.train.report({"step": state["step"], **{f"test_{k}": test_metrics[k] for k in ("accuracy", "macro_f1", "kappa")}})
 
