@@ -9,7 +9,7 @@ import pytest
 
 from distsleep.config import flatten
 from distsleep.train.config import TrainConfig, deepspeed_config
-from distsleep.train.loop import _lr_lambda
+from distsleep.train.loop import _lr_lambda, record_validation
 
 
 def test_deepspeed_file_is_the_base_and_flags_override(tmp_path):
@@ -62,3 +62,12 @@ def test_warmup_and_cosine_schedule():
     constant = _lr_lambda(TrainConfig(shards="m"))
     assert all(constant(s) == 1.0 for s in (0, 50, 5000))
     assert math.isclose(_lr_lambda(TrainConfig(shards="m", warmup_steps=4))(1), 0.5)
+
+
+def test_early_stopping_bookkeeping():
+    state = {"step": 0, "best_metric": -math.inf, "best_step": 0, "patience": 0, "stopped_early": False}
+    history = [(100, 0.50), (200, 0.60), (300, 0.60), (400, 0.58), (500, 0.65), (600, 0.64), (700, 0.61)]
+    decisions = [record_validation(state, value, step, patience=2) for step, value in history]
+    assert decisions == [(True, False), (True, False), (False, False), (False, True),
+                         (True, False), (False, False), (False, True)]
+    assert state == {"step": 700, "best_metric": 0.65, "best_step": 500, "patience": 2, "stopped_early": True}

@@ -72,6 +72,22 @@ def _lr_lambda(cfg):
     return factor
 
 
+def record_validation(state: dict, value: float, step: int, patience: int) -> tuple[bool, bool]:
+    """Update best/patience bookkeeping in `state` for one validation; returns (improved, stop).
+
+    Every rank computes the same metrics (evaluation gathers all predictions), so every rank reaches the
+    same decision without a broadcast.
+    """
+    improved = value > state["best_metric"]
+    if improved:
+        state.update(best_metric=value, best_step=step, patience=0)
+    else:
+        state["patience"] += 1
+    stop = state["patience"] >= patience
+    state.update(step=step, stopped_early=stop)
+    return improved, stop
+
+
 def _full_fp32_state(engine) -> dict:
     """fp32 weights gathered from DeepSpeed's (possibly partitioned) master copy; a collective."""
     import deepspeed
@@ -157,17 +173,11 @@ def train_loop_per_worker(config: dict) -> None:
         """Validation, best tracking, early stopping and the checkpoint report; True to stop."""
         nonlocal best_weights
         metrics, _ = evaluate(engine.module, val_urls, loader_cfg, world, rank, device, autocast_dtype)
-        value = metrics[cfg.select_metric]
-        improved = value > state["best_metric"]
+        improved, stop = record_validation(state, metrics[cfg.select_metric], step, cfg.early_stop_patience)
         if improved:
             weights = _full_fp32_state(engine)  # collective: every rank calls it
             if rank == 0:
                 best_weights = weights
-            state.update(best_metric=value, best_step=step, patience=0)
-        else:
-            state["patience"] += 1
-        stop = state["patience"] >= cfg.early_stop_patience
-        state.update(step=step, stopped_early=stop)
         val = {f"val_{k}": metrics[k] for k in ("accuracy", "macro_f1", "kappa")}
         val.update({f"val_f1_{k}": v for k, v in metrics["f1"].items()})
         tracker.metrics({**val, "val_best_" + cfg.select_metric: state["best_metric"]}, step)
