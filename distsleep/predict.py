@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distsleep.atomic import atomic_path
 from distsleep.errors import InputError, MissingChannelError
 from distsleep.shards.loader import window_starts
 from distsleep.stages import EPOCH_SECONDS, NUM_STAGES, STAGE_NAMES, UNSCORED, stage_counts
@@ -479,9 +480,8 @@ def write_hypnogram_edf(stages: Sequence[int], path: str | Path, start, epoch_se
     edf = edfio.Edf([], starttime=start.time(), recording=edfio.Recording(startdate=start.date(), equipment_code="distsleep"),
                     annotations=annotations)
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    edf.write(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        edf.write(tmp)
     return path
 
 

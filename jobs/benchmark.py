@@ -481,7 +481,8 @@ def time_plain_loop(cfg, steps: int, warmup: int) -> dict:
     import torch
 
     from distsleep.models import resolve_channels
-    from distsleep.shards.loader import LoaderConfig, batches_per_epoch, load_manifest, make_train_loader, shard_urls
+    from distsleep.shards.loader import (LoaderConfig, batches_per_epoch, endless_batches, load_manifest,
+                                         make_train_loader, shard_urls)
     from distsleep.train.loop import _lr_lambda, _model_and_config
 
     if cfg.use_gpu and not torch.cuda.is_available():
@@ -503,16 +504,10 @@ def time_plain_loop(cfg, steps: int, warmup: int) -> dict:
     optimizer = torch.optim.Adam(parameters, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
 
-    epoch, iterator, seconds = 0, iter(loader), []
+    batches, seconds = endless_batches(loader), []
     tick = time.perf_counter()
     while len(seconds) < warmup + steps:
-        try:
-            signals, labels, _events = next(iterator)
-        except StopIteration:
-            epoch += 1
-            loader.dataset.set_epoch(epoch)
-            iterator = iter(loader)
-            continue
+        signals, labels, _events = next(batches)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             out = model(signals.to(device), labels=labels.to(device), stage=cfg.stage)
         optimizer.zero_grad(set_to_none=True)
@@ -525,7 +520,8 @@ def time_plain_loop(cfg, steps: int, warmup: int) -> dict:
         now = time.perf_counter()
         seconds.append(now - tick)
         tick = now
-    del iterator, loader  # stops the persistent DataLoader workers
+    batches.close()  # ends the DataLoader iteration ...
+    del batches, loader  # ... and stops its persistent workers
 
     result = {
         "path": "plain", "workers": 1, "device": str(device), "precision": cfg.resolved_precision,

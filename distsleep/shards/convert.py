@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import signal as sps
 
+from distsleep.atomic import write_json_atomic
 from distsleep.config import PreprocessConfig
 from distsleep.errors import AnnotationError
 from distsleep.shards.format import EVENT_COLUMNS, ShardSample, quantize, write_shard
@@ -177,11 +177,7 @@ def convert_record(source: RecordSource, config: PreprocessConfig, out: str | Pa
         "config_hash": config.content_hash(),
         "notes": list(record.problems),
     }
-    target = summary_path(out, source.record_id)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(summary, indent=1, sort_keys=True))
-    os.replace(tmp, target)
+    write_json_atomic(summary_path(out, source.record_id), summary)
     return summary
 
 

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import webdataset as wds
+
+from distsleep.atomic import atomic_path
 
 EVENT_COLUMNS = ("apnea", "hypopnea", "desaturation")
 INT16_MAX = 32767
@@ -72,18 +73,10 @@ def encode_sample(sample: ShardSample) -> dict:
 
 def write_shard(path: str | Path, sample: ShardSample) -> None:
     """Write one sample to `path` atomically (temporary sibling, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as stream:
-            writer = wds.TarWriter(stream, user="distsleep", group="distsleep", mode=0o444, mtime=0, encoder=False)
-            writer.write(encode_sample(sample))
-            writer.close()
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, open(tmp, "wb") as stream:
+        writer = wds.TarWriter(stream, user="distsleep", group="distsleep", mode=0o444, mtime=0, encoder=False)
+        writer.write(encode_sample(sample))
+        writer.close()
 
 
 def _load_npy(raw: bytes) -> np.ndarray:

@@ -376,6 +376,16 @@ def make_train_loader(
     )
 
 
+def endless_batches(loader: DataLoader, start_epoch: int = 0) -> Iterator[TrainBatch]:
+    """The loader's batches across epochs without end: each time an epoch runs out, the next one starts
+    (`set_epoch`, so a resumed run continues with the stream of the epoch it stopped in)."""
+    epoch = start_epoch
+    while True:
+        loader.dataset.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
 # ---------------------------------------------------------------------------------------------- evaluation
 
 

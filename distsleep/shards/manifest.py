@@ -6,8 +6,6 @@ converting anything again, and the same summaries + config always give the same 
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -97,13 +95,3 @@ def build_manifest(summaries: list[dict], failures: list[dict], preprocess: Prep
         "records": records,
         "excluded": sorted(excluded, key=lambda e: e["record_id"]),
     }
-
-
-def write_json_atomic(path: Path, payload, lines: bool = False) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if lines:
-        text = "".join(json.dumps(item, sort_keys=True) + "\n" for item in payload)
-    else:
-        text = json.dumps(payload, indent=1, sort_keys=True)
-    tmp.write_text(text)
-    os.replace(tmp, path)

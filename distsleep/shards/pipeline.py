@@ -20,7 +20,8 @@ from distsleep.config import PreprocessConfig, SplitConfig
 from distsleep.errors import InputError
 from distsleep.runtime import connect_ray
 from distsleep.shards.convert import RecordSource, completed_summary, convert_record
-from distsleep.shards.manifest import FAILURES_NAME, MANIFEST_NAME, build_manifest, write_json_atomic
+from distsleep.atomic import write_json_atomic
+from distsleep.shards.manifest import FAILURES_NAME, MANIFEST_NAME, build_manifest
 from distsleep.stages import STAGE_NAMES
 
 

@@ -23,7 +23,8 @@ import numpy as np
 from tqdm import tqdm
 
 from distsleep.synth.night import synthesize_night
-from distsleep.synth.writers import atomic_path, write_edf, write_nsrr_xml, write_profusion_xml
+from distsleep.atomic import atomic_path
+from distsleep.synth.writers import write_edf, write_nsrr_xml, write_profusion_xml
 
 FIRST_SYNTHETIC_ID = 300001
 

@@ -5,14 +5,13 @@ so that an interrupted run never leaves a half-written file under its final name
 from __future__ import annotations
 
 import datetime as dt
-import os
 import xml.etree.ElementTree as ET
-from contextlib import contextmanager
 from pathlib import Path
 
 import edfio
 import numpy as np
 
+from distsleep.atomic import atomic_path
 from distsleep.stages import EPOCH_SECONDS
 from distsleep.synth.night import SHHS1_SIGNALS, SyntheticNight
 
@@ -27,19 +26,6 @@ NSRR_RESPIRATORY_CONCEPT = {"obstructive_apnea": "Obstructive apnea|Obstructive 
                             "hypopnea": "Hypopnea|Hypopnea"}
 PROFUSION_NAME = {"obstructive_apnea": "Obstructive Apnea", "central_apnea": "Central Apnea",
                   "mixed_apnea": "Mixed Apnea", "hypopnea": "Hypopnea"}
-
-
-@contextmanager
-def atomic_path(path: Path):
-    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_edf(night: SyntheticNight, path: Path, start_clock: dt.time) -> None:

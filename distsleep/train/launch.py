@@ -7,7 +7,6 @@ RunConfig(storage_path, name)); the MLflow run of an unfinished launch is reused
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,7 +101,6 @@ def run_training(cfg: TrainConfig, address: str | None = None) -> TrainingOutcom
     tags = {"model": cfg.model, "stage": cfg.stage, **{k: str(v) for k, v in cfg.run_tags.items()}}
     run_id, resumed = find_or_create_run(tracking_uri, cfg.experiment, cfg.name, cfg.parent_run_id, tags)
     connect_ray(address)
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     trainer = build_trainer(cfg, run_id, tracking_uri)
     try:
         result = trainer.fit()

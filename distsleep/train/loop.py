@@ -109,7 +109,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     from distsleep.config import flatten
     from distsleep.models import resolve_channels
-    from distsleep.shards.loader import LoaderConfig, batches_per_epoch, load_manifest, make_train_loader, shard_urls
+    from distsleep.shards.loader import (LoaderConfig, batches_per_epoch, endless_batches, load_manifest,
+                                         make_train_loader, shard_urls)
     from distsleep.tracking import RunLogger
     from distsleep.train import artifacts
     from distsleep.train.config import TrainConfig, deepspeed_config
@@ -195,19 +196,11 @@ def train_loop_per_worker(config: dict) -> None:
 
     step = state["step"]
     stop = state.get("stopped_early", False) or step >= cfg.max_steps
-    epoch = step // per_epoch
-    loader.dataset.set_epoch(epoch)
-    iterator = iter(loader)
+    batches = endless_batches(loader, start_epoch=step // per_epoch)
     epochs_per_batch = cfg.batch_size * cfg.seq_len * world
     tick = time.perf_counter()
     while not stop:
-        try:
-            signals, labels, _events = next(iterator)
-        except StopIteration:
-            epoch += 1
-            loader.dataset.set_epoch(epoch)
-            iterator = iter(loader)
-            continue
+        signals, labels, _events = next(batches)
         out = engine(signals.to(device), labels=labels.to(device), stage=cfg.stage)
         engine.backward(out["loss"])
         engine.step()
