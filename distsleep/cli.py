@@ -6,6 +6,9 @@
     distsleep pretrain  MC²SleepNet (or any registered model) on Ray Train + DeepSpeed, tracked in MLflow
     distsleep finetune  the fine-tuning stage from a pre-training run
     distsleep predict   score a recording with a trained model bundle (stages, hypnogram, report)
+    distsleep sweep     Ray Tune sweep over the masking ratio (and other knobs): pre-train, fine-tune, test
+    distsleep compare   Table-4-style comparison of a sweep's trials (or any runs) from MLflow, with plots
+    distsleep submit    `ray job submit` of a job, with cluster pitfalls checked before the upload
 
 Each subcommand is a thin layer over the library; `distsleep SUBCOMMAND --help` explains its options.
 """
@@ -91,7 +94,7 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from distsleep.train.cli_args import config_from_args
-    from distsleep.train.launch import LaunchError, run_training
+    from distsleep.train.launch import LaunchError, TrainingFailed, run_training
     from distsleep.tracking import TrackingUnavailable
 
     stage = "finetune" if args.command == "finetune" else None
@@ -101,6 +104,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except (LaunchError, TrackingUnavailable) as error:
         print(f"distsleep {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except TrainingFailed as error:
+        print(f"distsleep {args.command}: error: {error}", file=sys.stderr)
+        return 1
     m = outcome.metrics
     summary = "  ".join(f"{k.removeprefix('test_')} {m[k]:.3f}" for k in ("test_accuracy", "test_macro_f1", "test_kappa") if k in m)
     per_class = "  ".join(f"{s} {m[f'test_f1_{s}']:.2f}" for s in ("W", "N1", "N2", "N3", "REM") if f"test_f1_{s}" in m)
@@ -111,6 +117,93 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"MLflow run {outcome.run_id} in {outcome.tracking_uri} (experiment {config.experiment!r}); "
           f"model bundle: runs:/{outcome.run_id}/model/model.pt")
     return 0
+
+
+def _parse_knobs(items: list[str]) -> dict:
+    knobs = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise argparse.ArgumentTypeError(f"--knob expects NAME=V1,V2,..., got {item!r}")
+        parsed = []
+        for value in values.split(","):
+            try:
+                parsed.append(json.loads(value))
+            except json.JSONDecodeError:
+                parsed.append(value)
+        knobs[key] = parsed
+    return knobs
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from distsleep.sweep.config import PAPER_MASK_RATIOS, SweepConfig
+    from distsleep.sweep.run import run_sweep
+    from distsleep.train.cli_args import config_from_args
+    from distsleep.train.launch import LaunchError
+    from distsleep.tracking import TrackingUnavailable
+
+    train = config_from_args(args, stage="pretrain")
+    try:
+        ratios = tuple(args.mask_ratios) if args.mask_ratios else PAPER_MASK_RATIOS
+        config = SweepConfig(
+            name=args.name or "mask-ratio-sweep", train=train, mask_ratios=ratios, knobs=_parse_knobs(args.knob),
+            search=args.search, num_samples=args.num_samples, mask_ratio_range=tuple(args.mask_ratio_range),
+            finetune=not args.no_finetune, finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr,
+            scheduler=args.scheduler, asha_grace=args.asha_grace, asha_reduction=args.asha_reduction,
+            max_concurrent_trials=args.max_concurrent_trials, baseline=not args.no_baseline,
+        )
+        outcome = run_sweep(config, address=args.address, out_dir=args.out)
+    except (LaunchError, TrackingUnavailable, ValueError, argparse.ArgumentTypeError) as error:
+        print(f"distsleep sweep: error: {error}", file=sys.stderr)
+        return 2
+    counts = {s: sum(t["state"] == s for t in outcome.trials) for s in ("completed", "stopped", "failed")}
+    print(f"{'resumed and finished' if outcome.resumed else 'finished'} sweep {config.name!r}: "
+          f"{counts['completed']} trials completed, {counts['stopped']} stopped early by the scheduler, {counts['failed']} failed")
+    print(outcome.text)
+    print(f"comparison: {', '.join(str(p) for p in outcome.files.values())}")
+    print(f"MLflow parent run {outcome.parent_run_id} in {outcome.tracking_uri} (experiment {config.train.experiment!r})")
+    return 1 if counts["failed"] else 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from distsleep.sweep import compare
+    from distsleep.tracking import TrackingUnavailable, check_reachable
+    from distsleep.train.config import default_tracking_uri
+
+    if bool(args.sweep) + bool(args.experiment) + bool(args.run_ids) != 1:
+        print("distsleep compare: error: give exactly one of --sweep NAME, --experiment NAME or RUN_IDs", file=sys.stderr)
+        return 2
+    uri = args.tracking_uri or default_tracking_uri()
+    try:
+        check_reachable(uri)
+        rows = compare.collect(uri, sweep=args.sweep, experiment=args.experiment, run_ids=args.run_ids)
+    except (TrackingUnavailable, compare.CompareError) as error:
+        print(f"distsleep compare: error: {error}", file=sys.stderr)
+        return 2
+    print(compare.format_text(rows))
+    files = compare.write_comparison(rows, args.out, title=args.sweep or args.experiment or "")
+    print(f"written: {', '.join(str(p) for p in files.values())}")
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from distsleep.cluster.submit import SubmitError, submit
+
+    entrypoint = list(args.entrypoint)
+    if entrypoint[:1] == ["--"]:
+        entrypoint = entrypoint[1:]
+    env = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"distsleep submit: error: --env expects KEY=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        env[key] = value
+    try:
+        return submit(entrypoint, address=args.address, working_dir=args.working_dir, env=env, wait=not args.no_wait)
+    except SubmitError as error:
+        print(f"distsleep submit: error: {error}", file=sys.stderr)
+        return 2
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -186,6 +279,66 @@ def build_parser() -> argparse.ArgumentParser:
         )
         add_train_arguments(p, stage="finetune" if name == "finetune" else None)
         p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "sweep", help="Ray Tune sweep over the masking ratio: pre-train, fine-tune, test per trial",
+        description="A Ray Tune sweep like Table 4 of the MC²SleepNet paper. Each trial pre-trains with its masking "
+        "ratio (and other --knob values), fine-tunes from its own best checkpoint, and evaluates the test records; "
+        "validation metrics reach Tune (ASHA can stop lagging trials). MLflow: a parent run for the sweep, a child "
+        "run per trial, the stage runs below it; at the end the comparison table and plots, and YASA scored on the "
+        "same test records, are logged to the parent. Relaunching the same --name resumes the sweep: finished "
+        "trials are kept, unfinished ones resume from their checkpoints.",
+    )
+    add_train_arguments(p, stage="pretrain")
+    g = p.add_argument_group("sweep")
+    g.add_argument("--mask-ratios", type=float, nargs="+", metavar="R",
+                   help="masking ratios to try (default: the paper's 0 .15 .25 .30 .40 .50 .60 .70 .75 .85)")
+    g.add_argument("--knob", nargs="+", default=[], metavar="NAME=V1,V2",
+                   help="more knobs crossed with the ratios: a training option (lr, seed, batch_size ...) or a model "
+                   "config field (infonce_temperature ...), e.g. --knob seed=0,1 infonce_temperature=0.07,0.2")
+    g.add_argument("--search", choices=("grid", "random"), default="grid",
+                   help="grid: every combination; random: --num-samples trials, ratio uniform in --mask-ratio-range")
+    g.add_argument("--num-samples", type=int, default=1, help="grid: repetitions of the grid; random: trials")
+    g.add_argument("--mask-ratio-range", type=float, nargs=2, default=(0.0, 0.85), metavar=("LOW", "HIGH"))
+    g.add_argument("--no-finetune", action="store_true", help="pre-training only (no fine-tuning stage)")
+    g.add_argument("--finetune-steps", type=int, help="fine-tuning steps (default: --max-steps)")
+    g.add_argument("--finetune-lr", type=float, help="fine-tuning learning rate (default: --lr)")
+    g.add_argument("--scheduler", choices=("fifo", "asha"), default="fifo", help="asha: stop trials that lag at a rung")
+    g.add_argument("--asha-grace", type=int, default=1, help="validations a trial gets before ASHA may stop it")
+    g.add_argument("--asha-reduction", type=float, default=2.0, help="ASHA reduction factor")
+    g.add_argument("--max-concurrent-trials", type=int, help="default: as many as the cluster's resources hold")
+    g.add_argument("--no-baseline", action="store_true", help="do not score YASA on the test records")
+    g.add_argument("--out", help="folder for the comparison files (default: a temporary folder; they are logged to MLflow)")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser(
+        "compare", help="compare runs from MLflow: Table-4-style table (text, CSV, Markdown) and plots",
+        description="Read test metrics from MLflow (never recomputed) and print a table: masking ratio, pre-training "
+        "accuracy, fine-tuned accuracy, macro-F1, kappa, per-class F1, best values marked, and the YASA baseline "
+        "when the sweep scored it. Writes comparison.txt/.csv/.md, metrics_vs_mask_ratio.png, "
+        "per_class_f1_vs_mask_ratio.png and confusion_matrices.png to --out.",
+    )
+    p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="MLflow run ids (a sweep's parent run expands to its trials)")
+    p.add_argument("--sweep", help="the trials of this sweep")
+    p.add_argument("--experiment", help="every run with test metrics in this MLflow experiment")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///$PWD/mlflow.db)")
+    p.add_argument("--out", default="comparison", help="output folder (default ./comparison)")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser(
+        "submit", help="ray job submit, with cluster pitfalls checked before the upload",
+        description="Submit a job to a Ray cluster (`ray job submit`) after checking the working dir's upload size, that "
+        "the entrypoint exists, and that path options are absolute or URLs (relative paths would resolve inside each "
+        "node's copy of the working dir). MLFLOW_TRACKING_URI from this shell (or --env) travels in the runtime env. "
+        "Example: distsleep submit --address http://127.0.0.1:8265 -- python jobs/pretrain.py --shards /shared/shards ...",
+    )
+    p.add_argument("--address", default=os.environ.get("RAY_DASHBOARD_ADDRESS"),
+                   help="Ray dashboard address (default $RAY_DASHBOARD_ADDRESS, else ray's own default, $RAY_ADDRESS)")
+    p.add_argument("--working-dir", default=".", help="folder uploaded to the cluster (default .)")
+    p.add_argument("--env", nargs="+", default=[], metavar="KEY=VALUE", help="extra environment variables for the job")
+    p.add_argument("--no-wait", action="store_true", help="return after submitting")
+    p.add_argument("entrypoint", nargs=argparse.REMAINDER, help="-- python jobs/....py [options]")
+    p.set_defaults(func=_cmd_submit)
 
     p = sub.add_parser(
         "predict",

@@ -79,3 +79,70 @@ def f1_table(metrics: dict) -> str:
     sep = "|" + "---|" * (3 + len(STAGE_NAMES))
     values = [metrics["accuracy"], metrics["macro_f1"], metrics["kappa"], *(metrics["f1"][s] for s in STAGE_NAMES)]
     return "\n".join([head, sep, "| " + " | ".join(f"{v:.3f}" for v in values) + " |"])
+
+
+def metric_curves_png(rows, metrics: list[tuple[str, str]], path: str | Path, title: str = "", baseline=None) -> Path:
+    """One line per metric against the masking ratio (mean over the rows sharing a ratio, range shaded).
+
+    `rows` have `.mask_ratio` and `.metrics`; `baseline` (a row or None) is drawn as dashed lines.
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (key, name) in enumerate(metrics):
+        by_ratio: dict[float, list[float]] = {}
+        for row in rows:
+            if key in row.metrics:
+                by_ratio.setdefault(row.mask_ratio, []).append(row.metrics[key])
+        if not by_ratio:
+            continue
+        ratios = sorted(by_ratio)
+        x = np.asarray(ratios) * 100
+        mean = np.asarray([np.mean(by_ratio[r]) for r in ratios])
+        color = colors[i % len(colors)]
+        ax.plot(x, mean, marker="o", color=color, label=name)
+        low = np.asarray([np.min(by_ratio[r]) for r in ratios])
+        high = np.asarray([np.max(by_ratio[r]) for r in ratios])
+        if np.any(high > low):
+            ax.fill_between(x, low, high, color=color, alpha=0.15)
+        best = int(np.argmax(mean))
+        ax.scatter([x[best]], [mean[best]], s=90, facecolors="none", edgecolors=color, zorder=3)
+        if baseline is not None and key.removeprefix("pretrain_") in baseline.metrics and not key.startswith("pretrain_"):
+            ax.axhline(baseline.metrics[key], color=color, linestyle="--", linewidth=1, alpha=0.8)
+    if baseline is not None:
+        ax.plot([], [], color="gray", linestyle="--", label="YASA baseline (same records)")
+    ax.set_xlabel("masking ratio (%)")
+    ax.set_ylabel("test metric")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def confusion_grid_png(items: list[tuple[str, list[list[int]]]], path: str | Path, columns: int = 4) -> Path:
+    """Row-normalised confusion matrices side by side, one panel per (title, matrix)."""
+    n = len(items)
+    cols = min(columns, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.1 * rows), dpi=110, squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, (title, confusion) in zip(axes.flat, items):
+        matrix = np.asarray(confusion, dtype=float)
+        normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+        ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+        for i in range(len(STAGE_NAMES)):
+            for j in range(len(STAGE_NAMES)):
+                ax.text(j, i, f"{normalised[i, j]:.0%}", ha="center", va="center", fontsize=6,
+                        color="white" if normalised[i, j] > 0.5 else "black")
+        ax.set_xticks(range(5), STAGE_NAMES, fontsize=7)
+        ax.set_yticks(range(5), STAGE_NAMES, fontsize=7)
+        ax.set_title(title, fontsize=8)
+    fig.supxlabel("predicted", fontsize=8)
+    fig.supylabel("true", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

@@ -18,7 +18,9 @@ log = logging.getLogger("distsleep.tracking")
 RUN_NAME_TAG = "distsleep.run_name"
 # Fail fast instead of retrying for minutes when a server is unreachable.
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+            # no tqdm bar per downloaded artifact (the comparison fetches one small JSON per run)
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
 class TrackingUnavailable(RuntimeError):
@@ -56,8 +58,11 @@ def experiment_id(uri: str, name: str, artifact_root: str | None = None) -> str:
 
 
 def find_or_create_run(uri: str, experiment: str, run_name: str, parent_run_id: str | None = None,
-                       tags: dict | None = None) -> tuple[str, bool]:
-    """(run_id, resumed): the unfinished run tagged with this run name, else a new one."""
+                       tags: dict | None = None, display_name: str | None = None) -> tuple[str, bool]:
+    """(run_id, resumed): the unfinished run tagged with this run name, else a new one.
+
+    `run_name` identifies the run across relaunches (a tag); `display_name` is what the MLflow UI shows.
+    """
     c = client(uri)
     exp_id = experiment_id(uri, experiment)
     found = c.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
@@ -68,8 +73,19 @@ def find_or_create_run(uri: str, experiment: str, run_name: str, parent_run_id: 
     all_tags = {RUN_NAME_TAG: run_name, **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    run = c.create_run(exp_id, run_name=run_name, tags=all_tags)
+    run = c.create_run(exp_id, run_name=display_name or run_name, tags=all_tags)
     return run.info.run_id, False
+
+
+def find_run(uri: str, experiment: str, run_name: str, status: str | None = None):
+    """The latest run tagged with this run name (optionally only with this status), or None."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    query = f"tags.`{RUN_NAME_TAG}` = '{run_name}'" + (f" and attributes.status = '{status}'" if status else "")
+    found = c.search_runs([exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=1)
+    return found[0] if found else None
 
 
 class RunLogger:

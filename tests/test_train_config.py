@@ -71,3 +71,33 @@ def test_early_stopping_bookkeeping():
     assert decisions == [(True, False), (True, False), (False, False), (False, True),
                          (True, False), (False, False), (False, True)]
     assert state == {"step": 700, "best_metric": 0.65, "best_step": 500, "patience": 2, "stopped_early": True}
+
+
+def test_failure_message_says_what_happened_and_how_to_resume(tmp_path):
+    import json
+
+    from distsleep.train.launch import failure_message
+
+    cfg = TrainConfig(shards="/x", name="night-run", storage_path=str(tmp_path))
+    storage = tmp_path / "night-run"
+    for step in (20, 40):
+        (storage / f"checkpoint_2026-01-01_00-00-{step:02d}").mkdir(parents=True)
+        (storage / f"checkpoint_2026-01-01_00-00-{step:02d}" / "trainer_state.json").write_text(json.dumps({"step": step}))
+    lost = RuntimeError("WorkerGroupError: ActorDiedError: The actor died because its node has died. Node ID: abc")
+    message = failure_message(cfg, lost, str(storage))
+    assert "a Ray Train worker died" in message and "(step 40)" in message and "--max-failures 0" in message
+    assert "Relaunch with the same --name" in message
+    other = failure_message(TrainConfig(shards="/x", name="r", max_failures=2), ValueError("bad shard\ndetails"), str(tmp_path / "none"))
+    assert "ValueError: bad shard" in other and "no checkpoint was committed" in other and "up to --max-failures 2" in other
+
+
+def test_failure_message_lists_each_ranks_cause():
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from distsleep.train.launch import failure_message
+
+    error = WorkerGroupError("2 workers failed", {1: RuntimeError("gloo: Connection closed by peer [10.0.0.3]:4242\nmore"),
+                                                 0: ValueError("shard x.tar: bad")})
+    message = failure_message(TrainConfig(shards="/x", name="n"), error, "/nowhere")
+    assert "a Ray Train worker died" in message
+    assert "[rank 0: ValueError: shard x.tar: bad; rank 1: RuntimeError: gloo: Connection closed by peer [10.0.0.3]:4242]" in message

@@ -38,32 +38,33 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from distsleep.errors import MissingChannelError
 from distsleep.shards.format import decode_sample
+from distsleep.shards.storage import is_remote, read_bytes, scheme, tar_samples
 
 SPLITS = ("train", "val", "test")
 MANIFEST_NAME = "manifest.json"
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # s3://, gs://, http(s)://, pipe:, file:
 
 
 # ----------------------------------------------------------------------------------------------- manifest
 
 
 def _has_scheme(location: str) -> bool:
-    return bool(_SCHEME.match(location))
+    return scheme(location) is not None
 
 
 def load_manifest(path_or_url: str | Path) -> tuple[dict, str]:
     """The manifest and the base its relative shard paths resolve against (its folder).
 
-    `path_or_url` is a manifest file, a folder holding `manifest.json`, or a URL that webdataset's
-    `gopen` can open (http(s)://, s3:// ... with the matching tool installed). `pipe:` is refused because
-    a shell command has no folder to resolve relative shard paths against.
+    `path_or_url` is a manifest file, a folder holding `manifest.json`, or an fsspec URL (s3://, gs://,
+    http(s):// ...; see `storage.py`). `pipe:` is refused because a shell command has no folder to
+    resolve relative shard paths against.
     """
     location = str(path_or_url)
-    if location.startswith("pipe:"):
+    if scheme(location) == "pipe":
         raise ValueError(f"{location}: give the manifest as a path or URL, not a pipe: command")
-    if _has_scheme(location) and not location.startswith("file:"):
-        with wds.gopen(location, "rb") as stream:
-            manifest = json.load(stream)
+    if is_remote(location):
+        if location.endswith("/"):
+            location += MANIFEST_NAME
+        manifest = json.loads(read_bytes(location))
         return manifest, location.rsplit("/", 1)[0]
     path = Path(re.sub(r"^file:(//)?", "", location))
     if path.is_dir():
@@ -227,7 +228,7 @@ def _read_nights(urls: list[str], channels: Sequence[int | str] | None) -> Itera
     """Nights of `urls` in the given order, read once (no shuffle, no resampling, no node split)."""
     if not urls:
         return
-    pipeline = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples())
+    pipeline = wds.DataPipeline(wds.SimpleShardList(urls), tar_samples)
     for raw in pipeline:
         yield _load_night(raw, channels)
 
@@ -334,7 +335,7 @@ class TrainStream(IterableDataset):
         cfg = self.cfg
         return wds.DataPipeline(
             wds.ResampledShards(self.urls, seed=shard_seed, worker_seed=_zero, deterministic=True),
-            wds.tarfile_to_samples(),
+            tar_samples,
             wds.map(lambda raw: _load_night(raw, cfg.channels)),
             lambda nights: _windows(nights, cfg.seq_len, random.Random(window_seed), len(self.urls), cfg.windows_per_visit),
             # initial = bufsize: the first batches would otherwise all come from the first night

@@ -17,6 +17,57 @@ class LaunchError(RuntimeError):
     """A problem found before any worker starts, with what to do about it."""
 
 
+class TrainingFailed(RuntimeError):
+    """Training stopped with an error (after any --max-failures restarts); the message says how to resume."""
+
+
+# A dead node shows up as the dead rank's actor error and/or the survivors' broken collectives.
+_LOST_WORKER_SIGNS = ("ActorDiedError", "ActorUnavailableError", "node has died", "NodeDiedError", "node died",
+                      "unexpected system error", "worker died", "SYSTEM_ERROR", "Connection closed by peer",
+                      "Connection reset by peer", "connectFullMesh")
+
+
+def _first_line(error: BaseException) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")[:200]
+
+
+def _describe(error: BaseException) -> str:
+    """Per-rank causes of a Ray Train failure (WorkerGroupError carries them), else the error itself."""
+    failures = getattr(error, "worker_failures", None)
+    if failures:
+        return "; ".join(f"rank {rank}: {type(e).__name__}: {_first_line(e)}" for rank, e in sorted(failures.items()))
+    inner = getattr(error, "controller_failure", None)
+    if inner is not None:
+        return _describe(inner)
+    return f"{type(error).__name__}: {_first_line(error)}"
+
+
+def _last_checkpoint_step(storage: str) -> int | None:
+    if "://" in storage:
+        return None
+    states = sorted(Path(storage).glob("checkpoint_*/trainer_state.json"))
+    if not states:
+        return None
+    import json
+
+    return json.loads(states[-1].read_text()).get("step")
+
+
+def failure_message(cfg: TrainConfig, error: BaseException, storage: str) -> str:
+    """One paragraph for people: what failed, where the last checkpoint is, and how to go on."""
+    failures = getattr(error, "worker_failures", None) or {}
+    text = " ".join([f"{type(error).__name__}: {error}", *(f"{type(e).__name__}: {e}" for e in failures.values())])
+    lost = any(sign in text for sign in _LOST_WORKER_SIGNS)
+    detail = _describe(error)
+    cause = f"a Ray Train worker died (its node was lost or its process was killed) [{detail}]" if lost else detail
+    step = _last_checkpoint_step(storage)
+    where = f"the last checkpoint (step {step}) is in {storage}" if step is not None else f"no checkpoint was committed in {storage}"
+    retries = (f"it was restarted up to --max-failures {cfg.max_failures} time(s)" if cfg.max_failures
+               else "--max-failures 0: no automatic restart")
+    return (f"training run {cfg.name!r} failed: {cause}; {retries}; {where}. Relaunch with the same --name to resume "
+            f"from the last checkpoint, or set --max-failures N to restart automatically while the cluster has room.")
+
+
 @dataclass
 class TrainingOutcome:
     run_id: str
@@ -53,6 +104,26 @@ def _preflight(cfg: TrainConfig) -> None:
                           f"{cfg.loader_workers} loader workers (need {needed}); lower --loader-workers or --num-workers")
 
 
+def cluster_preflight(cfg: TrainConfig, tracking_uri: str, demand: dict[str, float] | None = None,
+                      what: str = "the training run") -> None:
+    """Checks against the connected cluster: enough resources for one run, and local paths (shards,
+    storage, a SQLite tracking store) visible from every node."""
+    from distsleep.cluster.preflight import ClusterCheckError, check_paths_visible, check_resources
+
+    if demand is None:
+        demand = {"CPU": cfg.num_workers * cfg.cpus_per_worker}
+        if cfg.use_gpu:
+            demand["GPU"] = cfg.num_workers * cfg.gpus_per_worker
+    paths = {"the shard manifest": (cfg.shards, False), "the storage path": (cfg.storage_path, True)}
+    if tracking_uri.startswith("sqlite:///"):
+        paths["the MLflow SQLite store"] = (tracking_uri.removeprefix("sqlite:///"), True)
+    try:
+        check_resources(demand, what)
+        check_paths_visible(paths)
+    except ClusterCheckError as error:
+        raise LaunchError(str(error)) from error
+
+
 def worker_env(cfg: TrainConfig, tracking_uri: str) -> dict[str, str]:
     from distsleep.tracking import HTTP_ENV
 
@@ -64,7 +135,7 @@ def worker_env(cfg: TrainConfig, tracking_uri: str) -> dict[str, str]:
     return env
 
 
-def build_trainer(cfg: TrainConfig, run_id: str, tracking_uri: str):
+def build_trainer(cfg: TrainConfig, run_id: str, tracking_uri: str, callbacks: list | None = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -85,31 +156,41 @@ def build_trainer(cfg: TrainConfig, run_id: str, tracking_uri: str):
             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=f"val_{cfg.select_metric}",
                                                checkpoint_score_order="max"),
             worker_runtime_env={"env_vars": worker_env(cfg, tracking_uri)},
+            callbacks=callbacks or [],
         ),
     )
 
 
-def run_training(cfg: TrainConfig, address: str | None = None) -> TrainingOutcome:
+def run_training(cfg: TrainConfig, address: str | None = None, *, callbacks: list | None = None,
+                 display_name: str | None = None, check_cluster: bool = True) -> TrainingOutcome:
+    """Preflight, the MLflow run, then `TorchTrainer.fit()`. `callbacks` are Ray Train user callbacks
+    (a sweep passes Tune's report callback); `display_name` names the MLflow run in the UI."""
     from distsleep.runtime import connect_ray
     from distsleep.tracking import client, find_or_create_run, check_reachable
 
     tracking_uri = cfg.tracking_uri or default_tracking_uri()
     check_reachable(tracking_uri)
     _preflight(cfg)
-    if "://" not in cfg.storage_path:
-        Path(cfg.storage_path).mkdir(parents=True, exist_ok=True)
     tags = {"model": cfg.model, "stage": cfg.stage, **{k: str(v) for k, v in cfg.run_tags.items()}}
-    run_id, resumed = find_or_create_run(tracking_uri, cfg.experiment, cfg.name, cfg.parent_run_id, tags)
     connect_ray(address)
-    trainer = build_trainer(cfg, run_id, tracking_uri)
+    if check_cluster:  # sweep trials pass False: the sweep's driver checked once for all of them
+        cluster_preflight(cfg, tracking_uri)
+    if "://" not in cfg.storage_path:
+        try:
+            Path(cfg.storage_path).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise LaunchError(f"cannot create the storage path {cfg.storage_path}: {error.strerror}") from error
+    run_id, resumed = find_or_create_run(tracking_uri, cfg.experiment, cfg.name, cfg.parent_run_id, tags, display_name)
+    trainer = build_trainer(cfg, run_id, tracking_uri, callbacks)
+    storage = str(Path(cfg.storage_path) / cfg.name) if "://" not in cfg.storage_path else f"{cfg.storage_path}/{cfg.name}"
     try:
         result = trainer.fit()
-    except Exception:
+        error = result.error
+    except Exception as raised:  # Ray Train raises worker-group failures from fit()
+        error = raised
+    if error is not None:
         client(tracking_uri).set_terminated(run_id, "FAILED")
-        raise
-    if result.error is not None:
-        client(tracking_uri).set_terminated(run_id, "FAILED")
-        raise result.error
+        raise TrainingFailed(failure_message(cfg, error, storage)) from error
     client(tracking_uri).set_terminated(run_id, "FINISHED")
     # The run's final numbers (test metrics of the best checkpoint) as logged by rank 0.
     logged = client(tracking_uri).get_run(run_id).data.metrics
@@ -118,4 +199,4 @@ def run_training(cfg: TrainConfig, address: str | None = None) -> TrainingOutcom
         best = max(result.best_checkpoints, key=lambda pair: pair[1].get(f"val_{cfg.select_metric}", float("-inf")))[0].path
     return TrainingOutcome(run_id=run_id, tracking_uri=tracking_uri, resumed=resumed, metrics={**dict(result.metrics or {}), **logged},
                            checkpoint=result.checkpoint.path if result.checkpoint else None, best_checkpoint=best,
-                           storage=str(Path(cfg.storage_path) / cfg.name) if "://" not in cfg.storage_path else f"{cfg.storage_path}/{cfg.name}")
+                           storage=storage)

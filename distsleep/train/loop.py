@@ -23,10 +23,21 @@ from pathlib import Path
 DS_TAG = "ds"
 
 
+def _node() -> str:
+    """This worker's node: its IP (distinct per node, also on one machine) and host name."""
+    try:
+        import ray.util
+
+        return f"{ray.util.get_node_ip_address()} ({platform.node()})"
+    except Exception:
+        return platform.node()
+
+
 def _log(rank: int, message: str) -> None:
     # logging, not print: Ray Train patches print in workers and tees it, which doubles every line.
+    # Console progress comes from rank 0 only; the prefix says which rank and node wrote it.
     if rank == 0:
-        logging.getLogger("distsleep.train").info("[rank 0 @ %s] %s", platform.node(), message)
+        logging.getLogger("distsleep.train").info("[rank 0 @ %s] %s", _node(), message)
 
 
 def _model_and_config(cfg):
@@ -190,7 +201,7 @@ def train_loop_per_worker(config: dict) -> None:
                 (Path(directory) / "trainer_state.json").write_text(json.dumps(state))
                 if best_weights is not None:
                     torch.save(best_weights, Path(directory) / "best_model.pt")
-            ray.train.report({"step": step, **val, "best_" + cfg.select_metric: state["best_metric"]},
+            ray.train.report({"step": step, "stage": cfg.stage, **val, "val_best_" + cfg.select_metric: state["best_metric"]},
                              checkpoint=ray.train.Checkpoint.from_directory(directory))
         return stop
 
@@ -252,7 +263,9 @@ def train_loop_per_worker(config: dict) -> None:
         tracker.tags({"best_step": str(state["best_step"]), "stopped_early": str(state["stopped_early"])})
         tracker.flush()
     # A final report so the driver's result carries the test metrics (every rank reports once more).
-    ray.train.report({"step": state["step"], **{f"test_{k}": test_metrics[k] for k in ("accuracy", "macro_f1", "kappa")}})
+    # The best validation value rides along so that a Tune scheduler watching it sees it in every result.
+    ray.train.report({"step": state["step"], "stage": cfg.stage, "val_best_" + cfg.select_metric: state["best_metric"],
+                      **{f"test_{k}": test_metrics[k] for k in ("accuracy", "macro_f1", "kappa")}})
 
 
 def _cpu_state(engine) -> dict:

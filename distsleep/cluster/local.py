@@ -1,0 +1,395 @@
+"""A multi-node Ray cluster on one machine, plus an MLflow tracking server: for trying the cluster path
+on a laptop and for the multi-node tests.
+
+    python -m distsleep.cluster.local start --workers 1 --state-dir .cluster   (cluster/local/start.sh)
+    python -m distsleep.cluster.local stop --state-dir .cluster                (cluster/local/stop.sh)
+
+`start` runs `ray start --head` and N `ray start --address` worker nodes, each with its own CPU count and
+a node resource (`node_head`, `node_worker1`, ...) so that jobs and tests can place work on a given node,
+and an MLflow server (SQLite backend and artifact root under the state dir). Everything listens on
+127.0.0.1 by default. With `--netns` (root, `ip netns`), each worker node runs in its own network
+namespace with its own address, attached by a veth pair to a bridge on the host (as containers are), so
+object transfers and gloo collectives really cross a network; the head and MLflow then listen on the
+bridge address (a link that exists only on this machine).
+
+The state dir records what was started (cluster.json); `stop` kills only the processes of this cluster
+(matched by its Ray temp dir and recorded pids) and removes only the namespaces it created. Other Ray
+clusters on the machine are left alone (`ray stop` would kill them all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+STATE_FILE = "cluster.json"
+
+
+@dataclass
+class Node:
+    name: str  # head, worker1, ...
+    ip: str
+    cpus: float
+    netns: str | None = None
+
+
+@dataclass
+class LocalCluster:
+    state_dir: str
+    ray_address: str  # GCS host:port, for ray.init(address=...) and `ray start --address`
+    dashboard_url: str  # for `ray job submit --address`
+    mlflow_uri: str | None
+    temp_dir: str
+    nodes: list[Node] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)  # processes started directly (MLflow server)
+    netns: list[str] = field(default_factory=list)
+    veths: list[str] = field(default_factory=list)
+    bridges: list[str] = field(default_factory=list)
+
+    def save(self) -> None:
+        path = Path(self.state_dir) / STATE_FILE
+        path.write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, state_dir: str | Path) -> LocalCluster:
+        data = json.loads((Path(state_dir) / STATE_FILE).read_text())
+        data["nodes"] = [Node(**n) for n in data["nodes"]]
+        return cls(**data)
+
+    def env(self) -> dict[str, str]:
+        """Environment for jobs and clients of this cluster."""
+        out = {"RAY_ADDRESS": self.ray_address, "RAY_DASHBOARD_ADDRESS": self.dashboard_url}
+        if self.mlflow_uri:
+            out["MLFLOW_TRACKING_URI"] = self.mlflow_uri
+        return out
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float) -> None:
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except Exception:
+            time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def _node_ports(host: str) -> list[str]:
+    """Ports Ray would otherwise take at fixed defaults (e.g. the job agent's 52365): two nodes on one host,
+    or a leftover process of another cluster, would collide on them."""
+    return [f"--dashboard-agent-listen-port={free_port(host)}", f"--dashboard-agent-grpc-port={free_port(host)}",
+            f"--metrics-export-port={free_port(host)}", f"--runtime-env-agent-port={free_port(host)}"]
+
+
+def _bin(name: str) -> str:
+    """An executable of this environment (the venv's ray/mlflow), not whatever is first on PATH."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def _env() -> dict[str, str]:
+    # Raylets start job drivers and workers with their own environment: put this venv first on PATH so that
+    # `ray job submit -- python jobs/...` runs with the installed stack.
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("RAY_AUTH_MODE", "disabled")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _run(args: list[str], netns: str | None = None, **kwargs) -> subprocess.CompletedProcess:
+    if netns:
+        args = ["ip", "netns", "exec", netns, *args]
+    return subprocess.run(args, check=True, capture_output=True, text=True, env=_env(), **kwargs)
+
+
+def netns_available() -> bool:
+    """Root and a working `ip netns` (creating one is the only reliable test)."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return False
+    probe = f"dsprobe{os.getpid() % 100000}"
+    try:
+        subprocess.run(["ip", "netns", "add", probe], check=True, capture_output=True)
+    except (subprocess.CalledProcessError, OSError):
+        return False
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return True
+
+
+def _subnet_base(state_dir: Path) -> int:
+    # A /24 per cluster in 10.200-249.x.0, derived from the state dir so that two clusters on one
+    # machine do not collide.
+    digest = int(hashlib.sha256(str(state_dir).encode()).hexdigest()[:8], 16)
+    return digest
+
+
+def _setup_network(tag: str, digest: int, workers: int) -> tuple[str, str, list[tuple[str, str, str, str]]]:
+    """A bridge on the host and one namespace per worker node attached to it, like containers on a host.
+
+    Returns (bridge, host ip, [(netns, host veth, node interface, node ip)]). The bridge carries traffic
+    between namespaces at layer 2 (no IP forwarding needed on the host); the host reaches every node
+    through the bridge address, and nodes reach the host (the head) through it too.
+    """
+    second, third = 200 + digest % 50, (digest >> 8) % 250
+    bridge, host_ip = f"dsbr{tag}", f"10.{second}.{third}.1"
+    subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+    for args in (["ip", "link", "add", bridge, "type", "bridge"], ["ip", "addr", "add", f"{host_ip}/24", "dev", bridge],
+                 ["ip", "link", "set", bridge, "up"]):
+        subprocess.run(args, check=True, capture_output=True)
+    links = []
+    for index in range(1, workers + 1):
+        netns, host_if, node_if = f"ds{tag}w{index}", f"ds{tag}h{index}", f"ds{tag}n{index}"
+        node_ip = f"10.{second}.{third}.{index + 1}"
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+        for args in (["ip", "netns", "add", netns],
+                     ["ip", "link", "add", host_if, "type", "veth", "peer", "name", node_if],
+                     ["ip", "link", "set", node_if, "netns", netns],
+                     ["ip", "link", "set", host_if, "master", bridge],
+                     ["ip", "link", "set", host_if, "up"],
+                     ["ip", "netns", "exec", netns, "ip", "addr", "add", f"{node_ip}/24", "dev", node_if],
+                     ["ip", "netns", "exec", netns, "ip", "link", "set", node_if, "up"],
+                     ["ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up"],
+                     ["ip", "netns", "exec", netns, "ip", "route", "add", "default", "via", host_ip]):
+            subprocess.run(args, check=True, capture_output=True)
+        links.append((netns, host_if, node_if, node_ip))
+    return bridge, host_ip, links
+
+
+def start(state_dir: str | Path, workers: int = 1, head_cpus: float = 1, worker_cpus: float = 1,
+          mlflow: bool = True, netns: bool = False, object_store_mb: int = 256) -> LocalCluster:
+    state = Path(state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    if (state / STATE_FILE).exists():
+        raise RuntimeError(f"{state / STATE_FILE} exists: a cluster was started from this state dir; "
+                           f"stop it first (cluster/local/stop.sh --state-dir {state})")
+    digest = _subnet_base(state)
+    tag = f"{digest % 4096:03x}"
+    # Short temp dir: Ray's unix socket paths under it must stay below the 107-character limit.
+    temp_dir = f"/tmp/dsc-{digest:08x}"
+    cluster = LocalCluster(state_dir=str(state), ray_address="", dashboard_url="", mlflow_uri=None, temp_dir=temp_dir)
+    cluster.save()  # from here on, stop() can clean up whatever was started
+    try:
+        links = []
+        head_ip, head_if = "127.0.0.1", "lo"
+        if netns:
+            # Recorded before creation so that stop() removes whatever part of it exists.
+            cluster.bridges.append(f"dsbr{tag}")
+            cluster.netns.extend(f"ds{tag}w{i}" for i in range(1, workers + 1))
+            cluster.veths.extend(f"ds{tag}h{i}" for i in range(1, workers + 1))
+            cluster.save()
+            head_if, head_ip, links = _setup_network(tag, digest, workers)
+        port, dashboard_port = free_port(), free_port()
+        resources = json.dumps({"node_head": 1})
+        # gloo picks its interface from the host name (127.0.0.1 here), which peers in other namespaces
+        # cannot reach: pin it to the node's interface.
+        _run(["env", f"GLOO_SOCKET_IFNAME={head_if}", _bin("ray"), "start", "--head", f"--node-ip-address={head_ip}", f"--port={port}",
+              f"--num-cpus={head_cpus}", "--num-gpus=0", f"--resources={resources}", "--include-dashboard=true",
+              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
+              f"--object-store-memory={object_store_mb * 2**20}", "--disable-usage-stats", *_node_ports("127.0.0.1")])
+        cluster.ray_address = f"{head_ip}:{port}"
+        cluster.dashboard_url = f"http://127.0.0.1:{dashboard_port}"
+        cluster.nodes.append(Node("head", head_ip, head_cpus))
+        cluster.save()
+        for i in range(1, workers + 1):
+            ns, node_if, node_ip = (links[i - 1][0], links[i - 1][2], links[i - 1][3]) if links else (None, "lo", "127.0.0.1")
+            resources = json.dumps({f"node_worker{i}": 1})
+            _run(["env", f"GLOO_SOCKET_IFNAME={node_if}", _bin("ray"), "start", f"--address={cluster.ray_address}", f"--node-ip-address={node_ip}",
+                  f"--num-cpus={worker_cpus}", "--num-gpus=0", f"--resources={resources}", f"--temp-dir={temp_dir}",
+                  f"--object-store-memory={object_store_mb * 2**20}", "--disable-usage-stats", *_node_ports("127.0.0.1")],
+                 netns=ns)
+            cluster.nodes.append(Node(f"worker{i}", node_ip, worker_cpus, ns))
+            cluster.save()
+        if mlflow:
+            mlflow_port = free_port(head_ip)
+            store = state / "mlflow"
+            store.mkdir(exist_ok=True)
+            log = open(state / "mlflow-server.log", "ab")
+            process = subprocess.Popen(
+                [_bin("mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+                 "--artifacts-destination", str(store / "artifacts"), "--host", head_ip, "--port", str(mlflow_port),
+                 "--workers", "1"],
+                stdout=log, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+            cluster.pids.append(process.pid)
+            cluster.mlflow_uri = f"http://{head_ip}:{mlflow_port}"
+            cluster.save()
+            _wait_http(f"{cluster.mlflow_uri}/health", timeout=90)
+        _wait_nodes(cluster, timeout=60)
+        _wait_job_agent(cluster, timeout=90)
+    except Exception:
+        stop(state)
+        raise
+    return cluster
+
+
+def _wait_nodes(cluster: LocalCluster, timeout: float) -> None:
+    deadline = time.time() + timeout
+    script = ("import ray, json; ray.init(address=%r, logging_level='ERROR'); "
+              "print(json.dumps(sum(1 for n in ray.nodes() if n['Alive'])))" % cluster.ray_address)
+    while time.time() < deadline:
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env())
+        if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(len(cluster.nodes))]:
+            return
+        time.sleep(1)
+    raise RuntimeError(f"only some of the {len(cluster.nodes)} nodes joined {cluster.ray_address}")
+
+
+def _wait_job_agent(cluster: LocalCluster, timeout: float) -> None:
+    """Until the head accepts jobs: its job agent registers some seconds after `ray start` returns, and a
+    submission before that fails with 'No available agent'. A no-op job proves the whole path works."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            client = JobSubmissionClient(cluster.dashboard_url)
+            job = client.submit_job(entrypoint="true")
+            while time.time() < deadline:
+                status = client.get_job_status(job)
+                if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+                    if status == JobStatus.SUCCEEDED:
+                        return
+                    raise RuntimeError(f"a no-op job ended {status}")
+                time.sleep(0.5)
+        except RuntimeError as error:
+            last = error
+            time.sleep(1)
+    raise RuntimeError(f"the cluster at {cluster.dashboard_url} accepts no jobs ({last})")
+
+
+def _processes_of(temp_dir: str) -> list[int]:
+    """Pids of the Ray processes of this cluster: their command lines name its temp/session dir."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if temp_dir in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def stop_worker_node(cluster: LocalCluster, name: str) -> None:
+    """Kill one worker node's Ray processes (a node failure, for fault tests and drills)."""
+    node = next(n for n in cluster.nodes if n.name == name)
+    if node.netns:
+        pids = subprocess.run(["ip", "netns", "pids", node.netns], capture_output=True, text=True).stdout.split()
+    else:
+        pids = [str(p) for p in _raylet_tree(cluster, f"node_worker{name.removeprefix('worker')}")]
+    for pid in pids:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _raylet_tree(cluster: LocalCluster, resource: str) -> list[int]:
+    """The raylet carrying `resource` and every process below it (its workers)."""
+    import psutil
+
+    for pid in _processes_of(cluster.temp_dir):
+        try:
+            process = psutil.Process(pid)
+            cmdline = " ".join(process.cmdline())
+        except psutil.Error:
+            continue
+        if "raylet" in process.name() and resource in cmdline:
+            return [pid, *(c.pid for c in process.children(recursive=True))]
+    return []
+
+
+def stop(state_dir: str | Path) -> None:
+    """Stop what `start` started from this state dir (idempotent)."""
+    state = Path(state_dir).resolve()
+    if not (state / STATE_FILE).exists():
+        return
+    cluster = LocalCluster.load(state)
+    for pid in cluster.pids:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _processes_of(cluster.temp_dir):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(1)
+    for ns in cluster.netns:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    for veth in cluster.veths:
+        subprocess.run(["ip", "link", "del", veth], capture_output=True)
+    for bridge in cluster.bridges:
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+    shutil.rmtree(cluster.temp_dir, ignore_errors=True)
+    (state / STATE_FILE).unlink()
+
+
+def _format(cluster: LocalCluster) -> str:
+    lines = [f"Ray cluster: {len(cluster.nodes)} nodes"]
+    lines += [f"  {n.name:8s} {n.ip:15s} {n.cpus:g} CPU  resource node_{n.name}" + (f"  netns {n.netns}" if n.netns else "")
+              for n in cluster.nodes]
+    lines += ["", "export " + " ".join(f"{k}={v}" for k, v in cluster.env().items()),
+              f"ray job submit --address {cluster.dashboard_url} --working-dir . -- python jobs/pretrain.py ...",
+              f"stop: cluster/local/stop.sh --state-dir {cluster.state_dir}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m distsleep.cluster.local",
+                                     description="Start or stop a multi-node Ray cluster (+ MLflow server) on this machine.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("start", help="start a head, N worker nodes and an MLflow server")
+    p.add_argument("--state-dir", default=".cluster", help="where the cluster's state, MLflow store and logs live")
+    p.add_argument("--workers", type=int, default=1, help="worker nodes (default 1)")
+    p.add_argument("--head-cpus", type=float, default=1)
+    p.add_argument("--worker-cpus", type=float, default=1)
+    p.add_argument("--no-mlflow", action="store_true", help="no MLflow server")
+    p.add_argument("--netns", choices=("auto", "yes", "no"), default="no",
+                   help="worker nodes in their own network namespaces (needs root and `ip netns`; auto: when possible)")
+    p = sub.add_parser("stop", help="stop the cluster started from --state-dir")
+    p.add_argument("--state-dir", default=".cluster")
+    p = sub.add_parser("env", help="print the environment variables of a running cluster")
+    p.add_argument("--state-dir", default=".cluster")
+    args = parser.parse_args(argv)
+    if args.command == "start":
+        use_netns = args.netns == "yes" or (args.netns == "auto" and netns_available())
+        cluster = start(args.state_dir, workers=args.workers, head_cpus=args.head_cpus, worker_cpus=args.worker_cpus,
+                        mlflow=not args.no_mlflow, netns=use_netns)
+        print(_format(cluster))
+    elif args.command == "stop":
+        stop(args.state_dir)
+        print(f"stopped the cluster of {Path(args.state_dir).resolve()}")
+    else:
+        for key, value in LocalCluster.load(args.state_dir).env().items():
+            print(f"export {key}={value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

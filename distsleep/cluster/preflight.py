@@ -1,0 +1,83 @@
+"""Checks that catch cluster pitfalls before a job starts, each with what to do about it.
+
+On one machine every path is visible to every worker; on a real cluster a path on the driver's disk is
+not, and the job would fail minutes later inside a worker (or, worse, each node would write its own
+checkpoints). So when the cluster has more than one node, local paths are checked from every node.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class ClusterCheckError(RuntimeError):
+    """A job cannot run on this cluster as configured; the message says what to change."""
+
+
+def _probe(path: str, need_write: bool) -> str | None:
+    """Run on one node: None if `path` is usable there, else the problem."""
+    p = Path(path)
+    target = p if p.exists() else p.parent
+    if not target.exists():
+        return "does not exist"
+    if need_write:
+        probe = target / f".distsleep-write-probe-{os.getpid()}"
+        try:
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as error:
+            return f"is not writable ({error.strerror})"
+    return None
+
+
+def alive_nodes() -> list[dict]:
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def check_paths_visible(paths: dict[str, tuple[str, bool]]) -> None:
+    """`paths`: what -> (local path, needs write). Raise ClusterCheckError naming the node that cannot use it.
+
+    URLs (s3://, gs://, ...) are skipped: every node reaches them by itself. Single-node clusters are skipped.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from distsleep.shards.storage import is_remote
+
+    local = {what: (path, write) for what, (path, write) in paths.items() if path and not is_remote(path)}
+    nodes = alive_nodes()
+    if not local or len(nodes) < 2:
+        return
+    probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
+    pending = {}
+    for node in nodes:
+        strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+        for what, (path, write) in local.items():
+            pending[(node["NodeManagerAddress"], what, path)] = probe.options(scheduling_strategy=strategy).remote(path, write)
+    problems = []
+    for (address, what, path), ref in pending.items():
+        problem = ray.get(ref, timeout=120)
+        if problem:
+            problems.append(f"{what} {path} {problem} on node {address}")
+    if problems:
+        raise ClusterCheckError("; ".join(problems) + ". Every node must reach it: put it on a shared filesystem "
+                                "(NFS/EFS/PVC mounted at the same path everywhere) or in object storage (s3://, gs://)")
+
+
+def check_resources(demand: dict[str, float], what: str) -> None:
+    """Raise ClusterCheckError when `demand` exceeds the whole cluster (an autoscaling cluster may grow:
+    set DISTSLEEP_ALLOW_PENDING=1 to let the job wait for nodes instead)."""
+    import ray
+
+    if os.environ.get("DISTSLEEP_ALLOW_PENDING") == "1":
+        return
+    capacity = ray.cluster_resources()
+    short = {k: (v, capacity.get(k, 0.0)) for k, v in demand.items() if v > capacity.get(k, 0.0) + 1e-9}
+    if short:
+        detail = ", ".join(f"{k}: needs {need:g}, cluster has {have:g}" for k, (need, have) in short.items())
+        raise ClusterCheckError(f"{what} needs more than the cluster offers ({detail}); lower --num-workers / "
+                                "--cpus-per-worker / --gpus-per-worker, add nodes, or on an autoscaling cluster set "
+                                "DISTSLEEP_ALLOW_PENDING=1 to wait for them")

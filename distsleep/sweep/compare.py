@@ -1,0 +1,246 @@
+"""The comparison of runs: a Table-4-style table read from MLflow, written as text, CSV and Markdown,
+and the plots (metrics vs masking ratio, per-class F1 vs ratio, confusion matrices side by side).
+
+Values are MLflow's logged metrics, never recomputed, so the table is the same from any machine that
+reaches the tracking server. Rows are the trials of a sweep (or any runs with test metrics), plus the
+YASA baseline scored on the same test records when a sweep holds one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distsleep.stages import STAGE_NAMES
+
+BASELINE_PREFIX = "baseline_yasa_"
+COLUMNS = [  # (header, metric key); accuracies and F1 shown in %, kappa as is (as in the paper)
+    ("pre-train acc", "pretrain_test_accuracy"),
+    ("accuracy", "test_accuracy"),
+    ("macro-F1", "test_macro_f1"),
+    ("kappa", "test_kappa"),
+    *[(f"F1 {name}", f"test_f1_{name}") for name in STAGE_NAMES],
+]
+
+
+@dataclass
+class Row:
+    label: str
+    run_id: str
+    model: str
+    params: dict  # the swept knobs (mask_ratio, ...)
+    metrics: dict
+    status: str = "FINISHED"
+    baseline: bool = False
+    confusion: list | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def mask_ratio(self) -> float | None:
+        value = self.params.get("mask_ratio")
+        return None if value in (None, "") else float(value)
+
+
+class CompareError(ValueError):
+    pass
+
+
+def _all_experiment_ids(c) -> list[str]:
+    return [e.experiment_id for e in c.search_experiments(max_results=1000)]
+
+
+def _knob_params(run, sweep_params: set[str]) -> dict:
+    """The swept values of a trial run, masking ratio first."""
+    names = ["mask_ratio", *sorted(sweep_params - {"mask_ratio"})]
+    return {k: run.data.params[k] for k in names if k in run.data.params}
+
+
+def _download_json(c, run_id: str, artifact: str) -> dict | None:
+    try:
+        with tempfile.TemporaryDirectory() as directory:
+            return json.loads(Path(c.download_artifacts(run_id, artifact, directory)).read_text())
+    except Exception:
+        return None
+
+
+def _trial_row(c, run, knobs: set[str], with_confusion: bool) -> Row:
+    from distsleep.sweep.config import point_label
+
+    params = _knob_params(run, knobs | {"mask_ratio"})
+    confusion = None
+    if with_confusion:
+        summary = _download_json(c, run.info.run_id, "trial_summary.json") or {}
+        confusion = (summary.get("confusion") or {}).get("final") or (summary.get("confusion") or {}).get("pretrain")
+    label = point_label({k: (float(v) if k == "mask_ratio" else v) for k, v in params.items()}) or run.info.run_name
+    ended_by = run.data.tags.get("distsleep.ended_by")
+    status = "stopped by scheduler" if ended_by == "scheduler" else run.info.status
+    return Row(label=label, run_id=run.info.run_id, model=run.data.tags.get("model", "?"), params=params,
+               metrics=dict(run.data.metrics), status=status, confusion=confusion)
+
+
+def _plain_row(c, run, with_confusion: bool) -> Row:
+    confusion = (_download_json(c, run.info.run_id, "test_metrics.json") or {}).get("confusion") if with_confusion else None
+    params = {}
+    ratio = run.data.params.get("model.mask_ratio")
+    if ratio is not None:
+        params["mask_ratio"] = ratio
+    return Row(label=run.info.run_name or run.info.run_id[:8], run_id=run.info.run_id, model=run.data.tags.get("model", "?"),
+               params=params, metrics=dict(run.data.metrics), status=run.info.status, confusion=confusion)
+
+
+def _baseline_row(c, parent, with_confusion: bool) -> Row | None:
+    metrics = {k.removeprefix(BASELINE_PREFIX): v for k, v in parent.data.metrics.items() if k.startswith(BASELINE_PREFIX)}
+    if not metrics:
+        return None
+    confusion = (_download_json(c, parent.info.run_id, "baseline_yasa.json") or {}).get("confusion") if with_confusion else None
+    return Row(label="YASA (pretrained, off the shelf)", run_id=parent.info.run_id, model="yasa", params={},
+               metrics=metrics, baseline=True, confusion=confusion)
+
+
+def collect(tracking_uri: str, *, sweep: str | None = None, experiment: str | None = None,
+            run_ids: list[str] | None = None, with_confusion: bool = True) -> list[Row]:
+    """Rows for a sweep (its trials + baseline), an experiment (every run with test metrics), or run ids."""
+    from distsleep.sweep.trial import KIND_TAG, SWEEP_TAG
+    from distsleep.tracking import client
+
+    c = client(tracking_uri)
+    rows: list[Row] = []
+    if sweep:
+        runs = c.search_runs(_all_experiment_ids(c), filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}'", max_results=5000)
+        parents = [r for r in runs if r.data.tags.get(KIND_TAG) == "sweep"]
+        trials = [r for r in runs if r.data.tags.get(KIND_TAG) == "trial"]
+        if not parents and not trials:
+            raise CompareError(f"no sweep named {sweep!r} in {tracking_uri}")
+        knobs = set(json.loads(parents[0].data.params.get("sweep.knob_names", "[]"))) if parents else set()
+        rows = [_trial_row(c, r, knobs, with_confusion) for r in trials]
+        for parent in parents[:1]:
+            baseline = _baseline_row(c, parent, with_confusion)
+            if baseline:
+                rows.append(baseline)
+    elif experiment:
+        exp = c.get_experiment_by_name(experiment)
+        if exp is None:
+            raise CompareError(f"no experiment named {experiment!r} in {tracking_uri}")
+        runs = c.search_runs([exp.experiment_id], max_results=5000)
+        for run in runs:
+            kind = run.data.tags.get(KIND_TAG)
+            if kind == "trial":
+                rows.append(_trial_row(c, run, set(), with_confusion))
+            elif kind == "sweep":
+                baseline = _baseline_row(c, run, with_confusion)
+                if baseline and not any(r.baseline for r in rows):
+                    rows.append(baseline)
+            elif kind != "stage" and "test_accuracy" in run.data.metrics:
+                rows.append(_plain_row(c, run, with_confusion))
+    else:
+        for run_id in run_ids or []:
+            run = c.get_run(run_id)
+            kind = run.data.tags.get(KIND_TAG)
+            if kind == "sweep":
+                rows.extend(collect(tracking_uri, sweep=run.data.tags[SWEEP_TAG], with_confusion=with_confusion))
+            elif kind == "trial":
+                rows.append(_trial_row(c, run, set(run.data.params) & {"mask_ratio"}, with_confusion))
+            else:
+                rows.append(_plain_row(c, run, with_confusion))
+    if not rows:
+        raise CompareError("no runs with test metrics to compare")
+    return sort_rows(rows)
+
+
+def sort_rows(rows: list[Row]) -> list[Row]:
+    def key(row: Row):
+        ratio = row.mask_ratio
+        return (row.baseline, row.model, math.inf if ratio is None else ratio, row.label)
+
+    return sorted(rows, key=key)
+
+
+def best_run(rows: list[Row], metric: str = "test_accuracy") -> Row | None:
+    scored = [r for r in rows if not r.baseline and metric in r.metrics]
+    return max(scored, key=lambda r: r.metrics[metric]) if scored else None
+
+
+def _cell(key: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if key.endswith("kappa") else f"{100 * value:.2f}"
+
+
+def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells; the best model value of each column carries a '*'."""
+    header = ["run", "model", "mask", *(h for h, _ in COLUMNS), "status"]
+    best = {}
+    for _, key in COLUMNS:
+        values = [r.metrics[key] for r in rows if not r.baseline and key in r.metrics]
+        best[key] = max(values) if values else None
+    cells = []
+    for row in rows:
+        line = [row.label, row.model, "-" if row.mask_ratio is None else f"{100 * row.mask_ratio:.0f}%"]
+        for _, key in COLUMNS:
+            value = row.metrics.get(key)
+            text = _cell(key, value)
+            if value is not None and not row.baseline and best[key] is not None and value == best[key] and len(rows) > 1:
+                text += "*"
+            line.append(text)
+        line.append(row.status if not row.baseline else "baseline")
+        cells.append(line)
+    return header, cells
+
+
+def format_text(rows: list[Row]) -> str:
+    header, cells = table(rows)
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *cells)]
+    lines = ["  ".join(str(x).rjust(w) if i > 1 else str(x).ljust(w) for i, (x, w) in enumerate(zip(line, widths)))
+             for line in [header, *cells]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    note = "accuracy and F1 in %, kappa as a fraction; * best model value per column; values as logged in MLflow"
+    return "\n".join([*lines, note])
+
+
+def format_markdown(rows: list[Row]) -> str:
+    header, cells = table(rows)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(f"**{c[:-1]}**" if c.endswith("*") else c for c in line) + " |" for line in cells]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[Row], path: Path) -> Path:
+    keys = [k for _, k in COLUMNS]
+    knob_names = sorted({k for r in rows for k in r.params})
+    with open(path, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["label", "run_id", "model", "baseline", "status", *knob_names, *keys])
+        for r in rows:
+            writer.writerow([r.label, r.run_id, r.model, int(r.baseline), r.status, *(r.params.get(k, "") for k in knob_names),
+                             *("" if r.metrics.get(k) is None else repr(float(r.metrics[k])) for k in keys)])
+    return path
+
+
+def write_comparison(rows: list[Row], out_dir: str | Path, title: str = "") -> dict[str, Path]:
+    """comparison.txt/.csv/.md and the plots in `out_dir`; returns name -> path."""
+    from distsleep.plots import confusion_grid_png, metric_curves_png
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"text": out / "comparison.txt", "csv": out / "comparison.csv", "markdown": out / "comparison.md"}
+    files["text"].write_text(format_text(rows) + "\n")
+    files["markdown"].write_text(format_markdown(rows))
+    write_csv(rows, files["csv"])
+    with_ratio = [r for r in rows if not r.baseline and r.mask_ratio is not None]
+    baseline = next((r for r in rows if r.baseline), None)
+    if with_ratio:
+        files["metrics_plot"] = metric_curves_png(
+            with_ratio, [("pretrain_test_accuracy", "pre-training accuracy"), ("test_accuracy", "accuracy"),
+                         ("test_macro_f1", "macro-F1"), ("test_kappa", "Cohen's kappa")],
+            out / "metrics_vs_mask_ratio.png", title=title or "test metrics vs masking ratio", baseline=baseline)
+        files["f1_plot"] = metric_curves_png(
+            with_ratio, [(f"test_f1_{n}", n) for n in STAGE_NAMES], out / "per_class_f1_vs_mask_ratio.png",
+            title=(title + ": " if title else "") + "per-class F1 vs masking ratio", baseline=None)
+    matrices = [(r.label, r.confusion) for r in rows if r.confusion]
+    if matrices:
+        files["confusions"] = confusion_grid_png(matrices, out / "confusion_matrices.png")
+    return files

@@ -1,0 +1,131 @@
+"""Configuration of a sweep: the base training run, the grid (or search space), and how trials run."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from distsleep.train.config import TrainConfig
+
+# MC²SleepNet Table 4: the masking ratios the paper compares.
+PAPER_MASK_RATIOS = (0.0, 0.15, 0.25, 0.30, 0.40, 0.50, 0.60, 0.70, 0.75, 0.85)
+SEARCHES = ("grid", "random")
+SCHEDULERS = ("fifo", "asha")
+
+
+def _train_fields() -> set[str]:
+    return {f.name for f in fields(TrainConfig)}
+
+
+@dataclass
+class SweepConfig:
+    name: str
+    train: TrainConfig  # the pre-training run every trial starts from; the swept knobs override it
+    mask_ratios: tuple[float, ...] = PAPER_MASK_RATIOS
+    # Other knobs crossed with the ratios: a TrainConfig field (lr, seed, batch_size ...) or a field of
+    # the model's config (infonce_temperature ...), each with its list of values.
+    knobs: dict = field(default_factory=dict)
+    search: str = "grid"  # grid: every combination; random: num_samples draws (ratio uniform in mask_ratio_range)
+    num_samples: int = 1  # grid: repetitions of the whole grid; random: number of trials
+    mask_ratio_range: tuple[float, float] = (0.0, 0.85)
+    finetune: bool = True  # each trial fine-tunes from its own best pre-training checkpoint
+    finetune_steps: int | None = None  # default: the pre-training max_steps
+    finetune_lr: float | None = None  # default: the pre-training lr
+    scheduler: str = "fifo"  # or "asha": stop trials whose validation metric lags at a rung
+    asha_grace: int = 1  # validations a trial always gets before ASHA may stop it
+    asha_reduction: float = 2.0
+    max_concurrent_trials: int | None = None  # default: as many as the cluster's resources hold
+    baseline: bool = True  # score YASA's pretrained stager on the same test records
+
+    def __post_init__(self):
+        if isinstance(self.train, dict):
+            self.train = TrainConfig.from_dict(self.train)
+        if not self.name:
+            raise ValueError("a sweep needs a name (relaunching the same name resumes it)")
+        if "/" in self.name or self.name.startswith("."):
+            raise ValueError(f"sweep name {self.name!r}: use letters, digits, '-' and '_'")
+        if self.search not in SEARCHES:
+            raise ValueError(f"search must be one of {SEARCHES}, got {self.search!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        if self.train.stage != "pretrain":
+            raise ValueError("a sweep's base run is the pre-training stage (fine-tuning follows per trial)")
+        self.mask_ratios = tuple(float(r) for r in self.mask_ratios)
+        self.mask_ratio_range = tuple(float(r) for r in self.mask_ratio_range)
+        bad = [r for r in (*self.mask_ratios, *self.mask_ratio_range) if not 0.0 <= r < 1.0]
+        if bad:
+            raise ValueError(f"masking ratios must lie in [0, 1), got {bad}")
+        if not self.mask_ratios and self.search == "grid":
+            raise ValueError("no masking ratios to sweep")
+        self.knobs = {k: list(v) for k, v in self.knobs.items()}
+        if "mask_ratio" in self.knobs:
+            raise ValueError("the masking ratio is swept by mask_ratios, not knobs")
+        empty = [k for k, v in self.knobs.items() if not v]
+        if empty:
+            raise ValueError(f"knobs without values: {empty}")
+        if self.num_samples < 1:
+            raise ValueError("num_samples must be >= 1")
+
+    # ---- the trials -------------------------------------------------------------------------------
+    def grid_points(self) -> list[dict]:
+        """Every combination of the grid (grid search), in a stable order."""
+        keys = ["mask_ratio", *sorted(self.knobs)]
+        values = [list(self.mask_ratios), *(self.knobs[k] for k in sorted(self.knobs))]
+        return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+    @property
+    def n_trials(self) -> int:
+        return self.num_samples * (len(self.grid_points()) if self.search == "grid" else 1)
+
+    def trial_train_config(self, point: dict, stage: str, **changes) -> TrainConfig:
+        """The TrainConfig of one trial's stage: the base run with the point's knobs applied."""
+        train_fields = _train_fields()
+        base = self.train.to_dict()
+        overrides = dict(base["model_overrides"])
+        for key, value in point.items():
+            if key == "mask_ratio":
+                base["mask_ratio"] = value
+            elif key in train_fields:
+                base[key] = value
+            else:
+                overrides[key] = value
+        base["model_overrides"] = overrides
+        base["stage"] = stage
+        if stage == "finetune":
+            base["max_steps"] = self.finetune_steps or self.train.max_steps
+            base["lr"] = self.finetune_lr or self.train.lr
+        base.update(changes)
+        return TrainConfig.from_dict(base)
+
+    # ---- serialisation ----------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["train"] = self.train.to_dict()
+        out["mask_ratios"] = list(self.mask_ratios)
+        out["mask_ratio_range"] = list(self.mask_ratio_range)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SweepConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def identity(self) -> dict:
+        """What must not change when a sweep is relaunched under the same name (else it is another sweep)."""
+        out = self.to_dict()
+        for key in ("max_concurrent_trials", "baseline"):
+            out.pop(key)
+        train = out["train"]
+        for key in ("tracking_uri", "storage_path", "loader_workers", "max_failures"):
+            train.pop(key, None)
+        return json.loads(json.dumps(out, sort_keys=True, default=str))
+
+
+def point_label(point: dict) -> str:
+    """Short human name of a trial, e.g. 'mask=0.50 lr=0.001'."""
+    parts = []
+    for key, value in point.items():
+        shown = f"{value:.2f}" if key == "mask_ratio" else (f"{value:g}" if isinstance(value, float) else str(value))
+        parts.append(f"{'mask' if key == 'mask_ratio' else key}={shown}")
+    return " ".join(parts)

@@ -1,0 +1,255 @@
+"""Driver of a sweep: checks, the parent MLflow run, the Ray Tune run (new or restored), clean-up of
+stopped trials, the YASA baseline, and the comparison logged to the parent run.
+
+Layout under the storage path (a shared filesystem on clusters):
+    STORAGE/NAME/                Ray Tune experiment (trial state; relaunching NAME restores it)
+    STORAGE/NAME/train/          Ray Train runs of every trial's stages (checkpoints)
+Every trial reads the same shards (one manifest); nothing is copied per trial.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distsleep.sweep.config import SweepConfig, point_label
+from distsleep.sweep.trial import KIND_TAG, SWEEP_TAG, TRIAL_TAG, sweep_trial
+
+log = logging.getLogger("distsleep.sweep")
+TRIAL_DRIVER_MEMORY = 256 * 2**20  # bytes reserved for each trial's driver process
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    parent_run_id: str
+    tracking_uri: str
+    resumed: bool
+    trials: list[dict]  # trial_id, point, state (completed | stopped | failed), error
+    rows: list = field(default_factory=list)  # compare.Row
+    files: dict = field(default_factory=dict)  # comparison files written locally
+    text: str = ""
+
+
+def trial_demand(cfg: SweepConfig) -> dict[str, float]:
+    """Resources one trial's Ray Train worker group asks for."""
+    t = cfg.train
+    demand = {"CPU": t.num_workers * t.cpus_per_worker}
+    if t.use_gpu:
+        demand["GPU"] = t.num_workers * t.gpus_per_worker
+    return demand
+
+
+def concurrency(cfg: SweepConfig, capacity: dict[str, float]) -> int:
+    """How many trials run at once: the user's cap, else what the cluster's resources hold (at least 1).
+
+    Raises LaunchError when one trial alone needs more than the whole cluster has: its trainer would
+    wait for resources forever.
+    """
+    from distsleep.train.launch import LaunchError
+
+    import os
+
+    demand = trial_demand(cfg)
+    short = {k: (v, capacity.get(k, 0.0)) for k, v in demand.items() if v > capacity.get(k, 0.0) + 1e-9}
+    if short and os.environ.get("DISTSLEEP_ALLOW_PENDING") == "1":  # an autoscaler will add the nodes
+        return cfg.max_concurrent_trials or 1
+    if short:
+        detail = ", ".join(f"{k}: needs {need:g}, cluster has {have:g}" for k, (need, have) in short.items())
+        raise LaunchError(f"one trial needs more than the cluster offers ({detail}); lower --num-workers / "
+                          "--cpus-per-worker / --gpus-per-worker, add nodes, or on an autoscaling cluster set "
+                          "DISTSLEEP_ALLOW_PENDING=1 (and --max-concurrent-trials) to wait for them")
+    fit = min(math.floor(capacity.get(k, 0.0) / v + 1e-9) for k, v in demand.items() if v > 0)
+    fit = max(1, fit)
+    return min(fit, cfg.max_concurrent_trials) if cfg.max_concurrent_trials else fit
+
+
+def reports_per_trial(cfg: SweepConfig) -> int:
+    """Results one trial reports to Tune (validations + the final report of each stage, + the summary)."""
+    t = cfg.train
+    pre = math.ceil(t.max_steps / t.val_every) + 1
+    fine = math.ceil((cfg.finetune_steps or t.max_steps) / t.val_every) + 1 if cfg.finetune else 0
+    return pre + fine + 1
+
+
+def param_space(cfg: SweepConfig) -> dict:
+    from ray import tune
+
+    if cfg.search == "grid":
+        space = {"mask_ratio": tune.grid_search(list(cfg.mask_ratios))}
+        space.update({k: tune.grid_search(v) for k, v in cfg.knobs.items()})
+    else:
+        space = {"mask_ratio": tune.uniform(*cfg.mask_ratio_range)}
+        space.update({k: tune.choice(v) for k, v in cfg.knobs.items()})
+    return space
+
+
+def identity_hash(cfg: SweepConfig) -> str:
+    return hashlib.sha256(json.dumps(cfg.identity(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _parent_run(cfg: SweepConfig, uri: str) -> tuple[str, bool]:
+    """The sweep's MLflow run: the existing one for this name (any status), else a new one."""
+    from distsleep.config import flatten
+    from distsleep.tracking import RUN_NAME_TAG, RunLogger, client, experiment_id, find_run
+
+    run_name = f"sweep/{cfg.name}"
+    existing = find_run(uri, cfg.train.experiment, run_name)
+    digest = identity_hash(cfg)
+    if existing is not None:
+        logged = existing.data.params.get("sweep.identity")
+        if logged and logged != digest:
+            from distsleep.train.launch import LaunchError
+
+            raise LaunchError(f"a sweep named {cfg.name!r} already exists with a different grid or training config "
+                              f"(MLflow run {existing.info.run_id}); relaunch it unchanged to resume, or pick a new --name")
+        client(uri).update_run(existing.info.run_id, status="RUNNING")
+        return existing.info.run_id, True
+    c = client(uri)
+    run = c.create_run(experiment_id(uri, cfg.train.experiment), run_name=f"sweep {cfg.name}",
+                       tags={RUN_NAME_TAG: run_name, SWEEP_TAG: cfg.name, KIND_TAG: "sweep", "model": cfg.train.model})
+    logger = RunLogger(uri, run.info.run_id)
+    logger.params({
+        "sweep.identity": digest, "sweep.mask_ratios": json.dumps(list(cfg.mask_ratios)),
+        "sweep.knob_names": json.dumps(sorted(cfg.knobs)), "sweep.knobs": json.dumps(cfg.knobs, sort_keys=True),
+        "sweep.search": cfg.search, "sweep.num_samples": cfg.num_samples, "sweep.n_trials": cfg.n_trials,
+        "sweep.scheduler": cfg.scheduler, "sweep.finetune": cfg.finetune, "sweep.finetune_steps": cfg.finetune_steps,
+        "sweep.finetune_lr": cfg.finetune_lr, **flatten("train", cfg.train),
+    })
+    return run.info.run_id, False
+
+
+def _log_baseline(cfg: SweepConfig, uri: str, parent_run_id: str) -> None:
+    """Score YASA on the sweep's test records once per sweep (kept on the parent run)."""
+    from distsleep.baselines.score import yasa_baseline
+    from distsleep.sweep.compare import BASELINE_PREFIX
+    from distsleep.tracking import RunLogger, client
+
+    if any(k.startswith(BASELINE_PREFIX) for k in client(uri).get_run(parent_run_id).data.metrics):
+        return
+    try:
+        metrics = yasa_baseline(cfg.train.shards, "test")
+    except Exception as error:  # the comparison is still useful without it
+        log.warning("YASA baseline not scored: %s: %s", type(error).__name__, error)
+        return
+    logger = RunLogger(uri, parent_run_id)
+    flat = {f"{BASELINE_PREFIX}test_{k}": metrics[k] for k in ("accuracy", "macro_f1", "kappa")}
+    flat.update({f"{BASELINE_PREFIX}test_f1_{k}": v for k, v in metrics["f1"].items()})
+    logger.metrics(flat, step=0)
+    logger.flush()
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "baseline_yasa.json"
+        path.write_text(json.dumps(metrics, indent=1))
+        logger.artifact(path)
+
+
+def _close_unfinished_trials(uri: str, experiment: str, sweep: str, states: dict[str, str]) -> None:
+    """Trial and stage runs left RUNNING by trials Tune stopped or that failed: mark them KILLED/FAILED."""
+    from distsleep.tracking import client
+
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    runs = c.search_runs([exp.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}' and attributes.status = 'RUNNING'",
+                         max_results=5000)
+    for run in runs:
+        trial = run.data.tags.get(TRIAL_TAG)
+        state = states.get(trial)
+        if state in (None, "completed") or run.data.tags.get(KIND_TAG) == "sweep":
+            continue
+        c.set_tag(run.info.run_id, "distsleep.ended_by", "scheduler" if state == "stopped" else "error")
+        c.set_terminated(run.info.run_id, "KILLED" if state == "stopped" else "FAILED")
+
+
+def _trial_states(results, tune_metric: str) -> list[dict]:
+    trials = []
+    for result in results:
+        metrics = result.metrics or {}
+        state = "completed" if metrics.get("trial_complete") else ("failed" if result.error else "stopped")
+        point = {k: v for k, v in (result.config or {}).items()}
+        trials.append({"trial_id": metrics.get("trial_id") or Path(result.path).name, "point": point, "state": state,
+                       "iterations": metrics.get("training_iteration"), "error": str(result.error) if result.error else None,
+                       tune_metric: metrics.get(tune_metric)})
+    return trials
+
+
+def run_sweep(cfg: SweepConfig, address: str | None = None, out_dir: str | Path | None = None) -> SweepOutcome:
+    from ray import tune
+
+    from distsleep.runtime import connect_ray
+    from distsleep.sweep import compare
+    from distsleep.tracking import RunLogger, check_reachable
+    from distsleep.train.config import default_tracking_uri
+    from distsleep.train.launch import _preflight, cluster_preflight
+
+    uri = cfg.train.tracking_uri or default_tracking_uri()
+    cfg.train.tracking_uri = uri
+    check_reachable(uri)
+    _preflight(cfg.train)
+    connect_ray(address)
+    import ray
+
+    max_concurrent = concurrency(cfg, ray.cluster_resources())
+    cluster_preflight(cfg.train, uri, demand=trial_demand(cfg), what="one trial")
+    if max_concurrent > 1 and uri.startswith("sqlite"):
+        log.warning("%d trials at once write to one SQLite file (%s); on clusters use an MLflow server "
+                    "(cluster/local/start.sh starts one)", max_concurrent, uri)
+    parent_run_id, resumed = _parent_run(cfg, uri)
+    if cfg.baseline:
+        _log_baseline(cfg, uri, parent_run_id)
+
+    tune_metric = f"val_best_{cfg.train.select_metric}"
+    # The trial function holds no CPU (its TorchTrainer's worker group asks for what training needs), only
+    # some memory: Tune refuses an all-zero request, and a CPU share would make a 2 x 1-CPU trial unplaceable
+    # on a 2-CPU machine.
+    trainable = tune.with_resources(tune.with_parameters(sweep_trial, sweep=cfg.to_dict(), parent_run_id=parent_run_id),
+                                    {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY})
+    storage = cfg.train.storage_path
+    experiment_dir = f"{storage.rstrip('/')}/{cfg.name}"
+    if tune.Tuner.can_restore(experiment_dir):
+        log.info("sweep %s: resuming from %s (finished trials are kept)", cfg.name, experiment_dir)
+        tuner = tune.Tuner.restore(experiment_dir, trainable, resume_unfinished=True, restart_errored=True)
+        resumed = True
+    else:
+        scheduler = None
+        if cfg.scheduler == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+
+            scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=cfg.asha_grace,
+                                      reduction_factor=cfg.asha_reduction, max_t=reports_per_trial(cfg))
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(cfg),
+            tune_config=tune.TuneConfig(metric=tune_metric, mode="max", scheduler=scheduler, num_samples=cfg.num_samples,
+                                        max_concurrent_trials=max_concurrent,
+                                        trial_dirname_creator=lambda trial: trial.trial_id),
+            run_config=tune.RunConfig(name=cfg.name, storage_path=storage, verbose=1),
+        )
+    results = tuner.fit()
+    trials = _trial_states(results, tune_metric)
+    _close_unfinished_trials(uri, cfg.train.experiment, cfg.name, {t["trial_id"]: t["state"] for t in trials})
+
+    rows = compare.collect(uri, sweep=cfg.name)
+    text = compare.format_text(rows)
+    target = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix=f"sweep-{cfg.name}-"))
+    files = compare.write_comparison(rows, target, title=f"sweep {cfg.name} ({cfg.train.model})")
+    logger = RunLogger(uri, parent_run_id)
+    for path in files.values():
+        logger.artifact(path, "comparison")
+    best = compare.best_run(rows)
+    counts = {s: sum(t["state"] == s for t in trials) for s in ("completed", "stopped", "failed")}
+    logger.metrics({f"trials_{k}": v for k, v in counts.items()}, step=0)
+    if best is not None:
+        logger.tags({"best_trial": best.label, "best_run_id": best.run_id})
+        logger.metrics({f"best_{k}": v for k, v in best.metrics.items() if k.startswith("test_")}, step=0)
+    logger.finish("FINISHED" if counts["failed"] == 0 else "FAILED")
+    for t in trials:
+        if t["state"] != "completed":
+            log.info("trial %s (%s): %s%s", t["trial_id"], point_label(t["point"]), t["state"],
+                     f" ({t['error'].splitlines()[0][:200]})" if t["error"] else "")
+    return SweepOutcome(name=cfg.name, parent_run_id=parent_run_id, tracking_uri=uri, resumed=resumed, trials=trials,
+                        rows=rows, files=files, text=text)

@@ -1,0 +1,215 @@
+"""The cluster path end to end: a real multi-node Ray cluster on this machine (worker nodes in their own
+network namespaces when the machine allows it), an MLflow server, and jobs submitted with `ray job submit`."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from distsleep.cluster import local
+from distsleep.synth.cohort import CohortConfig, generate_cohort
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def submit(cluster: local.LocalCluster, *args: str, timeout: float = 900, wait: bool = True) -> subprocess.CompletedProcess:
+    """`ray job submit --working-dir <repo> -- python ...`; env for the job comes in the runtime env."""
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": cluster.mlflow_uri, "OMP_NUM_THREADS": "1"}}
+    command = [RAY, "job", "submit", "--address", cluster.dashboard_url, "--working-dir", str(REPO),
+               "--runtime-env-json", json.dumps(runtime_env)]
+    if not wait:
+        command.append("--no-wait")
+    command += ["--", "python", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=local._env())
+
+
+def job_logs(cluster: local.LocalCluster, job_id: str) -> str:
+    return subprocess.run([RAY, "job", "logs", "--address", cluster.dashboard_url, job_id], capture_output=True,
+                          text=True, env=local._env()).stdout
+
+
+def wait_job(cluster: local.LocalCluster, job_id: str, timeout: float = 900) -> str:
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(cluster.dashboard_url)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = str(client.get_job_status(job_id))
+        for state in ("SUCCEEDED", "FAILED", "STOPPED"):
+            if state in status:
+                return state
+        time.sleep(2)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
+
+
+def train_worker_nodes(cluster: local.LocalCluster) -> set[str]:
+    """Node ids of every RayTrainWorker actor the cluster has seen (alive or dead)."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=cluster.dashboard_url, filters=[("class_name", "=", "RayTrainWorker")], limit=1000,
+                         detail=True, raise_on_missing_output=False)
+    return {a.node_id for a in actors}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cluster-cohort")
+    generate_cohort(root, CohortConfig(n_records=8, hours=1.5, seed=21, workers=2), progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def shards(cohort, tmp_path_factory, ray_local) -> Path:
+    """Shards preprocessed on the test session's own Ray cluster (for the tests that are not about preprocessing)."""
+    from distsleep.config import PreprocessConfig, SplitConfig
+    from distsleep.shards.pipeline import run_preprocess
+
+    out = tmp_path_factory.mktemp("cluster-shards")
+    run_preprocess(cohort, out, PreprocessConfig(), SplitConfig(), progress=False)
+    return out / "manifest.json"
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    state = tmp_path_factory.mktemp("cluster-state")
+    cluster = local.start(state, workers=1, head_cpus=1, worker_cpus=1, netns=local.netns_available())
+    try:
+        yield cluster
+    finally:
+        local.stop(state)
+
+
+def test_jobs_submitted_to_a_two_node_cluster(two_nodes, cohort, tmp_path):
+    cluster = two_nodes
+    shards, runs = tmp_path / "shards", tmp_path / "runs"
+
+    # 1. preprocessing: one Ray task per recording, spread over both nodes
+    result = submit(cluster, "jobs/preprocess.py", "--root", str(cohort), "--out", str(shards), "--quiet")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    manifest = json.loads((shards / "manifest.json").read_text())
+    assert len(manifest["records"]) == 8 and all((shards / r["shard"]).exists() for r in manifest["records"].values())
+
+    # 2. pre-training: 2 Ray Train workers of 1 CPU each, so one per node
+    common = ["--shards", str(shards / "manifest.json"), "--model-size", "small", "--seq-len", "5", "--batch-size", "16",
+              "--loader-workers", "1", "--num-workers", "2", "--storage-path", str(runs), "--experiment", "cluster"]
+    result = submit(cluster, "jobs/pretrain.py", *common, "--max-steps", "20", "--val-every", "10", "--name", "pre")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert len(train_worker_nodes(cluster)) == 2, "the two workers ran on different nodes"
+    assert sorted(runs.glob("pre/checkpoint_*/trainer_state.json"))
+
+    # 3. a 2-trial sweep
+    result = submit(cluster, "jobs/sweep.py", *common, "--max-steps", "10", "--val-every", "10", "--no-finetune",
+                    "--mask-ratios", "0.25", "0.5", "--name", "sweep2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 trials completed" in result.stdout
+
+    client = mlflow.MlflowClient(cluster.mlflow_uri)
+    experiment = client.get_experiment_by_name("cluster")
+    runs_logged = client.search_runs([experiment.experiment_id], max_results=100)
+    pre = [r for r in runs_logged if r.info.run_name == "pre"]
+    assert len(pre) == 1 and pre[0].info.status == "FINISHED" and "test_accuracy" in pre[0].data.metrics
+    assert pre[0].data.params["world_size"] == "2"
+    trials = [r for r in runs_logged if r.data.tags.get("distsleep.kind") == "trial"]
+    assert len(trials) == 2 and {r.info.status for r in trials} == {"FINISHED"}
+    # artifacts went to the server's artifact store, not to a worker's disk
+    assert any(a.path == "model" for a in client.list_artifacts(pre[0].info.run_id))
+
+
+def test_paths_other_nodes_cannot_use_are_refused_before_launch(two_nodes, shards, tmp_path):
+    # /proc exists on every node but nobody may write there: each node's answer is reported. Submitted
+    # through `distsleep submit`, which carries MLFLOW_TRACKING_URI from this environment to the job.
+    result = subprocess.run(
+        [sys.executable, "-m", "distsleep.cli", "submit", "--address", two_nodes.dashboard_url, "--working-dir", str(REPO),
+         "--", "python", "jobs/pretrain.py", "--shards", str(shards), "--storage-path", "/proc/distsleep-runs",
+         "--num-workers", "2", "--loader-workers", "1"],
+        capture_output=True, text=True, timeout=600, env={**local._env(), "MLFLOW_TRACKING_URI": two_nodes.mlflow_uri})
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    nodes = re.findall(r"the storage path /proc/distsleep-runs is not writable \([^)]*\) on node (\d+\.\d+\.\d+\.\d+)", output)
+    assert set(nodes) == {n.ip for n in two_nodes.nodes}, output[-2000:]
+    assert "shared filesystem" in output and "Traceback" not in output
+
+
+def _job_id(result: subprocess.CompletedProcess) -> str:
+    match = re.search(r"raysubmit_[A-Za-z0-9]+", result.stdout + result.stderr)
+    assert match, result.stdout + result.stderr
+    return match.group(0)
+
+
+def _node_names(cluster: local.LocalCluster) -> dict[str, str]:
+    """node id -> our node name (head, worker1, ...), from the node resources."""
+    from ray.util.state import list_nodes
+
+    names = {}
+    for node in list_nodes(address=cluster.dashboard_url, detail=True, limit=100):
+        for key in node.resources_total:
+            if key.startswith("node_") and not key.startswith("node:"):
+                names[node.node_id] = key.removeprefix("node_")
+    return names
+
+
+def _wait_checkpoint(storage: Path, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (storage / "checkpoint_manager_snapshot.json").exists() and list(storage.glob("checkpoint_*/trainer_state.json")):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"no checkpoint under {storage}")
+
+
+def _kill_a_training_node(cluster: local.LocalCluster, storage: Path) -> str:
+    from ray.util.state import list_actors
+
+    _wait_checkpoint(storage)
+    names = _node_names(cluster)
+    actors = list_actors(address=cluster.dashboard_url, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+                         detail=True, limit=100)
+    victims = sorted({names[a.node_id] for a in actors if names.get(a.node_id, "head") != "head"})
+    assert victims, "no training worker on a worker node"
+    local.stop_worker_node(cluster, victims[0])
+    return victims[0]
+
+
+def test_losing_a_worker_node_during_pretraining(shards, tmp_path, ray_local):
+    import ray
+
+    cluster = local.start(tmp_path / "state", workers=2, head_cpus=1, worker_cpus=1, netns=local.netns_available())
+    try:
+        assert [n.name for n in cluster.nodes] == ["head", "worker1", "worker2"]
+        assert cluster.dashboard_url.startswith("http://127.0.0.1:")
+        with pytest.raises(RuntimeError, match="stop it first"):
+            local.start(tmp_path / "state")
+        common = ["jobs/pretrain.py", "--shards", str(shards), "--model-size", "small", "--seq-len", "5", "--batch-size", "16",
+                  "--loader-workers", "1", "--num-workers", "2", "--max-steps", "60", "--val-every", "20",
+                  "--storage-path", str(tmp_path / "runs"), "--experiment", "faults"]
+        # With --max-failures 1 and a spare node, the run restarts from its checkpoint and finishes.
+        job = _job_id(submit(cluster, *common, "--name", "resumes", "--max-failures", "1", wait=False))
+        lost = _kill_a_training_node(cluster, tmp_path / "runs" / "resumes")
+        assert wait_job(cluster, job) == "SUCCEEDED", job_logs(cluster, job)[-3000:]
+        state = json.loads(sorted((tmp_path / "runs" / "resumes").glob("checkpoint_*/trainer_state.json"))[-1].read_text())
+        assert state["step"] == 60 and state["resumes"] >= 1
+
+        # With --max-failures 0 the job ends with an error that says what happened and how to resume.
+        job = _job_id(submit(cluster, *common, "--name", "fails", wait=False))
+        second = _kill_a_training_node(cluster, tmp_path / "runs" / "fails")
+        assert second != lost
+        assert wait_job(cluster, job) == "FAILED"
+        logs = job_logs(cluster, job)
+        assert "training run 'fails' failed: a Ray Train worker died" in logs, logs[-3000:]
+        assert "Relaunch with the same --name" in logs
+    finally:
+        local.stop(tmp_path / "state")
+    # Everything of that cluster is gone, and nothing else: the test session's own Ray cluster still works.
+    assert not local._processes_of(cluster.temp_dir)
+    assert not (tmp_path / "state" / local.STATE_FILE).exists()
+    local.stop(tmp_path / "state")  # idempotent
+    assert ray.get(ray.put(41)) + 1 == 42 and ray.available_resources().get("CPU", 0) > 0

@@ -1,0 +1,178 @@
+"""Ray Tune sweeps on a real local Ray cluster: each trial pre-trains and fine-tunes with 2 Ray Train
+workers x DeepSpeed (gloo), tracked as MLflow child runs; the comparison is read back from MLflow."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import matplotlib.image
+import mlflow
+import psutil
+import pytest
+
+from distsleep.config import PreprocessConfig, SplitConfig
+from distsleep.shards.pipeline import run_preprocess
+from distsleep.sweep.config import SweepConfig
+from distsleep.sweep.run import run_sweep
+from distsleep.sweep.trial import KIND_TAG, SWEEP_TAG
+from distsleep.synth.cohort import CohortConfig, generate_cohort
+from distsleep.tracking import TrackingUnavailable
+from distsleep.train.config import TrainConfig
+from distsleep.train.launch import LaunchError
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+RATIOS = (0.0, 0.5, 0.75)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, ray_local) -> Path:
+    root = tmp_path_factory.mktemp("sweep-cohort")
+    generate_cohort(root, CohortConfig(n_records=8, hours=2.0, seed=4, workers=2), progress=False)
+    out = tmp_path_factory.mktemp("sweep-shards")
+    run_preprocess(root, out, PreprocessConfig(), SplitConfig(), progress=False)
+    return out / "manifest.json"
+
+
+def _runs(uri: str, query: str) -> list:
+    c = mlflow.MlflowClient(uri)
+    ids = [e.experiment_id for e in c.search_experiments()]
+    return c.search_runs(ids, filter_string=query, max_results=1000)
+
+
+def _train_workers() -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info.get("cmdline") or [])]
+
+
+def _sweep_args(shards: Path, tmp: Path, name: str) -> list[str]:
+    return ["--shards", str(shards), "--name", name, "--mask-ratios", *map(str, RATIOS), "--model-size", "small",
+            "--seq-len", "5", "--batch-size", "16", "--loader-workers", "1", "--max-steps", "20", "--val-every", "10",
+            "--finetune-steps", "10", "--num-workers", "2", "--lr", "0.001", "--max-concurrent-trials", "1",
+            "--storage-path", str(tmp / "runs"), "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}",
+            "--experiment", "sweeps", "--out", str(tmp / "comparison")]
+
+
+@pytest.fixture(scope="module")
+def interrupted_sweep(shards, tmp_path_factory, ray_local) -> dict:
+    """A 3-ratio sweep whose driver is killed after its first trial finished, then relaunched to the end."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    args = [sys.executable, "jobs/sweep.py", *_sweep_args(shards, tmp, "table4")]
+    env = {**os.environ, "RAY_ADDRESS": ray_local}
+    driver = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 420
+        while time.time() < deadline and driver.poll() is None:
+            done = _runs(uri, f"tags.`{KIND_TAG}` = 'trial' and attributes.status = 'FINISHED'") if (tmp / "mlflow.db").exists() else []
+            if done:
+                break
+            time.sleep(1)
+        assert driver.poll() is None, "the sweep ended before it could be interrupted"
+        assert done, "no trial finished in time"
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    first = done[0]
+    before = {r.info.run_id: r.info.start_time for r in _runs(uri, f"tags.`{SWEEP_TAG}` = 'table4'")}
+    deadline = time.time() + 60  # the killed driver's trial and its workers go away with it
+    while _train_workers() and time.time() < deadline:
+        time.sleep(0.5)
+    relaunch = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert relaunch.returncode == 0, relaunch.stdout[-3000:] + relaunch.stderr[-3000:]
+    return {"tmp": tmp, "uri": uri, "first": first, "before": before, "stdout": relaunch.stdout}
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(interrupted_sweep):
+    uri, first = interrupted_sweep["uri"], interrupted_sweep["first"]
+    assert "resumed and finished sweep 'table4': 3 trials completed" in interrupted_sweep["stdout"]
+    trials = _runs(uri, f"tags.`{SWEEP_TAG}` = 'table4' and tags.`{KIND_TAG}` = 'trial'")
+    assert len(trials) == 3 and {t.info.status for t in trials} == {"FINISHED"}
+    # The trial that had finished is the same MLflow run, and its stages were not trained again.
+    assert first.info.run_id in {t.info.run_id for t in trials}
+    stages = _runs(uri, f"tags.`mlflow.parentRunId` = '{first.info.run_id}'")
+    assert sorted(s.data.tags["stage"] for s in stages) == ["finetune", "pretrain"]
+    before = interrupted_sweep["before"]
+    assert all(s.info.run_id in before and before[s.info.run_id] == s.info.start_time for s in stages)
+    # Every trial has exactly one run per stage (unfinished ones were resumed, not duplicated).
+    for trial in trials:
+        stages = _runs(uri, f"tags.`mlflow.parentRunId` = '{trial.info.run_id}'")
+        assert sorted(s.data.tags["stage"] for s in stages) == ["finetune", "pretrain"], trial.info.run_name
+
+
+def test_sweep_logs_parent_children_and_the_comparison(interrupted_sweep):
+    uri, tmp = interrupted_sweep["uri"], interrupted_sweep["tmp"]
+    client = mlflow.MlflowClient(uri)
+    parents = _runs(uri, f"tags.`{SWEEP_TAG}` = 'table4' and tags.`{KIND_TAG}` = 'sweep'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    children = _runs(uri, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 3
+    assert sorted(float(c.data.params["mask_ratio"]) for c in children) == list(RATIOS)
+    for child in children:
+        for key in ("test_accuracy", "test_macro_f1", "test_kappa", "pretrain_test_accuracy", "test_f1_N1"):
+            assert 0.0 <= child.data.metrics[key] <= 1.0, (child.info.run_name, key)
+    assert 0.0 < parent.data.metrics["baseline_yasa_test_accuracy"] <= 1.0
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
+    assert {"comparison/comparison.csv", "comparison/metrics_vs_mask_ratio.png", "comparison/confusion_matrices.png"} <= logged
+
+    # `distsleep compare` prints MLflow's values: change one logged value and the table follows it.
+    target = next(c for c in children if float(c.data.params["mask_ratio"]) == 0.5)
+    client.log_metric(target.info.run_id, "test_accuracy", 0.123456)
+    out = tmp / "compare-out"
+    result = subprocess.run([sys.executable, "-m", "distsleep.cli", "compare", "--sweep", "table4", "--tracking-uri", uri,
+                             "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    line = next(l for l in result.stdout.splitlines() if l.startswith("mask=0.50"))
+    assert " 12.35 " in line
+    assert any(l.startswith("YASA") for l in result.stdout.splitlines())
+    with open(out / "comparison.csv") as stream:
+        rows = {r["run_id"]: r for r in csv.DictReader(stream) if r["baseline"] == "0"}
+    assert float(rows[target.info.run_id]["test_accuracy"]) == 0.123456
+    for child in children:
+        if child.info.run_id != target.info.run_id:
+            assert float(rows[child.info.run_id]["test_macro_f1"]) == child.data.metrics["test_macro_f1"]
+    for name in ("metrics_vs_mask_ratio.png", "per_class_f1_vs_mask_ratio.png", "confusion_matrices.png"):
+        assert matplotlib.image.imread(out / name).shape[0] > 100
+
+
+def test_asha_stopping_a_trial_frees_its_resources(shards, tmp_path, ray_local):
+    import ray
+
+    # lr 0 never learns: at the first rung ASHA compares it with the finished lr 0.003 trial and stops it.
+    # One trial fits the 2-CPU cluster at a time, so the third trial can only start once the stopped
+    # trial's Ray Train workers and placement group are gone.
+    train = TrainConfig(shards=str(shards), model_size="small", seq_len=5, batch_size=16, loader_workers=1, max_steps=40,
+                        val_every=20, num_workers=2, storage_path=str(tmp_path / "runs"),
+                        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="asha")
+    cfg = SweepConfig(name="asha", train=train, mask_ratios=(0.5,), knobs={"lr": [0.003, 0.0, 0.003]}, finetune=False,
+                      scheduler="asha", asha_grace=1, asha_reduction=4, max_concurrent_trials=1, baseline=False)
+    outcome = run_sweep(cfg)
+    states = [t["state"] for t in sorted(outcome.trials, key=lambda t: t["trial_id"])]
+    assert states == ["completed", "stopped", "completed"]
+    stopped = next(t for t in outcome.trials if t["state"] == "stopped")
+    assert stopped["point"]["lr"] == 0.0 and stopped["iterations"] < max(t["iterations"] for t in outcome.trials)
+    runs = _runs(train.tracking_uri, f"tags.`{SWEEP_TAG}` = 'asha' and tags.`{KIND_TAG}` = 'trial'")
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED", "KILLED"]
+    assert next(r for r in runs if r.info.status == "KILLED").data.tags["distsleep.ended_by"] == "scheduler"
+    deadline = time.time() + 30
+    while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0) == 2
+    assert all(pg["state"] == "REMOVED" for pg in ray.util.placement_group_table().values())
+
+
+def test_sweep_preflight(shards, tmp_path, ray_local):
+    train = TrainConfig(shards=str(shards), num_workers=3, loader_workers=1, storage_path=str(tmp_path / "runs"),
+                        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(LaunchError, match="CPU: needs 3, cluster has 2"):
+        run_sweep(SweepConfig(name="too-big", train=train))
+    assert not (tmp_path / "runs" / "too-big").exists()
+    train = TrainConfig(shards=str(shards), tracking_uri="http://127.0.0.1:9", storage_path=str(tmp_path / "runs"))
+    with pytest.raises(TrackingUnavailable):
+        run_sweep(SweepConfig(name="no-server", train=train))

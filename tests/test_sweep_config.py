@@ -1,0 +1,117 @@
+"""Sweep configuration, resource planning and the comparison table (no cluster needed)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import matplotlib.image
+import pytest
+
+from distsleep.cli import _parse_knobs
+from distsleep.sweep.compare import Row, format_markdown, format_text, table, write_comparison
+from distsleep.sweep.config import PAPER_MASK_RATIOS, SweepConfig, point_label
+from distsleep.sweep.run import concurrency, reports_per_trial
+from distsleep.train.config import TrainConfig
+from distsleep.train.launch import LaunchError
+
+
+def sweep(**changes) -> SweepConfig:
+    base = dict(name="s", train=TrainConfig(shards="/x/manifest.json", max_steps=100, val_every=25, lr=1e-3))
+    base.update(changes)
+    return SweepConfig(**base)
+
+
+def test_default_grid_is_table_4():
+    cfg = sweep()
+    assert cfg.mask_ratios == PAPER_MASK_RATIOS == (0.0, 0.15, 0.25, 0.30, 0.40, 0.50, 0.60, 0.70, 0.75, 0.85)
+    assert [p["mask_ratio"] for p in cfg.grid_points()] == list(PAPER_MASK_RATIOS)
+    assert cfg.n_trials == 10
+
+
+def test_knobs_cross_the_ratios_and_reach_the_right_config():
+    cfg = sweep(mask_ratios=(0.15, 0.5), knobs={"lr": [1e-3, 1e-4], "infonce_temperature": [0.07]}, num_samples=2)
+    points = cfg.grid_points()
+    assert len(points) == 4 and cfg.n_trials == 8
+    assert {(p["mask_ratio"], p["lr"]) for p in points} == {(0.15, 1e-3), (0.15, 1e-4), (0.5, 1e-3), (0.5, 1e-4)}
+    pre = cfg.trial_train_config({"mask_ratio": 0.15, "lr": 1e-4, "infonce_temperature": 0.07}, "pretrain")
+    assert pre.stage == "pretrain" and pre.lr == 1e-4 and pre.mask_ratio == 0.15
+    assert pre.model_overrides == {"mask_ratio": 0.15, "infonce_temperature": 0.07}
+    fine = sweep(finetune_steps=30, finetune_lr=5e-5).trial_train_config({"mask_ratio": 0.5}, "finetune", init_from="r1")
+    assert (fine.stage, fine.max_steps, fine.lr, fine.init_from) == ("finetune", 30, 5e-5, "r1")
+    assert cfg.train.lr == 1e-3, "the base config is not modified"
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"mask_ratios": (0.5, 1.0)}, "must lie in"),
+    ({"knobs": {"mask_ratio": [0.1]}}, "swept by mask_ratios"),
+    ({"knobs": {"lr": []}}, "without values"),
+    ({"name": "a/b"}, "use letters"),
+    ({"scheduler": "pbt"}, "scheduler"),
+    ({"train": TrainConfig(shards="/x", stage="finetune")}, "pre-training stage"),
+])
+def test_bad_sweeps_are_refused(changes, message):
+    with pytest.raises(ValueError, match=message):
+        sweep(**changes)
+
+
+def test_identity_ignores_what_may_change_on_relaunch():
+    a, b = sweep(max_concurrent_trials=1), sweep(max_concurrent_trials=4, baseline=False)
+    assert a.identity() == b.identity()
+    assert sweep(mask_ratios=(0.5,)).identity() != a.identity()
+    assert SweepConfig.from_dict(json.loads(json.dumps(a.to_dict()))).to_dict() == a.to_dict()
+
+
+def test_concurrency_from_cluster_resources():
+    cfg = sweep(train=TrainConfig(shards="/x", num_workers=2, cpus_per_worker=1.0))
+    assert concurrency(cfg, {"CPU": 2.0}) == 1
+    assert concurrency(cfg, {"CPU": 9.0}) == 4
+    assert concurrency(sweep(train=TrainConfig(shards="/x", num_workers=2), max_concurrent_trials=2), {"CPU": 16.0}) == 2
+    with pytest.raises(LaunchError, match="CPU: needs 3, cluster has 2"):
+        concurrency(sweep(train=TrainConfig(shards="/x", num_workers=3)), {"CPU": 2.0})
+    with pytest.raises(LaunchError, match="GPU: needs 2, cluster has 0"):
+        concurrency(sweep(train=TrainConfig(shards="/x", num_workers=2, use_gpu=True)), {"CPU": 32.0})
+
+
+def test_reports_per_trial_counts_both_stages():
+    assert reports_per_trial(sweep()) == (4 + 1) + (4 + 1) + 1
+    assert reports_per_trial(sweep(finetune=False)) == 4 + 1 + 1
+
+
+def test_parse_knobs_and_labels():
+    assert _parse_knobs(["lr=0.001,0.0001", "seed=0,1", "schedule=cosine"]) == {
+        "lr": [0.001, 0.0001], "seed": [0, 1], "schedule": ["cosine"]}
+    assert point_label({"mask_ratio": 0.5, "lr": 0.001}) == "mask=0.50 lr=0.001"
+
+
+def _rows() -> list[Row]:
+    def metrics(acc, f1):
+        return {"pretrain_test_accuracy": acc - 0.01, "test_accuracy": acc, "test_macro_f1": f1, "test_kappa": acc - 0.1,
+                **{f"test_f1_{s}": f1 for s in ("W", "N1", "N2", "N3", "REM")}}
+    confusion = [[5, 1, 0, 0, 0], [1, 2, 1, 0, 0], [0, 1, 9, 1, 0], [0, 0, 1, 4, 0], [0, 1, 0, 0, 5]]
+    return [
+        Row("mask=0.15", "a", "mc2sleepnet", {"mask_ratio": "0.15"}, metrics(0.80, 0.70), confusion=confusion),
+        Row("mask=0.50", "b", "mc2sleepnet", {"mask_ratio": "0.5"}, metrics(0.85, 0.72), confusion=confusion),
+        Row("YASA", "p", "yasa", {}, {"test_accuracy": 0.95, "test_macro_f1": 0.9, "test_kappa": 0.9}, baseline=True),
+    ]
+
+
+def test_table_marks_the_best_model_not_the_baseline():
+    header, cells = table(_rows())
+    acc = header.index("accuracy")
+    assert [c[acc] for c in cells] == ["80.00", "85.00*", "95.00"]
+    assert cells[0][header.index("mask")] == "15%" and cells[2][-1] == "baseline"
+    text = format_text(_rows())
+    assert "85.00*" in text and "0.750*" in text
+    assert "**85.00**" in format_markdown(_rows())
+
+
+def test_write_comparison_files(tmp_path):
+    files = write_comparison(_rows(), tmp_path, title="t")
+    with open(files["csv"]) as stream:
+        rows = list(csv.DictReader(stream))
+    assert [r["label"] for r in rows] == ["mask=0.15", "mask=0.50", "YASA"]
+    assert float(rows[1]["test_accuracy"]) == 0.85 and rows[2]["baseline"] == "1"
+    for key in ("metrics_plot", "f1_plot", "confusions"):
+        image = matplotlib.image.imread(files[key])
+        assert image.shape[0] > 100 and image.shape[1] > 100
