@@ -106,9 +106,9 @@ def test_jobs_submitted_to_a_two_node_cluster(two_nodes, cohort, tmp_path):
     assert len(train_worker_nodes(cluster)) == 2, "the two workers ran on different nodes"
     assert sorted(runs.glob("pre/checkpoint_*/trainer_state.json"))
 
-    # 3. a 2-trial sweep
-    result = submit(cluster, "jobs/sweep.py", *common, "--max-steps", "10", "--val-every", "10", "--no-finetune",
-                    "--mask-ratios", "0.25", "0.5", "--name", "sweep2")
+    # 3. a 2-trial sweep; half a CPU per worker, so both trials run at once and log to the server concurrently
+    result = submit(cluster, "jobs/sweep.py", *common, "--max-steps", "30", "--val-every", "30", "--no-finetune",
+                    "--cpus-per-worker", "0.5", "--mask-ratios", "0.25", "0.5", "--name", "sweep2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 trials completed" in result.stdout
 
@@ -120,6 +120,16 @@ def test_jobs_submitted_to_a_two_node_cluster(two_nodes, cohort, tmp_path):
     assert pre[0].data.params["world_size"] == "2"
     trials = [r for r in runs_logged if r.data.tags.get("distsleep.kind") == "trial"]
     assert len(trials) == 2 and {r.info.status for r in trials} == {"FINISHED"}
+    assert all("test_accuracy" in r.data.metrics for r in trials)
+    # The trials ran at the same time: one was already training (its first logged step) while the other's
+    # training run had not ended yet.
+    spans = []
+    for trial in trials:
+        stage = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{trial.info.run_id}'")[0]
+        stamps = [m.timestamp for m in client.get_metric_history(stage.info.run_id, "loss")]
+        spans.append((min(stamps), stage.info.end_time))
+    (_, first_end), (second_start, _) = sorted(spans)
+    assert second_start < first_end, f"the trials ran one after the other: {spans}"
     # artifacts went to the server's artifact store, not to a worker's disk
     assert any(a.path == "model" for a in client.list_artifacts(pre[0].info.run_id))
 

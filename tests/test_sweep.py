@@ -65,11 +65,13 @@ def interrupted_sweep(shards, tmp_path_factory, ray_local) -> dict:
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     args = [sys.executable, "jobs/sweep.py", *_sweep_args(shards, tmp, "table4")]
     env = {**os.environ, "RAY_ADDRESS": ray_local}
+    # Create the SQLite store before the driver does: two processes creating its tables at once collide.
+    mlflow.MlflowClient(uri).search_experiments()
     driver = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 420
         while time.time() < deadline and driver.poll() is None:
-            done = _runs(uri, f"tags.`{KIND_TAG}` = 'trial' and attributes.status = 'FINISHED'") if (tmp / "mlflow.db").exists() else []
+            done = _runs(uri, f"tags.`{KIND_TAG}` = 'trial' and attributes.status = 'FINISHED'")
             if done:
                 break
             time.sleep(1)

@@ -115,3 +115,9 @@ def test_write_comparison_files(tmp_path):
     for key in ("metrics_plot", "f1_plot", "confusions"):
         image = matplotlib.image.imread(files[key])
         assert image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_ratios_that_mask_the_same_number_of_epochs_are_flagged():
+    short = sweep(train=TrainConfig(shards="/x", seq_len=10))
+    assert short.indistinct_ratios() == [((0.25, 0.30), 3)]
+    assert sweep(train=TrainConfig(shards="/x", seq_len=21)).indistinct_ratios() == []

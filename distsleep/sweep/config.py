@@ -98,6 +98,18 @@ class SweepConfig:
         base.update(changes)
         return TrainConfig.from_dict(base)
 
+    def indistinct_ratios(self) -> list[tuple[tuple[float, ...], int]]:
+        """Groups of swept ratios that mask the same number of epochs per sequence at this seq_len (for
+        MC²SleepNet: round-half-up(L·r)); such trials differ only by chance, so the sweep warns."""
+        if self.train.model != "mc2sleepnet" or self.search != "grid":
+            return []
+        from distsleep.models.mc2sleepnet import n_masked
+
+        groups: dict[int, list[float]] = {}
+        for ratio in self.mask_ratios:
+            groups.setdefault(n_masked(self.train.seq_len, ratio), []).append(ratio)
+        return [(tuple(r), n) for n, r in sorted(groups.items()) if len(r) > 1]
+
     # ---- serialisation ----------------------------------------------------------------------------
     def to_dict(self) -> dict:
         out = asdict(self)

@@ -188,6 +188,9 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, out_dir: str | Path 
 
     uri = cfg.train.tracking_uri or default_tracking_uri()
     cfg.train.tracking_uri = uri
+    for ratios, n in cfg.indistinct_ratios():
+        log.warning("masking ratios %s all mask %d of %d epochs per sequence: their trials differ only by chance "
+                    "(a longer --seq-len separates them)", ", ".join(f"{r:g}" for r in ratios), n, cfg.train.seq_len)
     check_reachable(uri)
     _preflight(cfg.train)
     connect_ray(address)
