@@ -120,18 +120,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _parse_knobs(items: list[str]) -> dict:
+    from distsleep.train.cli_args import parse_value
+
     knobs = {}
     for item in items:
         key, sep, values = item.partition("=")
         if not sep or not values:
             raise argparse.ArgumentTypeError(f"--knob expects NAME=V1,V2,..., got {item!r}")
-        parsed = []
-        for value in values.split(","):
-            try:
-                parsed.append(json.loads(value))
-            except json.JSONDecodeError:
-                parsed.append(value)
-        knobs[key] = parsed
+        knobs[key] = [parse_value(value) for value in values.split(",")]
     return knobs
 
 

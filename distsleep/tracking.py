@@ -65,11 +65,10 @@ def find_or_create_run(uri: str, experiment: str, run_name: str, parent_run_id: 
     """
     c = client(uri)
     exp_id = experiment_id(uri, experiment)
-    found = c.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
-                          order_by=["attributes.start_time DESC"], max_results=1)
-    if found and found[0].info.status != "FINISHED":
-        c.update_run(found[0].info.run_id, status="RUNNING")
-        return found[0].info.run_id, True
+    found = find_run(uri, experiment, run_name)
+    if found is not None and found.info.status != "FINISHED":
+        c.update_run(found.info.run_id, status="RUNNING")
+        return found.info.run_id, True
     all_tags = {RUN_NAME_TAG: run_name, **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
@@ -86,6 +85,18 @@ def find_run(uri: str, experiment: str, run_name: str, status: str | None = None
     query = f"tags.`{RUN_NAME_TAG}` = '{run_name}'" + (f" and attributes.status = '{status}'" if status else "")
     found = c.search_runs([exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=1)
     return found[0] if found else None
+
+
+def download_json(uri: str, run_id: str, artifact: str) -> dict | None:
+    """A JSON artifact of a run, or None when it cannot be fetched (missing, store gone)."""
+    import json
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory() as directory:
+            return json.loads(Path(client(uri).download_artifacts(run_id, artifact, directory)).read_text())
+    except Exception:
+        return None
 
 
 class RunLogger:

@@ -15,6 +15,7 @@ import pytest
 
 from distsleep.cluster import local
 from distsleep.synth.cohort import CohortConfig, generate_cohort
+from tests.test_train import _wait_for_checkpoint
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -166,19 +167,10 @@ def _node_names(cluster: local.LocalCluster) -> dict[str, str]:
     return names
 
 
-def _wait_checkpoint(storage: Path, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if (storage / "checkpoint_manager_snapshot.json").exists() and list(storage.glob("checkpoint_*/trainer_state.json")):
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"no checkpoint under {storage}")
-
-
 def _kill_a_training_node(cluster: local.LocalCluster, storage: Path) -> str:
     from ray.util.state import list_actors
 
-    _wait_checkpoint(storage)
+    _wait_for_checkpoint(storage, timeout=300)
     names = _node_names(cluster)
     actors = list_actors(address=cluster.dashboard_url, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
                          detail=True, limit=100)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import matplotlib.image
 import mlflow
-import psutil
 import pytest
 
 from distsleep.config import PreprocessConfig, SplitConfig
@@ -25,6 +24,7 @@ from distsleep.synth.cohort import CohortConfig, generate_cohort
 from distsleep.tracking import TrackingUnavailable
 from distsleep.train.config import TrainConfig
 from distsleep.train.launch import LaunchError
+from tests.test_train import _train_workers
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -44,10 +44,6 @@ def _runs(uri: str, query: str) -> list:
     c = mlflow.MlflowClient(uri)
     ids = [e.experiment_id for e in c.search_experiments()]
     return c.search_runs(ids, filter_string=query, max_results=1000)
-
-
-def _train_workers() -> list[psutil.Process]:
-    return [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info.get("cmdline") or [])]
 
 
 def _sweep_args(shards: Path, tmp: Path, name: str) -> list[str]:

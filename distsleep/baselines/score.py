@@ -40,10 +40,9 @@ def yasa_baseline(manifest_path: str, split: str = "test") -> dict:
         raise ValueError(f"{manifest_path}: no {split} records")
     task = ray.remote(num_cpus=1, max_retries=1)(score_shard)
     results = ray.get([task.remote(url) for url in urls])
-    labels = np.concatenate([np.asarray(r["labels"], dtype=np.int64) for r in results])
-    predicted = np.concatenate([np.asarray(r["predicted"], dtype=np.int64) for r in results])
-    metrics = staging_metrics(labels, predicted)
-    metrics["records"] = {r["record_id"]: float(np.mean(np.asarray(r["predicted"])[np.asarray(r["labels"]) >= 0]
-                                                        == np.asarray(r["labels"])[np.asarray(r["labels"]) >= 0]))
-                          for r in results}
+    per_record = {r["record_id"]: (np.asarray(r["labels"], dtype=np.int64), np.asarray(r["predicted"], dtype=np.int64))
+                  for r in results}
+    metrics = staging_metrics(np.concatenate([t for t, _ in per_record.values()]),
+                              np.concatenate([p for _, p in per_record.values()]))
+    metrics["records"] = {record_id: float(np.mean(p[t >= 0] == t[t >= 0])) for record_id, (t, p) in per_record.items()}
     return metrics

@@ -67,17 +67,28 @@ def check_paths_visible(paths: dict[str, tuple[str, bool]]) -> None:
                                 "(NFS/EFS/PVC mounted at the same path everywhere) or in object storage (s3://, gs://)")
 
 
-def check_resources(demand: dict[str, float], what: str) -> None:
-    """Raise ClusterCheckError when `demand` exceeds the whole cluster (an autoscaling cluster may grow:
-    set DISTSLEEP_ALLOW_PENDING=1 to let the job wait for nodes instead)."""
-    import ray
+def allow_pending() -> bool:
+    """DISTSLEEP_ALLOW_PENDING=1: an autoscaler will add nodes, so demand beyond the cluster may wait."""
+    return os.environ.get("DISTSLEEP_ALLOW_PENDING") == "1"
 
-    if os.environ.get("DISTSLEEP_ALLOW_PENDING") == "1":
-        return
-    capacity = ray.cluster_resources()
+
+def resource_shortfall(demand: dict[str, float], capacity: dict[str, float]) -> str:
+    """'CPU: needs 3, cluster has 2, ...' for each resource `demand` exceeds, '' when it fits."""
     short = {k: (v, capacity.get(k, 0.0)) for k, v in demand.items() if v > capacity.get(k, 0.0) + 1e-9}
-    if short:
-        detail = ", ".join(f"{k}: needs {need:g}, cluster has {have:g}" for k, (need, have) in short.items())
+    return ", ".join(f"{k}: needs {need:g}, cluster has {have:g}" for k, (need, have) in short.items())
+
+
+def check_resources(demand: dict[str, float], what: str, capacity: dict[str, float] | None = None) -> None:
+    """Raise ClusterCheckError when `demand` exceeds the whole cluster (`capacity`, default the connected
+    cluster's), unless `allow_pending()`."""
+    if allow_pending():
+        return
+    if capacity is None:
+        import ray
+
+        capacity = ray.cluster_resources()
+    detail = resource_shortfall(demand, capacity)
+    if detail:
         raise ClusterCheckError(f"{what} needs more than the cluster offers ({detail}); lower --num-workers / "
                                 "--cpus-per-worker / --gpus-per-worker, add nodes, or on an autoscaling cluster set "
                                 "DISTSLEEP_ALLOW_PENDING=1 to wait for them")

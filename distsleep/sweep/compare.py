@@ -11,11 +11,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from distsleep.stages import STAGE_NAMES
+from distsleep.tracking import download_json
 
 BASELINE_PREFIX = "baseline_yasa_"
 COLUMNS = [  # (header, metric key); accuracies and F1 shown in %, kappa as is (as in the paper)
@@ -59,21 +59,13 @@ def _knob_params(run, sweep_params: set[str]) -> dict:
     return {k: run.data.params[k] for k in names if k in run.data.params}
 
 
-def _download_json(c, run_id: str, artifact: str) -> dict | None:
-    try:
-        with tempfile.TemporaryDirectory() as directory:
-            return json.loads(Path(c.download_artifacts(run_id, artifact, directory)).read_text())
-    except Exception:
-        return None
-
-
-def _trial_row(c, run, knobs: set[str], with_confusion: bool) -> Row:
+def _trial_row(tracking_uri: str, run, knobs: set[str], with_confusion: bool) -> Row:
     from distsleep.sweep.config import point_label
 
     params = _knob_params(run, knobs | {"mask_ratio"})
     confusion = None
     if with_confusion:
-        summary = _download_json(c, run.info.run_id, "trial_summary.json") or {}
+        summary = download_json(tracking_uri, run.info.run_id, "trial_summary.json") or {}
         confusion = (summary.get("confusion") or {}).get("final") or (summary.get("confusion") or {}).get("pretrain")
     label = point_label({k: (float(v) if k == "mask_ratio" else v) for k, v in params.items()}) or run.info.run_name
     ended_by = run.data.tags.get("distsleep.ended_by")
@@ -82,8 +74,8 @@ def _trial_row(c, run, knobs: set[str], with_confusion: bool) -> Row:
                metrics=dict(run.data.metrics), status=status, confusion=confusion)
 
 
-def _plain_row(c, run, with_confusion: bool) -> Row:
-    confusion = (_download_json(c, run.info.run_id, "test_metrics.json") or {}).get("confusion") if with_confusion else None
+def _plain_row(tracking_uri: str, run, with_confusion: bool) -> Row:
+    confusion = (download_json(tracking_uri, run.info.run_id, "test_metrics.json") or {}).get("confusion") if with_confusion else None
     params = {}
     ratio = run.data.params.get("model.mask_ratio")
     if ratio is not None:
@@ -92,11 +84,11 @@ def _plain_row(c, run, with_confusion: bool) -> Row:
                params=params, metrics=dict(run.data.metrics), status=run.info.status, confusion=confusion)
 
 
-def _baseline_row(c, parent, with_confusion: bool) -> Row | None:
+def _baseline_row(tracking_uri: str, parent, with_confusion: bool) -> Row | None:
     metrics = {k.removeprefix(BASELINE_PREFIX): v for k, v in parent.data.metrics.items() if k.startswith(BASELINE_PREFIX)}
     if not metrics:
         return None
-    confusion = (_download_json(c, parent.info.run_id, "baseline_yasa.json") or {}).get("confusion") if with_confusion else None
+    confusion = (download_json(tracking_uri, parent.info.run_id, "baseline_yasa.json") or {}).get("confusion") if with_confusion else None
     return Row(label="YASA (pretrained, off the shelf)", run_id=parent.info.run_id, model="yasa", params={},
                metrics=metrics, baseline=True, confusion=confusion)
 
@@ -116,9 +108,9 @@ def collect(tracking_uri: str, *, sweep: str | None = None, experiment: str | No
         if not parents and not trials:
             raise CompareError(f"no sweep named {sweep!r} in {tracking_uri}")
         knobs = set(json.loads(parents[0].data.params.get("sweep.knob_names", "[]"))) if parents else set()
-        rows = [_trial_row(c, r, knobs, with_confusion) for r in trials]
+        rows = [_trial_row(tracking_uri, r, knobs, with_confusion) for r in trials]
         for parent in parents[:1]:
-            baseline = _baseline_row(c, parent, with_confusion)
+            baseline = _baseline_row(tracking_uri, parent, with_confusion)
             if baseline:
                 rows.append(baseline)
     elif experiment:
@@ -129,13 +121,13 @@ def collect(tracking_uri: str, *, sweep: str | None = None, experiment: str | No
         for run in runs:
             kind = run.data.tags.get(KIND_TAG)
             if kind == "trial":
-                rows.append(_trial_row(c, run, set(), with_confusion))
+                rows.append(_trial_row(tracking_uri, run, set(), with_confusion))
             elif kind == "sweep":
-                baseline = _baseline_row(c, run, with_confusion)
+                baseline = _baseline_row(tracking_uri, run, with_confusion)
                 if baseline and not any(r.baseline for r in rows):
                     rows.append(baseline)
             elif kind != "stage" and "test_accuracy" in run.data.metrics:
-                rows.append(_plain_row(c, run, with_confusion))
+                rows.append(_plain_row(tracking_uri, run, with_confusion))
     else:
         for run_id in run_ids or []:
             run = c.get_run(run_id)
@@ -143,9 +135,9 @@ def collect(tracking_uri: str, *, sweep: str | None = None, experiment: str | No
             if kind == "sweep":
                 rows.extend(collect(tracking_uri, sweep=run.data.tags[SWEEP_TAG], with_confusion=with_confusion))
             elif kind == "trial":
-                rows.append(_trial_row(c, run, set(run.data.params) & {"mask_ratio"}, with_confusion))
+                rows.append(_trial_row(tracking_uri, run, set(run.data.params) & {"mask_ratio"}, with_confusion))
             else:
-                rows.append(_plain_row(c, run, with_confusion))
+                rows.append(_plain_row(tracking_uri, run, with_confusion))
     if not rows:
         raise CompareError("no runs with test metrics to compare")
     return sort_rows(rows)

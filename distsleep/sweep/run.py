@@ -36,34 +36,22 @@ class SweepOutcome:
     text: str = ""
 
 
-def trial_demand(cfg: SweepConfig) -> dict[str, float]:
-    """Resources one trial's Ray Train worker group asks for."""
-    t = cfg.train
-    demand = {"CPU": t.num_workers * t.cpus_per_worker}
-    if t.use_gpu:
-        demand["GPU"] = t.num_workers * t.gpus_per_worker
-    return demand
-
-
 def concurrency(cfg: SweepConfig, capacity: dict[str, float]) -> int:
     """How many trials run at once: the user's cap, else what the cluster's resources hold (at least 1).
 
     Raises LaunchError when one trial alone needs more than the whole cluster has: its trainer would
-    wait for resources forever.
+    wait for resources forever (unless an autoscaler may add nodes: DISTSLEEP_ALLOW_PENDING=1).
     """
-    from distsleep.train.launch import LaunchError
+    from distsleep.cluster.preflight import ClusterCheckError, allow_pending, check_resources, resource_shortfall
+    from distsleep.train.launch import LaunchError, run_demand
 
-    import os
-
-    demand = trial_demand(cfg)
-    short = {k: (v, capacity.get(k, 0.0)) for k, v in demand.items() if v > capacity.get(k, 0.0) + 1e-9}
-    if short and os.environ.get("DISTSLEEP_ALLOW_PENDING") == "1":  # an autoscaler will add the nodes
+    demand = run_demand(cfg.train)
+    if allow_pending() and resource_shortfall(demand, capacity):
         return cfg.max_concurrent_trials or 1
-    if short:
-        detail = ", ".join(f"{k}: needs {need:g}, cluster has {have:g}" for k, (need, have) in short.items())
-        raise LaunchError(f"one trial needs more than the cluster offers ({detail}); lower --num-workers / "
-                          "--cpus-per-worker / --gpus-per-worker, add nodes, or on an autoscaling cluster set "
-                          "DISTSLEEP_ALLOW_PENDING=1 (and --max-concurrent-trials) to wait for them")
+    try:
+        check_resources(demand, "one trial", capacity)
+    except ClusterCheckError as error:
+        raise LaunchError(str(error)) from error
     fit = min(math.floor(capacity.get(k, 0.0) / v + 1e-9) for k, v in demand.items() if v > 0)
     fit = max(1, fit)
     return min(fit, cfg.max_concurrent_trials) if cfg.max_concurrent_trials else fit
@@ -196,8 +184,8 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, out_dir: str | Path 
     connect_ray(address)
     import ray
 
-    max_concurrent = concurrency(cfg, ray.cluster_resources())
-    cluster_preflight(cfg.train, uri, demand=trial_demand(cfg), what="one trial")
+    max_concurrent = concurrency(cfg, ray.cluster_resources())  # also refuses a trial larger than the cluster
+    cluster_preflight(cfg.train, uri, check_demand=False)
     if max_concurrent > 1 and uri.startswith("sqlite"):
         log.warning("%d trials at once write to one SQLite file (%s); on clusters use an MLflow server "
                     "(cluster/local/start.sh starts one)", max_concurrent, uri)

@@ -65,15 +65,13 @@ def _run_stage(sweep: SweepConfig, point: dict, stage: str, trial_id: str, paren
 
 
 def _confusion(tracking_uri: str, run_id: str) -> list | None:
-    from distsleep.tracking import client
+    from distsleep.tracking import download_json
 
-    try:
-        with tempfile.TemporaryDirectory() as directory:
-            path = client(tracking_uri).download_artifacts(run_id, "test_metrics.json", directory)
-            return json.loads(Path(path).read_text())["confusion"]
-    except Exception as error:  # an artifact store that went away must not fail a finished trial
-        log.warning("no test confusion matrix for run %s (%s)", run_id, error)
+    metrics = download_json(tracking_uri, run_id, "test_metrics.json")
+    if metrics is None:  # an artifact store that went away must not fail a finished trial
+        log.warning("no test confusion matrix for run %s", run_id)
         return None
+    return metrics["confusion"]
 
 
 def sweep_trial(point: dict, *, sweep: dict, parent_run_id: str) -> None:

@@ -11,16 +11,21 @@ from distsleep.train.config import TrainConfig
 _DEFAULTS = TrainConfig()
 
 
+def parse_value(text: str):
+    """A command-line value as JSON (numbers, true/false, lists) when it parses, else the plain string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def _parse_set(items: list[str]) -> dict:
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
+        out[key] = parse_value(value)
     return out
 
 

@@ -104,21 +104,25 @@ def _preflight(cfg: TrainConfig) -> None:
                           f"{cfg.loader_workers} loader workers (need {needed}); lower --loader-workers or --num-workers")
 
 
-def cluster_preflight(cfg: TrainConfig, tracking_uri: str, demand: dict[str, float] | None = None,
-                      what: str = "the training run") -> None:
-    """Checks against the connected cluster: enough resources for one run, and local paths (shards,
-    storage, a SQLite tracking store) visible from every node."""
+def run_demand(cfg: TrainConfig) -> dict[str, float]:
+    """Resources one training run's Ray Train worker group asks for."""
+    demand = {"CPU": cfg.num_workers * cfg.cpus_per_worker}
+    if cfg.use_gpu:
+        demand["GPU"] = cfg.num_workers * cfg.gpus_per_worker
+    return demand
+
+
+def cluster_preflight(cfg: TrainConfig, tracking_uri: str, check_demand: bool = True) -> None:
+    """Checks against the connected cluster: enough resources for one run (unless the caller checked them),
+    and local paths (shards, storage, a SQLite tracking store) visible from every node."""
     from distsleep.cluster.preflight import ClusterCheckError, check_paths_visible, check_resources
 
-    if demand is None:
-        demand = {"CPU": cfg.num_workers * cfg.cpus_per_worker}
-        if cfg.use_gpu:
-            demand["GPU"] = cfg.num_workers * cfg.gpus_per_worker
     paths = {"the shard manifest": (cfg.shards, False), "the storage path": (cfg.storage_path, True)}
     if tracking_uri.startswith("sqlite:///"):
         paths["the MLflow SQLite store"] = (tracking_uri.removeprefix("sqlite:///"), True)
     try:
-        check_resources(demand, what)
+        if check_demand:
+            check_resources(run_demand(cfg), "the training run")
         check_paths_visible(paths)
     except ClusterCheckError as error:
         raise LaunchError(str(error)) from error
