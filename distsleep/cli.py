@@ -27,7 +27,8 @@ from distsleep.errors import InputError
 def _cmd_synth(args: argparse.Namespace) -> int:
     from distsleep.synth.cohort import CohortConfig, generate_cohort
 
-    config = CohortConfig(n_records=args.n_records, hours=args.hours, seed=args.seed, workers=args.workers)
+    config = CohortConfig(n_records=args.n_records, hours=args.hours, seed=args.seed, workers=args.workers,
+                          ahi_median=args.ahi_median)
     results = generate_cohort(args.out, config, progress=not args.quiet)
     written = sum(not r["skipped"] for r in results)
     totals = {stage: sum(r["stages"][stage] for r in results) for stage in ("W", "N1", "N2", "N3", "REM")}
@@ -51,11 +52,21 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     from distsleep.config import PreprocessConfig, SplitConfig
     from distsleep.shards.pipeline import ClusterOptions, format_summary, run_preprocess
 
-    channels = tuple(c for part in args.channels for c in part.split(",") if c) or (
-        ("eeg_c4",) if args.source == "shhs" else ("eeg_fpz_cz",))
+    from distsleep.config import CHANNEL_SETS
+
+    channels = tuple(c for part in args.channels for c in part.split(",") if c)
+    recipe = args.filter_recipe
+    if args.channel_set:
+        if channels:
+            print("distsleep preprocess: error: give --channels or --channel-set, not both", file=sys.stderr)
+            return 2
+        channels = CHANNEL_SETS[args.channel_set][args.source]
+        recipe = recipe or "synthsleepnet"  # the multimodal set is filtered per modality unless told otherwise
+    channels = channels or (("eeg_c4",) if args.source == "shhs" else ("eeg_fpz_cz",))
     config = PreprocessConfig(
         source=args.source, channels=channels, target_rate=args.target_rate,
         bandpass=tuple(args.bandpass) if args.bandpass else None, trim_wake_minutes=args.trim_wake,
+        filter_recipe=None if recipe in (None, "none") else recipe,
     )
     split = SplitConfig(n_val=args.n_val, train_fraction=args.train_fraction, seed=args.split_seed, subset=args.subset)
     cluster = ClusterOptions(address=args.address, cpus_per_task=args.cpus_per_task,
@@ -75,6 +86,12 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder for shards/, manifest.json, failures.jsonl")
     p.add_argument("--channels", nargs="+", default=[], metavar="ROLE",
                    help="channel roles to store, e.g. eeg_c4 eog_l emg (default: the staging EEG, eeg_c4 / eeg_fpz_cz)")
+    p.add_argument("--channel-set", choices=("multimodal",),
+                   help="a named channel set: multimodal = EEG C4-A1, EEG C3-A2, EOG L/R, chin EMG, ECG, airflow "
+                        "(Sleep-EDF: Fpz-Cz, Pz-Oz, EOG, EMG), band-passed per modality as SynthSleepNet does")
+    p.add_argument("--filter-recipe", choices=("synthsleepnet", "none"),
+                   help="per-channel band-passes: synthsleepnet = EEG/EOG 0.5-40, ECG 3-30, EMG 25-49, airflow 0.05-1 Hz "
+                        "(default with --channel-set multimodal; none = no per-channel filter)")
     p.add_argument("--subset", choices=("all", "shhs-5791", "shhs-5463"), default="all",
                    help="shhs-5791: readable records with C4-A1 and scored stages; shhs-5463: those containing all five stages")
     p.add_argument("--limit", type=int, help="only the first N recordings (sorted by id)")
@@ -108,9 +125,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"distsleep {args.command}: error: {error}", file=sys.stderr)
         return 1
     m = outcome.metrics
-    summary = "  ".join(f"{k.removeprefix('test_')} {m[k]:.3f}" for k in ("test_accuracy", "test_macro_f1", "test_kappa") if k in m)
+    keys = ("test_accuracy", "test_macro_f1", "test_kappa", "test_f1_positive", "test_auroc", "test_majority_accuracy")
+    summary = "  ".join(f"{k.removeprefix('test_')} {m[k]:.3f}" for k in keys if k in m)
     per_class = "  ".join(f"{s} {m[f'test_f1_{s}']:.2f}" for s in ("W", "N1", "N2", "N3", "REM") if f"test_f1_{s}" in m)
-    print(f"{'resumed and finished' if outcome.resumed else 'finished'} run {config.name!r}: test {summary}")
+    print(f"{'resumed and finished' if outcome.resumed else 'finished'} run {config.name!r} ({config.task}): test {summary}")
     if per_class:
         print(f"  test F1 per stage: {per_class}")
     print(f"checkpoints: {outcome.storage} (best: {outcome.best_checkpoint})")
@@ -234,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-records", type=int, default=4, help="number of nights (default 4)")
     p.add_argument("--hours", type=float, default=8.0, help="length of each night in hours (default 8)")
     p.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
+    p.add_argument("--ahi-median", type=float, default=8.0,
+                   help="median apnea-hypopnea index (events/h of sleep; default 8 ~ SHHS1; 30+ = severe-apnea cohort)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_synth)

@@ -6,9 +6,28 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 
-SHARD_FORMAT_VERSION = 1
+# 2: shards carry each channel's per-recording median and IQR (meta["channel_stats"]).
+SHARD_FORMAT_VERSION = 2
 SOURCES = ("shhs", "sleep-edf")
 SUBSETS = ("all", "shhs-5791", "shhs-5463")
+
+# Per-role zero-phase band-passes (Hz) of SynthSleepNet's SHHS preprocessing: EEG/EOG 0.5-40, ECG 3-30,
+# chin EMG 25-49, airflow 0.05-1. Applied to the continuous night at the native rate (the public parser
+# filters each 30-s epoch separately after resampling, which adds edge transients to every epoch).
+FILTER_RECIPES: dict[str, dict[str, tuple[float, float]]] = {
+    "synthsleepnet": {
+        "eeg_c4": (0.5, 40.0), "eeg_c3": (0.5, 40.0), "eog_l": (0.5, 40.0), "eog_r": (0.5, 40.0),
+        "ecg": (3.0, 30.0), "emg": (25.0, 49.0), "airflow": (0.05, 1.0),
+        "eeg_fpz_cz": (0.5, 40.0), "eeg_pz_oz": (0.5, 40.0), "eog": (0.5, 40.0),
+    },
+}
+# Channel sets by name (`distsleep preprocess --channel-set NAME`).
+CHANNEL_SETS: dict[str, dict[str, tuple[str, ...]]] = {
+    "multimodal": {
+        "shhs": ("eeg_c4", "eeg_c3", "eog_l", "eog_r", "emg", "ecg", "airflow"),
+        "sleep-edf": ("eeg_fpz_cz", "eeg_pz_oz", "eog", "emg"),
+    },
+}
 
 
 def _canonical(obj) -> str:
@@ -22,7 +41,8 @@ class PreprocessConfig:
     source: str = "shhs"
     channels: tuple[str, ...] = ("eeg_c4",)  # channel roles (see distsleep.sources.channels)
     target_rate: float = 100.0
-    bandpass: tuple[float, float] | None = None  # zero-phase band-pass (Hz) before resampling
+    bandpass: tuple[float, float] | None = None  # zero-phase band-pass (Hz) before resampling, every channel
+    filter_recipe: str | None = None  # per-role band-passes (FILTER_RECIPES); overrides `bandpass` per role
     trim_wake_minutes: float | None = None  # keep this much wake around the sleep period
     epoch_seconds: float = 30.0
 
@@ -31,6 +51,14 @@ class PreprocessConfig:
             raise ValueError(f"unknown source {self.source!r}; choose one of {', '.join(SOURCES)}")
         if self.bandpass is not None and not 0 < self.bandpass[0] < self.bandpass[1] < self.target_rate / 2:
             raise ValueError(f"band-pass {self.bandpass} must satisfy 0 < low < high < target_rate/2")
+        if self.filter_recipe is not None and self.filter_recipe not in FILTER_RECIPES:
+            raise ValueError(f"unknown filter recipe {self.filter_recipe!r}; choose one of {', '.join(FILTER_RECIPES)}")
+
+    def band_for(self, role: str) -> tuple[float, float] | None:
+        """The band-pass applied to channel `role`: the recipe's band for it, else `bandpass` (or None)."""
+        if self.filter_recipe is not None and role in FILTER_RECIPES[self.filter_recipe]:
+            return FILTER_RECIPES[self.filter_recipe][role]
+        return self.bandpass
 
     def to_dict(self) -> dict:
         out = asdict(self)

@@ -17,17 +17,18 @@ HYPNOGRAM_LEVEL = {0: 4, 4: 3, 1: 2, 2: 1, 3: 0}
 HYPNOGRAM_TICKS = ["N3", "N2", "N1", "REM", "W"]
 
 
-def confusion_png(confusion: list[list[int]], path: str | Path, title: str = "") -> Path:
+def confusion_png(confusion: list[list[int]], path: str | Path, title: str = "", names=None) -> Path:
+    names = list(names or STAGE_NAMES)
     matrix = np.asarray(confusion, dtype=float)
     normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(4.8, 4.2), dpi=120)
     image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(STAGE_NAMES)):
-        for j in range(len(STAGE_NAMES)):
+    for i in range(len(names)):
+        for j in range(len(names)):
             ax.text(j, i, f"{int(matrix[i, j])}\n{normalised[i, j]:.0%}", ha="center", va="center", fontsize=7,
                     color="white" if normalised[i, j] > 0.5 else "black")
-    ax.set_xticks(range(5), STAGE_NAMES)
-    ax.set_yticks(range(5), STAGE_NAMES)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix (rows: true stage)", fontsize=9)
@@ -74,10 +75,13 @@ def hypnogram_png(predicted: np.ndarray, path: str | Path, true: np.ndarray | No
 
 
 def f1_table(metrics: dict) -> str:
-    """Per-class F1 and the summary metrics as a Markdown table."""
-    head = "| " + " | ".join(["accuracy", "macro-F1", "kappa", *STAGE_NAMES]) + " |"
-    sep = "|" + "---|" * (3 + len(STAGE_NAMES))
-    values = [metrics["accuracy"], metrics["macro_f1"], metrics["kappa"], *(metrics["f1"][s] for s in STAGE_NAMES)]
+    """Per-class F1 and the summary metrics as a Markdown table (AUROC too for binary tasks)."""
+    names = list(metrics["f1"])
+    summary = [("accuracy", "accuracy"), ("macro-F1", "macro_f1"), ("kappa", "kappa"), ("AUROC", "auroc")]
+    summary = [(title, key) for title, key in summary if key in metrics]
+    head = "| " + " | ".join([title for title, _ in summary] + [f"F1 {n}" for n in names]) + " |"
+    sep = "|" + "---|" * (len(summary) + len(names))
+    values = [metrics[key] for _, key in summary] + [metrics["f1"][n] for n in names]
     return "\n".join([head, sep, "| " + " | ".join(f"{v:.3f}" for v in values) + " |"])
 
 
@@ -133,12 +137,14 @@ def confusion_grid_png(items: list[tuple[str, list[list[int]]]], path: str | Pat
         matrix = np.asarray(confusion, dtype=float)
         normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
         ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
-        for i in range(len(STAGE_NAMES)):
-            for j in range(len(STAGE_NAMES)):
+        k = len(matrix)
+        names = STAGE_NAMES if k == len(STAGE_NAMES) else ["none", "event"] if k == 2 else [str(i) for i in range(k)]
+        for i in range(k):
+            for j in range(k):
                 ax.text(j, i, f"{normalised[i, j]:.0%}", ha="center", va="center", fontsize=6,
                         color="white" if normalised[i, j] > 0.5 else "black")
-        ax.set_xticks(range(5), STAGE_NAMES, fontsize=7)
-        ax.set_yticks(range(5), STAGE_NAMES, fontsize=7)
+        ax.set_xticks(range(k), names, fontsize=7)
+        ax.set_yticks(range(k), names, fontsize=7)
         ax.set_title(title, fontsize=8)
     fig.supxlabel("predicted", fontsize=8)
     fig.supylabel("true", fontsize=8)

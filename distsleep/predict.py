@@ -535,6 +535,9 @@ def predict_recording(bundle_source: str | os.PathLike, recording: str | os.Path
     annotations = Path(annotations) if annotations is not None else None
     bundle_path = resolve_bundle(bundle_source)
     model, bundle = load_bundle(bundle_path)
+    if bundle.get("task", "staging") != "staging":
+        raise BundleError(bundle_path, f"this model was trained for the {bundle['task']} task; `predict` writes "
+                                       "hypnograms and only takes sleep-staging models")
     seq_len = int(bundle["seq_len"])
     if batch_size < 1:
         raise PredictionError(f"batch_size must be >= 1, got {batch_size}")
@@ -567,6 +570,12 @@ def predict_recording(bundle_source: str | os.PathLike, recording: str | os.Path
         record = _load_unlabelled(recording, source, roles, record_id)
     sample = record_to_sample(record, config)
     signals = sample.physical()  # exactly what the training loader feeds: dequantised int16, uV
+    if bundle.get("normalization", "uv") == "robust":
+        # The loader's robust scaling: this night's own per-channel median and IQR (from preprocessing).
+        stats = sample.meta["channel_stats"]
+        median = np.array([c["median"] for c in stats], dtype=np.float32)[None, :, None]
+        iqr = np.array([c["iqr"] if c["iqr"] > 0 else 1.0 for c in stats], dtype=np.float32)[None, :, None]
+        signals = (signals - median) / iqr
     n_epochs = len(signals)
     starts = plan_windows(n_epochs, seq_len, stride)
 

@@ -416,7 +416,8 @@ GOAL_TRAIN_OVERHEAD = 0.10  # 1 - (Ray Train + DeepSpeed epochs/s) / (plain PyTo
 GOAL_GPU_SPEEDUP = 10.0  # the paper's s per 1,000 steps over ours, on one H100
 
 
-def make_train_shards(scratch: Path, n_records: int, hours: float, seed: int, workers: int) -> Path:
+def make_train_shards(scratch: Path, n_records: int, hours: float, seed: int, workers: int,
+                      multimodal: bool = False) -> Path:
     """A synthetic SHHS cohort and its shards under `scratch`; returns the manifest path.
 
     The records are converted in this process, so run_preprocess finds them all done and only splits them
@@ -429,7 +430,10 @@ def make_train_shards(scratch: Path, n_records: int, hours: float, seed: int, wo
     root, out = scratch / "cohort", (scratch / "shards").resolve()
     generate_cohort(root, CohortConfig(n_records=n_records, hours=hours, seed=seed, workers=workers), progress=False)
     (out / "shards").mkdir(parents=True, exist_ok=True)
-    config = PreprocessConfig()
+    from distsleep.config import CHANNEL_SETS
+
+    config = (PreprocessConfig(channels=CHANNEL_SETS["multimodal"]["shhs"], filter_recipe="synthsleepnet") if multimodal
+              else PreprocessConfig())
     for source in discover(config, root):
         convert_record(source, config, out)
     result = run_preprocess(root, out, config, SplitConfig(), progress=False)
@@ -440,7 +444,8 @@ def make_train_shards(scratch: Path, n_records: int, hours: float, seed: int, wo
 
 def bench_train_config(shards: str | Path, scratch: Path, *, workers: int, model_size: str = "small", batch_size: int = 32,
                        seq_len: int = 5, steps: int = 20, warmup: int = 5, loader_workers: int = 1,
-                       use_gpu: bool = False, seed: int = 0, log_every: int = 1, name: str | None = None):
+                       use_gpu: bool = False, seed: int = 0, log_every: int = 1, name: str | None = None,
+                       model: str = "mc2sleepnet"):
     """The TrainConfig both paths run: the trainer's defaults (Adam, lr 5e-4, weight decay 1e-5, gradient
     clipping 1.0, ZeRO 0, bf16 autocast on GPU, fp32 on CPU), warmup + steps steps, and validation only
     once, after the last step (val_every > max_steps), so that no evaluation falls inside the timed steps.
@@ -448,7 +453,8 @@ def bench_train_config(shards: str | Path, scratch: Path, *, workers: int, model
     from distsleep.train.config import TrainConfig
 
     return TrainConfig(
-        shards=str(shards), model_size=model_size, seq_len=seq_len, batch_size=batch_size, loader_workers=loader_workers,
+        shards=str(shards), model=model, model_size=model_size, seq_len=seq_len, batch_size=batch_size,
+        loader_workers=loader_workers,
         max_steps=warmup + steps, val_every=warmup + steps + 1, log_every=log_every, num_workers=workers, use_gpu=use_gpu,
         seed=seed, storage_path=str(scratch / "runs"), name=name or f"benchmark-train-{workers}w",
         tracking_uri=f"sqlite:///{(scratch / 'mlflow.db').resolve()}", experiment="benchmark-train",
@@ -680,6 +686,57 @@ def measure_train(shards: str | Path, scratch: str | Path, *, model_size: str, b
     return result
 
 
+# Per-model benchmark settings at CPU size: (sequence length L, sequences per worker per step). The per-epoch
+# classifiers get L = 1 and larger batches, so every model sees a comparable number of epochs per step.
+MODEL_BENCH_SHAPES = {"mc2sleepnet": (5, 32), "neuronet": (5, 32), "synthsleepnet": (5, 16),
+                      "isatsleepnet": (1, 64), "crossfusionsleepnet": (5, 16)}
+
+
+def measure_models(shards: str | Path, scratch: str | Path, models: list[str], *, model_size: str, steps: int,
+                   warmup: int, workers: list[int], loader_workers: int = 1, use_gpu: bool = False) -> list[dict]:
+    """Throughput and memory of each model on the real path (Ray Train + DeepSpeed, `run_training`), at each
+    worker count: epochs/s, s/step, peak RSS per worker, parameters. Models are trained from scratch in
+    the pretrain stage (SynthSleepNet without its unimodal parts: the compute is the same)."""
+    from distsleep.models import build_model, model_config_class
+    from distsleep.train.loop import model_preset
+
+    rows = []
+    for model in models:
+        seq_len, batch = MODEL_BENCH_SHAPES.get(model, (5, 32))
+        params = sum(p.numel() for p in build_model(model, model_preset(model_config_class(model), model_size)).parameters())
+        for n in workers:
+            cfg = bench_train_config(shards, Path(scratch), workers=n, model=model, model_size=model_size, seq_len=seq_len,
+                                     batch_size=batch, steps=steps, warmup=warmup, loader_workers=loader_workers,
+                                     use_gpu=use_gpu, name=f"benchmark-{model}-{n}w")
+            run = time_ray_path(cfg, warmup)
+            rows.append({"model": model, "model_size": model_size, "parameters": params, "seq_len": seq_len,
+                         "batch_size": batch, **{k: run[k] for k in ("workers", "epochs_per_s", "s_per_step",
+                                                                      "peak_rss_mb", "fit_wall_s", "precision")},
+                         "peak_gpu_mb": run.get("peak_gpu_mb")})
+    by_model: dict[str, dict] = {}
+    for row in rows:
+        by_model.setdefault(row["model"], {})[row["workers"]] = row
+    for row in rows:
+        one = by_model[row["model"]].get(1)
+        row["scaling"] = row["epochs_per_s"] / one["epochs_per_s"] if one else None
+    return rows
+
+
+def format_models(rows: list[dict]) -> str:
+    lines = ["Throughput of each model on the real path (Ray Train + DeepSpeed, run_training; epochs/s = batch x L x "
+             "workers / median step time; peak RSS = largest training process, DataLoader workers not counted):",
+             f"{'model':<22}{'size':>7}{'params':>11}{'L':>4}{'batch':>7}{'workers':>8}{'epochs/s':>10}{'s/step':>9}"
+             f"{'vs 1':>7}{'peak RSS/worker':>17}"]
+    for r in rows:
+        rss = "n/a" if r.get("peak_rss_mb") is None else f"{r['peak_rss_mb']:.0f} MB"
+        if r.get("peak_gpu_mb") is not None:
+            rss += f" (+{r['peak_gpu_mb']:.0f} MB GPU)"
+        scaling = "-" if r["scaling"] is None or r["workers"] == 1 else f"{r['scaling']:.2f}x"
+        lines.append(f"{r['model']:<22}{r['model_size']:>7}{r['parameters']:>11,}{r['seq_len']:>4}{r['batch_size']:>7}"
+                     f"{r['workers']:>8}{r['epochs_per_s']:>10.1f}{r['s_per_step']:>9.3f}{scaling:>7}{rss:>17}")
+    return "\n".join(lines)
+
+
 def train_goals(result: dict) -> list[dict]:
     goals = []
     if "overhead" in result:
@@ -776,6 +833,18 @@ def format_train(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _models_arg(text: str) -> list[str]:
+    from distsleep.models import list_models
+
+    if not text:
+        return []
+    names = list_models() if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    unknown = sorted(set(names) - set(list_models()))
+    if unknown:
+        raise SystemExit(f"--models: unknown model(s) {unknown}; registered: {', '.join(list_models())}")
+    return names
+
+
 def train(args: argparse.Namespace) -> int:
     import torch
 
@@ -786,15 +855,34 @@ def train(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="distsleep-bench-train-") as scratch:
         scratch = Path(scratch)
         shards = args.shards
+        models = _models_arg(args.models)
         if not shards:
             t0 = time.perf_counter()
-            shards = make_train_shards(scratch, args.n_records, args.hours, args.seed, args.gen_workers)
+            shards = make_train_shards(scratch, args.n_records, args.hours, args.seed, args.gen_workers,
+                                       multimodal=any(m != "mc2sleepnet" for m in models))
             print(f"generated {args.n_records} synthetic SHHS nights of {args.hours:g} h and their shards in "
                   f"{time.perf_counter() - t0:.0f} s")
         result = measure_train(shards, scratch, model_size=args.model_size, batch_size=args.batch_size, seq_len=seq_len,
                                steps=args.steps, warmup=args.warmup, workers=workers, loader_workers=args.loader_workers,
                                use_gpu=args.use_gpu, log_every=args.log_every, repeats=args.repeats)
+        if models:
+            ray_started = False
+            import ray
+
+            if not ray.is_initialized():
+                ray.init(log_to_driver=False, configure_logging=False)
+                ray_started = True
+            try:
+                result["models"] = measure_models(shards, scratch, models, model_size=args.model_size, steps=args.steps,
+                                                  warmup=args.warmup, workers=workers or [1],
+                                                  loader_workers=args.loader_workers, use_gpu=args.use_gpu)
+            finally:
+                if ray_started:
+                    ray.shutdown()
     print(format_train(result))
+    if result.get("models"):
+        print()
+        print(format_models(result["models"]))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     failed = [g for g in result["goals"] if not g["ok"]]
@@ -836,6 +924,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="runs of each path, interleaved; the median is reported (default 2)")
     p.add_argument("--log-every", type=int, default=1, help="MLflow logging interval of the Ray loop, in steps "
                    "(default 1, the trainer's default); --steps and --warmup should be multiples of it")
+    p.add_argument("--models", default="", help="also measure these registered models on the Ray path at each "
+                   "--workers count (comma-separated, or 'all'; the generated cohort is then multimodal)")
     p.add_argument("--shards", help="benchmark on this shard manifest instead of a generated cohort")
     p.add_argument("--n-records", type=int, default=6, help="nights to generate (default 6)")
     p.add_argument("--hours", type=float, default=2.0, help="hours per generated night (default 2)")

@@ -40,3 +40,20 @@ def ray_local():
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def multimodal_shards(tmp_path_factory, ray_local) -> Path:
+    """Multimodal shards (EEG C4/C3, EOG L/R, EMG, ECG, airflow; SynthSleepNet filters) of a small synthetic
+    cohort with frequent apneas (median AHI 40): 8 nights x 1.5 h, split 5/1/2. Shared by the seed-model tests."""
+    from distsleep.config import CHANNEL_SETS, PreprocessConfig, SplitConfig
+    from distsleep.shards.pipeline import run_preprocess
+    from distsleep.synth.cohort import CohortConfig, generate_cohort
+
+    root = tmp_path_factory.mktemp("mm-cohort")
+    generate_cohort(root, CohortConfig(n_records=8, hours=1.5, seed=3, workers=2, ahi_median=40), progress=False)
+    out = tmp_path_factory.mktemp("mm-shards")
+    config = PreprocessConfig(channels=CHANNEL_SETS["multimodal"]["shhs"], filter_recipe="synthsleepnet")
+    result = run_preprocess(root, out, config, SplitConfig(n_val=1), progress=False)
+    assert {k: v["records"] for k, v in result.manifest["totals"].items()} == {"train": 5, "val": 1, "test": 2}
+    return out / "manifest.json"

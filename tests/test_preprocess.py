@@ -99,7 +99,8 @@ def test_shards_read_back_and_match_source(dataset, converted):
         reference = sps.resample_poly(source.channels["eeg_c4"].data.astype(np.float64), 4, 5)
         scale = sample.meta["scale_uv"][0]
         assert np.max(np.abs(sample.physical().reshape(-1) - reference)) <= scale / 2 + 1e-3
-        assert sample.meta["channels"][0] == {"role": "eeg_c4", "label": "EEG", "source_rate": 125.0, "unit": "uV"}
+        assert sample.meta["channels"][0] == {"role": "eeg_c4", "label": "EEG", "source_rate": 125.0, "unit": "uV",
+                                              "bandpass_hz": None}
         entry = manifest["records"][record_id]
         assert entry["stages"] == source.stage_counts() and entry["n_epochs"] == source.n_epochs
         assert entry["sha256"] == hashlib.sha256(shard.read_bytes()).hexdigest()
@@ -232,7 +233,8 @@ def test_sleep_edf_source_on_real_files(shared_data, ray_local, tmp_path):
     assert entry["subject"] == "SC400"  # SC4 + subject 00 (+ night 1): both nights of a subject share a split
     assert entry["n_epochs"] == 10 and entry["stages"]["W"] == 10  # 300 s, all wake in the expert hypnogram
     sample = read_shard(out / entry["shard"])
-    assert sample.meta["channels"][0] == {"role": "eeg_fpz_cz", "label": "EEG Fpz-Cz", "source_rate": 100.0, "unit": "uV"}
+    assert sample.meta["channels"][0] == {"role": "eeg_fpz_cz", "label": "EEG Fpz-Cz", "source_rate": 100.0,
+                                              "unit": "uV", "bandpass_hz": None}
     from distsleep.sources.edf import read_signals
 
     source = read_signals(root / "SC4001E0-PSG.edf", ["EEG Fpz-Cz"])["EEG Fpz-Cz"]

@@ -3,7 +3,13 @@
 Each model lives in its own module and registers itself on import; import new model modules here.
 """
 
-from distsleep.models import mc2sleepnet  # noqa: F401  (registers "mc2sleepnet")
+from distsleep.models import (  # noqa: F401  (each module registers its model)
+    crossfusionsleepnet,
+    isatsleepnet,
+    mc2sleepnet,
+    neuronet,
+    synthsleepnet,
+)
 from distsleep.models.registry import (
     ChannelSlots,
     ModelSpec,
@@ -12,6 +18,7 @@ from distsleep.models.registry import (
     get_spec,
     list_models,
     model_config_class,
+    model_normalization,
     register,
     required_channels,
     resolve_channels,
@@ -25,6 +32,7 @@ __all__ = [
     "get_spec",
     "list_models",
     "model_config_class",
+    "model_normalization",
     "register",
     "required_channels",
     "resolve_channels",

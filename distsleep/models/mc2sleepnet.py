@@ -391,6 +391,20 @@ class MC2SleepNet(nn.Module):
             module.requires_grad_(False)
             module.eval()
 
+    def prepare_finetune(self, mode: str) -> None:
+        """"full": the paper's fine-tuning (frozen epoch level, trained sequence level); "linear": linear
+        probing — only the last layer of the concat head is trained."""
+        if mode == "full":
+            self.freeze_backbones()
+            return
+        if mode != "linear":
+            raise ValueError(f"fine-tuning mode must be 'full' or 'linear', got {mode!r}")
+        self._frozen = tuple(m for name, m in self.named_children() if name != "head_concat") + (self.head_concat[:-1],)
+        for module in self._frozen:
+            module.requires_grad_(False)
+            module.eval()
+        self.mask_token.requires_grad_(False)
+
     def unfreeze_backbones(self) -> None:
         for module in self._frozen:
             module.requires_grad_(True)

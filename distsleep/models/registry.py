@@ -5,8 +5,15 @@ The trainer only knows names: `build_model("mc2sleepnet", config)`. A model modu
 `distsleep.models` imports every model module, so the registry is filled on first use. Channel needs are
 declared as *slots*: one slot per input channel the model consumes, each slot listing the channel roles
 (distsleep.sources.channels) that may fill it, in order of preference. MC²SleepNet has one slot,
-("eeg_c4", "eeg_fpz_cz"): the staging EEG of SHHS or of Sleep-EDF. `resolve_channels` turns a shard
-manifest's channel list into the roles to load (for LoaderConfig.channels), or raises a clear error.
+("eeg_c4", "eeg_fpz_cz"): the staging EEG of SHHS or of Sleep-EDF. A model whose inputs depend on its
+config (SynthSleepNet's modality list) registers a function `config -> slots` instead. `resolve_channels`
+turns a shard manifest's channel list into the roles to load (for LoaderConfig.channels), or raises a
+clear error.
+
+`normalization` says what input scale a model is built for: "uv" (physical µV, as MC²SleepNet's fixed
+raw scale and dB spectrogram expect) or "robust" (each channel of each recording centred on its median
+and divided by its inter-quartile range, as SynthSleepNet's preprocessing does). Shards always hold µV
+plus each recording's per-channel median and IQR, so one shard set serves both kinds of model.
 """
 
 from __future__ import annotations
@@ -48,17 +55,28 @@ class ChannelSlots:
         return tuple(chosen)
 
 
+NORMALIZATIONS = ("uv", "robust")
+SlotsFn = Callable[[Any], Sequence[Sequence[str]]]
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
     builder: Builder
     config_class: type
-    channels: ChannelSlots
+    channels: ChannelSlots | SlotsFn
     description: str = ""
+    normalization: str = "uv"
+
+    def slots_for(self, config: Any | None = None) -> ChannelSlots:
+        """The channel slots of this model, for `config` when they depend on it (default config if None)."""
+        if isinstance(self.channels, ChannelSlots):
+            return self.channels
+        return ChannelSlots(tuple(tuple(s) for s in self.channels(config if config is not None else self.config_class())))
 
     @property
     def required_channels(self) -> tuple[tuple[str, ...], ...]:
-        return self.channels.slots
+        return self.slots_for().slots
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -72,20 +90,27 @@ def register(
     name: str,
     *,
     config_class: type,
-    channels: Sequence[Sequence[str]],
+    channels: Sequence[Sequence[str]] | SlotsFn,
     description: str = "",
+    normalization: str = "uv",
 ) -> Callable[[Builder], Builder]:
-    """Decorator registering `builder(config) -> nn.Module` under `name` (lower-case, unique)."""
+    """Decorator registering `builder(config) -> nn.Module` under `name` (lower-case, unique).
+
+    `channels`: the slots, or a function `config -> slots` for models whose inputs are configurable.
+    `normalization`: "uv" or "robust" (see the module docstring).
+    """
     if not is_dataclass(config_class):
         raise TypeError(f"config_class for {name!r} must be a dataclass, got {config_class!r}")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     key = name.lower()
 
     def decorate(builder: Builder) -> Builder:
         existing = _REGISTRY.get(key)
         if existing is not None and existing.builder.__qualname__ != builder.__qualname__:
             raise ValueError(f"model name {name!r} is already registered by {existing.builder.__module__}")
-        slots = ChannelSlots(tuple(tuple(s) for s in channels))
-        _REGISTRY[key] = ModelSpec(key, builder, config_class, slots, description)
+        slots = channels if callable(channels) else ChannelSlots(tuple(tuple(s) for s in channels))
+        _REGISTRY[key] = ModelSpec(key, builder, config_class, slots, description, normalization)
         return builder
 
     return decorate
@@ -140,17 +165,24 @@ def resolve_channels(
 ) -> tuple[str, ...]:
     """Channel roles model `name` should load from shards holding `available` (manifest channel list).
 
-    With `config`, also checks that its `input_channels` (if it has one) matches the model's slots.
+    With `config`, the slots are that config's (configurable models), and its `input_channels` (if it has
+    one) must match them.
     """
     spec = get_spec(name)
+    slots = spec.slots_for(config)
     expected = getattr(config, "input_channels", None)
-    if expected is not None and expected != spec.channels.input_channels:
+    if expected is not None and expected != slots.input_channels:
         raise ValueError(
             f"{name} config has input_channels={expected}, but the model is registered for "
-            f"{spec.channels.input_channels} channel(s) {list(spec.required_channels)}"
+            f"{slots.input_channels} channel(s) {list(slots.slots)}"
         )
-    return spec.channels.resolve(available, model=name)
+    return slots.resolve(available, model=name)
 
 
-def required_channels(name: str) -> tuple[tuple[str, ...], ...]:
-    return get_spec(name).required_channels
+def required_channels(name: str, config: Any | None = None) -> tuple[tuple[str, ...], ...]:
+    return get_spec(name).slots_for(config).slots
+
+
+def model_normalization(name: str) -> str:
+    """"uv" or "robust": the input scale model `name` is built for."""
+    return get_spec(name).normalization

@@ -67,11 +67,13 @@ def bandpass(x: np.ndarray, rate: float, band: tuple[float, float]) -> np.ndarra
     return sps.sosfiltfilt(sos, x).astype(np.float32)
 
 
-def epoch_signal(x: np.ndarray, rate: float, config: PreprocessConfig, n_epochs: int) -> np.ndarray:
-    """(n_epochs, samples_per_epoch) float32 at the target rate. Resampling by a rational factor can
-    leave a sample or two too many or too few at the end; those are trimmed or edge-padded."""
-    if config.bandpass is not None:
-        x = bandpass(x, rate, config.bandpass)
+def epoch_signal(x: np.ndarray, rate: float, config: PreprocessConfig, n_epochs: int,
+                 band: tuple[float, float] | None = None) -> np.ndarray:
+    """(n_epochs, samples_per_epoch) float32 at the target rate, band-passed by `band` first (if given).
+    Resampling by a rational factor can leave a sample or two too many or too few at the end; those are
+    trimmed or edge-padded."""
+    if band is not None:
+        x = bandpass(x, rate, band)
     y = resample(x, rate, config.target_rate)
     per_epoch = int(round(config.epoch_seconds * config.target_rate))
     need = n_epochs * per_epoch
@@ -80,6 +82,16 @@ def epoch_signal(x: np.ndarray, rate: float, config: PreprocessConfig, n_epochs:
             raise ValueError(f"resampled signal has {len(y)} samples, {need} expected")
         y = np.pad(y, (0, need - len(y)), mode="edge")
     return y[:need].reshape(n_epochs, per_epoch)
+
+
+def robust_stats(epochs: np.ndarray) -> dict:
+    """Median and inter-quartile range of one channel over the whole night (what robust scaling divides by).
+
+    Computed on the float signal before quantisation, over every kept epoch, so a training window and the
+    full night at inference are scaled identically.
+    """
+    q25, median, q75 = np.percentile(epochs, [25, 50, 75])
+    return {"median": float(median), "iqr": float(q75 - q25)}
 
 
 def event_flags(events: list[Event], n_epochs: int, epoch_seconds: float, offset_s: float = 0.0) -> np.ndarray:
@@ -104,22 +116,26 @@ def event_flags(events: list[Event], n_epochs: int, epoch_seconds: float, offset
 def record_to_sample(record: Record, config: PreprocessConfig) -> ShardSample:
     start, stop = wake_trim_range(record.stages, config.trim_wake_minutes, config.epoch_seconds)
     n_epochs = stop - start
-    columns, scales, channel_meta = [], [], []
+    columns, scales, channel_meta, stats = [], [], [], []
     for role in config.channels:
         channel = record.channels[role]
         first = int(round(start * config.epoch_seconds * channel.rate))
         last = int(round(stop * config.epoch_seconds * channel.rate))
-        epochs = epoch_signal(channel.data[first:last], channel.rate, config, n_epochs)
+        band = config.band_for(role)
+        epochs = epoch_signal(channel.data[first:last], channel.rate, config, n_epochs, band)
         codes, scale = quantize(epochs)
         columns.append(codes)
         scales.append(scale)
-        channel_meta.append({"role": role, "label": channel.label, "source_rate": channel.rate, "unit": "uV"})
+        stats.append(robust_stats(epochs))
+        channel_meta.append({"role": role, "label": channel.label, "source_rate": channel.rate,
+                             "unit": channel.unit, "bandpass_hz": list(band) if band else None})
     meta = {
         "record_id": record.record_id,
         "source": record.source,
         "channels": channel_meta,
         "target_rate": config.target_rate,
         "scale_uv": scales,
+        "channel_stats": stats,
         "n_epochs": n_epochs,
         "epoch_seconds": config.epoch_seconds,
         "kept_epochs": [start, stop],

@@ -74,7 +74,7 @@ def load_manifest(path_or_url: str | Path) -> tuple[dict, str]:
     return manifest, str(path.resolve().parent)
 
 
-def shard_urls(manifest: dict, split: str, base: str) -> list[str]:
+def shard_urls(manifest: dict, split: str, base: str, records=None) -> list[str]:
     """Shard locations of one split, sorted by record id.
 
     Relative shard paths are resolved against `base` (the manifest's folder or URL prefix). Absolute
@@ -85,7 +85,7 @@ def shard_urls(manifest: dict, split: str, base: str) -> list[str]:
     urls = []
     for record_id in sorted(manifest["records"]):
         shard = str(manifest["records"][record_id]["shard"])
-        if manifest["records"][record_id]["split"] != split:
+        if manifest["records"][record_id]["split"] != split or (records is not None and record_id not in records):
             continue
         if _has_scheme(shard) or Path(shard).is_absolute():
             urls.append(shard)
@@ -96,20 +96,31 @@ def shard_urls(manifest: dict, split: str, base: str) -> list[str]:
     return urls
 
 
-def count_train_sequences(manifest: dict, *, seq_len: int, split: str = "train") -> int:
-    """How many L-epoch windows the split's nights hold (nights shorter than L hold none)."""
+def count_train_sequences(manifest: dict, *, seq_len: int, split: str = "train", records=None) -> int:
+    """How many L-epoch windows the split's nights (or only `records` of them) hold (shorter nights hold none)."""
     return sum(
-        max(0, int(r["n_epochs"]) - seq_len + 1) for r in manifest["records"].values() if r["split"] == split
+        max(0, int(r["n_epochs"]) - seq_len + 1) for record_id, r in manifest["records"].items()
+        if r["split"] == split and (records is None or record_id in records)
     )
 
 
-def batches_per_epoch(manifest: dict, world_size: int, batch_size: int, *, seq_len: int) -> int:
+def labelled_records(manifest: dict, fraction: float, seed: int) -> list[str]:
+    """The training records whose labels a semi-supervised run may use: a seeded random `fraction` of them
+    (at least one), the same for every rank and every relaunch."""
+    ids = sorted(r for r, e in manifest["records"].items() if e["split"] == "train")
+    if fraction >= 1:
+        return ids
+    k = max(1, int(round(fraction * len(ids))))
+    return sorted(random.Random(f"labelled-{seed}").sample(ids, k))
+
+
+def batches_per_epoch(manifest: dict, world_size: int, batch_size: int, *, seq_len: int, records=None) -> int:
     """Batches each rank yields per epoch: one "epoch" then draws about as many windows as the split holds.
 
     The stream is resampled, so this only sets how often the training loop logs, validates and saves a
     checkpoint; every rank must use the same value.
     """
-    total = count_train_sequences(manifest, seq_len=seq_len)
+    total = count_train_sequences(manifest, seq_len=seq_len, records=records)
     return max(1, total // (world_size * batch_size))
 
 
@@ -127,6 +138,10 @@ class LoaderConfig:
     night each time the resampled stream visits it (random starts, no repeats within a visit); the
     default, ceil(n_epochs / seq_len), keeps a batch from being dominated by the two or three nights in
     the buffer, while every position is still drawn over repeated visits. 0 takes every window.
+
+    `normalization` "uv" yields µV; "robust" yields (µV - median) / IQR with each recording's own
+    per-channel median and inter-quartile range, computed over the whole night at preprocessing time
+    (`meta["channel_stats"]`), so a window is scaled the same wherever it was cut from.
     """
 
     seq_len: int = 21
@@ -137,8 +152,11 @@ class LoaderConfig:
     channels: list[int | str] | None = None
     stride: int | None = None
     windows_per_visit: int | None = None
+    normalization: str = "uv"
 
     def __post_init__(self) -> None:
+        if self.normalization not in ("uv", "robust"):
+            raise ValueError(f"LoaderConfig.normalization must be 'uv' or 'robust', not {self.normalization!r}")
         for name in ("seq_len", "batch_size", "shuffle_buffer"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LoaderConfig.{name} must be at least 1, not {getattr(self, name)}")
@@ -168,17 +186,21 @@ class _Night:
     record_id: str
     source: str
     codes: np.ndarray  # int16 (n_epochs, n_kept_channels, samples_per_epoch)
-    scale: np.ndarray  # float32 (n_kept_channels,) uV per code
+    scale: np.ndarray  # float32 (n_kept_channels,) output units per code (uV, or 1/IQR-scaled when robust)
     labels: np.ndarray  # int8 (n_epochs,)
     events: np.ndarray  # uint8 (n_epochs, 3)
+    offset: np.ndarray | None = None  # float32 (n_kept_channels,) added after scaling (robust: -median/IQR)
 
     @property
     def n_epochs(self) -> int:
         return int(self.labels.shape[0])
 
     def physical(self, start: int, stop: int) -> np.ndarray:
-        """float32 uV of epochs [start, stop); same arithmetic as ShardSample.physical()."""
-        return self.codes[start:stop].astype(np.float32) * self.scale[None, :, None]
+        """float32 values of epochs [start, stop) in the loader's units (µV: as ShardSample.physical())."""
+        x = self.codes[start:stop].astype(np.float32) * self.scale[None, :, None]
+        if self.offset is not None:
+            x += self.offset[None, :, None]
+        return x
 
 
 def _channel_indices(meta: dict, n_channels: int, channels: Sequence[int | str] | None, source: str) -> list[int]:
@@ -204,7 +226,21 @@ def _channel_indices(meta: dict, n_channels: int, channels: Sequence[int | str] 
     return indices
 
 
-def _load_night(raw: dict, channels: Sequence[int | str] | None) -> _Night:
+def _robust_scaling(meta: dict, keep: list[int], source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per kept channel, (multiplier, offset) turning µV into (µV - median) / IQR."""
+    stats = meta.get("channel_stats")
+    if not stats or len(stats) <= max(keep, default=-1):
+        raise ValueError(
+            f"{source}: this model wants per-recording median/IQR scaling, but the shard has no channel_stats "
+            "(written by preprocessing since shard format 2); rebuild the shards with `distsleep preprocess`"
+        )
+    median = np.array([float(stats[i]["median"]) for i in keep], dtype=np.float32)
+    iqr = np.array([float(stats[i]["iqr"]) for i in keep], dtype=np.float32)
+    iqr = np.where(iqr > 0, iqr, 1.0).astype(np.float32)  # a flat channel stays flat instead of dividing by 0
+    return 1.0 / iqr, -median / iqr
+
+
+def _load_night(raw: dict, channels: Sequence[int | str] | None, normalization: str = "uv") -> _Night:
     """A raw webdataset sample to a _Night with only the configured channels (clear errors name the shard)."""
     source = str(raw.get("__url__", raw.get("__key__")))
     sample = decode_sample(raw)
@@ -218,19 +254,23 @@ def _load_night(raw: dict, channels: Sequence[int | str] | None) -> _Night:
         )
     keep = _channel_indices(sample.meta, n_channels, channels, source)
     codes = sample.signals if keep == list(range(n_channels)) else sample.signals[:, keep]
+    scale, offset = scale[keep], None
+    if normalization == "robust":
+        multiplier, offset = _robust_scaling(sample.meta, keep, source)
+        scale = (scale * multiplier).astype(np.float32)
     return _Night(
         record_id=str(sample.meta.get("record_id", sample.key)), source=source, codes=codes,
-        scale=scale[keep], labels=sample.labels, events=sample.events,
+        scale=scale, labels=sample.labels, events=sample.events, offset=offset,
     )
 
 
-def _read_nights(urls: list[str], channels: Sequence[int | str] | None) -> Iterator[_Night]:
+def _read_nights(urls: list[str], channels: Sequence[int | str] | None, normalization: str = "uv") -> Iterator[_Night]:
     """Nights of `urls` in the given order, read once (no shuffle, no resampling, no node split)."""
     if not urls:
         return
     pipeline = wds.DataPipeline(wds.SimpleShardList(urls), tar_samples)
     for raw in pipeline:
-        yield _load_night(raw, channels)
+        yield _load_night(raw, channels, normalization)
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -242,7 +282,8 @@ class TrainBatch(NamedTuple):
     events: torch.Tensor  # uint8 (B, L, 3): apnea, hypopnea, desaturation
 
 
-_Window = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # codes view, scale, labels view, events view
+# codes view, scale, offset (or None), labels view, events view
+_Window = tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]
 
 
 def _windows(nights: Iterable[_Night], seq_len: int, rng: random.Random, n_urls: int,
@@ -257,7 +298,8 @@ def _windows(nights: Iterable[_Night], seq_len: int, rng: random.Random, n_urls:
         cap = -(-night.n_epochs // seq_len) if per_visit is None else per_visit
         for s in starts[:cap] if cap > 0 else starts:
             produced += 1
-            yield night.codes[s:s + seq_len], night.scale, night.labels[s:s + seq_len], night.events[s:s + seq_len]
+            yield (night.codes[s:s + seq_len], night.scale, night.offset, night.labels[s:s + seq_len],
+                   night.events[s:s + seq_len])
         if produced == 0 and seen >= 10 * n_urls + 10:
             # Without this guard, a resampled stream over nights that are all too short would spin forever.
             raise ValueError(f"none of the {n_urls} training shards has a night of at least seq_len={seq_len} epochs")
@@ -271,8 +313,10 @@ def _collate_train(windows: list[_Window]) -> TrainBatch:
         )
     signals = np.stack([w[0] for w in windows]).astype(np.float32)
     signals *= np.stack([w[1] for w in windows])[:, None, :, None]
-    labels = np.stack([w[2] for w in windows]).astype(np.int64)
-    events = np.stack([w[3] for w in windows])
+    if windows[0][2] is not None:
+        signals += np.stack([w[2] for w in windows])[:, None, :, None]
+    labels = np.stack([w[3] for w in windows]).astype(np.int64)
+    events = np.stack([w[4] for w in windows])
     return TrainBatch(torch.from_numpy(signals), torch.from_numpy(labels), torch.from_numpy(events))
 
 
@@ -336,7 +380,7 @@ class TrainStream(IterableDataset):
         return wds.DataPipeline(
             wds.ResampledShards(self.urls, seed=shard_seed, worker_seed=_zero, deterministic=True),
             tar_samples,
-            wds.map(lambda raw: _load_night(raw, cfg.channels)),
+            wds.map(lambda raw: _load_night(raw, cfg.channels, cfg.normalization)),
             lambda nights: _windows(nights, cfg.seq_len, random.Random(window_seed), len(self.urls), cfg.windows_per_visit),
             # initial = bufsize: the first batches would otherwise all come from the first night
             wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, rng=random.Random(shuffle_seed)),
@@ -456,7 +500,7 @@ def eval_sequences(urls: Sequence[str], cfg: LoaderConfig, world_size: int, rank
     each exactly once. Ranks may yield different counts, so do not run collectives inside the pass.
     """
     _check_rank(world_size, rank)
-    for night in _read_nights(sorted(urls)[rank::world_size], cfg.channels):
+    for night in _read_nights(sorted(urls)[rank::world_size], cfg.channels, cfg.normalization):
         yield from _night_sequences(night, cfg.seq_len, cfg.eval_stride)
 
 

@@ -91,6 +91,8 @@ def build_manifest(summaries: list[dict], failures: list[dict], preprocess: Prep
         "config": {"preprocess": preprocess.to_dict(), "split": split.to_dict()},
         "config_hash": preprocess.content_hash(),
         "channels": list(preprocess.channels),
+        # Band-pass (Hz) applied to each channel before resampling; None = unfiltered.
+        "channel_filters": {role: list(band) if (band := preprocess.band_for(role)) else None for role in preprocess.channels},
         "totals": totals,
         "records": records,
         "excluded": sorted(excluded, key=lambda e: e["record_id"]),

@@ -25,6 +25,12 @@ COLUMNS = [  # (header, metric key); accuracies and F1 shown in %, kappa as is (
     ("kappa", "test_kappa"),
     *[(f"F1 {name}", f"test_f1_{name}") for name in STAGE_NAMES],
 ]
+# Shown only when some row has them: the binary tasks (apnea, hypopnea).
+EVENT_COLUMNS = [("F1 event", "test_f1_positive"), ("AUROC", "test_auroc"), ("majority acc", "test_majority_accuracy")]
+
+
+def columns(rows) -> list[tuple[str, str]]:
+    return COLUMNS + [(h, k) for h, k in EVENT_COLUMNS if any(k in r.metrics for r in rows)]
 
 
 @dataclass
@@ -35,6 +41,7 @@ class Row:
     params: dict  # the swept knobs (mask_ratio, ...)
     metrics: dict
     status: str = "FINISHED"
+    task: str = "staging"
     baseline: bool = False
     confusion: list | None = None
     extra: dict = field(default_factory=dict)
@@ -71,7 +78,7 @@ def _trial_row(tracking_uri: str, run, knobs: set[str], with_confusion: bool) ->
     ended_by = run.data.tags.get("distsleep.ended_by")
     status = "stopped by scheduler" if ended_by == "scheduler" else run.info.status
     return Row(label=label, run_id=run.info.run_id, model=run.data.tags.get("model", "?"), params=params,
-               metrics=dict(run.data.metrics), status=status, confusion=confusion)
+               metrics=dict(run.data.metrics), status=status, confusion=confusion, task=run.data.tags.get("task", "staging"))
 
 
 def _plain_row(tracking_uri: str, run, with_confusion: bool) -> Row:
@@ -81,7 +88,8 @@ def _plain_row(tracking_uri: str, run, with_confusion: bool) -> Row:
     if ratio is not None:
         params["mask_ratio"] = ratio
     return Row(label=run.info.run_name or run.info.run_id[:8], run_id=run.info.run_id, model=run.data.tags.get("model", "?"),
-               params=params, metrics=dict(run.data.metrics), status=run.info.status, confusion=confusion)
+               params=params, metrics=dict(run.data.metrics), status=run.info.status, confusion=confusion,
+               task=run.data.tags.get("task", "staging"))
 
 
 def _baseline_row(tracking_uri: str, parent, with_confusion: bool) -> Row | None:
@@ -146,7 +154,7 @@ def collect(tracking_uri: str, *, sweep: str | None = None, experiment: str | No
 def sort_rows(rows: list[Row]) -> list[Row]:
     def key(row: Row):
         ratio = row.mask_ratio
-        return (row.baseline, row.model, math.inf if ratio is None else ratio, row.label)
+        return (row.baseline, row.task != "staging", row.task, row.model, math.inf if ratio is None else ratio, row.label)
 
     return sorted(rows, key=key)
 
@@ -157,25 +165,29 @@ def best_run(rows: list[Row], metric: str = "test_accuracy") -> Row | None:
 
 
 def _cell(key: str, value: float | None) -> str:
-    if value is None:
+    if value is None or not math.isfinite(value):
         return "-"
     return f"{value:.3f}" if key.endswith("kappa") else f"{100 * value:.2f}"
 
 
 def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     """Header and cells; the best model value of each column carries a '*'."""
-    header = ["run", "model", "mask", *(h for h, _ in COLUMNS), "status"]
+    cols = columns(rows)
+    header = ["run", "model", "task", "mask", *(h for h, _ in cols), "status"]
     best = {}
-    for _, key in COLUMNS:
-        values = [r.metrics[key] for r in rows if not r.baseline and key in r.metrics]
-        best[key] = max(values) if values else None
+    for _, key in cols:  # best per column among rows of the same task (an apnea accuracy is not a staging one)
+        for task in {r.task for r in rows}:
+            values = [r.metrics[key] for r in rows if not r.baseline and r.task == task and key in r.metrics
+                      and math.isfinite(r.metrics[key])]
+            best[key, task] = max(values) if values and key != "test_majority_accuracy" else None
     cells = []
     for row in rows:
-        line = [row.label, row.model, "-" if row.mask_ratio is None else f"{100 * row.mask_ratio:.0f}%"]
-        for _, key in COLUMNS:
+        line = [row.label, row.model, row.task, "-" if row.mask_ratio is None else f"{100 * row.mask_ratio:.0f}%"]
+        for _, key in cols:
             value = row.metrics.get(key)
             text = _cell(key, value)
-            if value is not None and not row.baseline and best[key] is not None and value == best[key] and len(rows) > 1:
+            top = best.get((key, row.task))
+            if value is not None and not row.baseline and top is not None and value == top and len(rows) > 1:
                 text += "*"
             line.append(text)
         line.append(row.status if not row.baseline else "baseline")
@@ -186,10 +198,11 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
 def format_text(rows: list[Row]) -> str:
     header, cells = table(rows)
     widths = [max(len(str(x)) for x in column) for column in zip(header, *cells)]
-    lines = ["  ".join(str(x).rjust(w) if i > 1 else str(x).ljust(w) for i, (x, w) in enumerate(zip(line, widths)))
+    lines = ["  ".join(str(x).rjust(w) if i > 2 else str(x).ljust(w) for i, (x, w) in enumerate(zip(line, widths)))
              for line in [header, *cells]]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    note = "accuracy and F1 in %, kappa as a fraction; * best model value per column; values as logged in MLflow"
+    note = ("accuracy, F1 and AUROC in %, kappa as a fraction; * best model value per column and task; "
+            "values as logged in MLflow")
     return "\n".join([*lines, note])
 
 
@@ -201,13 +214,14 @@ def format_markdown(rows: list[Row]) -> str:
 
 
 def write_csv(rows: list[Row], path: Path) -> Path:
-    keys = [k for _, k in COLUMNS]
+    keys = [k for _, k in columns(rows)]
     knob_names = sorted({k for r in rows for k in r.params})
     with open(path, "w", newline="") as stream:
         writer = csv.writer(stream)
-        writer.writerow(["label", "run_id", "model", "baseline", "status", *knob_names, *keys])
+        writer.writerow(["label", "run_id", "model", "task", "baseline", "status", *knob_names, *keys])
         for r in rows:
-            writer.writerow([r.label, r.run_id, r.model, int(r.baseline), r.status, *(r.params.get(k, "") for k in knob_names),
+            writer.writerow([r.label, r.run_id, r.model, r.task, int(r.baseline), r.status,
+                             *(r.params.get(k, "") for k in knob_names),
                              *("" if r.metrics.get(k) is None else repr(float(r.metrics[k])) for k in keys)])
     return path
 
@@ -222,7 +236,7 @@ def write_comparison(rows: list[Row], out_dir: str | Path, title: str = "") -> d
     files["text"].write_text(format_text(rows) + "\n")
     files["markdown"].write_text(format_markdown(rows))
     write_csv(rows, files["csv"])
-    with_ratio = [r for r in rows if not r.baseline and r.mask_ratio is not None]
+    with_ratio = [r for r in rows if not r.baseline and r.mask_ratio is not None and r.task == "staging"]
     baseline = next((r for r in rows if r.baseline), None)
     if with_ratio:
         files["metrics_plot"] = metric_curves_png(

@@ -35,6 +35,7 @@ class CohortConfig:
     hours: float = 8.0
     seed: int = 0
     workers: int = 1
+    ahi_median: float = 8.0  # median apnea-hypopnea index of the cohort (events per hour of sleep)
 
 
 def record_paths(out: Path, record_id: str) -> dict[str, Path]:
@@ -50,11 +51,11 @@ def record_id_of(index: int) -> str:
     return f"shhs1-{FIRST_SYNTHETIC_ID + index}"
 
 
-def _generate_one(args: tuple[str, int, int, float]) -> dict:
-    out, index, seed, hours = args
+def _generate_one(args: tuple[str, int, int, float, float]) -> dict:
+    out, index, seed, hours, ahi_median = args
     record_id = record_id_of(index)
     paths = record_paths(Path(out), record_id)
-    night = synthesize_night(np.random.SeedSequence([seed, index]), record_id, hours)
+    night = synthesize_night(np.random.SeedSequence([seed, index]), record_id, hours, ahi_median=ahi_median)
     clock_rng = np.random.default_rng([seed, index, 1])
     start = dt.time(hour=int(clock_rng.integers(21, 24)), minute=int(clock_rng.integers(0, 60)))
     skipped = all(p.exists() for p in paths.values())
@@ -77,7 +78,7 @@ def generate_cohort(out: str | Path, config: CohortConfig, progress: bool = True
     """Write `config.n_records` nights under `out` (created if needed); returns one summary per record."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out), i, config.seed, config.hours) for i in range(config.n_records)]
+    jobs = [(str(out), i, config.seed, config.hours, config.ahi_median) for i in range(config.n_records)]
     bar = tqdm(total=len(jobs), desc="synth", unit="rec", disable=not progress)
     results: list[dict] = []
     if config.workers > 1:

@@ -68,11 +68,11 @@ def _positions(rng: np.random.Generator, n_seconds: int) -> np.ndarray:
 
 
 def synthesize_night(seed_sequence: np.random.SeedSequence, record_id: str, hours: float,
-                     channels: tuple[str, ...] | None = None) -> SyntheticNight:
+                     channels: tuple[str, ...] | None = None, ahi_median: float = 8.0) -> SyntheticNight:
     """All signals of one night. `channels` limits synthesis to some labels (everything by default);
     the random streams are split per signal family so a subset gives the same values as the full set."""
     streams = [np.random.default_rng(s) for s in seed_sequence.spawn(9)]
-    subject = draw_subject(streams[0])
+    subject = draw_subject(streams[0], ahi_median)
     n_epochs = int(round(hours * 3600 / EPOCH_SECONDS))
     rk = generate_hypnogram(streams[1], n_epochs, subject.architecture)
     stages = np.array([RK_CODE_TO_STAGE[int(c)] for c in rk], dtype=np.int8)

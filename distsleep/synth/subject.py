@@ -40,7 +40,9 @@ class Subject:
         return asdict(self)
 
 
-def draw_subject(rng: np.random.Generator) -> Subject:
+def draw_subject(rng: np.random.Generator, ahi_median: float = 8.0) -> Subject:
+    """One subject. `ahi_median` shifts the log-normal AHI distribution (8/h ~ SHHS1's population median;
+    ~30/h gives a severe-apnea clinic cohort); the other draws do not depend on it."""
     age = int(np.clip(rng.normal(63, 11), 39, 90))  # SHHS1 enrolled adults aged 40+
     male = bool(rng.random() < 0.47)
     youth = (80 - age) / 40.0  # ~1 for 40-year-olds, ~0 for 80-year-olds
@@ -71,6 +73,6 @@ def draw_subject(rng: np.random.Generator) -> Subject:
         resp_rate_hz=float(np.clip(rng.normal(0.25, 0.03), 0.17, 0.35)),
         heart_rate=float(np.clip(rng.normal(62, 8), 45, 90)),
         spo2_baseline=float(np.clip(rng.normal(95.5, 1.2), 91, 98.5)),
-        ahi=float(np.clip(rng.lognormal(np.log(8), 0.9), 0.5, 70)),
+        ahi=float(np.clip(rng.lognormal(np.log(ahi_median), 0.9), 0.5, 70)),
         architecture=architecture,
     )

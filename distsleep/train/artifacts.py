@@ -20,6 +20,8 @@ def make_bundle(cfg, model_cfg, weights: dict, manifest: dict, roles) -> dict:
 
     Only tensors and plain Python values, so it loads with torch.load(weights_only=True).
     """
+    from distsleep.models import model_normalization
+
     return {
         "format": BUNDLE_FORMAT,
         "model": cfg.model,
@@ -30,6 +32,8 @@ def make_bundle(cfg, model_cfg, weights: dict, manifest: dict, roles) -> dict:
         "stages": list(STAGE_NAMES),
         "seq_len": cfg.seq_len,
         "stage": cfg.stage,
+        "task": getattr(cfg, "task", "staging"),
+        "normalization": model_normalization(cfg.model),
     }
 
 
@@ -75,9 +79,12 @@ def write_run_artifacts(directory: Path, *, cfg, model_cfg, ds_config, manifest,
     table = directory / "per_class_f1.md"
     table.write_text(f1_table(test_metrics) + "\n")
     files.append((table, None))
+    from distsleep.tasks import class_names
+
     files.append((confusion_png(test_metrics["confusion"], directory / "confusion_matrix.png",
-                                title=f"{cfg.model} {cfg.stage}: test confusion (rows: true)"), None))
-    if predictions.labels:
+                                title=f"{cfg.model} {cfg.stage} {cfg.task}: test confusion (rows: true)",
+                                names=class_names(cfg.task)), None))
+    if predictions.labels and cfg.task == "staging":
         record_id = sorted(predictions.labels)[0]
         path = hypnogram_png(predictions.predicted(record_id), directory / f"hypnogram_{record_id}.png",
                              true=predictions.labels[record_id], probabilities=predictions.probabilities[record_id],

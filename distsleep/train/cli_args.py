@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from distsleep.train.config import TrainConfig
+from distsleep.tasks import TASKS
+from distsleep.train.config import FINETUNE_MODES, SELECT_METRICS, TrainConfig
 
 _DEFAULTS = TrainConfig()
 
@@ -19,13 +20,13 @@ def parse_value(text: str):
         return text
 
 
-def _parse_set(items: list[str]) -> dict:
+def _parse_set(items: list[str], option: str = "--set", parse=parse_value) -> dict:
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key] = parse_value(value)
+            raise argparse.ArgumentTypeError(f"{option} expects KEY=VALUE, got {item!r}")
+        out[key] = parse(value)
     return out
 
 
@@ -34,12 +35,23 @@ def add_train_arguments(p: argparse.ArgumentParser, stage: str | None = None) ->
     g = p.add_argument_group("what to train")
     g.add_argument("--shards", required=True, help="manifest.json of a preprocessing run (path or URL)")
     g.add_argument("--model", default=d.model, help=f"registered model name (default {d.model})")
-    g.add_argument("--model-size", default=d.model_size, choices=("paper", "small"), help="model preset (default paper)")
+    g.add_argument("--model-size", default=d.model_size,
+                   help="model preset: paper (default), small, or another preset of the model's config class "
+                        "(neuronet: synthsleepnet_unimodal, synthsleepnet_unimodal_small)")
     if stage is None:
         g.add_argument("--stage", default=d.stage, choices=("pretrain", "finetune"), help="training stage (default pretrain)")
     g.add_argument("--mask-ratio", type=float, help="masking ratio r of the cross-masking pre-training (model default 0.5)")
     g.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override model config fields, e.g. infonce_temperature=0.07")
     g.add_argument("--init-from", help="start from a checkpoint dir, a model bundle (model.pt) or an MLflow run id")
+    g.add_argument("--init-part", nargs="+", default=[], metavar="PART=SOURCE",
+                   help="initialise a separately pre-trained part, e.g. SynthSleepNet's eog_l=<NeuroNet run id or bundle>")
+    g.add_argument("--task", default=d.task, choices=TASKS, help="what to predict per epoch (default staging)")
+    g.add_argument("--finetune-mode", default=d.finetune_mode, choices=FINETUNE_MODES,
+                   help="fine-tuning: full (what the paper fine-tunes) or linear (linear probing on frozen features)")
+    g.add_argument("--label-fraction", type=float, default=d.label_fraction,
+                   help="semi-supervised: use the labels of this fraction of the training records (e.g. 0.05)")
+    g.add_argument("--channels", nargs="+", metavar="ROLE",
+                   help="channel roles to feed the model, in its input order (default: its preferred roles), e.g. eog_l")
     g = p.add_argument_group("data")
     g.add_argument("--seq-len", type=int, default=d.seq_len, help=f"epochs per sequence L (default {d.seq_len})")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"sequences per worker per step (default {d.batch_size})")
@@ -49,7 +61,8 @@ def add_train_arguments(p: argparse.ArgumentParser, stage: str | None = None) ->
     g.add_argument("--max-steps", type=int, default=d.max_steps)
     g.add_argument("--val-every", type=int, default=d.val_every, help="validate and checkpoint every N steps")
     g.add_argument("--early-stop-patience", type=int, default=d.early_stop_patience, help="validations without improvement before stopping")
-    g.add_argument("--select-metric", default=d.select_metric, choices=("macro_f1", "accuracy", "kappa"))
+    g.add_argument("--select-metric", default=d.select_metric, choices=SELECT_METRICS,
+                   help="validation metric that picks the best checkpoint (auroc / f1_positive: binary tasks)")
     g.add_argument("--lr", type=float, default=d.lr)
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--schedule", default=d.schedule, choices=("constant", "cosine"))
@@ -79,6 +92,8 @@ def config_from_args(args: argparse.Namespace, stage: str | None = None) -> Trai
     return TrainConfig(
         shards=args.shards, model=args.model, model_size=args.model_size, model_overrides=_parse_set(args.set),
         stage=stage or args.stage, mask_ratio=args.mask_ratio, init_from=args.init_from, seq_len=args.seq_len,
+        init_parts=_parse_set(args.init_part, "--init-part", str), task=args.task, finetune_mode=args.finetune_mode,
+        label_fraction=args.label_fraction, channels=args.channels,
         batch_size=args.batch_size, loader_workers=args.loader_workers, shuffle_buffer=args.shuffle_buffer,
         max_steps=args.max_steps, val_every=args.val_every, early_stop_patience=args.early_stop_patience,
         select_metric=args.select_metric, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,

@@ -9,6 +9,8 @@ from pathlib import Path
 
 STAGES = ("pretrain", "finetune")
 PRECISIONS = ("auto", "fp32", "bf16")
+FINETUNE_MODES = ("full", "linear")  # linear = linear probing (frozen features, trained classifier only)
+SELECT_METRICS = ("macro_f1", "accuracy", "kappa", "auroc", "f1_positive")
 
 
 def _absolute(location: str) -> str:
@@ -26,6 +28,12 @@ class TrainConfig:
     stage: str = "pretrain"
     mask_ratio: float | None = None  # shorthand for model_overrides["mask_ratio"]
     init_from: str | None = None  # checkpoint dir, model bundle, or MLflow run id to start from
+    init_parts: dict = field(default_factory=dict)  # part -> weights source (SynthSleepNet: role -> NeuroNet run)
+    task: str = "staging"  # staging | apnea | hypopnea (distsleep.tasks)
+    finetune_mode: str = "full"  # finetune stage: "full" (the paper's fine-tuning) or "linear" (linear probing)
+    label_fraction: float = 1.0  # semi-supervised: use the labels of this fraction of the training records
+    channels: list | None = None  # channel roles to feed the model (default: its preferred roles in the shards)
+    augment_shards: list = field(default_factory=list)  # augmentation.json files whose shards join training only
     # data
     seq_len: int = 21
     batch_size: int = 32  # sequences per worker per step
@@ -72,6 +80,19 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if not 0 <= self.zero_stage <= 2:
             raise ValueError("zero_stage must be 0, 1 or 2")
+        from distsleep.tasks import check_task
+
+        check_task(self.task)
+        if self.finetune_mode not in FINETUNE_MODES:
+            raise ValueError(f"finetune_mode must be one of {FINETUNE_MODES}, got {self.finetune_mode!r}")
+        if self.select_metric not in SELECT_METRICS:
+            raise ValueError(f"select_metric must be one of {SELECT_METRICS}, got {self.select_metric!r}")
+        if self.select_metric in ("auroc", "f1_positive") and self.task == "staging":
+            raise ValueError(f"select_metric {self.select_metric!r} is for the binary tasks (apnea, hypopnea)")
+        if not 0 < self.label_fraction <= 1:
+            raise ValueError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
+        if self.channels is not None:
+            self.channels = [str(c) for c in self.channels]
         self.betas = tuple(self.betas)
         if self.mask_ratio is not None:
             self.model_overrides = {**self.model_overrides, "mask_ratio": self.mask_ratio}
@@ -81,6 +102,8 @@ class TrainConfig:
         self.storage_path = _absolute(self.storage_path)
         self.shards = _absolute(self.shards) if self.shards else self.shards
         self.deepspeed_config = _absolute(self.deepspeed_config) if self.deepspeed_config else None
+        self.augment_shards = [_absolute(str(a)) for a in self.augment_shards]
+        self.init_parts = {k: _absolute(v) if Path(v).exists() else v for k, v in self.init_parts.items()}
         if self.init_from and Path(self.init_from).exists():
             self.init_from = _absolute(self.init_from)
 

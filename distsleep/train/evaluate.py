@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from distsleep.metrics import staging_metrics
 from distsleep.shards.loader import LoaderConfig, eval_batches
+from distsleep.tasks import targets, task_metrics
 
 
 @dataclass
@@ -37,8 +37,8 @@ class EpochPredictions:
 
 @torch.no_grad()
 def score_windows(model: torch.nn.Module, urls: list[str], cfg: LoaderConfig, world_size: int, rank: int,
-                  device: torch.device, autocast_dtype: torch.dtype | None = None) -> list[tuple]:
-    """This rank's (record_id, epoch_index, label, probabilities) rows for every valid-or-overlapping position."""
+                  device: torch.device, autocast_dtype: torch.dtype | None = None, task: str = "staging") -> list[tuple]:
+    """This rank's (record_id, epoch_index, target, probabilities) rows for every valid-or-overlapping position."""
     was_training = model.training
     model.eval()
     rows = []
@@ -48,7 +48,7 @@ def score_windows(model: torch.nn.Module, urls: list[str], cfg: LoaderConfig, wo
             out = model(x, labels=None, stage="eval")
         probs = torch.softmax(out["logits"].float(), dim=-1).cpu().numpy()
         index = batch.epoch_index.numpy()
-        labels = batch.labels.numpy()
+        labels = targets(task, batch.labels, batch.events).numpy()
         for b, record_id in enumerate(batch.record_ids):
             keep = index[b] >= 0
             rows.append((record_id, index[b][keep], labels[b][keep], probs[b][keep]))
@@ -81,9 +81,10 @@ def aggregate(rows: list[tuple]) -> EpochPredictions:
 
 
 def evaluate(model: torch.nn.Module, urls: list[str], cfg: LoaderConfig, world_size: int, rank: int,
-             device: torch.device, autocast_dtype: torch.dtype | None = None) -> tuple[dict, EpochPredictions]:
-    """Metrics over every scored epoch of `urls`, identical on all ranks, plus the per-epoch predictions."""
-    rows = score_windows(model, urls, cfg, world_size, rank, device, autocast_dtype)
+             device: torch.device, autocast_dtype: torch.dtype | None = None,
+             task: str = "staging") -> tuple[dict, EpochPredictions]:
+    """`task` metrics over every scored epoch of `urls`, identical on all ranks, plus the per-epoch predictions."""
+    rows = score_windows(model, urls, cfg, world_size, rank, device, autocast_dtype, task)
     if world_size > 1:
         import torch.distributed as dist
 
@@ -91,5 +92,9 @@ def evaluate(model: torch.nn.Module, urls: list[str], cfg: LoaderConfig, world_s
         dist.all_gather_object(gathered, rows)
         rows = [row for part in gathered for row in part]
     predictions = aggregate(rows)
-    y_true, y_pred = predictions.flat()
-    return staging_metrics(y_true, y_pred), predictions
+    ids = sorted(predictions.labels)
+    if not ids:
+        return task_metrics(task, np.zeros(0, dtype=np.int64), np.zeros((0, 0))), predictions
+    y_true = np.concatenate([predictions.labels[i] for i in ids])
+    probabilities = np.concatenate([predictions.probabilities[i] for i in ids])
+    return task_metrics(task, y_true, probabilities), predictions

@@ -80,8 +80,8 @@ class TrainingOutcome:
 
 
 def _preflight(cfg: TrainConfig) -> None:
-    from distsleep.models import resolve_channels
-    from distsleep.shards.loader import load_manifest
+    from distsleep.shards.loader import labelled_records, load_manifest
+    from distsleep.train.loop import input_roles, model_config
 
     if not cfg.shards:
         raise LaunchError("no shards given: pass --shards PATH/TO/manifest.json (the output of `distsleep preprocess`)")
@@ -90,7 +90,7 @@ def _preflight(cfg: TrainConfig) -> None:
     except Exception as error:
         raise LaunchError(f"cannot read the shard manifest {cfg.shards}: {error}") from error
     try:
-        resolve_channels(cfg.model, manifest["channels"])
+        input_roles(cfg, manifest, model_config(cfg))
     except ValueError as error:
         raise LaunchError(f"{cfg.shards}: {error}") from error
     counts = {s: sum(1 for r in manifest["records"].values() if r["split"] == s) for s in ("train", "val", "test")}
@@ -99,6 +99,12 @@ def _preflight(cfg: TrainConfig) -> None:
         raise LaunchError(f"{cfg.shards}: no {'/'.join(missing)} records in the manifest ({counts}); "
                           "preprocess more recordings or change the split (--n-val, --train-fraction)")
     needed = cfg.num_workers * max(1, cfg.loader_workers)
+    if cfg.label_fraction < 1:
+        labelled = len(labelled_records(manifest, cfg.label_fraction, cfg.seed))
+        if labelled < needed:
+            raise LaunchError(f"{cfg.shards}: --label-fraction {cfg.label_fraction} keeps {labelled} of {counts['train']} "
+                              f"training records, fewer than {cfg.num_workers} workers x {cfg.loader_workers} loader "
+                              f"workers (need {needed}); raise the fraction or lower --loader-workers/--num-workers")
     if counts["train"] < needed:
         raise LaunchError(f"{cfg.shards}: {counts['train']} training records for {cfg.num_workers} workers x "
                           f"{cfg.loader_workers} loader workers (need {needed}); lower --loader-workers or --num-workers")
@@ -139,7 +145,8 @@ def worker_env(cfg: TrainConfig, tracking_uri: str) -> dict[str, str]:
     return env
 
 
-def build_trainer(cfg: TrainConfig, run_id: str, tracking_uri: str, callbacks: list | None = None):
+def build_trainer(cfg: TrainConfig, run_id: str, tracking_uri: str, callbacks: list | None = None,
+                  new_run: bool = True):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -150,7 +157,8 @@ def build_trainer(cfg: TrainConfig, run_id: str, tracking_uri: str, callbacks: l
         resources["GPU"] = cfg.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": cfg.to_dict(), "mlflow_run_id": run_id, "tracking_uri": tracking_uri},
+        train_loop_config={"train": cfg.to_dict(), "mlflow_run_id": run_id, "tracking_uri": tracking_uri,
+                           "mlflow_new_run": new_run},
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
@@ -175,7 +183,7 @@ def run_training(cfg: TrainConfig, address: str | None = None, *, callbacks: lis
     tracking_uri = cfg.tracking_uri or default_tracking_uri()
     check_reachable(tracking_uri)
     _preflight(cfg)
-    tags = {"model": cfg.model, "stage": cfg.stage, **{k: str(v) for k, v in cfg.run_tags.items()}}
+    tags = {"model": cfg.model, "stage": cfg.stage, "task": cfg.task, **{k: str(v) for k, v in cfg.run_tags.items()}}
     connect_ray(address)
     if check_cluster:  # sweep trials pass False: the sweep's driver checked once for all of them
         cluster_preflight(cfg, tracking_uri)
@@ -185,7 +193,7 @@ def run_training(cfg: TrainConfig, address: str | None = None, *, callbacks: lis
         except OSError as error:
             raise LaunchError(f"cannot create the storage path {cfg.storage_path}: {error.strerror}") from error
     run_id, resumed = find_or_create_run(tracking_uri, cfg.experiment, cfg.name, cfg.parent_run_id, tags, display_name)
-    trainer = build_trainer(cfg, run_id, tracking_uri, callbacks)
+    trainer = build_trainer(cfg, run_id, tracking_uri, callbacks, new_run=not resumed)
     storage = str(Path(cfg.storage_path) / cfg.name) if "://" not in cfg.storage_path else f"{cfg.storage_path}/{cfg.name}"
     try:
         result = trainer.fit()

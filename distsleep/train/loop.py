@@ -40,28 +40,56 @@ def _log(rank: int, message: str) -> None:
         logging.getLogger("distsleep.train").info("[rank 0 @ %s] %s", _node(), message)
 
 
-def _model_and_config(cfg):
+def model_preset(cls, size: str):
+    """The model config preset `size`: "paper" (the class defaults) or a classmethod of the config class
+    (every model has `small`; NeuroNet also has the SynthSleepNet unimodal encoder presets)."""
+    if size == "paper":
+        return cls()
+    preset = getattr(cls, size, None)
+    if size.startswith("_") or not callable(preset) or not isinstance(cls.__dict__.get(size), classmethod):
+        presets = ["paper"] + sorted(n for n, v in vars(cls).items() if isinstance(v, classmethod) and not n.startswith("_")
+                                     and n not in ("from_dict",))
+        raise ValueError(f"{cls.__name__} has no preset {size!r}; presets: {', '.join(presets)}")
+    return preset()
+
+
+def model_config(cfg):
+    """The model's config dataclass for this run: the preset, then seq_len/n_classes, then --set overrides."""
     import dataclasses
 
-    from distsleep.models import build_model, model_config_class
+    from distsleep.models import model_config_class
+    from distsleep.tasks import n_classes
 
     cls = model_config_class(cfg.model)
-    base = cls.small() if cfg.model_size == "small" else cls()
+    base = model_preset(cls, cfg.model_size)
     known = {f.name for f in dataclasses.fields(cls)}
-    overrides = {k: v for k, v in {"seq_len": cfg.seq_len, **cfg.model_overrides}.items() if k in known}
+    forced = {"seq_len": cfg.seq_len, "n_classes": n_classes(cfg.task)}
+    overrides = {k: v for k, v in {**forced, **cfg.model_overrides}.items() if k in known}
     unknown = set(cfg.model_overrides) - known
     if unknown:
         raise ValueError(f"model {cfg.model} has no config fields {sorted(unknown)}; known: {sorted(known)}")
-    model_cfg = dataclasses.replace(base, **overrides)
+    return dataclasses.replace(base, **overrides)
+
+
+def _model_and_config(cfg):
+    from distsleep.models import build_model
+
+    model_cfg = model_config(cfg)
     return build_model(cfg.model, model_cfg), model_cfg
 
 
 def load_weights(source: str) -> dict:
-    """fp32 state dict from a model bundle, a training checkpoint directory or an MLflow run id."""
+    """fp32 state dict from a model bundle, a training checkpoint directory, a run's storage directory
+    (STORAGE/NAME: its latest checkpoint, which carries the best weights so far) or an MLflow run id."""
     import torch
 
     path = Path(source)
     if path.is_dir():
+        checkpoints = sorted(c for c in path.glob("checkpoint_*") if (c / "best_model.pt").exists())
+        if not (path / "best_model.pt").exists() and checkpoints:
+            path = checkpoints[-1]
+        if not (path / "best_model.pt").exists():
+            raise FileNotFoundError(f"{source}: no best_model.pt here or in a checkpoint_* folder of it")
         path = path / "best_model.pt"
     elif not path.exists():
         from distsleep.predict import resolve_bundle
@@ -69,6 +97,17 @@ def load_weights(source: str) -> dict:
         path = resolve_bundle(source)
     blob = torch.load(path, map_location="cpu", weights_only=True)
     return blob["state_dict"] if "state_dict" in blob else blob
+
+
+def matching_weights(model, weights: dict) -> tuple[dict, list[str]]:
+    """The entries of `weights` whose shape fits `model`, and the names of those that do not.
+
+    Heads change shape between stages (a 5-stage probe vs a 2-class apnea head): those start fresh instead
+    of failing the load; every other tensor must still match by name.
+    """
+    own = model.state_dict()
+    skipped = [k for k, v in weights.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    return {k: v for k, v in weights.items() if k not in skipped}, skipped
 
 
 def _lr_lambda(cfg):
@@ -119,9 +158,10 @@ def train_loop_per_worker(config: dict) -> None:
     import torch
 
     from distsleep.config import flatten
-    from distsleep.models import resolve_channels
-    from distsleep.shards.loader import (LoaderConfig, batches_per_epoch, endless_batches, load_manifest,
-                                         make_train_loader, shard_urls)
+    from distsleep.models import model_normalization
+    from distsleep.shards.loader import (LoaderConfig, batches_per_epoch, endless_batches, labelled_records,
+                                         load_manifest, make_train_loader, shard_urls)
+    from distsleep.tasks import SCALAR_METRICS, targets
     from distsleep.tracking import RunLogger
     from distsleep.train import artifacts
     from distsleep.train.config import TrainConfig, deepspeed_config
@@ -136,19 +176,31 @@ def train_loop_per_worker(config: dict) -> None:
     tracker = RunLogger(config["tracking_uri"], run_id, enabled=rank == 0)
 
     manifest, base = load_manifest(cfg.shards)
-    roles = resolve_channels(cfg.model, manifest["channels"])
-    loader_cfg = LoaderConfig(seq_len=cfg.seq_len, batch_size=cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer,
-                              num_workers=cfg.loader_workers, seed=cfg.seed, channels=list(roles), stride=cfg.val_stride)
-    train_urls, val_urls, test_urls = (shard_urls(manifest, s, base) for s in ("train", "val", "test"))
-    per_epoch = batches_per_epoch(manifest, world, cfg.batch_size, seq_len=cfg.seq_len)
-    loader = make_train_loader(train_urls, loader_cfg, world, rank, per_epoch)
-
     model, model_cfg = _model_and_config(cfg)
+    roles = input_roles(cfg, manifest, model_cfg)
+    loader_cfg = LoaderConfig(seq_len=cfg.seq_len, batch_size=cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer,
+                              num_workers=cfg.loader_workers, seed=cfg.seed, channels=list(roles), stride=cfg.val_stride,
+                              normalization=model_normalization(cfg.model))
+    # Semi-supervised runs see the labels of a fixed subset of the training records only.
+    labelled = labelled_records(manifest, cfg.label_fraction, cfg.seed) if cfg.label_fraction < 1 else None
+    train_urls = shard_urls(manifest, "train", base, records=labelled)
+    val_urls, test_urls = (shard_urls(manifest, s, base) for s in ("val", "test"))
+    augmented = augmented_urls(cfg, manifest, base)
+    per_epoch = batches_per_epoch(manifest, world, cfg.batch_size, seq_len=cfg.seq_len, records=labelled)
+    loader = make_train_loader(train_urls + augmented, loader_cfg, world, rank, per_epoch)
+
     if cfg.init_from:
-        missing, unexpected = model.load_state_dict(load_weights(cfg.init_from), strict=False)
-        _log(rank, f"initialised from {cfg.init_from} (missing {len(missing)}, unexpected {len(unexpected)} keys)")
-    if cfg.stage == "finetune" and hasattr(model, "freeze_backbones"):
-        model.freeze_backbones()
+        weights, skipped = matching_weights(model, load_weights(cfg.init_from))
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        _log(rank, f"initialised from {cfg.init_from} (missing {len(missing)}, unexpected {len(unexpected)} keys"
+                   f"{f'; not loaded, shape differs: {sorted(skipped)}' if skipped else ''})")
+    for part, source in sorted(cfg.init_parts.items()):
+        if not hasattr(model, "load_part"):
+            raise ValueError(f"model {cfg.model} has no separately trained parts; drop init_parts {sorted(cfg.init_parts)}")
+        model.load_part(part, load_weights(source))
+        _log(rank, f"part {part} initialised from {source}")
+    if cfg.stage == "finetune":
+        prepare_finetune(model, cfg.finetune_mode)
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if cfg.compile:
@@ -173,24 +225,34 @@ def train_loop_per_worker(config: dict) -> None:
                 best_weights = torch.load(Path(directory) / "best_model.pt", map_location="cpu", weights_only=True)
         _log(rank, f"resumed from checkpoint at step {state['step']} (resume #{state['resumes']})")
         tracker.metrics({"resumes": state["resumes"]}, state["step"])
-    elif rank == 0:
+    # Params go to each MLflow run once: a relaunch of an interrupted run reuses its run (already has them);
+    # continuing a finished run (e.g. with a larger --max-steps) opens a new run, which needs them.
+    if rank == 0 and config.get("mlflow_new_run", checkpoint is None):
         tracker.params({**flatten("train", cfg), **flatten("model", model_cfg.to_dict()), "deepspeed": json.dumps(ds_config),
-                        "data.manifest_hash": manifest.get("config_hash", ""), "world_size": str(world)})
-        tracker.tags({"model": cfg.model, "stage": cfg.stage, "parameters": str(n_params), "trainable_parameters": str(n_trainable)})
+                        "data.manifest_hash": manifest.get("config_hash", ""), "world_size": str(world),
+                        "data.channels": ",".join(roles), "data.labelled_records": str(len(train_urls)),
+                        "data.augmentation_shards": str(len(augmented))})
+        tracker.tags({"model": cfg.model, "stage": cfg.stage, "task": cfg.task, "parameters": str(n_params),
+                      "trainable_parameters": str(n_trainable)})
     _log(rank, f"{cfg.model} ({cfg.model_size}): {n_params:,} parameters ({n_trainable:,} trainable); "
+               f"task {cfg.task}, channels {', '.join(roles)}; "
                f"{world} worker(s) on {device.type}, {cfg.resolved_precision}, ZeRO {cfg.zero_stage}; "
-               f"{len(train_urls)}/{len(val_urls)}/{len(test_urls)} train/val/test records; {per_epoch} batches per epoch")
+               f"{len(train_urls)}/{len(val_urls)}/{len(test_urls)} train/val/test records"
+               f"{f' (+{len(augmented)} augmentation shards)' if augmented else ''}; {per_epoch} batches per epoch")
+    scalars = SCALAR_METRICS[cfg.task]
 
     def validate_and_checkpoint(step: int) -> bool:
         """Validation, best tracking, early stopping and the checkpoint report; True to stop."""
         nonlocal best_weights
-        metrics, _ = evaluate(engine.module, val_urls, loader_cfg, world, rank, device, autocast_dtype)
-        improved, stop = record_validation(state, metrics[cfg.select_metric], step, cfg.early_stop_patience)
+        metrics, _ = evaluate(engine.module, val_urls, loader_cfg, world, rank, device, autocast_dtype, cfg.task)
+        value = metrics[cfg.select_metric]
+        improved, stop = record_validation(state, value if math.isfinite(value) else -math.inf, step,
+                                           cfg.early_stop_patience)
         if improved:
             weights = _full_fp32_state(engine)  # collective: every rank calls it
             if rank == 0:
                 best_weights = weights
-        val = {f"val_{k}": metrics[k] for k in ("accuracy", "macro_f1", "kappa")}
+        val = {f"val_{k}": metrics[k] for k in scalars}
         val.update({f"val_f1_{k}": v for k, v in metrics["f1"].items()})
         tracker.metrics({**val, "val_best_" + cfg.select_metric: state["best_metric"]}, step)
         _log(rank, f"step {step}: val acc {metrics['accuracy']:.3f} macro-F1 {metrics['macro_f1']:.3f} "
@@ -211,8 +273,8 @@ def train_loop_per_worker(config: dict) -> None:
     epochs_per_batch = cfg.batch_size * cfg.seq_len * world
     tick = time.perf_counter()
     while not stop:
-        signals, labels, _events = next(batches)
-        out = engine(signals.to(device), labels=labels.to(device), stage=cfg.stage)
+        signals, labels, events = next(batches)
+        out = engine(signals.to(device), labels=targets(cfg.task, labels, events).to(device), stage=cfg.stage)
         engine.backward(out["loss"])
         engine.step()
         step += 1
@@ -235,7 +297,8 @@ def train_loop_per_worker(config: dict) -> None:
         dist.broadcast_object_list(holder, src=0)
     if holder[0] is not None:
         engine.module.load_state_dict(holder[0])
-    test_metrics, predictions = evaluate(engine.module, test_urls, loader_cfg, world, rank, device, autocast_dtype)
+    test_metrics, predictions = evaluate(engine.module, test_urls, loader_cfg, world, rank, device, autocast_dtype,
+                                         cfg.task)
     # Peak memory of the worker processes (their DataLoader workers not counted): the largest over ranks.
     import resource
 
@@ -246,7 +309,7 @@ def train_loop_per_worker(config: dict) -> None:
     if world > 1:
         dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     if rank == 0:
-        test = {f"test_{k}": test_metrics[k] for k in ("accuracy", "macro_f1", "kappa")}
+        test = {f"test_{k}": test_metrics[k] for k in scalars}
         test.update({f"test_f1_{k}": v for k, v in test_metrics["f1"].items()})
         test.update(dict(zip(("peak_rss_mb", "peak_gpu_mb"), peak.tolist())))
         tracker.metrics(test, state["step"])
@@ -265,7 +328,44 @@ def train_loop_per_worker(config: dict) -> None:
     # A final report so the driver's result carries the test metrics (every rank reports once more).
     # The best validation value rides along so that a Tune scheduler watching it sees it in every result.
     ray.train.report({"step": state["step"], "stage": cfg.stage, "val_best_" + cfg.select_metric: state["best_metric"],
-                      **{f"test_{k}": test_metrics[k] for k in ("accuracy", "macro_f1", "kappa")}})
+                      **{f"test_{k}": test_metrics[k] for k in scalars}})
+
+
+def input_roles(cfg, manifest: dict, model_cfg) -> tuple[str, ...]:
+    """Channel roles fed to the model: `cfg.channels` when given (checked against the shards and the model's
+    input count), else the model's preferred roles among the shard's channels."""
+    from distsleep.models import required_channels, resolve_channels
+
+    if cfg.channels is None:
+        return resolve_channels(cfg.model, manifest["channels"], model_cfg)
+    slots = required_channels(cfg.model, model_cfg)
+    held = [str(c["role"]) if isinstance(c, dict) else str(c) for c in manifest["channels"]]
+    missing = [r for r in cfg.channels if r not in held]
+    if missing:
+        raise ValueError(f"channels {missing} are not in the shards, which hold {held}; rebuild them with those "
+                         "roles (distsleep preprocess --channels / --channel-set multimodal)")
+    if len(cfg.channels) != len(slots):
+        raise ValueError(f"{cfg.model} takes {len(slots)} input channel(s) {list(slots)}, got channels {cfg.channels}")
+    return tuple(cfg.channels)
+
+
+def augmented_urls(cfg, manifest: dict, base: str) -> list[str]:
+    """Shards of the augmentation manifests in `cfg.augment_shards`, for the training stream only."""
+    if not cfg.augment_shards:
+        return []
+    from distsleep.gan.augment import augmented_train_urls
+
+    return [url for path in cfg.augment_shards for url in augmented_train_urls(path, manifest, base)]
+
+
+def prepare_finetune(model, mode: str) -> None:
+    """Freeze what fine-tuning (`mode` "full") or linear probing (`mode` "linear") keeps fixed."""
+    if hasattr(model, "prepare_finetune"):
+        model.prepare_finetune(mode)
+    elif mode == "full" and hasattr(model, "freeze_backbones"):
+        model.freeze_backbones()
+    elif mode == "linear":
+        raise ValueError(f"{type(model).__name__} does not support linear probing (no prepare_finetune)")
 
 
 def _cpu_state(engine) -> dict:
