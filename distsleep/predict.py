@@ -572,10 +572,10 @@ def predict_recording(bundle_source: str | os.PathLike, recording: str | os.Path
     signals = sample.physical()  # exactly what the training loader feeds: dequantised int16, uV
     if bundle.get("normalization", "uv") == "robust":
         # The loader's robust scaling: this night's own per-channel median and IQR (from preprocessing).
-        stats = sample.meta["channel_stats"]
-        median = np.array([c["median"] for c in stats], dtype=np.float32)[None, :, None]
-        iqr = np.array([c["iqr"] if c["iqr"] > 0 else 1.0 for c in stats], dtype=np.float32)[None, :, None]
-        signals = (signals - median) / iqr
+        from distsleep.shards.loader import robust_scaling
+
+        multiplier, offset = robust_scaling(sample.meta, list(range(signals.shape[1])), str(recording))
+        signals = signals * multiplier[None, :, None] + offset[None, :, None]
     n_epochs = len(signals)
     starts = plan_windows(n_epochs, seq_len, stride)
 

@@ -486,10 +486,10 @@ def time_plain_loop(cfg, steps: int, warmup: int) -> dict:
 
     import torch
 
-    from distsleep.models import resolve_channels
+    from distsleep.models import model_normalization
     from distsleep.shards.loader import (LoaderConfig, batches_per_epoch, endless_batches, load_manifest,
                                          make_train_loader, shard_urls)
-    from distsleep.train.loop import _lr_lambda, _model_and_config
+    from distsleep.train.loop import _lr_lambda, _model_and_config, input_roles
 
     if cfg.use_gpu and not torch.cuda.is_available():
         raise RuntimeError("use_gpu is set but torch finds no CUDA device")
@@ -498,13 +498,14 @@ def time_plain_loop(cfg, steps: int, warmup: int) -> dict:
     torch.manual_seed(cfg.seed)  # rank 0's seed in the Ray loop
 
     manifest, base = load_manifest(cfg.shards)
-    roles = resolve_channels(cfg.model, manifest["channels"])
+    model, model_cfg = _model_and_config(cfg)
+    roles = input_roles(cfg, manifest, model_cfg)  # the channels and scaling the trainer would feed
     loader_cfg = LoaderConfig(seq_len=cfg.seq_len, batch_size=cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer,
-                              num_workers=cfg.loader_workers, seed=cfg.seed, channels=list(roles), stride=cfg.val_stride)
+                              num_workers=cfg.loader_workers, seed=cfg.seed, channels=list(roles), stride=cfg.val_stride,
+                              normalization=model_normalization(cfg.model))
     per_epoch = batches_per_epoch(manifest, 1, cfg.batch_size, seq_len=cfg.seq_len)
     loader = make_train_loader(shard_urls(manifest, "train", base), loader_cfg, 1, 0, per_epoch)
 
-    model, _ = _model_and_config(cfg)
     model.to(device).train()
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)

@@ -69,3 +69,51 @@ def count_parameters(model: nn.Module) -> ParameterCount:
     total = sum(p.numel() for p in unique.values())
     trainable = sum(p.numel() for p in unique.values() if p.requires_grad)
     return ParameterCount(total, trainable, by_module)
+
+
+class FreezableModel(nn.Module):
+    """What every model shares around fine-tuning and inference.
+
+    `_frozen` holds the modules a fine-tuning mode keeps fixed: besides `requires_grad=False` they stay in
+    eval mode whatever `train()` is called with, so their BatchNorm statistics and dropout do not change
+    either. `predict` is the eval-mode argmax of the model's logits.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._frozen: tuple[nn.Module, ...] = ()
+
+    @property
+    def frozen_modules(self) -> tuple[nn.Module, ...]:
+        return self._frozen
+
+    def _freeze_all_but(self, trainable) -> None:
+        """Exactly the parameters of the children in `trainable` require grad; the other children are frozen."""
+        keep = {id(m) for m in trainable}
+        frozen = []
+        for child in self.children():
+            on = id(child) in keep
+            child.requires_grad_(on)
+            if not on:
+                frozen.append(child)
+        self._frozen = tuple(frozen)
+
+    def _set_trainable(self, trainable) -> None:
+        self._freeze_all_but(trainable)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in self._frozen:
+            module.eval()
+        return self
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, C, samples) → (B, L) predicted classes (eval mode: no masking, dropout or augmentation)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.forward(x, stage="eval")["logits"].argmax(dim=-1)
+        finally:
+            self.train(was_training)

@@ -74,7 +74,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from distsleep.models.common import masked_cross_entropy, sinusoidal_positional_encoding
+from distsleep.models.common import FreezableModel, masked_cross_entropy, sinusoidal_positional_encoding
 from distsleep.models.registry import register
 from distsleep.spectrogram import HOP_LENGTH, N_FFT, WIN_LENGTH, n_frames, torch_spectrogram
 
@@ -354,7 +354,7 @@ class FusionEncoder(nn.Module):
 # ------------------------------------------------------------------------------------------------ model
 
 
-class CrossFusionSleepNet(nn.Module):
+class CrossFusionSleepNet(FreezableModel):
     """The full model; see the module docstring. `forward(x, labels, stage)` returns a dict of tensors."""
 
     def __init__(self, cfg: CrossFusionSleepNetConfig) -> None:
@@ -367,7 +367,6 @@ class CrossFusionSleepNet(nn.Module):
         self.context = _encoder(cfg.d_model, cfg.heads, cfg.ff_dim, cfg.dropout, cfg.context_layers)
         self.head_dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(cfg.d_model, cfg.n_classes)
-        self._frozen: tuple[nn.Module, ...] = ()
 
     # ---- fine-tuning support
 
@@ -375,24 +374,7 @@ class CrossFusionSleepNet(nn.Module):
         """"linear": train only `classifier` (everything else frozen and kept in eval mode); "full": all."""
         if mode not in FINETUNE_MODES:
             raise ValueError(f"finetune mode must be one of {FINETUNE_MODES}, got {mode!r}")
-        for module in self._frozen:
-            module.requires_grad_(True)
-        self._frozen = ()
-        if mode == "linear":
-            self._frozen = tuple(m for m in self.children() if m is not self.classifier)
-            for module in self._frozen:
-                module.requires_grad_(False)
-        self.train(self.training)
-
-    @property
-    def frozen_modules(self) -> tuple[nn.Module, ...]:
-        return self._frozen
-
-    def train(self, mode: bool = True) -> CrossFusionSleepNet:
-        super().train(mode)
-        for module in self._frozen:
-            module.eval()
-        return self
+        self._set_trainable((self.classifier,) if mode == "linear" else tuple(self.children()))
 
     # ---- pieces (public so tests and analysis can call them)
 
@@ -437,17 +419,6 @@ class CrossFusionSleepNet(nn.Module):
             loss = masked_cross_entropy(logits, labels)
             out.update(loss=loss, loss_ce=loss.detach())
         return out
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L, C, 3000) µV → (B, L) predicted stages (eval mode)."""
-        was_training = self.training
-        self.eval()
-        try:
-            return self.forward(x, stage="eval")["logits"].argmax(dim=-1)
-        finally:
-            self.train(was_training)
-
 
 def _channel_slots(config: CrossFusionSleepNetConfig) -> tuple[tuple[str, ...], ...]:
     return config.channel_slots

@@ -75,7 +75,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from distsleep.models.common import masked_cross_entropy
+from distsleep.models.common import FreezableModel, masked_cross_entropy
 from distsleep.models.registry import register
 
 Stage = Literal["pretrain", "finetune", "eval"]
@@ -364,7 +364,7 @@ class PrototypeRectifier(nn.Module):
 # ------------------------------------------------------------------------------------------------ model
 
 
-class ISATSleepNet(nn.Module):
+class ISATSleepNet(FreezableModel):
     """The full model; see the module docstring. `forward(x, labels, stage)` returns a dict of tensors."""
 
     def __init__(self, cfg: ISATSleepNetConfig) -> None:
@@ -389,7 +389,6 @@ class ISATSleepNet(nn.Module):
             nn.Dropout(cfg.dropout), nn.Linear(2 * cfg.d_model, cfg.head_hidden), nn.ReLU(), nn.Dropout(cfg.dropout)
         )
         self.classifier = nn.Linear(cfg.head_hidden, cfg.n_classes)
-        self._frozen: tuple[nn.Module, ...] = ()
 
     # ---- fine-tuning support
 
@@ -397,24 +396,7 @@ class ISATSleepNet(nn.Module):
         """"linear": train only `classifier` (everything else frozen and kept in eval mode); "full": all."""
         if mode not in FINETUNE_MODES:
             raise ValueError(f"finetune mode must be one of {FINETUNE_MODES}, got {mode!r}")
-        for module in self._frozen:
-            module.requires_grad_(True)
-        self._frozen = ()
-        if mode == "linear":
-            self._frozen = tuple(m for m in self.children() if m is not self.classifier)
-            for module in self._frozen:
-                module.requires_grad_(False)
-        self.train(self.training)
-
-    @property
-    def frozen_modules(self) -> tuple[nn.Module, ...]:
-        return self._frozen
-
-    def train(self, mode: bool = True) -> ISATSleepNet:
-        super().train(mode)
-        for module in self._frozen:
-            module.eval()
-        return self
+        self._set_trainable((self.classifier,) if mode == "linear" else tuple(self.children()))
 
     # ---- pieces
 
@@ -449,17 +431,6 @@ class ISATSleepNet(nn.Module):
             loss = masked_cross_entropy(logits, labels)
             out.update(loss=loss, loss_ce=loss.detach())
         return out
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L, 3, 3000) → (B, L) predicted stages (eval mode, argmax — no threshold tuning)."""
-        was_training = self.training
-        self.eval()
-        try:
-            return self.forward(x, stage="eval")["logits"].argmax(dim=-1)
-        finally:
-            self.train(was_training)
-
 
 @register(
     "isatsleepnet",

@@ -75,7 +75,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from distsleep.augment import RawAugmentConfig, augment_raw, augment_spectrogram
-from distsleep.models.common import masked_cross_entropy, sinusoidal_positional_encoding
+from distsleep.models.common import FreezableModel, masked_cross_entropy, sinusoidal_positional_encoding
 from distsleep.models.registry import register
 from distsleep.spectrogram import N_FFT, n_frames, torch_spectrogram
 
@@ -352,7 +352,7 @@ def _info_nce_fp32(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, neg
 # ------------------------------------------------------------------------------------------------ model
 
 
-class MC2SleepNet(nn.Module):
+class MC2SleepNet(FreezableModel):
     """The full model; see the module docstring. `forward(x, labels, stage)` returns a dict of tensors."""
 
     def __init__(self, cfg: MC2SleepNetConfig) -> None:
@@ -372,7 +372,6 @@ class MC2SleepNet(nn.Module):
         self.head_sg = _mlp_head(d, cfg.head_hidden, cfg.n_classes, cfg.dropout)
         self.head_sp = _mlp_head(d, cfg.head_hidden, cfg.n_classes, cfg.dropout)
         self.head_concat = _mlp_head(2 * d, cfg.head_hidden, cfg.n_classes, cfg.dropout)
-        self._frozen: tuple[nn.Module, ...] = ()
 
     # ---- fine-tuning support
 
@@ -414,12 +413,6 @@ class MC2SleepNet(nn.Module):
     @property
     def backbones_frozen(self) -> bool:
         return bool(self._frozen)
-
-    def train(self, mode: bool = True) -> MC2SleepNet:
-        super().train(mode)
-        for module in self._frozen:
-            module.eval()
-        return self
 
     # ---- pieces (public so tests and analysis can call them)
 
@@ -529,17 +522,6 @@ class MC2SleepNet(nn.Module):
             loss = loss_seq + cfg.infonce_weight * loss_infonce if stage == "pretrain" else loss_seq
             out.update(loss=loss, loss_seq=loss_seq, loss_concat=loss_concat, loss_sg=loss_sg, loss_sp=loss_sp)
         return out
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L, C, 3000) µV → (B, L) predicted stages from the concat head (eval mode, no masking/augmentation)."""
-        was_training = self.training
-        self.eval()
-        try:
-            return self.forward(x, stage="eval")["logits"].argmax(dim=-1)
-        finally:
-            self.train(was_training)
-
 
 @register(
     "mc2sleepnet",

@@ -93,7 +93,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from distsleep.models.common import masked_cross_entropy, sinusoidal_positional_encoding
+from distsleep.models.common import FreezableModel, masked_cross_entropy, sinusoidal_positional_encoding
 from distsleep.models.mamba import MambaContext
 from distsleep.models.registry import register
 
@@ -545,7 +545,7 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 # ------------------------------------------------------------------------------------------- model
 
 
-class NeuroNet(nn.Module):
+class NeuroNet(FreezableModel):
     """The full model; see the module docstring. `forward(x, labels, stage)` returns a dict of tensors."""
 
     def __init__(self, cfg: NeuroNetConfig) -> None:
@@ -566,7 +566,6 @@ class NeuroNet(nn.Module):
         self.head = nn.Linear(d, cfg.n_classes)
         # Which classifier produces "logits" outside pre-training; a buffer so it survives state_dict save/load.
         self.register_buffer("head_mode", torch.zeros((), dtype=torch.long))
-        self._frozen: tuple[nn.Module, ...] = ()
         self._set_trainable((self.encoder, self.decoder, self.projector, self.probe))
 
     # ---- heads and freezing
@@ -574,18 +573,6 @@ class NeuroNet(nn.Module):
     @property
     def active_head(self) -> str:
         return HEAD_MODES[int(self.head_mode)]
-
-    def _set_trainable(self, trainable: Sequence[nn.Module]) -> None:
-        """Exactly the parameters of `trainable` require grad; every other child is frozen and kept in eval mode."""
-        keep = {id(m) for m in trainable}
-        frozen = []
-        for child in self.children():
-            on = id(child) in keep
-            child.requires_grad_(on)
-            if not on:
-                frozen.append(child)
-        self._frozen = tuple(frozen)
-        self.train(self.training)
 
     def prepare_finetune(self, mode: str) -> None:
         """"linear": only `linear_head` trains (linear probing on the CLS feature); "full": the encoder
@@ -598,12 +585,6 @@ class NeuroNet(nn.Module):
         else:
             parts = (self.context, self.head_dropout, self.head) + ((self.encoder,) if self.cfg.finetune_encoder else ())
             self._set_trainable(parts)
-
-    def train(self, mode: bool = True) -> NeuroNet:
-        super().train(mode)
-        for module in self._frozen:
-            module.eval()
-        return self
 
     def _encoder_trainable(self) -> bool:
         return any(p.requires_grad for p in self.encoder.parameters())
@@ -679,17 +660,6 @@ class NeuroNet(nn.Module):
         if loss is not None:
             out["loss"] = loss
         return out
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L, 1, S) → (B, L) predicted classes from the active head (eval mode)."""
-        was_training = self.training
-        self.eval()
-        try:
-            return self.forward(x, stage="eval")["logits"].argmax(dim=-1)
-        finally:
-            self.train(was_training)
-
 
 def neuronet_slots(config: NeuroNetConfig | Mapping | None) -> list[tuple[str, ...]]:
     """One input slot, filled by any of `config.channel_roles` (the lead's TrainConfig chooses the role)."""

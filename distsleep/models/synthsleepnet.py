@@ -91,7 +91,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distsleep.models.common import masked_cross_entropy
+from distsleep.models.common import FreezableModel, masked_cross_entropy
 from distsleep.models.mamba import MambaContext
 from distsleep.models.neuronet import (
     FINETUNE_MODES,
@@ -313,7 +313,7 @@ def split_modalities(fused: torch.Tensor, counts: Sequence[int]) -> list[torch.T
 # ------------------------------------------------------------------------------------------- model
 
 
-class SynthSleepNet(nn.Module):
+class SynthSleepNet(FreezableModel):
     """The full model; see the module docstring. `forward(x, labels, stage)` returns a dict of tensors."""
 
     def __init__(self, cfg: SynthSleepNetConfig) -> None:
@@ -344,7 +344,6 @@ class SynthSleepNet(nn.Module):
         self.head = nn.Linear(d, cfg.n_classes)
         self.register_buffer("head_mode", torch.zeros((), dtype=torch.long))
         self.register_buffer("parts_loaded", torch.zeros(len(cfg.modalities), dtype=torch.bool))
-        self._frozen: tuple[nn.Module, ...] = ()
         self._lora_trainable = False
         self._warned_missing = False
         self._set_trainable((self.fusion, self.decoders, self.fusion_projector, self.unimodal_projectors, self.probe),
@@ -418,18 +417,11 @@ class SynthSleepNet(nn.Module):
     def _set_trainable(self, trainable: Sequence[nn.Module], *, lora: bool) -> None:
         """Exactly `trainable`'s parameters (+ the LoRA adapters if `lora`) require grad; every other child
         is kept in eval mode. The unimodal encoders' base weights are always frozen."""
-        keep = {id(m) for m in trainable}
-        frozen = []
-        for child in self.children():
-            on = id(child) in keep
-            child.requires_grad_(on)
-            if not on:
-                frozen.append(child)
+        self._freeze_all_but(trainable)
         lora = lora and self.cfg.lora_rank > 0
         for p in self.lora_parameters():
             p.requires_grad_(lora)
         self._lora_trainable = lora
-        self._frozen = tuple(frozen)
         self.train(self.training)
 
     def prepare_finetune(self, mode: str) -> None:
@@ -445,8 +437,6 @@ class SynthSleepNet(nn.Module):
 
     def train(self, mode: bool = True) -> SynthSleepNet:
         super().train(mode)
-        for module in self._frozen:
-            module.eval()
         if mode and self._lora_trainable:  # frozen encoders stay in eval mode, their adapters' dropout does not
             for name, module in self.unimodal.named_modules():
                 if name.endswith("lora_dropout"):
@@ -548,17 +538,6 @@ class SynthSleepNet(nn.Module):
         if loss is not None:
             out["loss"] = loss
         return out
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L, M, S) → (B, L) predicted classes from the active head (eval mode)."""
-        was_training = self.training
-        self.eval()
-        try:
-            return self.forward(x, stage="eval")["logits"].argmax(dim=-1)
-        finally:
-            self.train(was_training)
-
 
 def synthsleepnet_slots(config: SynthSleepNetConfig | Mapping | None) -> list[tuple[str, ...]]:
     """One slot per modality, filled by exactly that role."""

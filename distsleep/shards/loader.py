@@ -226,8 +226,9 @@ def _channel_indices(meta: dict, n_channels: int, channels: Sequence[int | str] 
     return indices
 
 
-def _robust_scaling(meta: dict, keep: list[int], source: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per kept channel, (multiplier, offset) turning µV into (µV - median) / IQR."""
+def robust_scaling(meta: dict, keep: list[int], source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per kept channel, (multiplier, offset) turning µV into (µV - median) / IQR; the training loader and
+    `predict` both scale through this, so inference sees exactly the training inputs."""
     stats = meta.get("channel_stats")
     if not stats or len(stats) <= max(keep, default=-1):
         raise ValueError(
@@ -256,7 +257,7 @@ def _load_night(raw: dict, channels: Sequence[int | str] | None, normalization: 
     codes = sample.signals if keep == list(range(n_channels)) else sample.signals[:, keep]
     scale, offset = scale[keep], None
     if normalization == "robust":
-        multiplier, offset = _robust_scaling(sample.meta, keep, source)
+        multiplier, offset = robust_scaling(sample.meta, keep, source)
         scale = (scale * multiplier).astype(np.float32)
     return _Night(
         record_id=str(sample.meta.get("record_id", sample.key)), source=source, codes=codes,

@@ -360,12 +360,9 @@ def augmented_urls(cfg, manifest: dict, base: str) -> list[str]:
 
 def prepare_finetune(model, mode: str) -> None:
     """Freeze what fine-tuning (`mode` "full") or linear probing (`mode` "linear") keeps fixed."""
-    if hasattr(model, "prepare_finetune"):
-        model.prepare_finetune(mode)
-    elif mode == "full" and hasattr(model, "freeze_backbones"):
-        model.freeze_backbones()
-    elif mode == "linear":
-        raise ValueError(f"{type(model).__name__} does not support linear probing (no prepare_finetune)")
+    if not hasattr(model, "prepare_finetune"):
+        raise ValueError(f"{type(model).__name__} cannot be fine-tuned: it has no prepare_finetune(mode) method")
+    model.prepare_finetune(mode)
 
 
 def _cpu_state(engine) -> dict:
