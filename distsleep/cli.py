@@ -6,6 +6,7 @@
     distsleep pretrain  MC²SleepNet (or any registered model) on Ray Train + DeepSpeed, tracked in MLflow
     distsleep finetune  the fine-tuning stage from a pre-training run
     distsleep predict   score a recording with a trained model bundle (stages, hypnogram, report)
+    distsleep gan       Physio-GAN: minority-stage generator (Ray Train) and synthetic training shards
     distsleep sweep     Ray Tune sweep over the masking ratio (and other knobs): pre-train, fine-tune, test
     distsleep compare   Table-4-style comparison of a sweep's trials (or any runs) from MLflow, with plots
     distsleep submit    `ray job submit` of a job, with cluster pitfalls checked before the upload
@@ -326,6 +327,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-baseline", action="store_true", help="do not score YASA on the test records")
     g.add_argument("--out", help="folder for the comparison files (default: a temporary folder; they are logged to MLflow)")
     p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser(
+        "gan", help="Physio-GAN: train a minority-stage generator, write synthetic training shards",
+        description="ISATSleepNet's Physio-GAN. `gan train` learns the target stage(s) (N1 by default) from the "
+        "training records of a manifest on Ray Train (spectral and amplitude constraints, PSD comparison logged to "
+        "MLflow); `gan augment` writes generated epochs as marked shards plus augmentation.json, which "
+        "`pretrain/finetune --augment-shards` add to the training stream only; `gan effect` trains a model with and "
+        "without them and compares per-class F1.",
+    )
+    from distsleep.gan.cli import add_gan_commands
+
+    add_gan_commands(p.add_subparsers(dest="gan_command", required=True, metavar="{train,augment,effect}"))
 
     p = sub.add_parser(
         "compare", help="compare runs from MLflow: Table-4-style table (text, CSV, Markdown) and plots",

@@ -57,3 +57,30 @@ def multimodal_shards(tmp_path_factory, ray_local) -> Path:
     result = run_preprocess(root, out, config, SplitConfig(n_val=1), progress=False)
     assert {k: v["records"] for k, v in result.manifest["totals"].items()} == {"train": 5, "val": 1, "test": 2}
     return out / "manifest.json"
+
+
+@pytest.fixture(scope="session")
+def physio_gan(multimodal_shards, tmp_path_factory):
+    """A tiny Physio-GAN (small preset, 20 steps) trained for N1 on the multimodal shards' training records with
+    2 Ray Train workers; yields (GanTrainConfig, GanOutcome). Shared by the GAN tests and the ISATSleepNet run."""
+    from distsleep.gan.config import GanTrainConfig
+    from distsleep.gan.train import run_gan_training
+
+    tmp = tmp_path_factory.mktemp("gan-run")
+    cfg = GanTrainConfig(shards=str(multimodal_shards), model_size="small", batch_size=8, n_critic=2, max_steps=20,
+                         checkpoint_every=20, log_every=1, psd_epochs=64, num_workers=2,
+                         storage_path=str(tmp / "runs"), name="gan-tiny", tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}",
+                         experiment="tests")
+    return cfg, run_gan_training(cfg)
+
+
+@pytest.fixture(scope="session")
+def gan_augmentation(physio_gan, multimodal_shards, tmp_path_factory) -> Path:
+    """augmentation.json of 60 synthetic N1 epochs (6 shards) from `physio_gan`, for the multimodal shards."""
+    from distsleep.gan.augment import AugmentConfig, run_augment
+
+    cfg, outcome = physio_gan
+    out = tmp_path_factory.mktemp("gan-augmentation")
+    result = run_augment(AugmentConfig(generator=outcome.run_id, tracking_uri=cfg.tracking_uri,
+                                       shards=str(multimodal_shards), out=str(out), n_epochs=60, epochs_per_record=10))
+    return result.path

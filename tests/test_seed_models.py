@@ -51,21 +51,35 @@ def fell(values: list[float], window: int = 5) -> bool:
 
 
 @pytest.mark.parametrize("model, seq_len, steps", [
-    ("isatsleepnet", 1, 60),
+    ("isatsleepnet", 1, 40),
     ("crossfusionsleepnet", 5, 40),
     ("mc2sleepnet", 5, 40),
 ])
-def test_supervised_models_train_and_beat_majority(multimodal_shards, store, model, seq_len, steps):
+def test_supervised_models_train_and_beat_majority(multimodal_shards, store, model, seq_len, steps, request, tmp_path):
+    # ISATSleepNet trains with its Physio-GAN augmentation: synthetic N1 epochs join the training stream only.
+    augment = [str(request.getfixturevalue("gan_augmentation"))] if model == "isatsleepnet" else []
     c = cfg(multimodal_shards, store, model=model, name=model, seq_len=seq_len, max_steps=steps, val_every=steps // 2,
-            batch_size=32 if seq_len == 1 else 8)
+            batch_size=32 if seq_len == 1 else 8, augment_shards=augment)
     outcome = run_training(c)
     RUNS[model] = outcome.run_id
     m = outcome.metrics
     assert m["test_accuracy"] > majority(multimodal_shards) + 0.05, (model, m)
     assert fell(history(c.tracking_uri, outcome.run_id, "loss")), model
-    run = mlflow.MlflowClient(c.tracking_uri).get_run(outcome.run_id)
+    client = mlflow.MlflowClient(c.tracking_uri)
+    run = client.get_run(outcome.run_id)
     assert run.data.tags["model"] == model and int(run.data.tags["parameters"]) > 0
     assert run.data.params["world_size"] == "2"
+    # Test metrics cover exactly the manifest's scored test epochs of real records, with or without augmentation.
+    manifest = json.loads(multimodal_shards.read_text())
+    data = json.loads(Path(client.download_artifacts(outcome.run_id, "data.json", str(tmp_path))).read_text())
+    test_records = sorted(r for r, e in manifest["records"].items() if e["split"] == "test")
+    assert data["evaluated_test_records"] == test_records == data["records"]["test"]
+    test_metrics = json.loads(Path(client.download_artifacts(outcome.run_id, "test_metrics.json", str(tmp_path))).read_text())
+    scored = sum(v for k, v in manifest["totals"]["test"]["stages"].items() if k != "unscored")
+    assert np.asarray(test_metrics["confusion"]).sum() == scored
+    listed = json.loads(Path(augment[0]).read_text())["shards"] if augment else []
+    assert run.data.params["data.augmentation_shards"] == str(len(listed))
+    assert data["augmentation"]["manifests"] == augment and len(data["augmentation"]["shards"]) == len(listed)
 
 
 def latest_state(storage: Path) -> dict:

@@ -190,6 +190,7 @@ class _Night:
     labels: np.ndarray  # int8 (n_epochs,)
     events: np.ndarray  # uint8 (n_epochs, 3)
     offset: np.ndarray | None = None  # float32 (n_kept_channels,) added after scaling (robust: -median/IQR)
+    augmented: bool = False  # synthetic epochs (Physio-GAN): allowed in the training stream only
 
     @property
     def n_epochs(self) -> int:
@@ -262,6 +263,7 @@ def _load_night(raw: dict, channels: Sequence[int | str] | None, normalization: 
     return _Night(
         record_id=str(sample.meta.get("record_id", sample.key)), source=source, codes=codes,
         scale=scale, labels=sample.labels, events=sample.events, offset=offset,
+        augmented=bool(sample.meta.get("augmented", False)),
     )
 
 
@@ -502,6 +504,10 @@ def eval_sequences(urls: Sequence[str], cfg: LoaderConfig, world_size: int, rank
     """
     _check_rank(world_size, rank)
     for night in _read_nights(sorted(urls)[rank::world_size], cfg.channels, cfg.normalization):
+        if night.augmented:
+            # Scores on generated epochs say nothing about real recordings; refuse rather than report them.
+            raise ValueError(f"{night.source}: {night.record_id} holds synthetic (augmented) epochs, which are for "
+                             "training only; remove it from the validation/test records")
         yield from _night_sequences(night, cfg.seq_len, cfg.eval_stride)
 
 

@@ -55,7 +55,7 @@ def _environment(world: int, cfg) -> dict:
 
 
 def write_run_artifacts(directory: Path, *, cfg, model_cfg, ds_config, manifest, roles, test_metrics, predictions,
-                        state, weights, world) -> list[tuple[Path, str | None]]:
+                        state, weights, world, augmented=()) -> list[tuple[Path, str | None]]:
     """Write the run's artifacts into `directory`; returns (file, MLflow artifact folder) pairs."""
     import torch
 
@@ -71,6 +71,9 @@ def write_run_artifacts(directory: Path, *, cfg, model_cfg, ds_config, manifest,
     splits = {s: sorted(r for r, e in manifest["records"].items() if e["split"] == s) for s in ("train", "val", "test")}
     dump("data.json", {"manifest_config_hash": manifest.get("config_hash"), "manifest_code_version": manifest.get("code_version"),
                        "shards": cfg.shards, "channels": list(roles), "records": splits,
+                       "evaluated_test_records": sorted(predictions.labels),
+                       # synthetic epochs: training stream only (never validation/test), with their provenance
+                       "augmentation": {"manifests": list(cfg.augment_shards), "shards": list(augmented)},
                        "preprocess": manifest["config"]["preprocess"]})
     dump("checkpoint.json", {"evaluated": "best validation", "best_step": state["best_step"],
                              "best_" + cfg.select_metric: state["best_metric"], "last_step": state["step"],

@@ -20,7 +20,7 @@ def parse_value(text: str):
         return text
 
 
-def _parse_set(items: list[str], option: str = "--set", parse=parse_value) -> dict:
+def parse_set(items: list[str], option: str = "--set", parse=parse_value) -> dict:
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -57,6 +57,9 @@ def add_train_arguments(p: argparse.ArgumentParser, stage: str | None = None) ->
     g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"sequences per worker per step (default {d.batch_size})")
     g.add_argument("--loader-workers", type=int, default=d.loader_workers, help="DataLoader processes per worker")
     g.add_argument("--shuffle-buffer", type=int, default=d.shuffle_buffer, help="sequences in the shuffle buffer")
+    g.add_argument("--augment-shards", nargs="+", default=[], metavar="AUGMENTATION",
+                   help="augmentation.json (or its folder) of `distsleep gan augment`: its synthetic epochs join the "
+                        "training stream only, never validation or test")
     g = p.add_argument_group("optimisation")
     g.add_argument("--max-steps", type=int, default=d.max_steps)
     g.add_argument("--val-every", type=int, default=d.val_every, help="validate and checkpoint every N steps")
@@ -90,11 +93,12 @@ def add_train_arguments(p: argparse.ArgumentParser, stage: str | None = None) ->
 
 def config_from_args(args: argparse.Namespace, stage: str | None = None) -> TrainConfig:
     return TrainConfig(
-        shards=args.shards, model=args.model, model_size=args.model_size, model_overrides=_parse_set(args.set),
+        shards=args.shards, model=args.model, model_size=args.model_size, model_overrides=parse_set(args.set),
         stage=stage or args.stage, mask_ratio=args.mask_ratio, init_from=args.init_from, seq_len=args.seq_len,
-        init_parts=_parse_set(args.init_part, "--init-part", str), task=args.task, finetune_mode=args.finetune_mode,
+        init_parts=parse_set(args.init_part, "--init-part", str), task=args.task, finetune_mode=args.finetune_mode,
         label_fraction=args.label_fraction, channels=args.channels,
         batch_size=args.batch_size, loader_workers=args.loader_workers, shuffle_buffer=args.shuffle_buffer,
+        augment_shards=args.augment_shards,
         max_steps=args.max_steps, val_every=args.val_every, early_stop_patience=args.early_stop_patience,
         select_metric=args.select_metric, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
         warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, zero_stage=args.zero_stage, precision=args.precision,

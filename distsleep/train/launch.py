@@ -79,20 +79,35 @@ class TrainingOutcome:
     storage: str
 
 
-def _preflight(cfg: TrainConfig) -> None:
-    from distsleep.shards.loader import labelled_records, load_manifest
-    from distsleep.train.loop import input_roles, model_config
+def open_manifest(shards: str) -> dict:
+    """The shard manifest of a job about to launch, or a LaunchError saying what is wrong with it."""
+    from distsleep.shards.loader import load_manifest
 
-    if not cfg.shards:
+    if not shards:
         raise LaunchError("no shards given: pass --shards PATH/TO/manifest.json (the output of `distsleep preprocess`)")
     try:
-        manifest, _ = load_manifest(cfg.shards)
+        manifest, _ = load_manifest(shards)
     except Exception as error:
-        raise LaunchError(f"cannot read the shard manifest {cfg.shards}: {error}") from error
+        raise LaunchError(f"cannot read the shard manifest {shards}: {error}") from error
+    return manifest
+
+
+def _preflight(cfg: TrainConfig) -> None:
+    from distsleep.shards.loader import labelled_records
+    from distsleep.train.loop import augmented_urls, input_roles, model_config
+
+    manifest = open_manifest(cfg.shards)
     try:
-        input_roles(cfg, manifest, model_config(cfg))
+        roles = input_roles(cfg, manifest, model_config(cfg))
     except ValueError as error:
         raise LaunchError(f"{cfg.shards}: {error}") from error
+    if cfg.augment_shards:
+        from distsleep.gan.augment import AugmentationError
+
+        try:  # a stale or foreign augmentation is refused here, not by every worker after start-up
+            augmented_urls(cfg, manifest, roles)
+        except AugmentationError as error:
+            raise LaunchError(str(error)) from error
     counts = {s: sum(1 for r in manifest["records"].values() if r["split"] == s) for s in ("train", "val", "test")}
     missing = [s for s, n in counts.items() if n == 0]
     if missing:
@@ -124,6 +139,8 @@ def cluster_preflight(cfg: TrainConfig, tracking_uri: str, check_demand: bool = 
     from distsleep.cluster.preflight import ClusterCheckError, check_paths_visible, check_resources
 
     paths = {"the shard manifest": (cfg.shards, False), "the storage path": (cfg.storage_path, True)}
+    for augmentation in getattr(cfg, "augment_shards", []):  # GanTrainConfig has none
+        paths[f"the augmentation {augmentation}"] = (augmentation, False)
     if tracking_uri.startswith("sqlite:///"):
         paths["the MLflow SQLite store"] = (tracking_uri.removeprefix("sqlite:///"), True)
     try:
@@ -132,6 +149,36 @@ def cluster_preflight(cfg: TrainConfig, tracking_uri: str, check_demand: bool = 
         check_paths_visible(paths)
     except ClusterCheckError as error:
         raise LaunchError(str(error)) from error
+
+
+def run_storage(storage_path: str, name: str) -> str:
+    """Where the run's checkpoints go (STORAGE/NAME); a local storage path is created first."""
+    if "://" in storage_path:
+        return f"{storage_path.rstrip('/')}/{name}"
+    try:
+        Path(storage_path).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise LaunchError(f"cannot create the storage path {storage_path}: {error.strerror}") from error
+    return str(Path(storage_path) / name)
+
+
+def fit_tracked(trainer, cfg, run_id: str, tracking_uri: str, storage: str):
+    """`trainer.fit()`, then the MLflow run marked FINISHED or FAILED; returns (result, logged metrics).
+
+    A failure raises TrainingFailed with `failure_message` (per-rank causes, last checkpoint, how to resume).
+    """
+    from distsleep.tracking import client
+
+    try:
+        result = trainer.fit()
+        error = result.error
+    except Exception as raised:  # Ray Train raises worker-group failures from fit()
+        error = raised
+    if error is not None:
+        client(tracking_uri).set_terminated(run_id, "FAILED")
+        raise TrainingFailed(failure_message(cfg, error, storage)) from error
+    client(tracking_uri).set_terminated(run_id, "FINISHED")
+    return result, client(tracking_uri).get_run(run_id).data.metrics
 
 
 def worker_env(cfg: TrainConfig, tracking_uri: str) -> dict[str, str]:
@@ -178,7 +225,7 @@ def run_training(cfg: TrainConfig, address: str | None = None, *, callbacks: lis
     """Preflight, the MLflow run, then `TorchTrainer.fit()`. `callbacks` are Ray Train user callbacks
     (a sweep passes Tune's report callback); `display_name` names the MLflow run in the UI."""
     from distsleep.runtime import connect_ray
-    from distsleep.tracking import client, find_or_create_run, check_reachable
+    from distsleep.tracking import check_reachable, find_or_create_run
 
     tracking_uri = cfg.tracking_uri or default_tracking_uri()
     check_reachable(tracking_uri)
@@ -187,25 +234,11 @@ def run_training(cfg: TrainConfig, address: str | None = None, *, callbacks: lis
     connect_ray(address)
     if check_cluster:  # sweep trials pass False: the sweep's driver checked once for all of them
         cluster_preflight(cfg, tracking_uri)
-    if "://" not in cfg.storage_path:
-        try:
-            Path(cfg.storage_path).mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise LaunchError(f"cannot create the storage path {cfg.storage_path}: {error.strerror}") from error
+    storage = run_storage(cfg.storage_path, cfg.name)
     run_id, resumed = find_or_create_run(tracking_uri, cfg.experiment, cfg.name, cfg.parent_run_id, tags, display_name)
     trainer = build_trainer(cfg, run_id, tracking_uri, callbacks, new_run=not resumed)
-    storage = str(Path(cfg.storage_path) / cfg.name) if "://" not in cfg.storage_path else f"{cfg.storage_path}/{cfg.name}"
-    try:
-        result = trainer.fit()
-        error = result.error
-    except Exception as raised:  # Ray Train raises worker-group failures from fit()
-        error = raised
-    if error is not None:
-        client(tracking_uri).set_terminated(run_id, "FAILED")
-        raise TrainingFailed(failure_message(cfg, error, storage)) from error
-    client(tracking_uri).set_terminated(run_id, "FINISHED")
     # The run's final numbers (test metrics of the best checkpoint) as logged by rank 0.
-    logged = client(tracking_uri).get_run(run_id).data.metrics
+    result, logged = fit_tracked(trainer, cfg, run_id, tracking_uri, storage)
     best = None
     if result.best_checkpoints:
         best = max(result.best_checkpoints, key=lambda pair: pair[1].get(f"val_{cfg.select_metric}", float("-inf")))[0].path

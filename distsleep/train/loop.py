@@ -18,6 +18,7 @@ import math
 import platform
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 DS_TAG = "ds"
@@ -152,6 +153,20 @@ def _full_fp32_state(engine) -> dict:
     return state
 
 
+def worker_context(config: dict, use_gpu: bool):
+    """(rank, world size, torch device, rank-0 MLflow logger) of a Ray Train worker; `config` carries the
+    MLflow run id and tracking URI (workers log with an explicit URI, so they need no environment of their own)."""
+    import ray.train
+    import torch
+
+    from distsleep.tracking import RunLogger
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = torch.device("cuda", torch.cuda.current_device()) if use_gpu and torch.cuda.is_available() else torch.device("cpu")
+    return rank, world, device, RunLogger(config["tracking_uri"], config["mlflow_run_id"], enabled=rank == 0)
+
+
 def train_loop_per_worker(config: dict) -> None:
     import deepspeed
     import ray.train
@@ -159,21 +174,15 @@ def train_loop_per_worker(config: dict) -> None:
 
     from distsleep.config import flatten
     from distsleep.models import model_normalization
-    from distsleep.shards.loader import (LoaderConfig, batches_per_epoch, endless_batches, labelled_records,
-                                         load_manifest, make_train_loader, shard_urls)
+    from distsleep.shards.loader import LoaderConfig, batches_per_epoch, endless_batches, load_manifest, make_train_loader
     from distsleep.tasks import SCALAR_METRICS, targets
-    from distsleep.tracking import RunLogger
     from distsleep.train import artifacts
     from distsleep.train.config import TrainConfig, deepspeed_config
     from distsleep.train.evaluate import evaluate
 
     cfg = TrainConfig.from_dict(config["train"])
-    run_id = config["mlflow_run_id"]
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = torch.device("cuda", torch.cuda.current_device()) if cfg.use_gpu and torch.cuda.is_available() else torch.device("cpu")
+    rank, world, device, tracker = worker_context(config, cfg.use_gpu)
     torch.manual_seed(cfg.seed + rank)
-    tracker = RunLogger(config["tracking_uri"], run_id, enabled=rank == 0)
 
     manifest, base = load_manifest(cfg.shards)
     model, model_cfg = _model_and_config(cfg)
@@ -181,13 +190,10 @@ def train_loop_per_worker(config: dict) -> None:
     loader_cfg = LoaderConfig(seq_len=cfg.seq_len, batch_size=cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer,
                               num_workers=cfg.loader_workers, seed=cfg.seed, channels=list(roles), stride=cfg.val_stride,
                               normalization=model_normalization(cfg.model))
-    # Semi-supervised runs see the labels of a fixed subset of the training records only.
-    labelled = labelled_records(manifest, cfg.label_fraction, cfg.seed) if cfg.label_fraction < 1 else None
-    train_urls = shard_urls(manifest, "train", base, records=labelled)
-    val_urls, test_urls = (shard_urls(manifest, s, base) for s in ("val", "test"))
-    augmented = augmented_urls(cfg, manifest, base)
-    per_epoch = batches_per_epoch(manifest, world, cfg.batch_size, seq_len=cfg.seq_len, records=labelled)
-    loader = make_train_loader(train_urls + augmented, loader_cfg, world, rank, per_epoch)
+    streams = stream_urls(cfg, manifest, base, roles)
+    train_urls, augmented, val_urls, test_urls = streams.train, streams.augmented, streams.val, streams.test
+    per_epoch = batches_per_epoch(manifest, world, cfg.batch_size, seq_len=cfg.seq_len, records=streams.labelled)
+    loader = make_train_loader(streams.training, loader_cfg, world, rank, per_epoch)
 
     if cfg.init_from:
         weights, skipped = matching_weights(model, load_weights(cfg.init_from))
@@ -319,7 +325,7 @@ def train_loop_per_worker(config: dict) -> None:
             files = artifacts.write_run_artifacts(
                 Path(directory), cfg=cfg, model_cfg=model_cfg, ds_config=ds_config, manifest=manifest, roles=roles,
                 test_metrics=test_metrics, predictions=predictions, state=state, weights=holder[0] or _cpu_state(engine),
-                world=world,
+                world=world, augmented=augmented,
             )
             for path, folder in files:
                 tracker.artifact(path, folder)
@@ -349,13 +355,40 @@ def input_roles(cfg, manifest: dict, model_cfg) -> tuple[str, ...]:
     return tuple(cfg.channels)
 
 
-def augmented_urls(cfg, manifest: dict, base: str) -> list[str]:
-    """Shards of the augmentation manifests in `cfg.augment_shards`, for the training stream only."""
+def augmented_urls(cfg, manifest: dict, roles) -> list[str]:
+    """Synthetic shards of the augmentation manifests in `cfg.augment_shards`, each checked against the run's
+    shard manifest (config hash, no generator trained on its val/test records) and its channel roles."""
     if not cfg.augment_shards:
         return []
     from distsleep.gan.augment import augmented_train_urls
 
-    return [url for path in cfg.augment_shards for url in augmented_train_urls(path, manifest, base)]
+    return [url for path in cfg.augment_shards for url in augmented_train_urls(path, manifest, channels=roles)]
+
+
+@dataclass(frozen=True)
+class Streams:
+    """Shard URLs of a run's three streams. `training` = the labelled real training records + augmentation;
+    validation and test come from the manifest's own splits only, so synthetic epochs can never reach them."""
+
+    train: list[str]
+    augmented: list[str]
+    val: list[str]
+    test: list[str]
+    labelled: list[str] | None  # training record ids whose labels are used (None: all)
+
+    @property
+    def training(self) -> list[str]:
+        return self.train + self.augmented
+
+
+def stream_urls(cfg, manifest: dict, base: str, roles) -> Streams:
+    from distsleep.shards.loader import labelled_records, shard_urls
+
+    # Semi-supervised runs see the labels of a fixed subset of the training records only.
+    labelled = labelled_records(manifest, cfg.label_fraction, cfg.seed) if cfg.label_fraction < 1 else None
+    return Streams(train=shard_urls(manifest, "train", base, records=labelled),
+                   augmented=augmented_urls(cfg, manifest, roles),
+                   val=shard_urls(manifest, "val", base), test=shard_urls(manifest, "test", base), labelled=labelled)
 
 
 def prepare_finetune(model, mode: str) -> None:
