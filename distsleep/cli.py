@@ -111,20 +111,14 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from distsleep.train.cli_args import config_from_args
-    from distsleep.train.launch import LaunchError, TrainingFailed, run_training
-    from distsleep.tracking import TrackingUnavailable
+    from distsleep.train.cli_args import config_from_args, run_job
+    from distsleep.train.launch import run_training
 
     stage = "finetune" if args.command == "finetune" else None
     config = config_from_args(args, stage=stage)
-    try:
-        outcome = run_training(config, address=args.address)
-    except (LaunchError, TrackingUnavailable) as error:
-        print(f"distsleep {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except TrainingFailed as error:
-        print(f"distsleep {args.command}: error: {error}", file=sys.stderr)
-        return 1
+    outcome, status = run_job(f"distsleep {args.command}", lambda: run_training(config, address=args.address))
+    if status:
+        return status
     m = outcome.metrics
     keys = ("test_accuracy", "test_macro_f1", "test_kappa", "test_f1_positive", "test_auroc", "test_majority_accuracy")
     summary = "  ".join(f"{k.removeprefix('test_')} {m[k]:.3f}" for k in keys if k in m)

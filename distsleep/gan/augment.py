@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from distsleep.atomic import write_json_atomic
+from distsleep.gan.data import channel_stats as channel_stats_of
 from distsleep.shards.convert import sha256_file
 from distsleep.shards.format import EVENT_COLUMNS, ShardSample, quantize, write_shard
 from distsleep.stages import STAGE_NAMES
@@ -213,13 +214,6 @@ def epochs_needed(counts: dict[str, int], stage: str, fraction: float) -> int:
     return max(0, math.ceil((fraction * total - have) / (1 - fraction) - 1e-9))
 
 
-def _stats(physical: np.ndarray) -> list[dict]:
-    from distsleep.gan.data import robust_stats
-
-    median, iqr = robust_stats(physical)
-    return [{"median": float(m), "iqr": float(q)} for m, q in zip(median, iqr)]
-
-
 def pseudo_record(bundle: GeneratorBundle, stage: str, index: int, n: int, seed: int, source_hash: str,
                   target_rate: float, channel_stats: str = "training-nights") -> ShardSample:
     """One synthetic pseudo-record of `n` epochs, seeded by (seed, stage, index) alone."""
@@ -233,7 +227,7 @@ def pseudo_record(bundle: GeneratorBundle, stage: str, index: int, n: int, seed:
     signals = np.stack(columns, axis=1)
     # Statistics of what a reader reconstructs (codes x scale), like those of a real shard.
     physical = signals.astype(np.float32) * np.asarray(scales, np.float32)[None, :, None]
-    stats = _stats(physical) if channel_stats == "pseudo-record" else list(bundle.bundle["night_stats"])
+    stats = channel_stats_of(physical) if channel_stats == "pseudo-record" else list(bundle.bundle["night_stats"])
     key = f"{KEY_PREFIX}{stage.lower()}-{bundle.sha256[:10]}-s{seed}-{index:05d}"
     meta = {
         "record_id": key,
@@ -256,21 +250,27 @@ def pseudo_record(bundle: GeneratorBundle, stage: str, index: int, n: int, seed:
                        events=np.zeros((n, len(EVENT_COLUMNS)), dtype=np.uint8), meta=meta)
 
 
-def _check_source(bundle: GeneratorBundle, manifest: dict, source: str) -> None:
-    if bundle.bundle.get("source_config_hash") != manifest.get("config_hash"):
+def check_fits(manifest: dict, manifest_name: str, *, where: str, source_hash, channels, train_records,
+               source: str = "") -> None:
+    """Raise AugmentationError (naming `where`) unless epochs of a generator may join the training data of
+    `manifest`: trained on shards of the same preprocessing config (`source_hash`), producing channels the
+    manifest has, and on no recording that is a validation/test record there (that would leak it).
+
+    Checked for a generator bundle before `augment` writes anything, and for an augmentation manifest before a
+    training run uses it.
+    """
+    if source_hash != manifest.get("config_hash"):
         raise AugmentationError(
-            f"{source}: preprocessing config hash {manifest.get('config_hash')} differs from the one the generator "
-            f"{bundle.path} was trained on ({bundle.bundle.get('source_config_hash')}); its epochs would not match "
-            "these shards (filters, rate, channels)")
-    missing = [c for c in bundle.channels if c not in manifest.get("channels", [])]
-    if missing:
-        raise AugmentationError(f"{source}: has no channel(s) {missing} that the generator {bundle.path} produces")
-    not_train = sorted(r for r in bundle.bundle.get("train_records", [])
-                       if manifest["records"].get(r, {}).get("split", "train") != "train")
-    if not_train:
-        # The generator saw these recordings; adding its epochs to this training set would leak them.
-        raise AugmentationError(f"{source}: the generator {bundle.path} was trained on record(s) {not_train[:5]}"
-                                f"{' ...' if len(not_train) > 5 else ''} that are validation/test records here")
+            f"{where}: made for shards with preprocessing config hash {source_hash}{f' ({source})' if source else ''}, "
+            f"but {manifest_name} has {manifest.get('config_hash')}; its epochs would not match these shards "
+            "(filters, rate, channels): use a generator trained on these shards")
+    absent = [c for c in channels if c not in manifest.get("channels", [])]
+    if absent:
+        raise AugmentationError(f"{where}: channel(s) {absent} are not in {manifest_name} ({manifest.get('channels')})")
+    leaked = sorted(r for r in train_records if manifest["records"].get(r, {}).get("split", "train") != "train")
+    if leaked:
+        raise AugmentationError(f"{where}: its generator was trained on record(s) {leaked[:5]}"
+                                f"{' ...' if len(leaked) > 5 else ''} that are validation/test records in {manifest_name}")
 
 
 def run_augment(cfg: AugmentConfig) -> AugmentResult:
@@ -280,7 +280,8 @@ def run_augment(cfg: AugmentConfig) -> AugmentResult:
 
     bundle = load_generator(cfg.generator, cfg.tracking_uri)
     manifest, _ = load_manifest(cfg.shards)
-    _check_source(bundle, manifest, cfg.shards)
+    check_fits(manifest, cfg.shards, where=f"the generator {bundle.path}", source_hash=bundle.bundle.get("source_config_hash"),
+               channels=bundle.channels, train_records=bundle.bundle.get("train_records", []))
     stages = list(cfg.stages or bundle.stages)
     unknown = [s for s in stages if s not in bundle.stages]
     if unknown:
@@ -365,90 +366,50 @@ def _complete_existing(manifest_path: Path, request: dict) -> dict | None:
 def load_augmentation(path_or_url) -> tuple[dict, str]:
     """An augmentation manifest and the base its relative shard paths resolve against (its folder).
 
-    `path_or_url`: augmentation.json, its folder, or an fsspec URL of either.
+    `path_or_url`: augmentation.json, its folder, or an fsspec URL of either (read like a shard manifest).
     """
-    from distsleep.shards.storage import is_remote, read_bytes
+    from distsleep.shards.loader import load_manifest
 
-    location = str(path_or_url)
     try:
-        if is_remote(location):
-            if location.endswith("/"):
-                location += AUGMENTATION_NAME
-            return json.loads(read_bytes(location)), location.rsplit("/", 1)[0]
-        path = Path(re.sub(r"^file:(//)?", "", location))
-        if path.is_dir():
-            path = path / AUGMENTATION_NAME
-        return json.loads(path.read_text()), str(path.resolve().parent)
+        return load_manifest(path_or_url, AUGMENTATION_NAME)
     except FileNotFoundError as error:
-        raise AugmentationError(f"{location}: no augmentation manifest ({AUGMENTATION_NAME} is written last, so an "
+        raise AugmentationError(f"{path_or_url}: no augmentation manifest ({AUGMENTATION_NAME} is written last, so an "
                                 "augmentation job that did not finish leaves none; rerun it)") from error
     except json.JSONDecodeError as error:
-        raise AugmentationError(f"{location}: not a JSON augmentation manifest ({error})") from error
+        raise AugmentationError(f"{path_or_url}: not a JSON augmentation manifest ({error})") from error
 
 
-def augmented_train_urls(augmentation_manifest, training_manifest, base: str | None = None,
-                         channels=None) -> list[str]:
+def augmented_train_urls(augmentation_manifest, training: dict, channels=None) -> list[str]:
     """URLs of the synthetic shards to add to a run's *training* stream, after checking they fit its data.
 
-    augmentation_manifest: augmentation.json (path, folder or URL; its relative shard paths resolve against
-        its own folder and `base` is ignored) or its loaded dict, as returned by `load_augmentation`.
-    training_manifest: the run's preprocessing manifest (dict, or a path/URL for `load_manifest`).
-    base: with a dict only: the folder/URL of the augmentation manifest (the second value of
-        `load_augmentation`), *not* the training shards' base.
+    augmentation_manifest: augmentation.json, its folder or a URL (relative shard paths resolve against its
+        own folder).
+    training: the run's preprocessing manifest.
     channels: channel roles the run reads (default: all of the augmentation's). Each must be generated.
 
     Raises AugmentationError naming the file and the problem: another format, a split other than train,
     a different preprocessing config hash, channels missing, a generator that saw recordings that are
     validation/test records in the training manifest, or (local paths) a listed shard that is missing.
     """
-    from distsleep.shards.loader import load_manifest
+    from distsleep.shards.loader import resolve_shard
 
-    if isinstance(augmentation_manifest, dict):
-        augmentation, where = augmentation_manifest, "augmentation manifest"
-        if base is None:
-            raise AugmentationError(f"{where}: pass `base` (its folder) with a loaded augmentation manifest")
-    else:
-        augmentation, base = load_augmentation(augmentation_manifest)
-        where = str(augmentation_manifest)
-    if isinstance(training_manifest, dict):
-        training, training_name = training_manifest, "the training manifest"
-    else:
-        training, _ = load_manifest(training_manifest)
-        training_name = str(training_manifest)
+    augmentation, base = load_augmentation(augmentation_manifest)
+    where = str(augmentation_manifest)
     if augmentation.get("format") != AUGMENTATION_FORMAT:
         raise AugmentationError(f"{where}: format {augmentation.get('format')!r} is not {AUGMENTATION_FORMAT!r}")
     if augmentation.get("split") != "train":
         raise AugmentationError(f"{where}: split {augmentation.get('split')!r}; synthetic epochs are for training only")
-    if augmentation.get("source_config_hash") != training.get("config_hash"):
-        raise AugmentationError(
-            f"{where}: made for shards with preprocessing config hash {augmentation.get('source_config_hash')} "
-            f"({augmentation.get('source_manifest')}), but {training_name} has {training.get('config_hash')}; "
-            "regenerate it from a generator trained on these shards")
     generated = list(augmentation.get("channels", []))
     wanted = list(channels) if channels is not None else generated
     missing = [c for c in wanted if c not in generated]
     if missing:
         raise AugmentationError(f"{where}: has no channel(s) {missing} (it generated {generated}); train the GAN "
                                 "with those --channels or read fewer channels")
-    absent = [c for c in generated if c not in training.get("channels", [])]
-    if absent:
-        raise AugmentationError(f"{where}: channel(s) {absent} are not in {training_name} ({training.get('channels')})")
-    leaked = sorted(r for r in augmentation.get("generator", {}).get("train_records", [])
-                    if training["records"].get(r, {}).get("split", "train") != "train")
-    if leaked:
-        raise AugmentationError(f"{where}: its generator was trained on record(s) {leaked[:5]} that are "
-                                f"validation/test records in {training_name}")
-    urls = []
-    for entry in augmentation.get("shards", []):
-        shard = str(entry["shard"])
-        if "://" in shard or Path(shard).is_absolute():
-            urls.append(shard)
-        elif "://" in base:
-            urls.append(base.rstrip("/") + "/" + shard)
-        else:
-            urls.append(str(Path(base) / shard))
+    check_fits(training, "the training manifest", where=where, source_hash=augmentation.get("source_config_hash"),
+               channels=generated, train_records=augmentation.get("generator", {}).get("train_records", []),
+               source=augmentation.get("source_manifest", ""))
+    urls = [resolve_shard(str(entry["shard"]), base) for entry in augmentation.get("shards", [])]
     missing_files = [u for u in urls if "://" not in u and not Path(u).is_file()]
     if missing_files:
-        raise AugmentationError(f"{where}: {len(missing_files)} listed shard(s) do not exist, e.g. {missing_files[0]} "
-                                "(was `base` the augmentation manifest's folder?)")
+        raise AugmentationError(f"{where}: {len(missing_files)} listed shard(s) do not exist, e.g. {missing_files[0]}")
     return urls

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from distsleep.gan.config import DEFAULT_CHANNELS, GanTrainConfig
-from distsleep.train.cli_args import parse_set
+from distsleep.train.cli_args import parse_set, run_job
 
 _D = GanTrainConfig()
 
@@ -93,19 +93,15 @@ def add_augment_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from distsleep.gan.train import run_gan_training
-    from distsleep.tracking import TrackingUnavailable
-    from distsleep.train.launch import LaunchError, TrainingFailed
 
-    try:
+    def job():
         cfg = train_config_from_args(args)
         print(cfg)
-        outcome = run_gan_training(cfg, args.address)
-    except (LaunchError, TrackingUnavailable, ValueError, argparse.ArgumentTypeError) as error:
-        print(f"gan train: error: {error}", file=sys.stderr)
-        return 2
-    except TrainingFailed as error:
-        print(f"gan train: error: {error}", file=sys.stderr)
-        return 1
+        return run_gan_training(cfg, args.address)
+
+    outcome, status = run_job("gan train", job, refused=(ValueError, argparse.ArgumentTypeError))
+    if status:
+        return status
     m = outcome.metrics
     print(f"MLflow run {outcome.run_id}{' (resumed)' if outcome.resumed else ''}; checkpoints in {outcome.storage}")
     if "psd_distance_db" in m:
@@ -149,23 +145,18 @@ def add_effect_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_effect(args: argparse.Namespace) -> int:
     from distsleep.gan.augment import AugmentationError
     from distsleep.gan.effect import format_summary, run_effect
-    from distsleep.tracking import TrackingUnavailable
     from distsleep.train.cli_args import config_from_args
-    from distsleep.train.launch import LaunchError, TrainingFailed
 
     if args.augment_shards:
         print("gan effect: error: --augment-shards is set per arm; give the augmentation with --augmentation",
               file=sys.stderr)
         return 2
     args.name = args.name or f"gan-effect-{args.model}"
-    try:
-        result = run_effect(config_from_args(args, stage="pretrain"), args.augmentation, args.seeds, args.out, args.address)
-    except (AugmentationError, LaunchError, TrackingUnavailable, ValueError) as error:
-        print(f"gan effect: error: {error}", file=sys.stderr)
-        return 2
-    except TrainingFailed as error:
-        print(f"gan effect: error: {error}", file=sys.stderr)
-        return 1
+    result, status = run_job("gan effect", lambda: run_effect(config_from_args(args, stage="pretrain"), args.augmentation,
+                                                              args.seeds, args.out, args.address),
+                             refused=(AugmentationError, ValueError))
+    if status:
+        return status
     print(format_summary(result.summary))
     print(f"MLflow parent run {result.run_id}; arms: " + ", ".join(f"seed {s} {a} {r}" for (s, a), r in sorted(result.runs.items())))
     print(f"table and plots: {result.files.get('text')}, {result.files.get('per_class')}")

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from distsleep.shards.convert import robust_stats
 from distsleep.stages import STAGE_NAMES
 
 
@@ -112,20 +113,17 @@ def assign_records(counts: dict[str, dict[str, int]], stages, world_size: int) -
     return [sorted(r) for r in ranks], "records"
 
 
-def robust_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel median and IQR of (n_epochs, C, T) over epochs and samples."""
-    flat = np.moveaxis(x, 1, 0).reshape(x.shape[1], -1)
-    q25, q50, q75 = np.percentile(flat, [25, 50, 75], axis=1)
-    return q50, q75 - q25
+def channel_stats(x: np.ndarray) -> list[dict]:
+    """Per channel of (n_epochs, C, T): {"median", "iqr"} over epochs and samples, as a shard's meta
+    `channel_stats` holds them (same function as preprocessing)."""
+    return [robust_stats(x[:, c]) for c in range(x.shape[1])]
 
 
 @dataclass
 class RecordStats:
     record_id: str
-    target_median: list[float]
-    target_iqr: list[float]
-    night_median: list[float]
-    night_iqr: list[float]
+    target: list[dict]  # channel_stats over the target-stage epochs
+    night: list[dict]  # channel_stats over the whole (kept) night
 
 
 @dataclass
@@ -184,9 +182,7 @@ def read_training_epochs(manifest: dict, base: str, channels, stages, rank: int,
                                f"(split {entry['split'] if entry else 'unknown'}); refusing to read it")
         target = np.isin(night.labels, [stage_code(s) for s in stages])
         physical = night.physical(0, night.n_epochs)
-        t_median, t_iqr = robust_stats(physical[target])
-        n_median, n_iqr = robust_stats(physical)
-        stats.append(RecordStats(night.record_id, t_median.tolist(), t_iqr.tolist(), n_median.tolist(), n_iqr.tolist()))
+        stats.append(RecordStats(night.record_id, channel_stats(physical[target]), channel_stats(physical)))
         for i, stage in enumerate(stages):
             for e in np.flatnonzero(night.labels == stage_code(stage)):
                 keep = mode == "records" or seen[i] % world_size == rank
@@ -206,11 +202,11 @@ def scaling_from_stats(stats: list[RecordStats]) -> dict:
     """GAN-unit constants and night statistics from the per-record statistics of all ranks (deduplicated)."""
     unique = {s.record_id: s for s in stats}
     rows = [unique[r] for r in sorted(unique)]
-    center = np.median([r.target_median for r in rows], axis=0)
-    scale = np.median([r.target_iqr for r in rows], axis=0)
+    center = np.median([[c["median"] for c in r.target] for r in rows], axis=0)
+    scale = np.median([[c["iqr"] for c in r.target] for r in rows], axis=0)
     scale = np.where(scale > 0, scale, 1.0)  # a flat channel would otherwise divide by zero
-    night_median = np.median([r.night_median for r in rows], axis=0)
-    night_iqr = np.median([r.night_iqr for r in rows], axis=0)
+    night_median = np.median([[c["median"] for c in r.night] for r in rows], axis=0)
+    night_iqr = np.median([[c["iqr"] for c in r.night] for r in rows], axis=0)
     return {
         "center_uv": [float(v) for v in center],
         "scale_uv": [float(v) for v in scale],

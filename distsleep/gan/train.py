@@ -102,7 +102,7 @@ def preflight(cfg: GanTrainConfig) -> dict:
     return manifest
 
 
-def build_trainer(cfg: GanTrainConfig, run_id: str, tracking_uri: str):
+def build_trainer(cfg: GanTrainConfig, run_id: str, tracking_uri: str, new_run: bool = True):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -111,7 +111,8 @@ def build_trainer(cfg: GanTrainConfig, run_id: str, tracking_uri: str):
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})}
     return TorchTrainer(
         gan_loop_per_worker,
-        train_loop_config={"gan": cfg.to_dict(), "mlflow_run_id": run_id, "tracking_uri": tracking_uri},
+        train_loop_config={"gan": cfg.to_dict(), "mlflow_run_id": run_id, "tracking_uri": tracking_uri,
+                           "mlflow_new_run": new_run},
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
@@ -144,7 +145,8 @@ def run_gan_training(cfg: GanTrainConfig, address: str | None = None, check_clus
     storage = run_storage(cfg.storage_path, cfg.name)
     tags = {"job": "physio-gan", "stages": ",".join(cfg.stages), "channels": ",".join(cfg.channels)}
     run_id, resumed = find_or_create_run(tracking_uri, cfg.experiment, cfg.name, tags=tags)
-    result, logged = fit_tracked(build_trainer(cfg, run_id, tracking_uri), cfg, run_id, tracking_uri, storage)
+    trainer = build_trainer(cfg, run_id, tracking_uri, new_run=not resumed)
+    result, logged = fit_tracked(trainer, cfg, run_id, tracking_uri, storage)
     return GanOutcome(run_id=run_id, tracking_uri=tracking_uri, resumed=resumed,
                       metrics={**dict(result.metrics or {}), **logged},
                       checkpoint=result.checkpoint.path if result.checkpoint else None, storage=storage)
@@ -161,15 +163,6 @@ def _all_gather(obj, world: int) -> list:
     out = [None] * world
     dist.all_gather_object(out, obj)
     return out
-
-
-def _has_params(uri: str, run_id: str) -> bool:
-    from distsleep.tracking import client
-
-    try:
-        return bool(client(uri).get_run(run_id).data.params)
-    except Exception:  # tracking trouble must not stop training; logging params again is harmless then
-        return True
 
 
 def _average_gradients(module, world: int) -> None:
@@ -251,9 +244,9 @@ def gan_loop_per_worker(config: dict) -> None:
     else:
         _broadcast_parameters(generator, world)
         _broadcast_parameters(critic, world)
-    if rank == 0 and (not checkpoint or not _has_params(config["tracking_uri"], run_id)):
-        # Params once per MLflow run: a relaunch after a finished run gets a new run (find_or_create_run),
-        # which needs them too; an interrupted run keeps its own (MLflow refuses changed values).
+    if rank == 0 and config.get("mlflow_new_run", checkpoint is None):
+        # Params once per MLflow run, as in model training: a relaunch after a finished run gets a new run
+        # (find_or_create_run), which needs them too; an interrupted run keeps its own (MLflow refuses changed values).
         tracker.params({**flatten("gan", cfg), **flatten("model", model_cfg), "world_size": str(world),
                         "data.manifest_hash": manifest.get("config_hash", ""), "data.mode": real.mode,
                         **{f"data.real_epochs.{s}": str(n) for s, n in real_counts.items()},

@@ -51,24 +51,24 @@ def _has_scheme(location: str) -> bool:
     return scheme(location) is not None
 
 
-def load_manifest(path_or_url: str | Path) -> tuple[dict, str]:
+def load_manifest(path_or_url: str | Path, name: str = MANIFEST_NAME) -> tuple[dict, str]:
     """The manifest and the base its relative shard paths resolve against (its folder).
 
-    `path_or_url` is a manifest file, a folder holding `manifest.json`, or an fsspec URL (s3://, gs://,
-    http(s):// ...; see `storage.py`). `pipe:` is refused because a shell command has no folder to
-    resolve relative shard paths against.
+    `path_or_url` is a manifest file, a folder holding `name` (default manifest.json; augmentations use
+    augmentation.json), or an fsspec URL (s3://, gs://, http(s):// ...; see `storage.py`). `pipe:` is refused
+    because a shell command has no folder to resolve relative shard paths against.
     """
     location = str(path_or_url)
     if scheme(location) == "pipe":
         raise ValueError(f"{location}: give the manifest as a path or URL, not a pipe: command")
     if is_remote(location):
         if location.endswith("/"):
-            location += MANIFEST_NAME
+            location += name
         manifest = json.loads(read_bytes(location))
         return manifest, location.rsplit("/", 1)[0]
     path = Path(re.sub(r"^file:(//)?", "", location))
     if path.is_dir():
-        path = path / MANIFEST_NAME
+        path = path / name
     with open(path, "rb") as stream:
         manifest = json.load(stream)
     return manifest, str(path.resolve().parent)
@@ -87,13 +87,18 @@ def shard_urls(manifest: dict, split: str, base: str, records=None) -> list[str]
         shard = str(manifest["records"][record_id]["shard"])
         if manifest["records"][record_id]["split"] != split or (records is not None and record_id not in records):
             continue
-        if _has_scheme(shard) or Path(shard).is_absolute():
-            urls.append(shard)
-        elif _has_scheme(base):
-            urls.append(base.rstrip("/") + "/" + shard)
-        else:
-            urls.append(str(Path(base) / shard))
+        urls.append(resolve_shard(shard, base))
     return urls
+
+
+def resolve_shard(shard: str, base: str) -> str:
+    """A manifest's shard entry as a location: relative paths join `base` (the manifest's folder or URL
+    prefix); absolute paths and URLs with a scheme (s3://, gs://, http(s)://, pipe:) stay unchanged."""
+    if _has_scheme(shard) or Path(shard).is_absolute():
+        return shard
+    if _has_scheme(base):
+        return base.rstrip("/") + "/" + shard
+    return str(Path(base) / shard)
 
 
 def count_train_sequences(manifest: dict, *, seq_len: int, split: str = "train", records=None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from distsleep.tasks import TASKS
 from distsleep.train.config import FINETUNE_MODES, SELECT_METRICS, TrainConfig
@@ -28,6 +29,22 @@ def parse_set(items: list[str], option: str = "--set", parse=parse_value) -> dic
             raise argparse.ArgumentTypeError(f"{option} expects KEY=VALUE, got {item!r}")
         out[key] = parse(value)
     return out
+
+
+def run_job(command: str, job, refused: tuple = ()):
+    """(job(), 0), or (None, exit status) after printing "COMMAND: error: ..." to stderr: 2 when the job was
+    refused before it started (LaunchError, TrackingUnavailable or one of `refused`), 1 when training failed."""
+    from distsleep.tracking import TrackingUnavailable
+    from distsleep.train.launch import LaunchError, TrainingFailed
+
+    try:
+        return job(), 0
+    except (LaunchError, TrackingUnavailable, *refused) as error:
+        print(f"{command}: error: {error}", file=sys.stderr)
+        return None, 2
+    except TrainingFailed as error:
+        print(f"{command}: error: {error}", file=sys.stderr)
+        return None, 1
 
 
 def add_train_arguments(p: argparse.ArgumentParser, stage: str | None = None) -> None:
