@@ -122,11 +122,12 @@ def augment_raw(
     shape = x.shape
     flat = x.reshape(-1, shape[-1])
     choice = _randint(flat.shape[0], 0, len(RAW_AUGMENTATIONS) - 1, flat, generator)
-    out = flat.clone()
+    # Every transform runs on every epoch and torch.where keeps the chosen one: six cheap elementwise/FFT
+    # passes instead of gathering each transform's epochs, which needs their count on the host (a device
+    # sync per transform) and breaks compiled graphs.
+    out = flat
     for k, name in enumerate(RAW_AUGMENTATIONS):
-        idx = (choice == k).nonzero(as_tuple=True)[0]
-        if idx.numel():
-            out[idx] = _RAW_FUNCTIONS[name](flat[idx], cfg, generator)
+        out = torch.where((choice == k)[:, None], _RAW_FUNCTIONS[name](flat, cfg, generator), out)
     out = out.reshape(shape)
     return (out, choice.reshape(shape[:-1])) if return_choice else out
 

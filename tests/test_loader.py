@@ -27,6 +27,7 @@ from distsleep.shards.loader import (
     eval_batches,
     eval_sequences,
     load_manifest,
+    make_eval_loader,
     make_train_loader,
     shard_urls,
     train_dataset,
@@ -169,7 +170,8 @@ def run_epochs(dataset: dict, loader, epochs: int) -> list[list[tuple[str, int]]
     for _ in range(epochs):
         windows = []
         for batch in loader:
-            signals, labels, events = batch
+            assert batch.codes.dtype == torch.int16 and batch.scale.shape == batch.offset.shape == (4, 2)
+            signals, labels, events = batch.signals, batch.labels, batch.events
             assert signals.shape == (4, 5, 2, SAMPLES) and signals.dtype == torch.float32
             assert labels.shape == (4, 5) and labels.dtype == torch.int64
             assert events.shape == (4, 5, 3) and events.dtype == torch.uint8
@@ -314,6 +316,28 @@ def test_eval_batches(dataset):
     night = dataset["nights"][first.record_ids[0]]
     n = min(21, len(night.labels))  # channels reordered: eog first
     assert np.array_equal(first.signals[0, :n].numpy(), night.physical()[:n, ::-1])
+
+
+def test_eval_loader_workers_yield_the_same_windows_as_one_process(dataset):
+    """Two DataLoader workers split the nights between them: every window arrives once, with the same values
+    (int16 codes converted where the batch is used), whatever order the workers deliver in."""
+    manifest, base = load_manifest(dataset["root"])
+    urls = shard_urls(manifest, "val", base)
+    cfg = LoaderConfig(seq_len=21, batch_size=3, channels=["eeg", "eog"])
+
+    def windows(batches) -> dict:
+        out = {}
+        for b in batches:
+            assert b.codes.dtype == torch.int16
+            for i, record_id in enumerate(b.record_ids):
+                out[(record_id, int(b.epoch_index[i, 0]))] = (b.signals[i].numpy(), b.labels[i].numpy())
+        return out
+
+    one = windows(eval_batches(urls, cfg, world_size=1, rank=0))
+    two = windows(make_eval_loader(urls, cfg, world_size=1, rank=0, batch_size=2, num_workers=2))
+    assert one.keys() == two.keys() and len(one) == 1 + 1 + 2 + 2 + 3 + 4
+    for key, (signals, labels) in one.items():
+        assert np.array_equal(two[key][0], signals) and np.array_equal(two[key][1], labels)
 
 
 # ----------------------------------------------------------------------------------------------- channels

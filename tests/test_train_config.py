@@ -8,8 +8,8 @@ import math
 import pytest
 
 from distsleep.config import flatten
-from distsleep.train.config import TrainConfig, deepspeed_config
-from distsleep.train.loop import _lr_lambda, record_validation
+from distsleep.train.config import TrainConfig, deepspeed_config, lr_lambda
+from distsleep.train.loop import record_validation
 
 
 def test_deepspeed_file_is_the_base_and_flags_override(tmp_path):
@@ -56,12 +56,12 @@ def test_mask_ratio_shorthand_and_round_trip():
 
 def test_warmup_and_cosine_schedule():
     cfg = TrainConfig(shards="m", schedule="cosine", warmup_steps=10, max_steps=110)
-    f = _lr_lambda(cfg)
+    f = lr_lambda(cfg)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0, abs=1e-9)
-    constant = _lr_lambda(TrainConfig(shards="m"))
+    constant = lr_lambda(TrainConfig(shards="m"))
     assert all(constant(s) == 1.0 for s in (0, 50, 5000))
-    assert math.isclose(_lr_lambda(TrainConfig(shards="m", warmup_steps=4))(1), 0.5)
+    assert math.isclose(lr_lambda(TrainConfig(shards="m", warmup_steps=4))(1), 0.5)
 
 
 def test_early_stopping_bookkeeping():
@@ -101,3 +101,45 @@ def test_failure_message_lists_each_ranks_cause():
     message = failure_message(TrainConfig(shards="/x", name="n"), error, "/nowhere")
     assert "a Ray Train worker died" in message
     assert "[rank 0: ValueError: shard x.tar: bad; rank 1: RuntimeError: gloo: Connection closed by peer [10.0.0.3]:4242]" in message
+
+
+def test_a_fraction_of_a_gpu_per_worker_is_refused_before_launch():
+    with pytest.raises(ValueError, match="NCCL rank that needs a whole GPU"):
+        TrainConfig(shards="m", use_gpu=True, gpus_per_worker=0.5)
+    TrainConfig(shards="m", use_gpu=False, gpus_per_worker=0.5)  # CPU runs never ask for GPUs
+    TrainConfig(shards="m", use_gpu=True, gpus_per_worker=1)
+
+
+def test_deepspeed_config_turns_off_its_synchronising_timer():
+    ds = deepspeed_config(TrainConfig(shards="m"))
+    assert ds["timers"]["throughput"]["enabled"] is False
+
+
+def test_init_weights_keep_plain_names_and_foreign_weights_are_refused():
+    from distsleep.models import build_model
+    from distsleep.models.mc2sleepnet import MC2SleepNetConfig
+    from distsleep.train.loop import check_init_overlap
+    from distsleep.train.step import plain_state_keys
+
+    model = build_model("mc2sleepnet", MC2SleepNetConfig.small())
+    compiled_names = {f"_orig_mod.{k}": v for k, v in model.state_dict().items()}  # what torch.compile saves
+    check_init_overlap(model, plain_state_keys(compiled_names), "bundle.pt")
+    with pytest.raises(ValueError, match=r"only 0 of the model's \d+ tensors"):
+        check_init_overlap(model, compiled_names, "bundle.pt")
+
+
+def test_step_metrics_keep_every_step_and_read_once():
+    import torch
+
+    from distsleep.train.step import StepMetrics
+
+    pending = StepMetrics()
+    for step in range(1, 4):
+        pending.add(step, {"loss": torch.tensor(float(step)), "loss_seq": torch.tensor(2.0 * step)})
+    rows = pending.drain()
+    assert rows == [(1, {"loss": 1.0, "loss_seq": 2.0}), (2, {"loss": 2.0, "loss_seq": 4.0}),
+                    (3, {"loss": 3.0, "loss_seq": 6.0})]
+    assert pending.drain() == [] and len(pending) == 0
+    with pytest.raises(ValueError, match="reports metrics"):
+        pending.add(4, {"loss": torch.tensor(1.0)})
+        pending.add(5, {"other": torch.tensor(1.0)})

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from distsleep.gan.model import ADVERSARIAL_LOSSES, PhysioGanConfig
 from distsleep.stages import STAGE_NAMES
+from distsleep.train.config import check_gpu_share
 
 # The ISATSleepNet inputs, in its order: EEG(sec) = C3-A2, EOG(L), EEG = C4-A1.
 DEFAULT_CHANNELS = ("eeg_c3", "eog_l", "eeg_c4")
@@ -90,6 +91,7 @@ class GanTrainConfig:
             low, high = getattr(self, name)
             if not 0 <= low < high:
                 raise ValueError(f"{name} must be (low, high) Hz with 0 <= low < high, got {getattr(self, name)}")
+        check_gpu_share(self.use_gpu, self.gpus_per_worker)
         self.model_config()  # validates the overrides
         if not self.name:
             self.name = "gan-" + "-".join(self.stages)

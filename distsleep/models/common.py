@@ -24,13 +24,13 @@ def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_inde
     """Mean CE over epochs whose label != ignore_index; 0 (still in the graph) when none is scored.
 
     `F.cross_entropy` returns NaN when every target is ignored — a window of unscored epochs must not
-    poison the step.
+    poison the step. Sum over the scored epochs / max(count, 1) gives the mean without asking the device
+    whether any epoch is scored (that question would stall the host every step and break compiled graphs).
     """
-    flat_logits = logits.reshape(-1, logits.shape[-1])
+    flat_logits = logits.reshape(-1, logits.shape[-1]).float()
     flat_labels = labels.reshape(-1).long()
-    if not bool((flat_labels != ignore_index).any()):
-        return flat_logits.sum() * 0.0
-    return F.cross_entropy(flat_logits.float(), flat_labels, ignore_index=ignore_index)
+    losses = F.cross_entropy(flat_logits, flat_labels, ignore_index=ignore_index, reduction="none")
+    return losses.sum() / (flat_labels != ignore_index).sum().clamp(min=1)
 
 
 @dataclass

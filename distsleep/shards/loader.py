@@ -285,9 +285,32 @@ def _read_nights(urls: list[str], channels: Sequence[int | str] | None, normaliz
 
 
 class TrainBatch(NamedTuple):
-    signals: torch.Tensor  # float32 uV (B, L, C, samples_per_epoch)
+    """A training batch as the shards store it: int16 codes plus per-(sequence, channel) scale and offset.
+
+    Codes travel to the device as int16 (half the bytes of float32 over PCIe and between processes) and are
+    converted there (`to_device`); `signals` gives the float32 values on the host for code that wants them.
+    """
+
+    codes: torch.Tensor  # int16 (B, L, C, samples_per_epoch)
+    scale: torch.Tensor  # float32 (B, C): output units per code (µV, or 1/IQR-scaled when robust)
+    offset: torch.Tensor  # float32 (B, C): added after scaling (zeros unless robust)
     labels: torch.Tensor  # int64 (B, L), -1 = unscored (mask it out of the loss)
     events: torch.Tensor  # uint8 (B, L, 3): apnea, hypopnea, desaturation
+
+    @property
+    def signals(self) -> torch.Tensor:
+        """float32 (B, L, C, samples_per_epoch) in the loader's units, on the batch's device."""
+        return physical_values(self.codes, self.scale, self.offset)
+
+    def to_device(self, device: torch.device, non_blocking: bool = False) -> TrainBatch:
+        """The batch on `device` (non_blocking copies need pinned host memory to overlap with compute)."""
+        return TrainBatch(*(t.to(device, non_blocking=non_blocking) for t in self))
+
+
+def physical_values(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """codes (B, L, C, S) -> float32 codes * scale + offset, with scale/offset per (B, C); runs where the codes are."""
+    # Two plain ops rather than one fused multiply-add: the values equal the host's numpy path bit for bit.
+    return codes.float() * scale[:, None, :, None] + offset[:, None, :, None]
 
 
 # codes view, scale, offset (or None), labels view, events view
@@ -319,13 +342,13 @@ def _collate_train(windows: list[_Window]) -> TrainBatch:
             "windows in one batch differ in shape " + str(sorted({w[0].shape for w in windows}))
             + "; all shards must have the same channels (set LoaderConfig.channels)"
         )
-    signals = np.stack([w[0] for w in windows]).astype(np.float32)
-    signals *= np.stack([w[1] for w in windows])[:, None, :, None]
-    if windows[0][2] is not None:
-        signals += np.stack([w[2] for w in windows])[:, None, :, None]
+    codes = np.stack([w[0] for w in windows])
+    scale = np.stack([w[1] for w in windows]).astype(np.float32)
+    offset = (np.stack([w[2] for w in windows]).astype(np.float32) if windows[0][2] is not None
+              else np.zeros_like(scale))
     labels = np.stack([w[3] for w in windows]).astype(np.int64)
     events = np.stack([w[4] for w in windows])
-    return TrainBatch(torch.from_numpy(signals), torch.from_numpy(labels), torch.from_numpy(events))
+    return TrainBatch(*(torch.from_numpy(a) for a in (codes, scale, offset, labels, events)))
 
 
 def worker_share(total: int, worker: int, num_workers: int) -> int:
@@ -452,17 +475,27 @@ class EvalSequence:
     """
 
     record_id: str
-    signals: np.ndarray  # float32 uV (L, C, samples_per_epoch); zeros on padding
+    codes: np.ndarray  # int16 (L, C, samples_per_epoch); zeros on padding
+    scale: np.ndarray  # float32 (C,)
+    offset: np.ndarray  # float32 (C,)
     labels: np.ndarray  # int64 (L,), -1 = unscored or padding
     events: np.ndarray  # uint8 (L, 3); zeros on padding
     epoch_index: np.ndarray  # int64 (L,), -1 on padding
     valid: np.ndarray  # bool (L,)
 
+    @property
+    def signals(self) -> np.ndarray:
+        """float32 (L, C, samples_per_epoch) in the loader's units; zeros on padding."""
+        x = self.codes.astype(np.float32) * self.scale[None, :, None] + self.offset[None, :, None]
+        return x * (self.epoch_index >= 0)[:, None, None]
+
 
 @dataclass
 class EvalBatch:
     record_ids: list[str]
-    signals: torch.Tensor  # float32 (B, L, C, samples_per_epoch)
+    codes: torch.Tensor  # int16 (B, L, C, samples_per_epoch)
+    scale: torch.Tensor  # float32 (B, C)
+    offset: torch.Tensor  # float32 (B, C)
     labels: torch.Tensor  # int64 (B, L)
     events: torch.Tensor  # uint8 (B, L, 3)
     epoch_index: torch.Tensor  # int64 (B, L)
@@ -470,6 +503,16 @@ class EvalBatch:
 
     def __len__(self) -> int:
         return len(self.record_ids)
+
+    @property
+    def signals(self) -> torch.Tensor:
+        """float32 (B, L, C, samples_per_epoch), on the batch's device; zeros on padding."""
+        return physical_values(self.codes, self.scale, self.offset) * (self.epoch_index >= 0)[:, :, None, None]
+
+    def pin_memory(self) -> EvalBatch:
+        """Called by a DataLoader with pin_memory=True, so that copies to the GPU can be non-blocking."""
+        pinned = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()}
+        return EvalBatch(**pinned)
 
 
 def window_starts(n_epochs: int, seq_len: int, stride: int) -> list[int]:
@@ -485,6 +528,7 @@ def window_starts(n_epochs: int, seq_len: int, stride: int) -> list[int]:
 
 def _night_sequences(night: _Night, seq_len: int, stride: int) -> Iterator[EvalSequence]:
     covered = 0  # epochs [0, covered) already appeared as valid in an earlier window
+    offset = night.offset if night.offset is not None else np.zeros_like(night.scale)
     for start in window_starts(night.n_epochs, seq_len, stride):
         stop = min(start + seq_len, night.n_epochs)
         n = stop - start
@@ -492,13 +536,21 @@ def _night_sequences(night: _Night, seq_len: int, stride: int) -> Iterator[EvalS
         index[:n] = np.arange(start, stop)
         valid = (index >= covered) & (index >= 0)
         covered = stop
-        signals = np.zeros((seq_len, *night.codes.shape[1:]), dtype=np.float32)
-        signals[:n] = night.physical(start, stop)
+        codes = np.zeros((seq_len, *night.codes.shape[1:]), dtype=np.int16)
+        codes[:n] = night.codes[start:stop]
         labels = np.full(seq_len, -1, dtype=np.int64)
         labels[:n] = night.labels[start:stop]
         events = np.zeros((seq_len, *night.events.shape[1:]), dtype=np.uint8)
         events[:n] = night.events[start:stop]
-        yield EvalSequence(night.record_id, signals, labels, events, index, valid)
+        yield EvalSequence(night.record_id, codes, night.scale, offset, labels, events, index, valid)
+
+
+def _check_real(night: _Night) -> _Night:
+    if night.augmented:
+        # Scores on generated epochs say nothing about real recordings; refuse rather than report them.
+        raise ValueError(f"{night.source}: {night.record_id} holds synthetic (augmented) epochs, which are for "
+                         "training only; remove it from the validation/test records")
+    return night
 
 
 def eval_sequences(urls: Sequence[str], cfg: LoaderConfig, world_size: int, rank: int) -> Iterator[EvalSequence]:
@@ -509,31 +561,59 @@ def eval_sequences(urls: Sequence[str], cfg: LoaderConfig, world_size: int, rank
     """
     _check_rank(world_size, rank)
     for night in _read_nights(sorted(urls)[rank::world_size], cfg.channels, cfg.normalization):
-        if night.augmented:
-            # Scores on generated epochs say nothing about real recordings; refuse rather than report them.
-            raise ValueError(f"{night.source}: {night.record_id} holds synthetic (augmented) epochs, which are for "
-                             "training only; remove it from the validation/test records")
-        yield from _night_sequences(night, cfg.seq_len, cfg.eval_stride)
+        yield from _night_sequences(_check_real(night), cfg.seq_len, cfg.eval_stride)
 
 
 def collate_eval(sequences: list[EvalSequence]) -> EvalBatch:
-    return EvalBatch(
-        record_ids=[s.record_id for s in sequences],
-        signals=torch.from_numpy(np.stack([s.signals for s in sequences])),
-        labels=torch.from_numpy(np.stack([s.labels for s in sequences])),
-        events=torch.from_numpy(np.stack([s.events for s in sequences])),
-        epoch_index=torch.from_numpy(np.stack([s.epoch_index for s in sequences])),
-        valid=torch.from_numpy(np.stack([s.valid for s in sequences])),
-    )
+    def stack(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.stack([getattr(s, name) for s in sequences]))
+
+    return EvalBatch([s.record_id for s in sequences], *(stack(n) for n in (
+        "codes", "scale", "offset", "labels", "events", "epoch_index", "valid")))
 
 
-def eval_batches(urls: Sequence[str], cfg: LoaderConfig, world_size: int, rank: int) -> Iterator[EvalBatch]:
-    """`eval_sequences` in batches of cfg.batch_size (the last one may be smaller)."""
+def _batched(sequences: Iterable[EvalSequence], batch_size: int) -> Iterator[EvalBatch]:
     batch: list[EvalSequence] = []
-    for sequence in eval_sequences(urls, cfg, world_size, rank):
+    for sequence in sequences:
         batch.append(sequence)
-        if len(batch) == cfg.batch_size:
+        if len(batch) == batch_size:
             yield collate_eval(batch)
             batch = []
     if batch:
         yield collate_eval(batch)
+
+
+def eval_batches(urls: Sequence[str], cfg: LoaderConfig, world_size: int, rank: int,
+                 batch_size: int | None = None) -> Iterator[EvalBatch]:
+    """`eval_sequences` in batches of `batch_size` (default cfg.batch_size; the last one may be smaller)."""
+    yield from _batched(eval_sequences(urls, cfg, world_size, rank), batch_size or cfg.batch_size)
+
+
+class EvalStream(IterableDataset):
+    """Rank `rank`'s evaluation pass for a DataLoader: each DataLoader worker decodes and batches its own
+    nights (every num_workers-th of the rank's share), so reading shards overlaps with scoring. Batch order
+    then depends on the workers; evaluation aggregates by (record, epoch index), so that does not matter."""
+
+    def __init__(self, urls: Sequence[str], cfg: LoaderConfig, world_size: int, rank: int, batch_size: int):
+        super().__init__()
+        _check_rank(world_size, rank)
+        self.urls, self.cfg, self.batch_size = sorted(urls)[rank::world_size], cfg, batch_size
+
+    def __iter__(self) -> Iterator[EvalBatch]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        nights = _read_nights(self.urls[worker::num_workers], self.cfg.channels, self.cfg.normalization)
+        sequences = (seq for night in nights for seq in _night_sequences(_check_real(night), self.cfg.seq_len,
+                                                                         self.cfg.eval_stride))
+        yield from _batched(sequences, self.batch_size)
+
+
+def make_eval_loader(urls: Sequence[str], cfg: LoaderConfig, world_size: int, rank: int, *, batch_size: int | None = None,
+                     num_workers: int | None = None, pin_memory: bool = False) -> Iterable[EvalBatch]:
+    """Rank `rank`'s evaluation batches through up to `num_workers` DataLoader workers (default
+    cfg.num_workers, never more than the rank has nights); 0 workers reads in this process."""
+    stream = EvalStream(urls, cfg, world_size, rank, batch_size or cfg.batch_size)
+    workers = min(cfg.num_workers if num_workers is None else num_workers, len(stream.urls))
+    if workers == 0 and not pin_memory:
+        return stream
+    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory)

@@ -90,10 +90,11 @@ def add_train_arguments(p: argparse.ArgumentParser, stage: str | None = None) ->
     g.add_argument("--grad-clip", type=float, default=d.grad_clip)
     g.add_argument("--zero-stage", type=int, default=d.zero_stage, choices=(0, 1, 2))
     g.add_argument("--precision", default=d.precision, choices=("auto", "fp32", "bf16"), help="auto: bf16 on GPU, fp32 on CPU")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (weights keep their plain names)")
+    g.add_argument("--compile-backend", default=d.compile_backend, help="torch.compile backend (default %(default)s)")
     g.add_argument("--deepspeed-config", help="DeepSpeed JSON config; the options above override its values")
     g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--log-every", type=int, default=d.log_every, help="log training metrics every N steps")
+    g.add_argument("--log-every", type=int, default=d.log_every, help="read losses from the device and send them to MLflow every N steps (every step is logged; default %(default)s)")
     g = p.add_argument_group("cluster")
     g.add_argument("--num-workers", type=int, default=d.num_workers, help="Ray Train workers (one DeepSpeed rank each)")
     g.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL")
@@ -119,7 +120,7 @@ def config_from_args(args: argparse.Namespace, stage: str | None = None) -> Trai
         max_steps=args.max_steps, val_every=args.val_every, early_stop_patience=args.early_stop_patience,
         select_metric=args.select_metric, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
         warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, zero_stage=args.zero_stage, precision=args.precision,
-        compile=args.compile, deepspeed_config=args.deepspeed_config, seed=args.seed, log_every=args.log_every,
+        compile=args.compile, compile_backend=args.compile_backend, deepspeed_config=args.deepspeed_config, seed=args.seed, log_every=args.log_every,
         num_workers=args.num_workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=args.gpus_per_worker, storage_path=args.storage_path, name=args.name,
         max_failures=args.max_failures, experiment=args.experiment, tracking_uri=args.tracking_uri,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -16,6 +17,14 @@ SELECT_METRICS = ("macro_f1", "accuracy", "kappa", "auroc", "f1_positive")
 def _absolute(location: str) -> str:
     """Local paths made absolute; URLs (s3://, gs://, file://, ...) unchanged."""
     return location if "://" in location else str(Path(location).expanduser().resolve())
+
+
+def check_gpu_share(use_gpu: bool, gpus_per_worker: float) -> None:
+    """Refuse a fraction of a GPU per worker on GPU runs: every Ray Train worker is an NCCL rank, and NCCL gives
+    each rank its own device (two ranks on one GPU fail at their first collective, after start-up)."""
+    if use_gpu and gpus_per_worker < 1:
+        raise ValueError(f"gpus_per_worker {gpus_per_worker} < 1 with use_gpu: each Ray Train worker is an NCCL rank "
+                         "that needs a whole GPU; use --gpus-per-worker 1 (or more), or fewer --num-workers")
 
 
 @dataclass
@@ -40,6 +49,7 @@ class TrainConfig:
     loader_workers: int = 2
     shuffle_buffer: int = 2000
     val_stride: int | None = None  # eval window stride (default: seq_len, non-overlapping)
+    eval_batch_size: int | None = None  # sequences per evaluation forward pass (default: batch_size, x4 on GPU)
     # optimisation
     max_steps: int = 1000
     val_every: int = 200
@@ -54,9 +64,10 @@ class TrainConfig:
     zero_stage: int = 0
     precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile backend ("inductor"; "aot_eager" checks graphs without codegen)
     seed: int = 0
     deepspeed_config: str | None = None  # JSON file; the options above override its values
-    log_every: int = 1
+    log_every: int = 10  # losses are read from the device (a sync) every N steps; every step's values are logged
     # cluster
     num_workers: int = 2
     use_gpu: bool = False
@@ -89,6 +100,7 @@ class TrainConfig:
             raise ValueError(f"select_metric must be one of {SELECT_METRICS}, got {self.select_metric!r}")
         if self.select_metric in ("auroc", "f1_positive") and self.task == "staging":
             raise ValueError(f"select_metric {self.select_metric!r} is for the binary tasks (apnea, hypopnea)")
+        check_gpu_share(self.use_gpu, self.gpus_per_worker)
         if not 0 < self.label_fraction <= 1:
             raise ValueError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
         if self.channels is not None:
@@ -106,6 +118,11 @@ class TrainConfig:
         self.init_parts = {k: _absolute(v) if Path(v).exists() else v for k, v in self.init_parts.items()}
         if self.init_from and Path(self.init_from).exists():
             self.init_from = _absolute(self.init_from)
+
+    @property
+    def resolved_eval_batch_size(self) -> int:
+        # No gradients are kept in evaluation, so a GPU takes larger batches; CPU memory stays as in training.
+        return self.eval_batch_size or (4 * self.batch_size if self.use_gpu else self.batch_size)
 
     @property
     def resolved_precision(self) -> str:
@@ -138,6 +155,8 @@ def deepspeed_config(config: TrainConfig) -> dict:
         "gradient_clipping": config.grad_clip,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
+        # The throughput timer synchronises the device twice per step to time it; we time steps ourselves.
+        "timers": {"throughput": {"enabled": False, "synchronized": False}},
     })
     base.pop("train_batch_size", None)  # derived by DeepSpeed from micro batch x accumulation x world
     zero = dict(base.get("zero_optimization", {}))
@@ -150,6 +169,19 @@ def deepspeed_config(config: TrainConfig) -> dict:
         base.pop("torch_autocast", None)
     base.pop("bf16", None)
     return base
+
+
+def lr_lambda(config: TrainConfig):
+    """The LR multiplier per step: linear warm-up, then constant or cosine decay to 0 at max_steps."""
+    def factor(step: int) -> float:
+        if config.warmup_steps and step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        if config.schedule == "cosine":
+            progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return factor
 
 
 def default_tracking_uri() -> str:

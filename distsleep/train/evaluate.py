@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from distsleep.shards.loader import LoaderConfig, eval_batches
+from distsleep.shards.loader import LoaderConfig, make_eval_loader, physical_values
 from distsleep.tasks import targets, task_metrics
 
 
@@ -37,22 +37,36 @@ class EpochPredictions:
 
 @torch.no_grad()
 def score_windows(model: torch.nn.Module, urls: list[str], cfg: LoaderConfig, world_size: int, rank: int,
-                  device: torch.device, autocast_dtype: torch.dtype | None = None, task: str = "staging") -> list[tuple]:
-    """This rank's (record_id, epoch_index, target, probabilities) rows for every valid-or-overlapping position."""
+                  device: torch.device, autocast_dtype: torch.dtype | None = None, task: str = "staging", *,
+                  batch_size: int | None = None, num_workers: int | None = None) -> list[tuple]:
+    """This rank's (record_id, epoch_index, target, probabilities) rows for every valid-or-overlapping position.
+
+    Shards are read by DataLoader workers (`num_workers`, default cfg.num_workers) while the model scores;
+    probabilities stay on the device until the pass ends and come back in one copy.
+    """
     was_training = model.training
     model.eval()
-    rows = []
-    for batch in eval_batches(urls, cfg, world_size, rank):
-        x = batch.signals.to(device)
+    cuda = device.type == "cuda"
+    meta, probabilities = [], []
+    for batch in make_eval_loader(urls, cfg, world_size, rank, batch_size=batch_size, num_workers=num_workers,
+                                  pin_memory=cuda):
+        x = physical_values(batch.codes.to(device, non_blocking=cuda), batch.scale.to(device, non_blocking=cuda),
+                            batch.offset.to(device, non_blocking=cuda))
+        x = x * (batch.epoch_index >= 0).to(device, non_blocking=cuda)[:, :, None, None]  # zeros on padding
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             out = model(x, labels=None, stage="eval")
-        probs = torch.softmax(out["logits"].float(), dim=-1).cpu().numpy()
-        index = batch.epoch_index.numpy()
-        labels = targets(task, batch.labels, batch.events).numpy()
-        for b, record_id in enumerate(batch.record_ids):
-            keep = index[b] >= 0
-            rows.append((record_id, index[b][keep], labels[b][keep], probs[b][keep]))
+        probabilities.append(torch.softmax(out["logits"].float(), dim=-1))
+        meta.append((batch.record_ids, batch.epoch_index.numpy(), targets(task, batch.labels, batch.events).numpy()))
     model.train(was_training)
+    if not meta:
+        return []
+    probs = torch.cat(probabilities).cpu().numpy()
+    rows, i = [], 0
+    for record_ids, index, labels in meta:
+        for b, record_id in enumerate(record_ids):
+            keep = index[b] >= 0
+            rows.append((record_id, index[b][keep], labels[b][keep], probs[i][keep]))
+            i += 1
     return rows
 
 
@@ -82,9 +96,10 @@ def aggregate(rows: list[tuple]) -> EpochPredictions:
 
 def evaluate(model: torch.nn.Module, urls: list[str], cfg: LoaderConfig, world_size: int, rank: int,
              device: torch.device, autocast_dtype: torch.dtype | None = None,
-             task: str = "staging") -> tuple[dict, EpochPredictions]:
-    """`task` metrics over every scored epoch of `urls`, identical on all ranks, plus the per-epoch predictions."""
-    rows = score_windows(model, urls, cfg, world_size, rank, device, autocast_dtype, task)
+             task: str = "staging", *, batch_size: int | None = None) -> tuple[dict, EpochPredictions]:
+    """`task` metrics over every scored epoch of `urls`, identical on all ranks, plus the per-epoch predictions.
+    `batch_size`: sequences per forward pass (default cfg.batch_size)."""
+    rows = score_windows(model, urls, cfg, world_size, rank, device, autocast_dtype, task, batch_size=batch_size)
     if world_size > 1:
         import torch.distributed as dist
 

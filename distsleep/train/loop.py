@@ -96,8 +96,23 @@ def load_weights(source: str) -> dict:
         from distsleep.predict import resolve_bundle
 
         path = resolve_bundle(source)
+    from distsleep.train.step import plain_state_keys
+
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    return blob["state_dict"] if "state_dict" in blob else blob
+    return plain_state_keys(blob["state_dict"] if "state_dict" in blob else blob)
+
+
+def check_init_overlap(model, weights: dict, source: str) -> None:
+    """Refuse weights that share too few names with the model: loading them would silently train from scratch.
+
+    Heads legitimately change between stages, so a minority of missing keys is fine; most missing is not.
+    """
+    own = model.state_dict()
+    shared = sum(1 for k in own if k in weights)
+    if shared < len(own) / 2:
+        example = next(iter(weights), "(none)")
+        raise ValueError(f"--init-from {source}: only {shared} of the model's {len(own)} tensors are in these weights "
+                         f"(e.g. the source has {example!r}); is it a bundle of another model or model size?")
 
 
 def matching_weights(model, weights: dict) -> tuple[dict, list[str]]:
@@ -109,18 +124,6 @@ def matching_weights(model, weights: dict) -> tuple[dict, list[str]]:
     own = model.state_dict()
     skipped = [k for k, v in weights.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
     return {k: v for k, v in weights.items() if k not in skipped}, skipped
-
-
-def _lr_lambda(cfg):
-    def factor(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.schedule == "cosine":
-            progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0
-
-    return factor
 
 
 def record_validation(state: dict, value: float, step: int, patience: int) -> tuple[bool, bool]:
@@ -157,28 +160,26 @@ def worker_context(config: dict, use_gpu: bool):
     """(rank, world size, torch device, rank-0 MLflow logger) of a Ray Train worker; `config` carries the
     MLflow run id and tracking URI (workers log with an explicit URI, so they need no environment of their own)."""
     import ray.train
-    import torch
 
     from distsleep.tracking import RunLogger
+    from distsleep.train.step import device_of
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    device = torch.device("cuda", torch.cuda.current_device()) if use_gpu and torch.cuda.is_available() else torch.device("cpu")
-    return rank, world, device, RunLogger(config["tracking_uri"], config["mlflow_run_id"], enabled=rank == 0)
+    return rank, world, device_of(use_gpu), RunLogger(config["tracking_uri"], config["mlflow_run_id"], enabled=rank == 0)
 
 
 def train_loop_per_worker(config: dict) -> None:
-    import deepspeed
     import ray.train
     import torch
 
     from distsleep.config import flatten
-    from distsleep.models import model_normalization
-    from distsleep.shards.loader import LoaderConfig, batches_per_epoch, endless_batches, load_manifest, make_train_loader
-    from distsleep.tasks import SCALAR_METRICS, targets
+    from distsleep.shards.loader import batches_per_epoch, endless_batches, load_manifest, make_train_loader
+    from distsleep.tasks import SCALAR_METRICS
     from distsleep.train import artifacts
-    from distsleep.train.config import TrainConfig, deepspeed_config
+    from distsleep.train.config import TrainConfig
     from distsleep.train.evaluate import evaluate
+    from distsleep.train.step import StepMetrics, build_engine, train_step
 
     cfg = TrainConfig.from_dict(config["train"])
     rank, world, device, tracker = worker_context(config, cfg.use_gpu)
@@ -187,16 +188,16 @@ def train_loop_per_worker(config: dict) -> None:
     manifest, base = load_manifest(cfg.shards)
     model, model_cfg = _model_and_config(cfg)
     roles = input_roles(cfg, manifest, model_cfg)
-    loader_cfg = LoaderConfig(seq_len=cfg.seq_len, batch_size=cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer,
-                              num_workers=cfg.loader_workers, seed=cfg.seed, channels=list(roles), stride=cfg.val_stride,
-                              normalization=model_normalization(cfg.model))
+    loader_cfg = loader_config(cfg, roles)
     streams = stream_urls(cfg, manifest, base, roles)
     train_urls, augmented, val_urls, test_urls = streams.train, streams.augmented, streams.val, streams.test
     per_epoch = batches_per_epoch(manifest, world, cfg.batch_size, seq_len=cfg.seq_len, records=streams.labelled)
-    loader = make_train_loader(streams.training, loader_cfg, world, rank, per_epoch)
+    loader = make_train_loader(streams.training, loader_cfg, world, rank, per_epoch, pin_memory=device.type == "cuda")
 
     if cfg.init_from:
-        weights, skipped = matching_weights(model, load_weights(cfg.init_from))
+        source_weights = load_weights(cfg.init_from)
+        check_init_overlap(model, source_weights, cfg.init_from)
+        weights, skipped = matching_weights(model, source_weights)
         missing, unexpected = model.load_state_dict(weights, strict=False)
         _log(rank, f"initialised from {cfg.init_from} (missing {len(missing)}, unexpected {len(unexpected)} keys"
                    f"{f'; not loaded, shape differs: {sorted(skipped)}' if skipped else ''})")
@@ -209,14 +210,8 @@ def train_loop_per_worker(config: dict) -> None:
         prepare_finetune(model, cfg.finetune_mode)
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if cfg.compile:
-        model = torch.compile(model)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                 betas=cfg.betas, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
-    ds_config = deepspeed_config(cfg)
-    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                                           config=ds_config, dist_init_required=False)
+    trainer = build_engine(cfg, model, device, world)
+    engine, scheduler, ds_config = trainer.engine, trainer.scheduler, trainer.ds_config
     autocast_dtype = torch.bfloat16 if cfg.resolved_precision == "bf16" else None
 
     state = {"step": 0, "best_metric": -math.inf, "best_step": 0, "patience": 0, "stopped_early": False, "resumes": 0}
@@ -250,7 +245,8 @@ def train_loop_per_worker(config: dict) -> None:
     def validate_and_checkpoint(step: int) -> bool:
         """Validation, best tracking, early stopping and the checkpoint report; True to stop."""
         nonlocal best_weights
-        metrics, _ = evaluate(engine.module, val_urls, loader_cfg, world, rank, device, autocast_dtype, cfg.task)
+        metrics, _ = evaluate(engine.module, val_urls, loader_cfg, world, rank, device, autocast_dtype, cfg.task,
+                              batch_size=cfg.resolved_eval_batch_size)
         value = metrics[cfg.select_metric]
         improved, stop = record_validation(state, value if math.isfinite(value) else -math.inf, step,
                                            cfg.early_stop_patience)
@@ -277,23 +273,33 @@ def train_loop_per_worker(config: dict) -> None:
     stop = state.get("stopped_early", False) or step >= cfg.max_steps
     batches = endless_batches(loader, start_epoch=step // per_epoch)
     epochs_per_batch = cfg.batch_size * cfg.seq_len * world
-    tick = time.perf_counter()
+    pending, lrs = StepMetrics(), {}
+    tick, tick_step = time.perf_counter(), step
+
+    def log_pending() -> None:
+        """Every step's losses since the last call, read from the device in one copy; throughput over them."""
+        nonlocal tick, tick_step
+        rows = pending.drain()  # waits for the GPU: the time below covers the steps' real work
+        now = time.perf_counter()
+        if rows and rank == 0:
+            for at, values in rows:
+                tracker.metrics({**values, "lr": lrs.pop(at)}, at)
+            tracker.metrics({"epochs_per_s": epochs_per_batch * (step - tick_step) / (now - tick)}, step)
+        lrs.clear()
+        tick, tick_step = now, step
+
     while not stop:
-        signals, labels, events = next(batches)
-        out = engine(signals.to(device), labels=targets(cfg.task, labels, events).to(device), stage=cfg.stage)
-        engine.backward(out["loss"])
-        engine.step()
+        losses = train_step(trainer, next(batches), cfg)
         step += 1
-        if rank == 0 and step % cfg.log_every == 0:
-            now = time.perf_counter()
-            elapsed, tick = now - tick, now
-            logged = {k: float(v.detach()) if hasattr(v, "detach") else float(v) for k, v in out.items()
-                      if k.startswith("loss") or k == "mask_ratio_effective"}
-            logged.update(lr=scheduler.get_last_lr()[0] if scheduler else cfg.lr,
-                          epochs_per_s=epochs_per_batch * cfg.log_every / elapsed)
-            tracker.metrics(logged, step)
+        if rank == 0:
+            pending.add(step, losses)
+            lrs[step] = scheduler.get_last_lr()[0] if scheduler else cfg.lr
+        if step % cfg.log_every == 0:
+            log_pending()
         if step % cfg.val_every == 0 or step >= cfg.max_steps:
+            log_pending()
             stop = validate_and_checkpoint(step) or step >= cfg.max_steps
+            tick, tick_step = time.perf_counter(), step  # validation time is not training throughput
 
     # Test evaluation with the best validation weights (rank 0 holds them; broadcast to all ranks).
     import torch.distributed as dist
@@ -304,7 +310,7 @@ def train_loop_per_worker(config: dict) -> None:
     if holder[0] is not None:
         engine.module.load_state_dict(holder[0])
     test_metrics, predictions = evaluate(engine.module, test_urls, loader_cfg, world, rank, device, autocast_dtype,
-                                         cfg.task)
+                                         cfg.task, batch_size=cfg.resolved_eval_batch_size)
     # Peak memory of the worker processes (their DataLoader workers not counted): the largest over ranks.
     import resource
 
@@ -335,6 +341,17 @@ def train_loop_per_worker(config: dict) -> None:
     # The best validation value rides along so that a Tune scheduler watching it sees it in every result.
     ray.train.report({"step": state["step"], "stage": cfg.stage, "val_best_" + cfg.select_metric: state["best_metric"],
                       **{f"test_{k}": test_metrics[k] for k in scalars}})
+
+
+def loader_config(cfg, roles):
+    """The loader settings of a run: its window, batch, shuffle and worker options on the channels `roles`,
+    scaled the way the model expects."""
+    from distsleep.models import model_normalization
+    from distsleep.shards.loader import LoaderConfig
+
+    return LoaderConfig(seq_len=cfg.seq_len, batch_size=cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer,
+                        num_workers=cfg.loader_workers, seed=cfg.seed, channels=list(roles), stride=cfg.val_stride,
+                        normalization=model_normalization(cfg.model))
 
 
 def input_roles(cfg, manifest: dict, model_cfg) -> tuple[str, ...]:

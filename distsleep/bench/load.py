@@ -1,0 +1,23 @@
+"""How busy the machine is: figures taken beside a benchmark, so that timings under load are flagged."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def busy_cores(seconds: float = 1.0) -> float | None:
+    """Cores kept busy by the whole machine over `seconds` while this process sleeps (Linux /proc/stat):
+    load from other processes (or Ray's own daemons) that the timings below compete with."""
+    def sample():
+        with open("/proc/stat") as stream:
+            values = [int(v) for v in stream.readline().split()[1:]]
+        return sum(values) - values[3] - values[4], sum(values)  # busy, total (idle and iowait excluded)
+
+    try:
+        busy0, total0 = sample()
+        time.sleep(seconds)
+        busy1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (os.cpu_count() or 1) * (busy1 - busy0) / max(1, total1 - total0)

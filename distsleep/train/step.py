@@ -1,0 +1,152 @@
+"""One worker's training step: the DeepSpeed engine as the trainer builds it, the step, and its metrics.
+
+The Ray Train loop (`loop.py`) and the benchmark's engine loop (`distsleep.bench`) both use these
+functions, so what the benchmark measures on a bare GPU box is the trainer's own step. Nothing here
+imports Ray or MLflow.
+
+What keeps the GPU busy (each item removes a host-device synchronisation or a copy per step):
+- batches travel as int16 codes + per-channel scale from pinned memory with non-blocking copies and are
+  converted to float on the device (`TrainBatch.to_device`, `.signals`);
+- DeepSpeed's throughput timer is off (it synchronises twice per step; see `deepspeed_config`);
+- at ZeRO 0 gradients are clipped by `torch.nn.utils.clip_grad_norm_` (foreach kernels, no host round
+  trip) instead of DeepSpeed's per-parameter loop, which copies two scalars to the device every step; at
+  ZeRO 1/2 the gradients are partitioned and DeepSpeed clips them;
+- with one worker and ZeRO 0 there is nothing to all-reduce, so DeepSpeed's flatten/all-reduce/unflatten
+  of every gradient is switched off;
+- Adam is torch's fused implementation on CUDA;
+- losses stay on the device and are read back in one copy every `log_every` steps (`StepMetrics`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from distsleep.shards.loader import TrainBatch
+from distsleep.tasks import targets
+from distsleep.train.config import TrainConfig, deepspeed_config, lr_lambda
+
+LOGGED_OUTPUTS = ("mask_ratio_effective",)  # model outputs logged besides every "loss*" entry
+
+
+def device_of(use_gpu: bool) -> torch.device:
+    """The device a worker trains on: its current CUDA device when asked for and present, else the CPU."""
+    if use_gpu and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def plain_state_keys(state: dict) -> dict:
+    """A state dict with the `_orig_mod.` prefix of `torch.compile` wrappers removed (older bundles)."""
+    return {k.replace("_orig_mod.", ""): v for k, v in state.items()}
+
+
+def compile_in_place(model: torch.nn.Module, backend: str) -> None:
+    """`torch.compile` the module in place: its state-dict keys stay its own (no `_orig_mod.` prefix).
+
+    Transformer layers' eager "fast path" is switched off in this process: compiled graphs fuse on their own,
+    and dynamo traces the fast path's autocast check wrongly (evaluation under bf16 autocast then fails with
+    "expected scalar type Float but found BFloat16").
+    """
+    torch.backends.mha.set_fastpath_enabled(False)
+    model.compile(backend=backend)
+
+
+@dataclass
+class Engine:
+    """The DeepSpeed engine of one worker and what the step needs beside it."""
+
+    engine: Any  # deepspeed.DeepSpeedEngine
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    ds_config: dict
+    clip: list[torch.nn.Parameter] | None  # parameters this module clips (ZeRO 0), or None (DeepSpeed clips)
+    grad_clip: float
+    device: torch.device
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.engine.module
+
+
+def build_engine(cfg: TrainConfig, model: torch.nn.Module, device: torch.device, world_size: int) -> Engine:
+    """`model` (already on the CPU, frozen parts set) wrapped in the DeepSpeed engine every worker trains with.
+
+    `cfg.compile` compiles the module in place (`nn.Module.compile`), so state-dict keys stay the model's own
+    and bundles and checkpoints load into an uncompiled model.
+    """
+    import deepspeed  # heavy import; kept out of module import so that configs and tests stay light
+
+    if cfg.compile:
+        compile_in_place(model, cfg.compile_backend)
+    own_clipping = cfg.zero_stage == 0 and cfg.grad_clip > 0
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(parameters, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                                 fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    ds_config = deepspeed_config(cfg)
+    if own_clipping:
+        ds_config["gradient_clipping"] = 0.0  # clipped in train_step instead (see the module docstring)
+    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                           config=ds_config, dist_init_required=False)
+    if world_size == 1 and cfg.zero_stage == 0:
+        engine.enable_backward_allreduce = False  # one rank: the all-reduce would only copy every gradient twice
+    return Engine(engine, optimizer, scheduler, ds_config, clip=parameters if own_clipping else None,
+                  grad_clip=cfg.grad_clip, device=device)
+
+
+def batch_to_device(batch: TrainBatch, device: torch.device) -> TrainBatch:
+    """Non-blocking on CUDA (the loader pins its batches there), plain on the CPU."""
+    return batch.to_device(device, non_blocking=device.type == "cuda")
+
+
+def train_step(engine: Engine, batch: TrainBatch, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """Forward, backward, clip and optimizer step on one batch; returns the step's detached loss tensors
+    (still on the device: nothing here waits for the GPU)."""
+    batch = batch_to_device(batch, engine.device)
+    out = engine.engine(batch.signals, labels=targets(cfg.task, batch.labels, batch.events), stage=cfg.stage)
+    engine.engine.backward(out["loss"])
+    if engine.clip is not None:
+        torch.nn.utils.clip_grad_norm_(engine.clip, engine.grad_clip, foreach=True)
+    engine.engine.step()
+    return {k: v.detach() for k, v in out.items() if k.startswith("loss") or k in LOGGED_OUTPUTS}
+
+
+class StepMetrics:
+    """Per-step scalar metrics held on the device and read back in one copy per `drain()`.
+
+    Reading a CUDA scalar with `float()` waits for the GPU to finish everything queued; doing it once every
+    `log_every` steps instead of every step lets the host run ahead of the GPU. Every step's values are kept.
+    """
+
+    def __init__(self) -> None:
+        self._steps: list[int] = []
+        self._values: list[torch.Tensor] = []
+        self._host: list[dict[str, float]] = []  # values that were plain numbers already
+        self._names: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    def add(self, step: int, metrics: dict[str, Any]) -> None:
+        tensors = {k: v for k, v in metrics.items() if isinstance(v, torch.Tensor)}
+        names = tuple(sorted(tensors))
+        if self._steps and names != self._names:
+            raise ValueError(f"step {step} reports metrics {names}, the steps before it {self._names}")
+        self._names = names
+        self._steps.append(step)
+        self._host.append({k: float(v) for k, v in metrics.items() if k not in tensors})
+        if names:
+            self._values.append(torch.stack([tensors[n].float().reshape(()) for n in names]))
+
+    def drain(self) -> list[tuple[int, dict[str, float]]]:
+        """[(step, {name: value})] for every step added since the last drain (one device-to-host copy)."""
+        if not self._steps:
+            return []
+        rows = torch.stack(self._values).cpu().tolist() if self._values else [[] for _ in self._steps]
+        out = [(step, {**dict(zip(self._names, row)), **host})
+               for step, row, host in zip(self._steps, rows, self._host)]
+        self._steps, self._values, self._host = [], [], []
+        return out
