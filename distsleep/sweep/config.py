@@ -100,7 +100,7 @@ class SweepConfig:
 
     def indistinct_ratios(self) -> list[tuple[tuple[float, ...], int]]:
         """Groups of swept ratios that mask the same number of epochs per sequence at this seq_len (for
-        MC²SleepNet: round-half-up(L·r)); such trials differ only by chance, so the sweep warns."""
+        MC²SleepNet: L − int(L·(1−r)), the authors' count); such trials differ only by chance, so the sweep warns."""
         if self.train.model != "mc2sleepnet" or self.search != "grid":
             return []
         from distsleep.models.mc2sleepnet import n_masked
