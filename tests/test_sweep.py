@@ -116,6 +116,11 @@ def test_sweep_logs_parent_children_and_the_comparison(interrupted_sweep):
         for key in ("test_accuracy", "test_macro_f1", "test_kappa", "pretrain_test_accuracy", "test_f1_N1"):
             assert 0.0 <= child.data.metrics[key] <= 1.0, (child.info.run_name, key)
     assert 0.0 < parent.data.metrics["baseline_yasa_test_accuracy"] <= 1.0
+    # The parent run names the trial chosen on the validation metric (of its fine-tuning stage), not on test.
+    assert parent.data.tags["selected_by"] == "validation val_best_macro_f1"
+    chosen = next(c for c in children if c.info.run_id == parent.data.tags["selected_run_id"])
+    assert chosen.data.metrics["val_best_macro_f1"] == max(c.data.metrics["val_best_macro_f1"] for c in children)
+    assert parent.data.metrics["selected_test_accuracy"] == chosen.data.metrics["test_accuracy"]
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
     assert {"comparison/comparison.csv", "comparison/metrics_vs_mask_ratio.png", "comparison/confusion_matrices.png"} <= logged
 
