@@ -134,7 +134,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from distsleep.train.launch import run_training
 
     stage = "finetune" if args.command == "finetune" else None
-    config = config_from_args(args, stage=stage)
+    try:
+        config = config_from_args(args, stage=stage)
+    except ValueError as error:  # e.g. a global batch that does not divide over the workers
+        print(f"distsleep {args.command}: error: {error}", file=sys.stderr)
+        return 2
     outcome, status = run_job(f"distsleep {args.command}", lambda: run_training(config, address=args.address))
     if status:
         return status
@@ -170,8 +174,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from distsleep.train.launch import LaunchError
     from distsleep.tracking import TrackingUnavailable
 
-    train = config_from_args(args, stage="pretrain")
     try:
+        train = config_from_args(args, stage="pretrain")
         ratios = tuple(args.mask_ratios) if args.mask_ratios else PAPER_MASK_RATIOS
         config = SweepConfig(
             name=args.name or "mask-ratio-sweep", train=train, mask_ratios=ratios, knobs=_parse_knobs(args.knob),

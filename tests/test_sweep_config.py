@@ -68,7 +68,7 @@ def test_concurrency_from_cluster_resources():
     assert concurrency(cfg, {"CPU": 9.0}) == 4
     assert concurrency(sweep(train=TrainConfig(shards="/x", num_workers=2), max_concurrent_trials=2), {"CPU": 16.0}) == 2
     with pytest.raises(LaunchError, match="CPU: needs 3, cluster has 2"):
-        concurrency(sweep(train=TrainConfig(shards="/x", num_workers=3)), {"CPU": 2.0})
+        concurrency(sweep(train=TrainConfig(shards="/x", num_workers=3, batch_size=48)), {"CPU": 2.0})
     with pytest.raises(LaunchError, match="GPU: needs 2, cluster has 0"):
         concurrency(sweep(train=TrainConfig(shards="/x", num_workers=2, use_gpu=True)), {"CPU": 32.0})
 

@@ -66,6 +66,9 @@ class SweepConfig:
             raise ValueError(f"knobs without values: {empty}")
         if self.num_samples < 1:
             raise ValueError("num_samples must be >= 1")
+        if self.search == "grid":  # a knob value the training config refuses (an uneven batch split ...) fails now
+            for point in self.grid_points():
+                self.trial_train_config(point, "pretrain")
 
     # ---- the trials -------------------------------------------------------------------------------
     def grid_points(self) -> list[dict]:
