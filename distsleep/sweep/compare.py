@@ -190,6 +190,15 @@ def _cell(key: str, value: float | None) -> str:
     return f"{value:.3f}" if key.endswith("kappa") else f"{100 * value:.2f}"
 
 
+def mask_cell(row: Row) -> str:
+    """The swept ratio, and the fraction really masked in pre-training when that differs ("15% (19%)")."""
+    if row.mask_ratio is None:
+        return "-"
+    effective = row.metrics.get("pretrain_mask_ratio_effective")
+    shown = f"{100 * row.mask_ratio:.0f}%"
+    return shown if effective is None or round(100 * effective) == round(100 * row.mask_ratio) else f"{shown} ({100 * effective:.0f}%)"
+
+
 def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     """Header and cells; the best model value of each column carries a '*'."""
     cols = columns(rows)
@@ -203,7 +212,7 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
             best[key, task] = max(values) if values and key != "test_majority_accuracy" else None
     cells = []
     for row in rows:
-        line = [row.label, row.model, row.task, "-" if row.mask_ratio is None else f"{100 * row.mask_ratio:.0f}%"]
+        line = [row.label, row.model, row.task, mask_cell(row)]
         for _, key in cols:
             value = row.metrics.get(key)
             text = _cell(key, value)
@@ -230,8 +239,9 @@ def format_text(rows: list[Row]) -> str:
     lines = ["  ".join(str(x).rjust(w) if i > 2 else str(x).ljust(w) for i, (x, w) in enumerate(zip(line, widths)))
              for line in [header, *cells]]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    note = ("accuracy, F1 and AUROC in %, kappa as a fraction; * best value per column and task (for reading, not "
-            "a selection); values as logged in MLflow")
+    note = ("mask: the swept ratio (in brackets the fraction of epochs really masked, where it differs); accuracy, "
+            "F1 and AUROC in %, kappa as a fraction; * best value per column and task (for reading, not a selection); "
+            "values as logged in MLflow")
     return "\n".join([*lines, selection_note(rows), note])
 
 
