@@ -69,7 +69,13 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
         bandpass=tuple(args.bandpass) if args.bandpass else None, trim_wake_minutes=args.trim_wake,
         filter_recipe=None if recipe in (None, "none") else recipe,
     )
-    split = SplitConfig(n_val=args.n_val, train_fraction=args.train_fraction, seed=args.split_seed, subset=args.subset)
+    try:
+        split = SplitConfig(n_val=args.n_val, train_fraction=args.train_fraction, seed=args.split_seed, subset=args.subset,
+                            visits=tuple(args.visit), allow_missing_split_ids=args.allow_missing_split_ids,
+                            split_file=str(Path(args.split_file).resolve()) if args.split_file else None)
+    except ValueError as error:
+        print(f"distsleep preprocess: error: {error}", file=sys.stderr)
+        return 2
     cluster = ClusterOptions(address=args.address, cpus_per_task=args.cpus_per_task,
                              memory_per_task_mb=args.memory_mb, max_retries=args.max_retries)
     result = run_preprocess(args.root, args.out, config, split, limit=args.limit, cluster=cluster, progress=not args.quiet)
@@ -94,14 +100,27 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
                    help="per-channel band-passes: synthsleepnet = EEG/EOG 0.5-40, ECG 3-30, EMG 25-49, airflow 0.05-1 Hz "
                         "(default with --channel-set multimodal; none = no per-channel filter)")
     p.add_argument("--subset", choices=("all", "shhs-5791", "shhs-5463"), default="all",
-                   help="shhs-5791: readable records with C4-A1 and scored stages; shhs-5463: those containing all five stages")
+                   help="shhs-5791: readable SHHS1 records with C4-A1 and scored stages; shhs-5463: those containing all "
+                        "five stages (both SHHS1 only)")
+    p.add_argument("--visit", nargs="+", default=[], metavar="VISIT",
+                   help="keep only these visits, e.g. shhs1 (NSRR: the record id before the nsrrid; Sleep-EDF: night1, "
+                        "night2); default all. Splits are by person: all visits of one nsrrid go to the same split")
     p.add_argument("--limit", type=int, help="only the first N recordings (sorted by id)")
     p.add_argument("--target-rate", type=float, default=100.0, help="Hz (default 100)")
     p.add_argument("--bandpass", type=float, nargs=2, metavar=("LOW", "HIGH"), help="zero-phase band-pass in Hz, e.g. 0.3 40")
     p.add_argument("--trim-wake", type=float, metavar="MIN", help="keep MIN minutes of wake around the sleep period (e.g. 30)")
     p.add_argument("--n-val", type=int, default=100, help="validation subjects (default 100; small cohorts get at most 10%%)")
     p.add_argument("--train-fraction", type=float, default=0.7, help="train share of the non-validation subjects (default 0.7)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the subject-wise split")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="seed of the subject-wise split (each person's side comes from a hash of their own id, so "
+                        "adding or removing people never moves anyone between train and test)")
+    p.add_argument("--split-file", metavar="FILE",
+                   help="a published split instead: JSON {\"train\": [...], \"val\": [...], \"test\": [...]} or lines "
+                        "'ID SPLIT'; IDs are record ids (shhs1-200001) or subject ids (200001). Records it does not "
+                        "name are left out; the manifest records the file and its sha256")
+    p.add_argument("--allow-missing-split-ids", action="store_true",
+                   help="accept a split file naming ids the cohort lacks (they are listed in the manifest) instead "
+                        "of refusing it")
     p.add_argument("--max-failures", type=int, default=0, help="exit 0 despite up to N failed recordings (default 0)")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)")
     p.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs reserved per recording task")
@@ -115,7 +134,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from distsleep.train.launch import run_training
 
     stage = "finetune" if args.command == "finetune" else None
-    config = config_from_args(args, stage=stage)
+    try:
+        config = config_from_args(args, stage=stage)
+    except ValueError as error:  # e.g. a global batch that does not divide over the workers
+        print(f"distsleep {args.command}: error: {error}", file=sys.stderr)
+        return 2
     outcome, status = run_job(f"distsleep {args.command}", lambda: run_training(config, address=args.address))
     if status:
         return status
@@ -151,8 +174,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from distsleep.train.launch import LaunchError
     from distsleep.tracking import TrackingUnavailable
 
-    train = config_from_args(args, stage="pretrain")
     try:
+        train = config_from_args(args, stage="pretrain")
         ratios = tuple(args.mask_ratios) if args.mask_ratios else PAPER_MASK_RATIOS
         config = SweepConfig(
             name=args.name or "mask-ratio-sweep", train=train, mask_ratios=ratios, knobs=_parse_knobs(args.knob),

@@ -82,23 +82,39 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """Subject-wise train/val/test split: `n_val` validation subjects, the rest `train_fraction` : rest.
+    """Which records form the cohort, and how its subjects (people) are split into train/val/test.
 
-    The SHHS papers use 100 validation records and 70:30 train:test for the remaining ones. Small
-    cohorts get at most a tenth of their subjects (at least one) for validation.
+    The SHHS papers use 100 validation subjects and 70:30 train:test for the others. Each subject's side
+    comes from a seeded hash of its own id (distsleep.shards.splits), so a grown or shrunk cohort keeps
+    everyone's train/test side; small cohorts get at most a tenth of their subjects (at least one) for
+    validation. `split_file` replaces all of that by a published split (train/val/test lists of record or
+    subject ids); ids it names that the cohort lacks are an error unless `allow_missing_split_ids`.
+    `visits` keeps only those visits (e.g. "shhs1"; empty: all); the SHHS subsets are SHHS1 by definition.
     """
 
     n_val: int = 100
     train_fraction: float = 0.7
     seed: int = 0
     subset: str = "all"
+    visits: tuple[str, ...] = ()
+    split_file: str | None = None
+    allow_missing_split_ids: bool = False
 
     def __post_init__(self):
         if self.subset not in SUBSETS:
             raise ValueError(f"unknown subset {self.subset!r}; choose one of {', '.join(SUBSETS)}")
+        object.__setattr__(self, "visits", tuple(self.visits))
+        if self.subset.startswith("shhs-") and any(v != "shhs1" for v in self.visits):
+            raise ValueError(f"--subset {self.subset} is an SHHS1 cohort; it cannot take visits {list(self.visits)}")
+        if not 0.0 < self.train_fraction < 1.0:
+            raise ValueError(f"train_fraction must lie in (0, 1), got {self.train_fraction}")
+        if self.n_val < 0:
+            raise ValueError(f"n_val must be >= 0, got {self.n_val}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["visits"] = list(self.visits)
+        return out
 
 
 def flatten(prefix: str, obj) -> dict[str, str]:

@@ -36,3 +36,7 @@ class AnnotationError(InputError):
 
 class LengthMismatchError(InputError):
     """Signal and annotations disagree about the length of the night by more than one epoch."""
+
+
+class SplitFileError(InputError):
+    """A published split file is unreadable, names a person in two splits, or names ids the cohort lacks."""

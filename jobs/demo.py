@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         print("demo stopped: some recordings could not be used", file=sys.stderr)
         return 1
 
-    common = dict(shards=str(shards / "manifest.json"), model_size="small", seq_len=5, batch_size=16, loader_workers=1,
+    common = dict(shards=str(shards / "manifest.json"), model_size="small", seq_len=5, batch_size=16 * args.workers,
+                  loader_workers=1,
                   num_workers=args.workers, lr=1e-3, storage_path=str(runs), tracking_uri=tracking_uri,
                   experiment="distsleep-demo", seed=args.seed)
     _step(4, f"pre-training MC²SleepNet (small) for {args.steps} steps on {args.workers} Ray Train workers x DeepSpeed")

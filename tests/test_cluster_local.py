@@ -100,7 +100,7 @@ def test_jobs_submitted_to_a_two_node_cluster(two_nodes, cohort, tmp_path):
     assert len(manifest["records"]) == 8 and all((shards / r["shard"]).exists() for r in manifest["records"].values())
 
     # 2. pre-training: 2 Ray Train workers of 1 CPU each, so one per node
-    common = ["--shards", str(shards / "manifest.json"), "--model-size", "small", "--seq-len", "5", "--batch-size", "16",
+    common = ["--shards", str(shards / "manifest.json"), "--model-size", "small", "--seq-len", "5", "--batch-size", "32",
               "--loader-workers", "1", "--num-workers", "2", "--storage-path", str(runs), "--experiment", "cluster"]
     result = submit(cluster, "jobs/pretrain.py", *common, "--max-steps", "20", "--val-every", "10", "--name", "pre")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -189,7 +189,7 @@ def test_losing_a_worker_node_during_pretraining(shards, tmp_path, ray_local):
         assert cluster.dashboard_url.startswith("http://127.0.0.1:")
         with pytest.raises(RuntimeError, match="stop it first"):
             local.start(tmp_path / "state")
-        common = ["jobs/pretrain.py", "--shards", str(shards), "--model-size", "small", "--seq-len", "5", "--batch-size", "16",
+        common = ["jobs/pretrain.py", "--shards", str(shards), "--model-size", "small", "--seq-len", "5", "--batch-size", "32",
                   "--loader-workers", "1", "--num-workers", "2", "--max-steps", "60", "--val-every", "20",
                   "--storage-path", str(tmp_path / "runs"), "--experiment", "faults"]
         # With --max-failures 1 and a spare node, the run restarts from its checkpoint and finishes.

@@ -124,60 +124,72 @@ def test_parameter_count_paper_size():
 
 # ------------------------------------------------------------------------------------------- masking
 
-EXPECTED_MASKED_OF_21 = {0.0: 0, 0.15: 3, 0.25: 5, 0.5: 11, 0.75: 16, 0.85: 18}
+# The authors' count: int(L·(1−r)) visible, the rest masked. At 15/25/30/40 % this differs from round(L·r)
+# (3/5/6/8), which is what the previous reading masked.
+EXPECTED_MASKED_OF_21 = {0.0: 0, 0.15: 4, 0.25: 6, 0.30: 7, 0.40: 9, 0.5: 11, 0.60: 13, 0.70: 15, 0.75: 16, 0.85: 18}
 
 
 @pytest.mark.parametrize("ratio", sorted(EXPECTED_MASKED_OF_21))
-def test_masking_counts_token_and_untouched(ratio):
+def test_cross_masking_expanded_batch_pairs_each_masked_view_with_a_complete_one(ratio):
     model = _small_model()
     b, l, d = 16, 21, model.cfg.d_model
-    assert n_masked(l, ratio) == EXPECTED_MASKED_OF_21[ratio]
+    k = EXPECTED_MASKED_OF_21[ratio]
+    assert n_masked(l, ratio) == k == l - int(l * (1 - ratio) + 1e-9)
     o_sg, o_sp = torch.randn(b, l, d), torch.randn(b, l, d)
     g = torch.Generator().manual_seed(1)
-    sg, sp, m_sg, m_sp = model.mask_sequences(o_sg, o_sp, ratio, generator=g)
-    k = EXPECTED_MASKED_OF_21[ratio]
-    for out, mask, orig in ((sg, m_sg, o_sg), (sp, m_sp, o_sp)):
-        assert mask.shape == (b, l)
-        assert (mask.sum(dim=1) == k).all()
-        token = model.mask_token.detach()
+    sg, sp, m_sg, m_sp = model.cross_masked_batch(o_sg, o_sp, ratio, generator=g)
+    # Every sequence twice: rows [0, B) have Sg masked and Sp complete, rows [B, 2B) the reverse.
+    assert sg.shape == sp.shape == (2 * b, l, d) and m_sg.shape == m_sp.shape == (2 * b, l)
+    assert not (m_sg & m_sp).any()  # no epoch masked in both views of one pass
+    assert (m_sg[:b].sum(dim=1) == k).all() and not m_sg[b:].any()
+    assert (m_sp[b:].sum(dim=1) == k).all() and not m_sp[:b].any()
+    assert torch.equal(sp[:b], o_sp) and torch.equal(sg[b:], o_sg)
+    token = model.mask_token.detach()
+    for out, mask, orig in ((sg[:b], m_sg[:b], o_sg), (sp[b:], m_sp[b:], o_sp)):
         assert torch.equal(out[mask], token.expand(int(mask.sum()), d))
         assert torch.equal(out[~mask], orig[~mask])
     if 0 < k < l:
-        # Independent positions per modality and per sequence.
-        assert not torch.equal(m_sg, m_sp)
-        assert len({tuple(row.tolist()) for row in m_sg}) > 1
-        # One shared parameter: both modalities receive gradient into the same token.
+        # Independent positions per pass and per sequence.
+        assert not torch.equal(m_sg[:b], m_sp[b:])
+        assert len({tuple(row.tolist()) for row in m_sg[:b]}) > 1
+        # One shared parameter: both passes' masked positions send gradient into the same token.
         (sg.sum() + 2 * sp.sum()).backward()
         assert torch.allclose(model.mask_token.grad, torch.full((d,), float(m_sg.sum() + 2 * m_sp.sum())))
 
 
-def test_masking_only_in_pretrain_training():
+def test_masking_only_in_pretrain_training_on_the_expanded_batch():
     model = _small_model(seq_len=7, mask_ratio=0.5)
     x = torch.tensor(_epochs(2, 7, 1, 3000), dtype=torch.float32)
+    y = torch.tensor([[0, 1, 2, 3, 4, 2, 2], [4, 3, 2, 1, 0, -1, 2]])
     captured = {}
-    model.sg_layers[0].register_forward_pre_hook(lambda mod, args: captured.update(sg=args[0].detach()))
+    model.sg_layers[0].register_forward_pre_hook(lambda mod, args: captured.update(sg=args[0].detach(), sp=args[1].detach()))
     model.train()
-    out = model(x, stage="pretrain")
-    k = n_masked(7, 0.5)
+    out = model(x, y, stage="pretrain")
+    k = 7 - int(7 * 0.5)
     assert k == 4
-    assert (out["mask_sg"].sum(1) == k).all() and (out["mask_sp"].sum(1) == k).all()
+    assert out["logits"].shape == out["logits_sg"].shape == (4, 7, 5)
+    assert (out["mask_sg"][:2].sum(1) == k).all() and (out["mask_sp"][2:].sum(1) == k).all()
+    assert not (out["mask_sg"] & out["mask_sp"]).any()
     assert out["mask_ratio_effective"].item() == pytest.approx(k / 7)
-    # The sequence stack sees the mask token (plus the positional encoding) at the masked positions.
+    # The sequence stack sees the mask token (plus the positional encoding) at the masked positions, and
+    # the complete view of the other modality in the same pass.
     from distsleep.models.common import sinusoidal_positional_encoding
 
     pe = sinusoidal_positional_encoding(7, model.cfg.d_model)
-    expected = (model.mask_token.detach() + pe).expand(2, -1, -1)
+    expected = (model.mask_token.detach() + pe).expand(4, -1, -1)
     mask = out["mask_sg"]
     assert torch.allclose(captured["sg"][mask], expected[mask], atol=1e-6)
+    assert torch.allclose(captured["sg"][:2][~mask[:2]], captured["sg"][2:][~mask[:2]])  # same sequences twice
     for stage in ("finetune", "eval"):
         out = model(x, stage=stage)
+        assert out["logits"].shape == (2, 7, 5)
         assert not out["mask_sg"].any() and not out["mask_sp"].any()
         assert out["mask_ratio_effective"].item() == 0.0
     model.eval()
     assert not model(x, stage="pretrain")["mask_sg"].any()
     model.train()
     no_mask = _small_model(seq_len=7, mask_ratio=0.0).train()
-    assert not no_mask(x, stage="pretrain")["mask_sp"].any()
+    assert no_mask(x, stage="pretrain")["logits"].shape == (2, 7, 5)
 
 
 # --------------------------------------------------------------------------------------------- losses
@@ -196,7 +208,7 @@ def test_info_nce_symmetric_and_prefers_aligned_views():
     assert info_nce(a[:1], b[:1], 0.1, "position").item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_loss_ignores_unscored_epochs():
+def test_masked_cross_entropy_ignores_unscored_epochs():
     torch.manual_seed(0)
     logits = torch.randn(2, 6, 5)
     labels = torch.tensor([[0, 1, -1, 2, -1, 4], [3, -1, 2, 2, 1, 0]])
@@ -209,21 +221,103 @@ def test_loss_ignores_unscored_epochs():
     all_unscored = masked_cross_entropy(logits.requires_grad_(), torch.full((2, 6), -1))
     assert all_unscored.item() == 0.0 and all_unscored.requires_grad
 
-    model = _small_model().eval()
-    x = torch.tensor(_epochs(2, 5, 1, 3000), dtype=torch.float32)
-    y = torch.tensor([[0, -1, 2, 3, -1], [4, 4, -1, 1, 0]])
-    out = model(x, y, stage="eval")
-    assert out["logits"].shape == (2, 5, 5)
-    scored = y >= 0
-    expected = sum(
-        torch.nn.functional.cross_entropy(out[key][scored], y[scored]) for key in ("logits", "logits_sg", "logits_sp")
-    )
-    assert torch.allclose(out["loss"], expected, atol=1e-5)  # eval/finetune weights are 1/1/1
-    out_pt = model(x, y, stage="pretrain")
-    w = model.cfg.loss_weights_pretrain
-    expected_pt = w[0] * out_pt["loss_concat"] + w[1] * out_pt["loss_sg"] + w[2] * out_pt["loss_sp"]
-    assert torch.allclose(out_pt["loss_seq"], expected_pt)
-    assert torch.allclose(out_pt["loss"], out_pt["loss_seq"] + out_pt["loss_infonce"])
+
+def _fixed_head(value: torch.Tensor):
+    """A forward hook that makes a head return `value` (the same logits for every call)."""
+    return lambda module, args, output: value.expand_as(output).clone().requires_grad_()
+
+
+def test_loss_composition_eq18_eq19_hand_computed():
+    """Fixed logits per head, hand-computed Eq. 18 (sum over a sequence's scored epochs, mean over sequences)
+    and Eq. 19 (pre-training w1 = 1 on the raw-signal head, w2 = w3 = 0.1; fine-tuning 1/1/1)."""
+    import math
+
+    y = torch.tensor([[0, 1, -1, 2, 2], [4, 4, -1, -1, 0]])  # 4 + 3 = 7 scored epochs in 2 sequences
+    uniform = torch.zeros(5)  # CE = log 5 on every epoch
+    confident = torch.zeros(2, 5, 5)
+    confident.scatter_(2, y.clamp(min=0)[..., None], 2.0)  # CE = log(4 + e²) − 2 on every scored epoch
+    ce_uniform = math.log(5)
+    ce_confident = math.log(4 + math.e ** 2) - 2
+    ce_wrong = math.log(4 + math.e ** 2)  # a logit of 2 on class 3, never a label here
+    wrong = torch.zeros(5)
+    wrong[3] = 2.0
+    seq_uniform, seq_confident, seq_wrong = (7 * c / 2 for c in (ce_uniform, ce_confident, ce_wrong))
+
+    model = _small_model(infonce_weight=1.0).eval()
+    model.head_sg.register_forward_hook(_fixed_head(uniform))
+    model.head_sp.register_forward_hook(_fixed_head(confident))
+    model.head_concat.register_forward_hook(_fixed_head(wrong))
+    x = torch.tensor(_epochs(2, 5, 1, 3000, seed=9), dtype=torch.float32)
+
+    pre = model(x, y, stage="pretrain")  # eval mode: no masking, one pass
+    assert pre["loss_sg"].item() == pytest.approx(seq_uniform, rel=1e-5)
+    assert pre["loss_sp"].item() == pytest.approx(seq_confident, rel=1e-5)
+    assert pre["loss_concat"].item() == pytest.approx(seq_wrong, rel=1e-5)
+    assert pre["loss_seq"].item() == pytest.approx(1.0 * seq_uniform + 0.1 * seq_confident + 0.1 * seq_wrong, rel=1e-5)
+    assert pre["loss"].item() == pytest.approx(pre["loss_seq"].item() + pre["loss_infonce"].item(), rel=1e-6)
+    fine = model(x, y, stage="finetune")
+    assert fine["loss"].item() == pytest.approx(seq_uniform + seq_confident + seq_wrong, rel=1e-5)
+
+    # The per-epoch mean is an option, not the default.
+    mean_model = _small_model(sequence_loss="mean").eval()
+    mean_model.head_sg.register_forward_hook(_fixed_head(uniform))
+    assert mean_model(x, y, stage="pretrain")["loss_sg"].item() == pytest.approx(ce_uniform, rel=1e-5)
+    from distsleep.models.mc2sleepnet import sequence_cross_entropy
+
+    assert sequence_cross_entropy(torch.zeros(2, 5, 5), torch.full((2, 5), -1)).item() == 0.0
+
+
+def test_table3_ablations_are_model_settings_selectable_with_set():
+    """Each of Table 3's variants is a --set of the training CLI, and each changes the graph as it says."""
+    from distsleep.train.cli_args import add_train_arguments, config_from_args
+    from distsleep.train.loop import model_config
+    import argparse
+
+    def built(*items: str) -> MC2SleepNet:
+        parser = argparse.ArgumentParser()
+        add_train_arguments(parser)
+        argv = ["--shards", "/x/manifest.json", "--model-size", "small", "--seq-len", "5"]
+        args = parser.parse_args(argv + (["--set", *items] if items else []))
+        torch.manual_seed(0)
+        return MC2SleepNet(model_config(config_from_args(args)))
+
+    x = torch.tensor(_epochs(2, 5, 1, 3000, seed=11), dtype=torch.float32)
+    y = torch.tensor([[0, 1, 2, 3, 4], [4, 3, 2, 1, 0]])
+
+    raw_only = built("branches=raw", "sequence_level=false")
+    assert raw_only.spec_backbone is None and raw_only.sg_layers is None and raw_only.head_concat is None
+    spec_only = built("branches=spectrogram", "sequence_level=false")
+    assert spec_only.raw_backbone is None and spec_only.inference_head == "head_sp"
+    for single in (raw_only, spec_only):
+        out = single.train()(x, y, stage="pretrain")
+        assert out["loss_infonce"].item() == 0.0 and out["mask_ratio_effective"].item() == 0.0
+        # "(single)": an epoch's prediction does not depend on its neighbours.
+        single.eval()
+        changed = x.clone()
+        changed[:, 1:] = 3 * torch.tensor(_epochs(2, 4, 1, 3000, seed=12), dtype=torch.float32)
+        with torch.no_grad():
+            assert torch.allclose(single(x)["logits"][:, 0], single(changed)["logits"][:, 0], atol=1e-5)
+
+    no_cl = built("contrastive=false").train()
+    assert no_cl.raw_projection is None
+    out = no_cl(x, y, stage="pretrain")
+    assert out["loss_infonce"].item() == 0.0 and torch.allclose(out["loss"], out["loss_seq"])
+    assert out["logits"].shape[0] == 4  # still cross-masked on the expanded batch
+
+    no_cross = built("cross_attention=false")
+    assert all(layer.cross_attn is None for layer in [*no_cross.sg_layers, *no_cross.sp_layers])
+    no_cross.eval()
+    with torch.no_grad():  # the raw-signal stream no longer sees the spectrogram stream
+        o_sg, o_sp = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
+        t_sg, _ = no_cross.sequence(o_sg, o_sp)
+        assert torch.allclose(t_sg, no_cross.sequence(o_sg, torch.randn(2, 5, 32))[0])
+    full = built().eval()
+    with torch.no_grad():
+        assert not torch.allclose(full.sequence(o_sg, o_sp)[0], full.sequence(o_sg, torch.randn(2, 5, 32))[0])
+    with pytest.raises(ValueError, match="branches"):
+        MC2SleepNetConfig(branches="eeg")
+    with pytest.raises(ValueError, match="contrastive must be true or false"):
+        MC2SleepNetConfig(contrastive="no")
 
 
 # ------------------------------------------------------------------------------------------- training

@@ -120,6 +120,47 @@ def test_split_is_subject_wise_and_seeded(converted):
     assert manifest["config"]["split"]["seed"] == 0 and len(manifest["config_hash"]) == 16
 
 
+def test_visits_subsets_and_published_split_through_the_cli(dataset, converted, tmp_path, capsys):
+    """An SHHS2 night of an SHHS1 participant is the same person (same split); the SHHS subsets leave it out
+    without converting it; --split-file places records exactly as the file says, recorded in the manifest."""
+    root, out = tmp_path / "cohort", tmp_path / "out"
+    shutil.copytree(dataset, root)
+    shutil.copytree(converted[0], out)  # already converted records are skipped
+    psg = root / "polysomnography"
+    for kind, suffix in (("edfs", ".edf"), ("annotations-events-nsrr", "-nsrr.xml")):
+        (psg / kind / "shhs2").mkdir()
+        shutil.copy(psg / kind / "shhs1" / f"shhs1-300001{suffix}", psg / kind / "shhs2" / f"shhs2-300001{suffix}")
+    common = ["preprocess", "--root", str(root), "--out", str(out), "--quiet", "--max-failures", "3"]
+
+    assert cli_main([*common, "--n-val", "1"]) == 0
+    records = json.loads((out / "manifest.json").read_text())["records"]
+    assert records["shhs2-300001"]["subject"] == records["shhs1-300001"]["subject"] == "300001"
+    assert records["shhs2-300001"]["split"] == records["shhs1-300001"]["split"]
+
+    (out / "records" / "shhs2-300001.json").unlink()
+    assert cli_main([*common, "--subset", "shhs-5791"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "shhs2-300001" not in manifest["records"] and not (out / "records" / "shhs2-300001.json").exists()
+    assert "not an SHHS1 record" in {e["record_id"]: e["reason"] for e in manifest["excluded"]}["shhs2-300001"]
+
+    published = tmp_path / "split.txt"
+    published.write_text("300001 test\nshhs1-300002 train\n300003 train\n300004 val\n")
+    assert cli_main([*common, "--visit", "shhs1", "--split-file", str(published)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {rid: r["split"] for rid, r in manifest["records"].items()} == {
+        "shhs1-300001": "test", "shhs1-300002": "train", "shhs1-300003": "train", "shhs1-300004": "val"}
+    assert manifest["split"]["method"] == "file" and manifest["split"]["file"] == str(published)
+    assert manifest["config"]["split"]["split_file"] == str(published)
+
+    published.write_text("300001 test\n300099 train\n")
+    capsys.readouterr()
+    assert cli_main([*common, "--split-file", str(published)]) == 2
+    assert "300099" in capsys.readouterr().err
+    assert cli_main([*common, "--visit", "shhs3"]) == 2
+    assert "no recordings of visit(s) shhs3; visits found: shhs1, shhs2" in capsys.readouterr().err
+    assert cli_main([*common, "--subset", "shhs-5463", "--visit", "shhs2"]) == 2
+
+
 def test_rerun_skips_and_is_byte_identical(dataset, converted, tmp_path):
     out, _ = converted
     before = _hashes(out)

@@ -29,7 +29,7 @@ def store(tmp_path_factory) -> Path:
 
 
 def cfg(shards: Path, store: Path, **changes) -> TrainConfig:
-    base = dict(shards=str(shards), model_size="small", seq_len=1, batch_size=32, loader_workers=1, max_steps=40,
+    base = dict(shards=str(shards), model_size="small", seq_len=1, batch_size=64, loader_workers=1, max_steps=40,
                 val_every=20, num_workers=2, lr=2e-3, storage_path=str(store / "runs"),
                 tracking_uri=f"sqlite:///{store / 'mlflow.db'}", experiment="seed-models")
     base.update(changes)
@@ -59,7 +59,7 @@ def test_supervised_models_train_and_beat_majority(multimodal_shards, store, mod
     # ISATSleepNet trains with its Physio-GAN augmentation: synthetic N1 epochs join the training stream only.
     augment = [str(request.getfixturevalue("gan_augmentation"))] if model == "isatsleepnet" else []
     c = cfg(multimodal_shards, store, model=model, name=model, seq_len=seq_len, max_steps=steps, val_every=steps // 2,
-            batch_size=32 if seq_len == 1 else 8, augment_shards=augment)
+            batch_size=64 if seq_len == 1 else 16, augment_shards=augment)
     outcome = run_training(c)
     RUNS[model] = outcome.run_id
     m = outcome.metrics
@@ -90,7 +90,7 @@ def latest_state(storage: Path) -> dict:
 def unimodal(shards: Path, store: Path, role: str, **changes) -> TrainConfig:
     """A NeuroNet on one modality, with the encoder shape SynthSleepNet's small preset expects."""
     base = dict(model="neuronet", model_size="synthsleepnet_unimodal_small", channels=[role], name=f"neuronet-{role}",
-                seq_len=5, batch_size=8, max_steps=20, val_every=10)
+                seq_len=5, batch_size=16, max_steps=20, val_every=10)
     return cfg(shards, store, **{**base, **changes})
 
 
@@ -118,7 +118,7 @@ def test_synthsleepnet_fusion_and_downstream_tasks(multimodal_shards, store):
     airflow = run_training(unimodal(multimodal_shards, store, "airflow"))
     parts = {"eeg_c4": RUNS["neuronet-eeg_c4"], "airflow": airflow.run_id}
     modalities = {"modalities": ["eeg_c4", "airflow"]}
-    fusion = cfg(multimodal_shards, store, model="synthsleepnet", name="synthsleepnet-fusion", seq_len=5, batch_size=8,
+    fusion = cfg(multimodal_shards, store, model="synthsleepnet", name="synthsleepnet-fusion", seq_len=5, batch_size=16,
                  max_steps=20, val_every=10, model_overrides=modalities, init_parts=parts)
     fused = run_training(fusion)
     assert fell(history(fusion.tracking_uri, fused.run_id, "loss"))
@@ -131,7 +131,7 @@ def test_synthsleepnet_fusion_and_downstream_tasks(multimodal_shards, store):
     # Apnea detection from the pre-trained airflow NeuroNet, fully fine-tuned (encoder + Mamba context + head).
     apnea = cfg(multimodal_shards, store, model="neuronet", model_size="synthsleepnet_unimodal_small", channels=["airflow"],
                 name="neuronet-airflow-apnea", stage="finetune", task="apnea", init_from=airflow.run_id, seq_len=5,
-                batch_size=8, max_steps=60, val_every=20, select_metric="auroc")
+                batch_size=16, max_steps=60, val_every=20, select_metric="auroc")
     out = run_training(apnea)
     m = out.metrics
     assert m["test_majority_accuracy"] < 0.97, "the cohort must hold apneas for this test to mean anything"
@@ -146,7 +146,7 @@ def test_synthsleepnet_fusion_and_downstream_tasks(multimodal_shards, store):
     # SynthSleepNet downstream, semi-supervised: LoRA on the frozen encoders + fusion + Mamba context + head,
     # hypopnea detection with the labels of 2 of the 5 training nights.
     hypopnea = cfg(multimodal_shards, store, model="synthsleepnet", name="synthsleepnet-hypopnea", stage="finetune",
-                   task="hypopnea", label_fraction=0.4, init_from=fused.run_id, seq_len=5, batch_size=8, max_steps=10,
+                   task="hypopnea", label_fraction=0.4, init_from=fused.run_id, seq_len=5, batch_size=16, max_steps=10,
                    val_every=10, model_overrides=modalities)
     out = run_training(hypopnea)
     run = client.get_run(out.run_id)
@@ -162,7 +162,7 @@ def test_neuronet_mask_ratio_sweep(multimodal_shards, store):
     from distsleep.sweep.run import run_sweep
     from distsleep.sweep.trial import KIND_TAG, SWEEP_TAG
 
-    train = cfg(multimodal_shards, store, model="neuronet", seq_len=5, batch_size=8, max_steps=10, val_every=10)
+    train = cfg(multimodal_shards, store, model="neuronet", seq_len=5, batch_size=16, max_steps=10, val_every=10)
     outcome = run_sweep(SweepConfig(name="neuronet-mask", train=train, mask_ratios=(0.5, 0.8), finetune=False,
                                     max_concurrent_trials=1, baseline=False), out_dir=str(store / "sweep-out"))
     assert sorted(t["state"] for t in outcome.trials) == ["completed", "completed"]

@@ -48,7 +48,7 @@ def _runs(uri: str, query: str) -> list:
 
 def _sweep_args(shards: Path, tmp: Path, name: str) -> list[str]:
     return ["--shards", str(shards), "--name", name, "--mask-ratios", *map(str, RATIOS), "--model-size", "small",
-            "--seq-len", "5", "--batch-size", "16", "--loader-workers", "1", "--max-steps", "20", "--val-every", "10",
+            "--seq-len", "5", "--batch-size", "32", "--loader-workers", "1", "--max-steps", "20", "--val-every", "10",
             "--finetune-steps", "10", "--num-workers", "2", "--lr", "0.001", "--max-concurrent-trials", "1",
             "--storage-path", str(tmp / "runs"), "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}",
             "--experiment", "sweeps", "--out", str(tmp / "comparison")]
@@ -116,6 +116,11 @@ def test_sweep_logs_parent_children_and_the_comparison(interrupted_sweep):
         for key in ("test_accuracy", "test_macro_f1", "test_kappa", "pretrain_test_accuracy", "test_f1_N1"):
             assert 0.0 <= child.data.metrics[key] <= 1.0, (child.info.run_name, key)
     assert 0.0 < parent.data.metrics["baseline_yasa_test_accuracy"] <= 1.0
+    # The parent run names the trial chosen on the validation metric (of its fine-tuning stage), not on test.
+    assert parent.data.tags["selected_by"] == "validation val_best_macro_f1"
+    chosen = next(c for c in children if c.info.run_id == parent.data.tags["selected_run_id"])
+    assert chosen.data.metrics["val_best_macro_f1"] == max(c.data.metrics["val_best_macro_f1"] for c in children)
+    assert parent.data.metrics["selected_test_accuracy"] == chosen.data.metrics["test_accuracy"]
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
     assert {"comparison/comparison.csv", "comparison/metrics_vs_mask_ratio.png", "comparison/confusion_matrices.png"} <= logged
 
@@ -145,7 +150,7 @@ def test_asha_stopping_a_trial_frees_its_resources(shards, tmp_path, ray_local):
     # lr 0 never learns: at the first rung ASHA compares it with the finished lr 0.003 trial and stops it.
     # One trial fits the 2-CPU cluster at a time, so the third trial can only start once the stopped
     # trial's Ray Train workers and placement group are gone.
-    train = TrainConfig(shards=str(shards), model_size="small", seq_len=5, batch_size=16, loader_workers=1, max_steps=40,
+    train = TrainConfig(shards=str(shards), model_size="small", seq_len=5, batch_size=32, loader_workers=1, max_steps=40,
                         val_every=20, num_workers=2, storage_path=str(tmp_path / "runs"),
                         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="asha")
     cfg = SweepConfig(name="asha", train=train, mask_ratios=(0.5,), knobs={"lr": [0.003, 0.0, 0.003]}, finetune=False,
@@ -166,7 +171,7 @@ def test_asha_stopping_a_trial_frees_its_resources(shards, tmp_path, ray_local):
 
 
 def test_sweep_preflight(shards, tmp_path, ray_local):
-    train = TrainConfig(shards=str(shards), num_workers=3, loader_workers=1, storage_path=str(tmp_path / "runs"),
+    train = TrainConfig(shards=str(shards), num_workers=3, batch_size=48, loader_workers=1, storage_path=str(tmp_path / "runs"),
                         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     with pytest.raises(LaunchError, match="CPU: needs 3, cluster has 2"):
         run_sweep(SweepConfig(name="too-big", train=train))

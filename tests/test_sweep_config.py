@@ -68,7 +68,7 @@ def test_concurrency_from_cluster_resources():
     assert concurrency(cfg, {"CPU": 9.0}) == 4
     assert concurrency(sweep(train=TrainConfig(shards="/x", num_workers=2), max_concurrent_trials=2), {"CPU": 16.0}) == 2
     with pytest.raises(LaunchError, match="CPU: needs 3, cluster has 2"):
-        concurrency(sweep(train=TrainConfig(shards="/x", num_workers=3)), {"CPU": 2.0})
+        concurrency(sweep(train=TrainConfig(shards="/x", num_workers=3, batch_size=48)), {"CPU": 2.0})
     with pytest.raises(LaunchError, match="GPU: needs 2, cluster has 0"):
         concurrency(sweep(train=TrainConfig(shards="/x", num_workers=2, use_gpu=True)), {"CPU": 32.0})
 
@@ -121,3 +121,51 @@ def test_ratios_that_mask_the_same_number_of_epochs_are_flagged():
     short = sweep(train=TrainConfig(shards="/x", seq_len=10))
     assert short.indistinct_ratios() == [((0.25, 0.30), 3)]
     assert sweep(train=TrainConfig(shards="/x", seq_len=21)).indistinct_ratios() == []
+
+
+def _rows_with_validation() -> list[Row]:
+    """Trial b has the best validation macro-F1; trial c the best test metrics (it must not be picked)."""
+    def metrics(val, acc):
+        return {"val_best_macro_f1": val, "pretrain_val_best_macro_f1": val - 0.05, "test_accuracy": acc,
+                "test_macro_f1": acc - 0.1, "test_kappa": acc - 0.2}
+    return [
+        Row("mask=0.15", "a", "mc2sleepnet", {"mask_ratio": "0.15"}, metrics(0.60, 0.80)),
+        Row("mask=0.50", "b", "mc2sleepnet", {"mask_ratio": "0.5"}, metrics(0.75, 0.81)),
+        Row("mask=0.85", "c", "mc2sleepnet", {"mask_ratio": "0.85"}, metrics(0.70, 0.90)),
+        Row("YASA", "p", "yasa", {}, {"test_accuracy": 0.95, "test_macro_f1": 0.9, "test_kappa": 0.9}, baseline=True),
+    ]
+
+
+def test_selection_is_on_validation_when_another_trial_has_the_best_test(tmp_path):
+    from distsleep.sweep.compare import selected_run, selection_key
+    from distsleep.sweep.run import record_selection
+    from distsleep.tracking import RunLogger, client, experiment_id
+
+    rows = _rows_with_validation()
+    assert selection_key(rows) == "val_best_macro_f1"
+    assert selected_run(rows).run_id == "b"
+    header, cells = table(rows)
+    status = {c[0]: c[-1] for c in cells}
+    assert status["mask=0.50"].endswith("selected (validation)")
+    assert not any("selected" in status[k] for k in ("mask=0.15", "mask=0.85", "YASA"))
+    assert header[4] == "val macro-f1" and [c[4] for c in cells][:3] == ["60.00", "75.00*", "70.00"]
+    rows[0].metrics["pretrain_mask_ratio_effective"] = 4 / 21  # L − int(L·(1−r)) at L = 21
+    assert table(rows)[1][0][3] == "15% (19%)"
+    text = format_text(rows)
+    assert "selected (validation): mask=0.50, the best val_best_macro_f1 (validation records only)" in text
+    assert "selected (validation)" in format_markdown(rows)
+    with open(write_comparison(rows, tmp_path)["csv"]) as stream:
+        chosen = {r["run_id"]: r["selected_on_validation"] for r in csv.DictReader(stream)}
+    assert chosen == {"a": "0", "b": "1", "c": "0", "p": "0"}
+
+    # The sweep's parent run records the same choice, marked as validation-based (a real MLflow store).
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = client(uri).create_run(experiment_id(uri, "selection"))
+    logger = RunLogger(uri, run.info.run_id)
+    record_selection(logger, rows)
+    logger.flush()
+    logged = client(uri).get_run(run.info.run_id).data
+    assert logged.tags["selected_by"] == "validation val_best_macro_f1"
+    assert logged.tags["selected_run_id"] == "b" and logged.tags["selected_trial"] == "mask=0.50"
+    assert logged.metrics["selected_test_accuracy"] == 0.81 and logged.metrics["selected_val_best_macro_f1"] == 0.75
+    assert not any(k.startswith("best_") for k in logged.metrics)

@@ -17,7 +17,8 @@ import torch
 
 from distsleep.config import PreprocessConfig, SplitConfig
 from distsleep.shards.pipeline import run_preprocess
-from distsleep.synth.cohort import CohortConfig, generate_cohort
+from distsleep.predict import predict_recording
+from distsleep.synth.cohort import CohortConfig, generate_cohort, record_paths
 from distsleep.tracking import TrackingUnavailable
 from distsleep.train.config import TrainConfig
 from distsleep.train.launch import LaunchError, run_training
@@ -36,7 +37,7 @@ def shards(tmp_path_factory, ray_local) -> Path:
 
 
 def tiny(shards: Path, tmp: Path, **changes) -> TrainConfig:
-    base = dict(shards=str(shards), model_size="small", seq_len=5, batch_size=16, loader_workers=1, max_steps=60,
+    base = dict(shards=str(shards), model_size="small", seq_len=5, batch_size=32, loader_workers=1, max_steps=60,
                 val_every=30, num_workers=2, lr=1e-3, storage_path=str(tmp / "runs"), name="tiny",
                 tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", experiment="tests")
     base.update(changes)
@@ -70,6 +71,9 @@ def test_pretrain_learns_and_is_tracked(shards, tmp_path):
     assert run.info.status == "FINISHED" and run.data.tags["stage"] == "pretrain"
     params = run.data.params
     assert params["train.lr"] == "0.001" and params["model.mask_ratio"] == "0.5" and params["world_size"] == "2"
+    # The global batch of 32 split over the 2 workers, and the learning rate it ran with.
+    assert (params["batch.global"], params["batch.per_worker"], params["lr.effective"]) == ("32", "16", "0.001")
+    assert json.loads(params["deepspeed"])["train_micro_batch_size_per_gpu"] == 16
     assert json.loads(params["deepspeed"])["zero_optimization"]["stage"] == 0
     loss = [m.value for m in client.get_metric_history(outcome.run_id, "loss")]
     assert len(loss) == 60 and sum(loss[-10:]) / 10 < 0.8 * sum(loss[:10]) / 10, "loss did not fall"
@@ -139,7 +143,7 @@ def test_relaunch_resumes_the_run(shards, tmp_path, ray_local):
     cfg = tiny(shards, tmp_path, name="relaunch", max_steps=80, val_every=20)
     env = {**os.environ, "RAY_ADDRESS": ray_local}
     args = [sys.executable, "jobs/pretrain.py", "--shards", str(shards), "--model-size", "small", "--seq-len", "5",
-            "--batch-size", "16", "--loader-workers", "1", "--max-steps", "80", "--val-every", "20", "--num-workers", "2",
+            "--batch-size", "32", "--loader-workers", "1", "--max-steps", "80", "--val-every", "20", "--num-workers", "2",
             "--lr", "0.001", "--storage-path", cfg.storage_path, "--name", "relaunch", "--tracking-uri", cfg.tracking_uri,
             "--experiment", "tests"]
     driver = subprocess.Popen(args, cwd=Path(__file__).resolve().parents[1], env=env,
@@ -164,7 +168,17 @@ def test_relaunch_resumes_the_run(shards, tmp_path, ray_local):
 
 
 def test_finetune_from_pretraining(shards, tmp_path):
-    pre = run_training(tiny(shards, tmp_path, name="pre", max_steps=30, val_every=30))
+    # Pre-training compiled (aot_eager: dynamo's graph capture without C++ code generation): its bundle keeps the
+    # model's own weight names, so fine-tuning loads every backbone tensor and predict loads it strictly.
+    pre = run_training(tiny(shards, tmp_path, name="pre", max_steps=30, val_every=30, num_workers=1, compile=True,
+                            compile_backend="aot_eager"))
+    pre_params = mlflow.MlflowClient(pre.tracking_uri).get_run(pre.run_id).data.params
+    assert (pre_params["world_size"], pre_params["batch.global"], pre_params["batch.per_worker"]) == ("1", "32", "32")
+    bundle = Path(mlflow.MlflowClient(pre.tracking_uri).download_artifacts(pre.run_id, "model/model.pt", str(tmp_path)))
+    assert not any(k.startswith("_orig_mod.") for k in torch.load(bundle, weights_only=True)["state_dict"])
+    night = _one_night(tmp_path)
+    predicted = predict_recording(bundle, night["edf"], annotations=night["nsrr"], batch_size=16)
+    assert predicted.n_epochs > 0 and predicted.probabilities.shape == (predicted.n_epochs, 5)
     cfg = tiny(shards, tmp_path, name="fine", stage="finetune", init_from=pre.run_id, max_steps=30, val_every=30)
     outcome = run_training(cfg)
     run = mlflow.MlflowClient(cfg.tracking_uri).get_run(outcome.run_id)
@@ -175,10 +189,16 @@ def test_finetune_from_pretraining(shards, tmp_path):
     assert outcome.metrics["test_accuracy"] > majority_accuracy(shards, "test")
 
 
+def _one_night(tmp_path: Path) -> dict[str, Path]:
+    root = tmp_path / "night"
+    generate_cohort(root, CohortConfig(n_records=1, hours=0.5, seed=11), progress=False)
+    return record_paths(root, "shhs1-300001")
+
+
 def test_preflight_errors(shards, tmp_path):
     with pytest.raises(TrackingUnavailable, match="127.0.0.1:9"):
         run_training(tiny(shards, tmp_path, tracking_uri="http://127.0.0.1:9"))
     with pytest.raises(LaunchError, match="cannot read the shard manifest"):
         run_training(tiny(tmp_path / "missing" / "manifest.json", tmp_path))
     with pytest.raises(LaunchError, match="need 20"):
-        run_training(tiny(shards, tmp_path, num_workers=10, loader_workers=2))
+        run_training(tiny(shards, tmp_path, num_workers=10, loader_workers=2, batch_size=40))

@@ -18,9 +18,10 @@ def test_deepspeed_file_is_the_base_and_flags_override(tmp_path):
         "gradient_accumulation_steps": 4, "train_batch_size": 999, "fp16": {"enabled": True},
         "zero_optimization": {"stage": 2, "overlap_comm": True, "reduce_bucket_size": 1000},
     }))
-    cfg = TrainConfig(shards="m.json", deepspeed_config=str(path), zero_stage=1, batch_size=8, grad_clip=0.5)
+    cfg = TrainConfig(shards="m.json", deepspeed_config=str(path), zero_stage=1, batch_size=64, grad_clip=0.5)
     ds = deepspeed_config(cfg)
     assert ds["zero_optimization"] == {"stage": 1, "overlap_comm": True, "reduce_bucket_size": 1000}
+    # The global batch of 64 over 2 workers x 4 accumulation steps: 8 sequences per worker and micro-step.
     assert ds["gradient_accumulation_steps"] == 4 and ds["train_micro_batch_size_per_gpu"] == 8
     assert ds["gradient_clipping"] == 0.5
     assert "train_batch_size" not in ds and "fp16" not in ds  # derived by DeepSpeed; fp16 never used
@@ -143,3 +144,36 @@ def test_step_metrics_keep_every_step_and_read_once():
     with pytest.raises(ValueError, match="reports metrics"):
         pending.add(4, {"loss": torch.tensor(1.0)})
         pending.add(5, {"other": torch.tensor(1.0)})
+
+
+def test_global_batch_is_split_over_workers_with_an_explicit_lr_rule(tmp_path):
+    """--batch-size is the batch of one optimizer step in total (the paper's 32 means 32), split evenly."""
+    from distsleep.train.cli_args import add_train_arguments, config_from_args
+    import argparse
+
+    one, two = TrainConfig(shards="m", batch_size=32, num_workers=1), TrainConfig(shards="m", batch_size=32, num_workers=2)
+    assert (one.per_worker_batch, two.per_worker_batch) == (32, 16)
+    assert deepspeed_config(one)["train_micro_batch_size_per_gpu"] == 32
+    assert deepspeed_config(two)["train_micro_batch_size_per_gpu"] == 16
+    with pytest.raises(ValueError, match="global batch.*does not divide over 2 worker.*multiple of 2"):
+        TrainConfig(shards="m", batch_size=33, num_workers=2)
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"gradient_accumulation_steps": 4}))
+    with pytest.raises(ValueError, match="2 worker\\(s\\) x 4 gradient accumulation steps: use a multiple of 8"):
+        TrainConfig(shards="m", batch_size=36, num_workers=2, deepspeed_config=str(path))
+
+    # The learning rate follows the global batch only when asked, by a named rule.
+    assert two.effective_lr == two.lr == 5e-4
+    big = dict(shards="m", batch_size=128, num_workers=2, lr=5e-4)
+    assert TrainConfig(**big).effective_lr == 5e-4
+    assert TrainConfig(**big, lr_scaling="linear").effective_lr == pytest.approx(2e-3)
+    assert TrainConfig(**big, lr_scaling="sqrt").effective_lr == pytest.approx(1e-3)
+    assert TrainConfig(**big, lr_scaling="linear", lr_reference_batch=64).effective_lr == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="lr_scaling"):
+        TrainConfig(shards="m", lr_scaling="cubic")
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    args = parser.parse_args(["--shards", "m", "--batch-size", "64", "--num-workers", "2", "--lr-scaling", "linear"])
+    cfg = config_from_args(args)
+    assert (cfg.batch_size, cfg.per_worker_batch, cfg.effective_lr) == (64, 32, pytest.approx(1e-3))

@@ -77,13 +77,15 @@ class Stream:
 
 def open_stream(cfg: TrainConfig, pin_memory: bool = False) -> Stream:
     """The model and training stream of rank 0 of 1, exactly as `train_loop_per_worker` builds them."""
+    if cfg.num_workers != 1:
+        raise ValueError(f"the single-process benchmarks run one worker; got num_workers={cfg.num_workers}")
     torch.manual_seed(cfg.seed)
     manifest, base = load_manifest(cfg.shards)
     model, model_cfg = _model_and_config(cfg)
     roles = input_roles(cfg, manifest, model_cfg)
     lcfg = loader_config(cfg, roles)
     streams = stream_urls(cfg, manifest, base, roles)
-    per_epoch = batches_per_epoch(manifest, 1, cfg.batch_size, seq_len=cfg.seq_len, records=streams.labelled)
+    per_epoch = batches_per_epoch(manifest, 1, lcfg.batch_size, seq_len=cfg.seq_len, records=streams.labelled)
     loader = make_train_loader(streams.training, lcfg, 1, 0, per_epoch, pin_memory=pin_memory)
     return Stream(model, lcfg, streams.val, loader)
 
@@ -133,7 +135,7 @@ def measure_plain(cfg: TrainConfig, steps: int, warmup: int) -> dict:
     if cfg.compile:
         compile_in_place(model, cfg.compile_backend)
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(parameters, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+    optimizer = torch.optim.Adam(parameters, lr=cfg.effective_lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
                                  fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     batches, seconds, losses = endless_batches(stream.loader), [], []
@@ -336,7 +338,7 @@ def check(shards: str, out: Path, *, steps: int, warmup: int, size: str = "paper
         for kind, changes, options, timeout in check_plan(compile_runs):
             settings = dict(shards=shards, model_size=size, seq_len=seq_len, batch_size=PAPER_STEP_SETTING["batch_size"],
                             loader_workers=loader_workers, use_gpu=use_gpu, log_every=log_every,
-                            max_steps=warmup + steps, storage_path=scratch)
+                            max_steps=warmup + steps, storage_path=scratch, num_workers=1)
             cfg = TrainConfig(**{**settings, **changes})
             result = run_isolated(kind, cfg, steps, warmup, timeout=timeout, **options)
             results.append({"changes": changes, **result})

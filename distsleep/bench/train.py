@@ -57,8 +57,8 @@ def bench_train_config(shards: str | Path, scratch: Path, *, workers: int, model
     and sent to MLflow, inside the timed steps."""
     from distsleep.train.config import TrainConfig
 
-    return TrainConfig(
-        shards=str(shards), model=model, model_size=model_size, seq_len=seq_len, batch_size=batch_size,
+    return TrainConfig(  # batch_size is per worker here (weak scaling); the trainer's is the global batch
+        shards=str(shards), model=model, model_size=model_size, seq_len=seq_len, batch_size=batch_size * workers,
         loader_workers=loader_workers, precision=precision, compile=compile,
         max_steps=warmup + steps, val_every=warmup + steps + 1, log_every=log_every, num_workers=workers, use_gpu=use_gpu,
         seed=seed, storage_path=str(scratch / "runs"), name=name or f"benchmark-train-{workers}w",
@@ -84,7 +84,7 @@ def time_ray_path(cfg, warmup: int) -> dict:
     if not timed:
         raise RuntimeError(f"run {outcome.run_id} logged no epochs_per_s for a window after step {warmup} "
                            f"(log_every {cfg.log_every}): raise --steps")
-    per_step = cfg.batch_size * cfg.seq_len * cfg.num_workers
+    per_step = cfg.batch_size * cfg.seq_len  # the global batch
     logged = mlflow_client.get_run(outcome.run_id).data.metrics
     result = {
         "path": "ray", "workers": cfg.num_workers, "device": "cuda" if cfg.use_gpu else "cpu",

@@ -2,8 +2,35 @@
 minority sleep stages, with a spectral and an amplitude-statistics constraint on the generator.
 
 The ISATSleepNet paper names the ingredients (a generator with temporal and spectral constraints,
-synthetic N1 epochs against class imbalance) but publishes no architecture, sizes or loss weights, and
-its public repository holds no GAN code. Everything below is therefore our choice, stated here:
+synthetic N1 epochs against class imbalance) but publishes no architecture, sizes or loss weights. Its
+public repository (JiangZaiUp/NITASleepNet) does hold GAN code, `train_gan.py` and `augment_with_gan.py`
+(added in January 2026). What they do, as read there: one *unconditional* generator per channel and stage
+(files `wgangp_generator_<channel>_stage1.pt`; separate EEG and EOG architectures), trained on the N1
+epochs at 250 Hz (7,500 samples), each epoch zero-meaned, divided by its own standard deviation and clipped
+at ±3; latent 100 → Linear → four (EEG) or three (EOG) strided transposed convolutions with BatchNorm and a
+tanh, then an FFT-magnitude "frequency block" of Linear layers, an inverse FFT and a Linear output layer;
+a spectral-norm critic with LayerNorm and a feature attention gate. The critic loss is a relativistic
+softplus loss plus an R1 penalty (weight 10) plus a WGAN-GP gradient penalty (weight 5), 3 critic steps
+per generator step; the generator adds an L1 distance between the FFT magnitudes of the real and generated
+batch (weight ramped 0.01 → 0.2) and an L1 distance between the real and generated samples themselves
+(weight 0.5); Adam 1e-4 / 4e-4, β (0, 0.9), learning rates halved every 30 epochs. `augment_with_gan.py`
+adds, per recording of an id list, generated N1 epochs (each channel from its own generator, with its own
+noise) up to the smaller of the deficit to 1.15 × the largest stage and 0.8 × that recording's N1 count,
+and hand-crafted signal transforms for the other stages; nothing restricts the id list to training
+records. How our design differs, and why (every choice is ours, stated here):
+
+* One conditional generator for all channels of an epoch jointly: the channels of one synthetic epoch
+  come from one latent, so EEG and EOG of that epoch belong together (theirs draws each channel
+  independently); one model serves any target stage.
+* Shard-rate epochs (100 Hz, the rate ISATSleepNet trains on) in fixed per-dataset units instead of a
+  per-epoch z-score: the amplitude of an epoch is a staging cue a per-epoch z-score would erase.
+* Upsample-then-convolve and noise injection instead of transposed convolutions (below), WGAN-GP alone,
+  and constraints on batch *statistics* (spectrum, amplitude moments) rather than an L1 distance between
+  unpaired real and generated samples, which pulls every sample towards the batch average.
+* Only training records feed the GAN and only training streams receive its epochs, checked from the
+  manifests (`distsleep.gan.data`, `distsleep.gan.augment`).
+
+The details:
 
 * Output: all C channels of an epoch jointly, (C, 3000) at 100 Hz, in *GAN units*
   x = (uV - center[c]) / scale[c] (constants from the training data, see `distsleep.gan.data`). The

@@ -20,6 +20,7 @@ from distsleep.errors import AnnotationError
 from distsleep.shards.format import EVENT_COLUMNS, ShardSample, quantize, write_shard
 from distsleep.signal import resample
 from distsleep.sources.record import Event, Record
+from distsleep.sources.subjects import subject_of
 from distsleep.stages import N1, N2, N3, REM, stage_counts
 
 
@@ -30,11 +31,6 @@ class RecordSource:
     record_id: str
     signal_path: str
     annotation_path: str | None
-
-    @property
-    def subject(self) -> str:
-        # Sleep-EDF SC4ssN: two nights per subject share "SC4ss"; SHHS1 has one night per subject.
-        return self.record_id[:5] if self.record_id.startswith("SC4") else self.record_id
 
 
 def load_record(source: RecordSource, config: PreprocessConfig) -> Record:
@@ -181,7 +177,7 @@ def convert_record(source: RecordSource, config: PreprocessConfig, out: str | Pa
     write_shard(shard, sample)
     summary = {
         "record_id": source.record_id,
-        "subject": source.subject,
+        "subject": subject_of(source.record_id, config.source),
         "shard": str(shard.relative_to(out)),
         "sha256": sha256_file(shard),
         "bytes": shard.stat().st_size,

@@ -1,7 +1,10 @@
 """The dataset manifest: which records are in, which split each belongs to, and why others are out.
 
 Built from the per-record summaries (pure function), so the subset and the split can be changed without
-converting anything again, and the same summaries + config always give the same manifest bytes.
+converting anything again, and the same summaries + config always give the same manifest bytes. Split
+assignment lives here only, never in the shards: changing the split rewrites the manifest, not a shard.
+Each record carries its subject (the person, distsleep.sources.subjects) and visit; `split` says where
+the assignment came from (stable hash with its seed, or a published file with its sha256).
 """
 
 from __future__ import annotations
@@ -9,10 +12,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import numpy as np
-
 import distsleep
 from distsleep.config import PreprocessConfig, SplitConfig
+from distsleep.shards.splits import PublishedSplit, published_splits, stable_splits
+from distsleep.sources.subjects import SHHS1_VISIT, subject_of, visit_of
 from distsleep.stages import STAGE_NAMES
 
 MANIFEST_NAME = "manifest.json"
@@ -20,7 +23,7 @@ FAILURES_NAME = "failures.jsonl"
 
 
 def subset_reason(summary: dict, subset: str) -> str | None:
-    """Why a converted record is excluded from `subset` (None when it is included)."""
+    """Why a converted record is excluded from `subset` by its stages (None when it is included)."""
     stages = summary["stages"]
     if subset in ("shhs-5791", "shhs-5463") and sum(stages[s] for s in STAGE_NAMES) == 0:
         return "no scored sleep stages"
@@ -31,20 +34,19 @@ def subset_reason(summary: dict, subset: str) -> str | None:
     return None
 
 
+def selection_reason(record_id: str, source: str, split: SplitConfig) -> str | None:
+    """Why a record is not in the cohort by its visit (None when it is); known before converting it."""
+    visit = visit_of(record_id, source)
+    if split.subset.startswith("shhs-") and visit != SHHS1_VISIT:
+        return f"not an SHHS1 record (visit {visit}): {split.subset} is an SHHS1 cohort"
+    if split.visits and visit not in split.visits:
+        return f"visit {visit} not selected (--visit {' '.join(split.visits)})"
+    return None
+
+
 def assign_splits(subjects: list[str], config: SplitConfig) -> dict[str, str]:
-    """subject -> "train" | "val" | "test", subject-wise and reproducible for a seed."""
-    unique = sorted(set(subjects))
-    order = np.random.default_rng(config.seed).permutation(len(unique))
-    shuffled = [unique[i] for i in order]
-    n_val = min(config.n_val, max(1, len(unique) // 10)) if len(unique) > 2 else 0
-    rest = shuffled[n_val:]
-    n_train = int(round(config.train_fraction * len(rest)))
-    if len(rest) >= 2:
-        n_train = min(max(n_train, 1), len(rest) - 1)  # keep at least one test subject
-    split = {s: "val" for s in shuffled[:n_val]}
-    split.update({s: "train" for s in rest[:n_train]})
-    split.update({s: "test" for s in rest[n_train:]})
-    return split
+    """subject -> "train" | "val" | "test", subject-wise and stable (distsleep.shards.splits)."""
+    return stable_splits(subjects, config)
 
 
 def code_version() -> str:
@@ -60,22 +62,41 @@ def code_version() -> str:
         return version
 
 
-def build_manifest(summaries: list[dict], failures: list[dict], preprocess: PreprocessConfig, split: SplitConfig) -> dict:
-    included, excluded = [], []
+def build_manifest(summaries: list[dict], failures: list[dict], preprocess: PreprocessConfig, split: SplitConfig,
+                   published: PublishedSplit | None = None, not_selected: list[dict] = ()) -> dict:
+    """The manifest (a pure function of its arguments). `published` is the parsed `split.split_file`;
+    `not_selected` are records left out before conversion (record_id, reason)."""
+    included, excluded = [], list(not_selected)
     for summary in sorted(summaries, key=lambda s: s["record_id"]):
-        reason = subset_reason(summary, split.subset)
+        reason = selection_reason(summary["record_id"], preprocess.source, split) or subset_reason(summary, split.subset)
         if reason is None:
             included.append(summary)
         else:
             excluded.append({"record_id": summary["record_id"], "reason": reason})
     for failure in sorted(failures, key=lambda f: f["record_id"]):
         excluded.append({"record_id": failure["record_id"], "reason": f"{failure['error']}: {failure['message']}"})
-    splits = assign_splits([s["subject"] for s in included], split)
+    # The subject is derived from the record id here, not read from the summary: a summary written by an
+    # older version may carry the record id as its subject.
+    subject = {s["record_id"]: subject_of(s["record_id"], preprocess.source) for s in included}
+    if split.split_file:
+        if published is None:
+            raise ValueError("split.split_file is set: pass the parsed file (splits.read_split_file) as `published`")
+        by_record, missing = published_splits(subject, published, split.allow_missing_split_ids)
+        excluded += [{"record_id": s["record_id"], "reason": f"not in the split file {published.path}"}
+                     for s in included if s["record_id"] not in by_record]
+        included = [s for s in included if s["record_id"] in by_record]
+        provenance = {**published.provenance(), "missing_ids": missing}
+    else:
+        by_subject = assign_splits(list(subject.values()), split)
+        by_record = {rid: by_subject[s] for rid, s in subject.items()}
+        provenance = {"method": "stable-hash", "seed": split.seed, "n_val": split.n_val,
+                      "train_fraction": split.train_fraction}
     records = {}
     for summary in included:
-        records[summary["record_id"]] = {
-            "split": splits[summary["subject"]],
-            **{k: summary[k] for k in ("subject", "shard", "sha256", "bytes", "n_epochs", "stages", "events", "channels", "kept_epochs")},
+        rid = summary["record_id"]
+        records[rid] = {
+            "split": by_record[rid], "subject": subject[rid], "visit": visit_of(rid, preprocess.source),
+            **{k: summary[k] for k in ("shard", "sha256", "bytes", "n_epochs", "stages", "events", "channels", "kept_epochs")},
         }
     totals: dict[str, dict] = {}
     for name in ("train", "val", "test"):
@@ -90,6 +111,7 @@ def build_manifest(summaries: list[dict], failures: list[dict], preprocess: Prep
         "code_version": code_version(),
         "config": {"preprocess": preprocess.to_dict(), "split": split.to_dict()},
         "config_hash": preprocess.content_hash(),
+        "split": provenance,  # where the train/val/test assignment came from
         "channels": list(preprocess.channels),
         # Band-pass (Hz) applied to each channel before resampling; None = unfiltered.
         "channel_filters": {role: list(band) if (band := preprocess.band_for(role)) else None for role in preprocess.channels},

@@ -18,10 +18,12 @@ from tqdm import tqdm
 
 from distsleep.config import PreprocessConfig, SplitConfig
 from distsleep.errors import InputError
+from distsleep.shards.splits import published_splits, read_split_file
+from distsleep.sources.subjects import subject_of, visit_of
 from distsleep.runtime import connect_ray
 from distsleep.shards.convert import RecordSource, completed_summary, convert_record
 from distsleep.atomic import write_json_atomic
-from distsleep.shards.manifest import FAILURES_NAME, MANIFEST_NAME, build_manifest
+from distsleep.shards.manifest import FAILURES_NAME, MANIFEST_NAME, build_manifest, selection_reason
 from distsleep.stages import STAGE_NAMES
 
 
@@ -58,6 +60,27 @@ def discover(config: PreprocessConfig, root: str | Path, limit: int | None = Non
     return sources[:limit] if limit else sources
 
 
+def select_visits(sources: list[RecordSource], source: str, split: SplitConfig,
+                  root: str | Path) -> tuple[list[RecordSource], list[dict]]:
+    """(the recordings of the selected visits, the others as excluded entries); an InputError naming `root`
+    when a requested visit has no recording, or none is left."""
+    found = sorted({str(visit_of(s.record_id, source)) for s in sources})
+    absent = [v for v in split.visits if v not in found]
+    if absent:
+        raise InputError(root, f"no recordings of visit(s) {', '.join(absent)}; visits found: {', '.join(found)}")
+    kept, left_out = [], []
+    for s in sources:
+        reason = selection_reason(s.record_id, source, split)
+        if reason is None:
+            kept.append(s)
+        else:
+            left_out.append({"record_id": s.record_id, "reason": reason})
+    if not kept:
+        raise InputError(root, f"no recording left after the visit selection (visits found: {', '.join(found)}; "
+                               f"{left_out[0]['reason']})")
+    return kept, left_out
+
+
 def convert_task(source: RecordSource, config: PreprocessConfig, out: str) -> dict:
     """Body of the Ray task: a result dict either way, so bad input never kills the job."""
     try:
@@ -82,9 +105,15 @@ def run_preprocess(root: str | Path, out: str | Path, config: PreprocessConfig, 
 
     t0 = time.perf_counter()
     out = Path(out).resolve()
+    # A published split is read (and refused) before anything is converted.
+    published = read_split_file(split.split_file) if split.split_file else None
+    sources, not_selected = select_visits(discover(config, root), config.source, split, root)
+    sources = sources[:limit] if limit else sources
+    if published is not None:  # ids the file names that no recording has: refused before converting anything
+        published_splits({s.record_id: subject_of(s.record_id, config.source) for s in sources}, published,
+                         split.allow_missing_split_ids)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     _clean_stale_temporaries(out)
-    sources = discover(config, root, limit)
     config_hash = config.content_hash()
 
     summaries: dict[str, dict] = {}
@@ -124,7 +153,7 @@ def run_preprocess(root: str | Path, out: str | Path, config: PreprocessConfig, 
             bar.set_postfix(failed=len(failures))
         bar.close()
 
-    manifest = build_manifest(list(summaries.values()), failures, config, split)
+    manifest = build_manifest(list(summaries.values()), failures, config, split, published, not_selected)
     write_json_atomic(out / FAILURES_NAME, sorted(failures, key=lambda f: f["record_id"]), lines=True)
     write_json_atomic(out / MANIFEST_NAME, manifest)
     return PreprocessResult(manifest=manifest, converted=len(summaries) - skipped, skipped=skipped,

@@ -4,6 +4,11 @@ and the plots (metrics vs masking ratio, per-class F1 vs ratio, confusion matric
 Values are MLflow's logged metrics, never recomputed, so the table is the same from any machine that
 reaches the tracking server. Rows are the trials of a sweep (or any runs with test metrics), plus the
 YASA baseline scored on the same test records when a sweep holds one.
+
+Selection is on validation only: the run with the best validation metric (`val_best_<select metric>`,
+of its final stage, the one whose test metrics the row shows) is marked "selected (validation)"; test
+metrics are reported for every run and never pick anything. The stars on test columns show the best value
+of each column, for reading the table, not a choice.
 """
 
 from __future__ import annotations
@@ -29,8 +34,21 @@ COLUMNS = [  # (header, metric key); accuracies and F1 shown in %, kappa as is (
 EVENT_COLUMNS = [("F1 event", "test_f1_positive"), ("AUROC", "test_auroc"), ("majority acc", "test_majority_accuracy")]
 
 
+VALIDATION_PREFIX = "val_best_"
+SELECTED = "selected (validation)"
+
+
+def selection_key(rows) -> str | None:
+    """The validation metric the runs were selected on ("val_best_macro_f1"...): the one every scored run has."""
+    keys = [{k for k in r.metrics if k.startswith(VALIDATION_PREFIX)} for r in rows if not r.baseline]
+    common = set.intersection(*keys) if keys else set()
+    return min(common) if common else None
+
+
 def columns(rows) -> list[tuple[str, str]]:
-    return COLUMNS + [(h, k) for h, k in EVENT_COLUMNS if any(k in r.metrics for r in rows)]
+    key = selection_key(rows)
+    validation = [(f"val {key.removeprefix(VALIDATION_PREFIX).replace('_', '-')}", key)] if key else []
+    return validation + COLUMNS + [(h, k) for h, k in EVENT_COLUMNS if any(k in r.metrics for r in rows)]
 
 
 @dataclass
@@ -159,9 +177,11 @@ def sort_rows(rows: list[Row]) -> list[Row]:
     return sorted(rows, key=key)
 
 
-def best_run(rows: list[Row], metric: str = "test_accuracy") -> Row | None:
-    scored = [r for r in rows if not r.baseline and metric in r.metrics]
-    return max(scored, key=lambda r: r.metrics[metric]) if scored else None
+def selected_run(rows: list[Row]) -> Row | None:
+    """The run with the best validation metric (ties: the first in table order); None without one."""
+    key = selection_key(rows)
+    scored = [r for r in rows if not r.baseline and key and math.isfinite(r.metrics.get(key, math.nan))]
+    return max(scored, key=lambda r: r.metrics[key]) if scored else None
 
 
 def _cell(key: str, value: float | None) -> str:
@@ -170,10 +190,20 @@ def _cell(key: str, value: float | None) -> str:
     return f"{value:.3f}" if key.endswith("kappa") else f"{100 * value:.2f}"
 
 
+def mask_cell(row: Row) -> str:
+    """The swept ratio, and the fraction really masked in pre-training when that differs ("15% (19%)")."""
+    if row.mask_ratio is None:
+        return "-"
+    effective = row.metrics.get("pretrain_mask_ratio_effective")
+    shown = f"{100 * row.mask_ratio:.0f}%"
+    return shown if effective is None or round(100 * effective) == round(100 * row.mask_ratio) else f"{shown} ({100 * effective:.0f}%)"
+
+
 def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     """Header and cells; the best model value of each column carries a '*'."""
     cols = columns(rows)
     header = ["run", "model", "task", "mask", *(h for h, _ in cols), "status"]
+    chosen = selected_run(rows)
     best = {}
     for _, key in cols:  # best per column among rows of the same task (an apnea accuracy is not a staging one)
         for task in {r.task for r in rows}:
@@ -182,7 +212,7 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
             best[key, task] = max(values) if values and key != "test_majority_accuracy" else None
     cells = []
     for row in rows:
-        line = [row.label, row.model, row.task, "-" if row.mask_ratio is None else f"{100 * row.mask_ratio:.0f}%"]
+        line = [row.label, row.model, row.task, mask_cell(row)]
         for _, key in cols:
             value = row.metrics.get(key)
             text = _cell(key, value)
@@ -190,9 +220,17 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
             if value is not None and not row.baseline and top is not None and value == top and len(rows) > 1:
                 text += "*"
             line.append(text)
-        line.append(row.status if not row.baseline else "baseline")
+        line.append("baseline" if row.baseline else (f"{row.status}, {SELECTED}" if row is chosen else row.status))
         cells.append(line)
     return header, cells
+
+
+def selection_note(rows: list[Row]) -> str:
+    key, chosen = selection_key(rows), selected_run(rows)
+    if chosen is None:
+        return "no run has a validation metric: none selected"
+    return (f"{SELECTED}: {chosen.label}, the best {key} (validation records only); test metrics are reported "
+            "for every run and pick nothing")
 
 
 def format_text(rows: list[Row]) -> str:
@@ -201,16 +239,17 @@ def format_text(rows: list[Row]) -> str:
     lines = ["  ".join(str(x).rjust(w) if i > 2 else str(x).ljust(w) for i, (x, w) in enumerate(zip(line, widths)))
              for line in [header, *cells]]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    note = ("accuracy, F1 and AUROC in %, kappa as a fraction; * best model value per column and task; "
+    note = ("mask: the swept ratio (in brackets the fraction of epochs really masked, where it differs); accuracy, "
+            "F1 and AUROC in %, kappa as a fraction; * best value per column and task (for reading, not a selection); "
             "values as logged in MLflow")
-    return "\n".join([*lines, note])
+    return "\n".join([*lines, selection_note(rows), note])
 
 
 def format_markdown(rows: list[Row]) -> str:
     header, cells = table(rows)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(f"**{c[:-1]}**" if c.endswith("*") else c for c in line) + " |" for line in cells]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + selection_note(rows) + "\n"
 
 
 def write_csv(rows: list[Row], path: Path) -> Path:
@@ -218,9 +257,11 @@ def write_csv(rows: list[Row], path: Path) -> Path:
     knob_names = sorted({k for r in rows for k in r.params})
     with open(path, "w", newline="") as stream:
         writer = csv.writer(stream)
-        writer.writerow(["label", "run_id", "model", "task", "baseline", "status", *knob_names, *keys])
+        writer.writerow(["label", "run_id", "model", "task", "baseline", "status", "selected_on_validation",
+                         *knob_names, *keys])
+        chosen = selected_run(rows)
         for r in rows:
-            writer.writerow([r.label, r.run_id, r.model, r.task, int(r.baseline), r.status,
+            writer.writerow([r.label, r.run_id, r.model, r.task, int(r.baseline), r.status, int(r is chosen),
                              *(r.params.get(k, "") for k in knob_names),
                              *("" if r.metrics.get(k) is None else repr(float(r.metrics[k])) for k in keys)])
     return path

@@ -66,6 +66,9 @@ class SweepConfig:
             raise ValueError(f"knobs without values: {empty}")
         if self.num_samples < 1:
             raise ValueError("num_samples must be >= 1")
+        if self.search == "grid":  # a knob value the training config refuses (an uneven batch split ...) fails now
+            for point in self.grid_points():
+                self.trial_train_config(point, "pretrain")
 
     # ---- the trials -------------------------------------------------------------------------------
     def grid_points(self) -> list[dict]:
@@ -100,7 +103,7 @@ class SweepConfig:
 
     def indistinct_ratios(self) -> list[tuple[tuple[float, ...], int]]:
         """Groups of swept ratios that mask the same number of epochs per sequence at this seq_len (for
-        MC²SleepNet: round-half-up(L·r)); such trials differ only by chance, so the sweep warns."""
+        MC²SleepNet: L − int(L·(1−r)), the authors' count); such trials differ only by chance, so the sweep warns."""
         if self.train.model != "mc2sleepnet" or self.search != "grid":
             return []
         from distsleep.models.mc2sleepnet import n_masked

@@ -165,6 +165,20 @@ def _trial_states(results, tune_metric: str) -> list[dict]:
     return trials
 
 
+def record_selection(logger, rows) -> None:
+    """Tag the parent run with the trial chosen on validation (never on test) and log its metrics as
+    selected_*: its validation value and the test metrics it is reported with."""
+    from distsleep.sweep import compare
+
+    chosen = compare.selected_run(rows)
+    if chosen is None:
+        logger.tags({"selected_by": "none: no trial has a validation metric"})
+        return
+    key = compare.selection_key(rows)
+    logger.tags({"selected_trial": chosen.label, "selected_run_id": chosen.run_id, "selected_by": f"validation {key}"})
+    logger.metrics({f"selected_{k}": v for k, v in chosen.metrics.items() if k.startswith("test_") or k == key}, step=0)
+
+
 def run_sweep(cfg: SweepConfig, address: str | None = None, out_dir: str | Path | None = None) -> SweepOutcome:
     from ray import tune
 
@@ -231,12 +245,9 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, out_dir: str | Path 
     logger = RunLogger(uri, parent_run_id)
     for path in files.values():
         logger.artifact(path, "comparison")
-    best = compare.best_run(rows)
     counts = {s: sum(t["state"] == s for t in trials) for s in ("completed", "stopped", "failed")}
     logger.metrics({f"trials_{k}": v for k, v in counts.items()}, step=0)
-    if best is not None:
-        logger.tags({"best_trial": best.label, "best_run_id": best.run_id})
-        logger.metrics({f"best_{k}": v for k, v in best.metrics.items() if k.startswith("test_")}, step=0)
+    record_selection(logger, rows)
     logger.finish("FINISHED" if counts["failed"] == 0 else "FAILED")
     for t in trials:
         if t["state"] != "completed":

@@ -104,6 +104,8 @@ def sweep_trial(point: dict, *, sweep: dict, parent_run_id: str) -> None:
 
     pre_id, pre = _run_stage(cfg, point, "pretrain", trial_id, run_id)
     summary = _test_metrics(pre, "pretrain_")
+    if "mask_ratio_effective" in pre:  # the fraction really masked at this L (MC²SleepNet: L − int(L·(1−r)))
+        summary["pretrain_mask_ratio_effective"] = pre["mask_ratio_effective"]
     tags = {"pretrain_run_id": pre_id}
     final_id, final = pre_id, pre
     if cfg.finetune:

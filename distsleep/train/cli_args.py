@@ -8,7 +8,7 @@ import json
 import sys
 
 from distsleep.tasks import TASKS
-from distsleep.train.config import FINETUNE_MODES, SELECT_METRICS, TrainConfig
+from distsleep.train.config import FINETUNE_MODES, LR_SCALINGS, SELECT_METRICS, TrainConfig
 
 _DEFAULTS = TrainConfig()
 
@@ -71,7 +71,9 @@ def add_train_arguments(p: argparse.ArgumentParser, stage: str | None = None) ->
                    help="channel roles to feed the model, in its input order (default: its preferred roles), e.g. eog_l")
     g = p.add_argument_group("data")
     g.add_argument("--seq-len", type=int, default=d.seq_len, help=f"epochs per sequence L (default {d.seq_len})")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"sequences per worker per step (default {d.batch_size})")
+    g.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"global batch: sequences per optimizer step over all workers, split evenly between them "
+                        f"(default {d.batch_size}, the paper's batch in total)")
     g.add_argument("--loader-workers", type=int, default=d.loader_workers, help="DataLoader processes per worker")
     g.add_argument("--shuffle-buffer", type=int, default=d.shuffle_buffer, help="sequences in the shuffle buffer")
     g.add_argument("--augment-shards", nargs="+", default=[], metavar="AUGMENTATION",
@@ -83,7 +85,12 @@ def add_train_arguments(p: argparse.ArgumentParser, stage: str | None = None) ->
     g.add_argument("--early-stop-patience", type=int, default=d.early_stop_patience, help="validations without improvement before stopping")
     g.add_argument("--select-metric", default=d.select_metric, choices=SELECT_METRICS,
                    help="validation metric that picks the best checkpoint (auroc / f1_positive: binary tasks)")
-    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--lr", type=float, default=d.lr, help=f"learning rate at the reference batch (default {d.lr})")
+    g.add_argument("--lr-scaling", default=d.lr_scaling, choices=LR_SCALINGS,
+                   help="how the learning rate follows the global batch: none (lr as given, default), linear "
+                        "(lr x batch / reference) or sqrt (lr x sqrt(batch / reference))")
+    g.add_argument("--lr-reference-batch", type=int, default=d.lr_reference_batch,
+                   help=f"the global batch --lr is meant for (default {d.lr_reference_batch}, the paper's)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--schedule", default=d.schedule, choices=("constant", "cosine"))
     g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
@@ -118,7 +125,8 @@ def config_from_args(args: argparse.Namespace, stage: str | None = None) -> Trai
         batch_size=args.batch_size, loader_workers=args.loader_workers, shuffle_buffer=args.shuffle_buffer,
         augment_shards=args.augment_shards,
         max_steps=args.max_steps, val_every=args.val_every, early_stop_patience=args.early_stop_patience,
-        select_metric=args.select_metric, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
+        select_metric=args.select_metric, lr=args.lr, lr_scaling=args.lr_scaling, lr_reference_batch=args.lr_reference_batch,
+        weight_decay=args.weight_decay, schedule=args.schedule,
         warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, zero_stage=args.zero_stage, precision=args.precision,
         compile=args.compile, compile_backend=args.compile_backend, deepspeed_config=args.deepspeed_config, seed=args.seed, log_every=args.log_every,
         num_workers=args.num_workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,

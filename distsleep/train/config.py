@@ -11,6 +11,7 @@ from pathlib import Path
 STAGES = ("pretrain", "finetune")
 PRECISIONS = ("auto", "fp32", "bf16")
 FINETUNE_MODES = ("full", "linear")  # linear = linear probing (frozen features, trained classifier only)
+LR_SCALINGS = ("none", "linear", "sqrt")  # how the learning rate follows the global batch (see TrainConfig)
 SELECT_METRICS = ("macro_f1", "accuracy", "kappa", "auroc", "f1_positive")
 
 
@@ -45,7 +46,9 @@ class TrainConfig:
     augment_shards: list = field(default_factory=list)  # augmentation.json files whose shards join training only
     # data
     seq_len: int = 21
-    batch_size: int = 32  # sequences per worker per step
+    # Sequences per optimizer step in total, over all workers (the paper's 32 is 32 in total): each worker
+    # loads batch_size / (num_workers x DeepSpeed gradient_accumulation_steps) per micro-step.
+    batch_size: int = 32
     loader_workers: int = 2
     shuffle_buffer: int = 2000
     val_stride: int | None = None  # eval window stride (default: seq_len, non-overlapping)
@@ -56,6 +59,10 @@ class TrainConfig:
     early_stop_patience: int = 5  # validations without improvement
     select_metric: str = "macro_f1"  # validation metric that picks the best checkpoint
     lr: float = 5e-4
+    # The learning rate used is lr x f(batch_size / lr_reference_batch): f = 1 ("none"), the ratio ("linear",
+    # Goyal et al. 2017) or its square root ("sqrt"). The reference is the paper's batch of 32 at lr 5e-4.
+    lr_scaling: str = "none"
+    lr_reference_batch: int = 32
     weight_decay: float = 1e-5
     betas: tuple[float, float] = (0.9, 0.999)
     schedule: str = "constant"  # or "cosine"
@@ -101,6 +108,10 @@ class TrainConfig:
         if self.select_metric in ("auroc", "f1_positive") and self.task == "staging":
             raise ValueError(f"select_metric {self.select_metric!r} is for the binary tasks (apnea, hypopnea)")
         check_gpu_share(self.use_gpu, self.gpus_per_worker)
+        if self.lr_scaling not in LR_SCALINGS:
+            raise ValueError(f"lr_scaling must be one of {LR_SCALINGS}, got {self.lr_scaling!r}")
+        if self.batch_size < 1 or self.lr_reference_batch < 1 or self.num_workers < 1:
+            raise ValueError("batch_size, lr_reference_batch and num_workers must be >= 1")
         if not 0 < self.label_fraction <= 1:
             raise ValueError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
         if self.channels is not None:
@@ -118,11 +129,30 @@ class TrainConfig:
         self.init_parts = {k: _absolute(v) if Path(v).exists() else v for k, v in self.init_parts.items()}
         if self.init_from and Path(self.init_from).exists():
             self.init_from = _absolute(self.init_from)
+        split_batch(self.batch_size, self.num_workers, self.gradient_accumulation)  # refuse an uneven split now
+
+    @property
+    def gradient_accumulation(self) -> int:
+        """DeepSpeed's gradient_accumulation_steps from --deepspeed-config (1 without one)."""
+        if not self.deepspeed_config:
+            return 1
+        return int(json.loads(Path(self.deepspeed_config).read_text()).get("gradient_accumulation_steps", 1))
+
+    @property
+    def per_worker_batch(self) -> int:
+        """Sequences each worker loads per micro-step: the global batch split over workers and accumulation."""
+        return split_batch(self.batch_size, self.num_workers, self.gradient_accumulation)
+
+    @property
+    def effective_lr(self) -> float:
+        """The learning rate the optimizer gets: lr scaled by `lr_scaling` for the global batch."""
+        ratio = self.batch_size / self.lr_reference_batch
+        return self.lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[self.lr_scaling]
 
     @property
     def resolved_eval_batch_size(self) -> int:
         # No gradients are kept in evaluation, so a GPU takes larger batches; CPU memory stays as in training.
-        return self.eval_batch_size or (4 * self.batch_size if self.use_gpu else self.batch_size)
+        return self.eval_batch_size or (4 * self.per_worker_batch if self.use_gpu else self.per_worker_batch)
 
     @property
     def resolved_precision(self) -> str:
@@ -139,6 +169,16 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def split_batch(global_batch: int, workers: int, accumulation: int = 1) -> int:
+    """Sequences per worker and micro-step of a global batch; ValueError when it does not divide evenly."""
+    shares = workers * accumulation
+    if global_batch % shares:
+        steps = f" x {accumulation} gradient accumulation steps" if accumulation > 1 else ""
+        raise ValueError(f"--batch-size {global_batch} is the global batch (sequences per optimizer step over all "
+                         f"workers) and does not divide over {workers} worker(s){steps}: use a multiple of {shares}")
+    return global_batch // shares
+
+
 def deepspeed_config(config: TrainConfig) -> dict:
     """The DeepSpeed config: the user's JSON file (if any) with this run's options on top.
 
@@ -150,7 +190,7 @@ def deepspeed_config(config: TrainConfig) -> dict:
     if config.deepspeed_config:
         base = json.loads(Path(config.deepspeed_config).read_text())
     base.update({
-        "train_micro_batch_size_per_gpu": config.batch_size,
+        "train_micro_batch_size_per_gpu": config.per_worker_batch,
         "gradient_accumulation_steps": base.get("gradient_accumulation_steps", 1),
         "gradient_clipping": config.grad_clip,
         "steps_per_print": 10**9,

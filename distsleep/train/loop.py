@@ -184,6 +184,9 @@ def train_loop_per_worker(config: dict) -> None:
     cfg = TrainConfig.from_dict(config["train"])
     rank, world, device, tracker = worker_context(config, cfg.use_gpu)
     torch.manual_seed(cfg.seed + rank)
+    if world != cfg.num_workers:  # the global batch was split for num_workers
+        raise RuntimeError(f"{world} workers started for a run configured for {cfg.num_workers}")
+    batch = cfg.per_worker_batch  # this worker's share of the global batch --batch-size
 
     manifest, base = load_manifest(cfg.shards)
     model, model_cfg = _model_and_config(cfg)
@@ -191,7 +194,7 @@ def train_loop_per_worker(config: dict) -> None:
     loader_cfg = loader_config(cfg, roles)
     streams = stream_urls(cfg, manifest, base, roles)
     train_urls, augmented, val_urls, test_urls = streams.train, streams.augmented, streams.val, streams.test
-    per_epoch = batches_per_epoch(manifest, world, cfg.batch_size, seq_len=cfg.seq_len, records=streams.labelled)
+    per_epoch = batches_per_epoch(manifest, world, batch, seq_len=cfg.seq_len, records=streams.labelled)
     loader = make_train_loader(streams.training, loader_cfg, world, rank, per_epoch, pin_memory=device.type == "cuda")
 
     if cfg.init_from:
@@ -232,12 +235,17 @@ def train_loop_per_worker(config: dict) -> None:
         tracker.params({**flatten("train", cfg), **flatten("model", model_cfg.to_dict()), "deepspeed": json.dumps(ds_config),
                         "data.manifest_hash": manifest.get("config_hash", ""), "world_size": str(world),
                         "data.channels": ",".join(roles), "data.labelled_records": str(len(train_urls)),
-                        "data.augmentation_shards": str(len(augmented))})
+                        "data.augmentation_shards": str(len(augmented)), "batch.global": str(cfg.batch_size),
+                        "batch.per_worker": str(batch), "batch.accumulation": str(cfg.gradient_accumulation),
+                        "lr.effective": str(cfg.effective_lr)})
         tracker.tags({"model": cfg.model, "stage": cfg.stage, "task": cfg.task, "parameters": str(n_params),
                       "trainable_parameters": str(n_trainable)})
     _log(rank, f"{cfg.model} ({cfg.model_size}): {n_params:,} parameters ({n_trainable:,} trainable); "
                f"task {cfg.task}, channels {', '.join(roles)}; "
                f"{world} worker(s) on {device.type}, {cfg.resolved_precision}, ZeRO {cfg.zero_stage}; "
+               f"global batch {cfg.batch_size} = {batch} per worker x {world}"
+               f"{f' x {cfg.gradient_accumulation} accumulation' if cfg.gradient_accumulation > 1 else ''}, "
+               f"lr {cfg.effective_lr:g}{f' ({cfg.lr_scaling} scaling of {cfg.lr:g})' if cfg.lr_scaling != 'none' else ''}; "
                f"{len(train_urls)}/{len(val_urls)}/{len(test_urls)} train/val/test records"
                f"{f' (+{len(augmented)} augmentation shards)' if augmented else ''}; {per_epoch} batches per epoch")
     scalars = SCALAR_METRICS[cfg.task]
@@ -272,7 +280,7 @@ def train_loop_per_worker(config: dict) -> None:
     step = state["step"]
     stop = state.get("stopped_early", False) or step >= cfg.max_steps
     batches = endless_batches(loader, start_epoch=step // per_epoch)
-    epochs_per_batch = cfg.batch_size * cfg.seq_len * world
+    epochs_per_batch = batch * cfg.seq_len * world
     pending, lrs = StepMetrics(), {}
     tick, tick_step = time.perf_counter(), step
 
@@ -293,7 +301,7 @@ def train_loop_per_worker(config: dict) -> None:
         step += 1
         if rank == 0:
             pending.add(step, losses)
-            lrs[step] = scheduler.get_last_lr()[0] if scheduler else cfg.lr
+            lrs[step] = scheduler.get_last_lr()[0] if scheduler else cfg.effective_lr
         if step % cfg.log_every == 0:
             log_pending()
         if step % cfg.val_every == 0 or step >= cfg.max_steps:
@@ -349,7 +357,7 @@ def loader_config(cfg, roles):
     from distsleep.models import model_normalization
     from distsleep.shards.loader import LoaderConfig
 
-    return LoaderConfig(seq_len=cfg.seq_len, batch_size=cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer,
+    return LoaderConfig(seq_len=cfg.seq_len, batch_size=cfg.per_worker_batch, shuffle_buffer=cfg.shuffle_buffer,
                         num_workers=cfg.loader_workers, seed=cfg.seed, channels=list(roles), stride=cfg.val_stride,
                         normalization=model_normalization(cfg.model))
 

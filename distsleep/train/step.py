@@ -83,7 +83,7 @@ def build_engine(cfg: TrainConfig, model: torch.nn.Module, device: torch.device,
         compile_in_place(model, cfg.compile_backend)
     own_clipping = cfg.zero_stage == 0 and cfg.grad_clip > 0
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(parameters, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+    optimizer = torch.optim.Adam(parameters, lr=cfg.effective_lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
                                  fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     ds_config = deepspeed_config(cfg)
@@ -108,7 +108,7 @@ def train_step(engine: Engine, batch: TrainBatch, cfg: TrainConfig) -> dict[str,
     batch = batch_to_device(batch, engine.device)
     out = engine.engine(batch.signals, labels=targets(cfg.task, batch.labels, batch.events), stage=cfg.stage)
     engine.engine.backward(out["loss"])
-    if engine.clip is not None:
+    if engine.clip is not None and engine.engine.is_gradient_accumulation_boundary():
         torch.nn.utils.clip_grad_norm_(engine.clip, engine.grad_clip, foreach=True)
     engine.engine.step()
     return {k: v.detach() for k, v in out.items() if k.startswith("loss") or k in LOGGED_OUTPUTS}
