@@ -10,7 +10,10 @@ STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install demo test clean
+GPU_STAMP := $(VENV)/.installed-gpu
+MAMBA ?= 1
+
+.PHONY: install install-gpu demo test clean
 
 install: $(STAMP)
 
@@ -21,6 +24,22 @@ $(STAMP): pyproject.toml requirements.lock
 	$(VENV)/bin/pip install --quiet -c requirements.lock torch setuptools wheel
 	DS_BUILD_OPS=0 $(VENV)/bin/pip install --quiet --no-build-isolation -c requirements.lock -e ".[test]"
 	touch $(STAMP)
+
+# The same stack with PyPI's CUDA build of torch (requirements-gpu.lock) and mamba-ssm's kernels, for GPU
+# machines. --isolated keeps a machine's pip configuration (such as a local folder of CPU wheels) out of the
+# resolution. mamba-ssm installs a prebuilt wheel when one matches this torch/CUDA pair, else compiles its
+# kernels with nvcc for 9 GPU architectures (tens of minutes); MAMBA=0 skips it (SynthSleepNet then runs
+# its PyTorch scan).
+install-gpu: $(GPU_STAMP)
+
+$(GPU_STAMP): pyproject.toml requirements.lock requirements-gpu.lock
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip --isolated install --quiet -c requirements.lock -c requirements-gpu.lock torch setuptools wheel
+	DS_BUILD_OPS=0 $(VENV)/bin/pip --isolated install --quiet --no-build-isolation -c requirements.lock \
+		-c requirements-gpu.lock -e ".[test]"
+	if [ "$(MAMBA)" = 1 ]; then $(VENV)/bin/pip --isolated install --quiet --no-build-isolation \
+		-c requirements-gpu.lock mamba-ssm; fi
+	touch $(GPU_STAMP) $(STAMP)
 
 demo: $(STAMP)
 	$(PY) jobs/demo.py $(ARGS)

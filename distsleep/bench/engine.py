@@ -314,11 +314,11 @@ def check_plan(compile_runs: bool) -> list[tuple[str, dict, dict, float]]:
     """(kind, TrainConfig changes, options, timeout s) of every measurement of the GPU check, in order."""
     plan = [
         ("engine", {"precision": "bf16"}, {"full": True}, 150),
+        ("engine", {"precision": "bf16"}, {"fixed_batch": True, "profile_steps": 10}, 90),
         ("engine", {"precision": "fp32"}, {}, 120),
         ("loader", {"loader_workers": 1}, {}, 90),
         ("loader", {"loader_workers": 4}, {}, 90),
         ("plain", {"precision": "bf16"}, {}, 120),
-        ("engine", {"precision": "bf16"}, {"fixed_batch": True, "profile_steps": 10}, 90),
     ]
     if compile_runs:
         plan += [("engine", {"precision": "bf16", "compile": True}, {}, 200),
@@ -327,7 +327,7 @@ def check_plan(compile_runs: bool) -> list[tuple[str, dict, dict, float]]:
 
 
 def check(shards: str, out: Path, *, steps: int, warmup: int, size: str = "paper", compile_runs: bool = False,
-          loader_workers: int = 4, log_every: int = 10) -> list[dict]:
+          loader_workers: int = 4, log_every: int = 10, skip: tuple[str, ...] = ()) -> list[dict]:
     """The GPU check: every measurement of `check_plan` at the paper's step setting, results written to
     out/engine_check.json after each one (a later failure keeps the earlier figures)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -336,6 +336,8 @@ def check(shards: str, out: Path, *, steps: int, warmup: int, size: str = "paper
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         for kind, changes, options, timeout in check_plan(compile_runs):
+            if kind in skip:
+                continue
             settings = dict(shards=shards, model_size=size, seq_len=seq_len, batch_size=PAPER_STEP_SETTING["batch_size"],
                             loader_workers=loader_workers, use_gpu=use_gpu, log_every=log_every,
                             max_steps=warmup + steps, storage_path=scratch, num_workers=1)
@@ -381,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loader-workers", type=int, default=4)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--compile", action="store_true", help="also measure torch.compile (bf16 and fp32)")
+    p.add_argument("--skip", default="", help="comma-separated measurement kinds to leave out (loader, plain, engine)")
     p = sub.add_parser("one", help="one measurement (used by check); prints RESULT {json}")
     p.add_argument("kind", choices=sorted(MEASUREMENTS))
     p.add_argument("job", help="JSON: {cfg, steps, warmup, options}")
@@ -390,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results = check(str(Path(args.shards).resolve()), Path(args.out), steps=args.steps, warmup=args.warmup,
                     size=args.size, compile_runs=args.compile, loader_workers=args.loader_workers,
-                    log_every=args.log_every)
+                    log_every=args.log_every, skip=tuple(k for k in args.skip.split(",") if k))
     return 1 if any("error" in r for r in results) else 0
 
 

@@ -139,7 +139,8 @@ class StepMetrics:
         self._steps.append(step)
         self._host.append({k: float(v) for k, v in metrics.items() if k not in tensors})
         if names:
-            self._values.append(torch.stack([tensors[n].float().reshape(()) for n in names]))
+            device = tensors[names[0]].device  # a model may return a constant (e.g. a disabled loss) on the CPU
+            self._values.append(torch.stack([tensors[n].float().reshape(()).to(device, non_blocking=True) for n in names]))
 
     def drain(self) -> list[tuple[int, dict[str, float]]]:
         """[(step, {name: value})] for every step added since the last drain (one device-to-host copy)."""
