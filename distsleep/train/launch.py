@@ -79,14 +79,17 @@ class TrainingOutcome:
     storage: str
 
 
-def open_manifest(shards: str) -> dict:
+def open_manifest(shards: str, allow_commands: bool = False) -> dict:
     """The shard manifest of a job about to launch, or a LaunchError saying what is wrong with it."""
     from distsleep.shards.loader import load_manifest
+    from distsleep.shards.storage import UnsafeEntryError
 
     if not shards:
         raise LaunchError("no shards given: pass --shards PATH/TO/manifest.json (the output of `distsleep preprocess`)")
     try:
-        manifest, _ = load_manifest(shards)
+        manifest, _ = load_manifest(shards, allow_commands=allow_commands)
+    except UnsafeEntryError as error:
+        raise LaunchError(str(error)) from error
     except Exception as error:
         raise LaunchError(f"cannot read the shard manifest {shards}: {error}") from error
     return manifest
@@ -96,7 +99,7 @@ def _preflight(cfg: TrainConfig) -> None:
     from distsleep.shards.loader import labelled_records
     from distsleep.train.loop import augmented_urls, input_roles, model_config
 
-    manifest = open_manifest(cfg.shards)
+    manifest = open_manifest(cfg.shards, cfg.allow_shard_commands)
     try:
         roles = input_roles(cfg, manifest, model_config(cfg))
     except ValueError as error:

@@ -174,7 +174,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     from distsleep.config import flatten
     from distsleep.models import model_normalization
-    from distsleep.shards.loader import LoaderConfig, batches_per_epoch, endless_batches, load_manifest, make_train_loader
+    from distsleep.shards.loader import (LoaderConfig, batches_per_epoch, endless_batches, load_manifest, make_train_loader,
+                                         shard_checksums)
     from distsleep.tasks import SCALAR_METRICS, targets
     from distsleep.train import artifacts
     from distsleep.train.config import TrainConfig, deepspeed_config
@@ -184,12 +185,13 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world, device, tracker = worker_context(config, cfg.use_gpu)
     torch.manual_seed(cfg.seed + rank)
 
-    manifest, base = load_manifest(cfg.shards)
+    manifest, base = load_manifest(cfg.shards, allow_commands=cfg.allow_shard_commands)
     model, model_cfg = _model_and_config(cfg)
     roles = input_roles(cfg, manifest, model_cfg)
     loader_cfg = LoaderConfig(seq_len=cfg.seq_len, batch_size=cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer,
                               num_workers=cfg.loader_workers, seed=cfg.seed, channels=list(roles), stride=cfg.val_stride,
-                              normalization=model_normalization(cfg.model))
+                              normalization=model_normalization(cfg.model), verify=cfg.verify_shards,
+                              checksums={**shard_checksums(manifest, base), **augmentation_checksums(cfg)})
     streams = stream_urls(cfg, manifest, base, roles)
     train_urls, augmented, val_urls, test_urls = streams.train, streams.augmented, streams.val, streams.test
     per_epoch = batches_per_epoch(manifest, world, cfg.batch_size, seq_len=cfg.seq_len, records=streams.labelled)
@@ -362,7 +364,17 @@ def augmented_urls(cfg, manifest: dict, roles) -> list[str]:
         return []
     from distsleep.gan.augment import augmented_train_urls
 
-    return [url for path in cfg.augment_shards for url in augmented_train_urls(path, manifest, channels=roles)]
+    return [url for path in cfg.augment_shards
+            for url in augmented_train_urls(path, manifest, channels=roles, allow_commands=cfg.allow_shard_commands)]
+
+
+def augmentation_checksums(cfg) -> dict[str, str]:
+    """Shard location -> sha256 of the synthetic shards of `cfg.augment_shards` (verified like real ones)."""
+    from distsleep.gan.augment import load_augmentation
+    from distsleep.shards.loader import shard_checksums
+
+    return {url: sha for path in cfg.augment_shards
+            for url, sha in shard_checksums(*load_augmentation(path, cfg.allow_shard_commands)).items()}
 
 
 @dataclass(frozen=True)
