@@ -234,6 +234,17 @@ def _gcs_call(address: str, token: str | None):
         return stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), metadata=metadata, timeout=20)
 
 
+def _client_server_call(address: str, token: str | None):
+    """A ping of the Ray client server over a plain gRPC channel, with the given bearer token (or none)."""
+    import grpc
+    from ray.core.generated import ray_client_pb2, ray_client_pb2_grpc
+
+    metadata = [("authorization", f"Bearer {token}")] if token is not None else []
+    request = ray_client_pb2.ClusterInfoRequest(type=ray_client_pb2.ClusterInfoType.PING)
+    with grpc.insecure_channel(address) as channel:
+        return ray_client_pb2_grpc.RayletDriverStub(channel).ClusterInfo(request, metadata=metadata, timeout=20)
+
+
 def _http_status(url: str, headers: dict) -> int:
     import urllib.error
     import urllib.request
@@ -265,10 +276,13 @@ def test_cluster_needs_its_token_listens_on_loopback_and_stops_completely(tmp_pa
         assert listening and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for _, ip, _ in listening), listening
 
         assert _gcs_call(cluster.ray_address, token).cluster_id
+        client_server = next(p for p in processes if "ray.util.client.server" in " ".join(p.cmdline()))
+        client_port = next(a for a in client_server.cmdline() if a.startswith("--port=")).split("=")[1]
         for wrong in (None, "0" * 64):
-            with pytest.raises(grpc.RpcError) as refused:
-                _gcs_call(cluster.ray_address, wrong)
-            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            for call, address in ((_gcs_call, cluster.ray_address), (_client_server_call, f"127.0.0.1:{client_port}")):
+                with pytest.raises(grpc.RpcError) as refused:
+                    call(address, wrong)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, (call.__name__, refused.value)
         jobs = f"{cluster.dashboard_url}/api/jobs/"
         assert _http_status(jobs, {}) == 401 and _http_status(jobs, {"Authorization": "Bearer " + "0" * 64}) == 403
         assert _http_status(jobs, cluster.auth_headers()) == 200

@@ -8,6 +8,8 @@ Checkpoint (one per validation, reported by every rank into one merged directory
     trainer_state.json step, best validation metric and step, patience counter (rank 0)
     best_model.pt      fp32 weights of the best validation so far (rank 0), so a resumed run still
                        evaluates and exports the best model, not the last one
+    checksums-rankR.json  sha256 of the files rank R wrote; verified before a resume loads anything (DeepSpeed
+                       unpickles its optimizer state)
 """
 
 from __future__ import annotations
@@ -173,10 +175,12 @@ def train_loop_per_worker(config: dict) -> None:
     import torch
 
     from distsleep.config import flatten
+    from distsleep.integrity import verify_checksums, write_checksums
     from distsleep.models import model_normalization
     from distsleep.shards.loader import (LoaderConfig, batches_per_epoch, endless_batches, load_manifest, make_train_loader,
                                          shard_checksums)
     from distsleep.tasks import SCALAR_METRICS, targets
+    from distsleep.tracking import BUNDLE_TAG
     from distsleep.train import artifacts
     from distsleep.train.config import TrainConfig, deepspeed_config
     from distsleep.train.evaluate import evaluate
@@ -226,6 +230,7 @@ def train_loop_per_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:
+            verify_checksums(directory, "the checkpoint to resume from")  # before DeepSpeed unpickles it
             engine.load_checkpoint(directory, tag=DS_TAG)
             state = json.loads((Path(directory) / "trainer_state.json").read_text())
             state["resumes"] = state.get("resumes", 0) + 1
@@ -271,6 +276,7 @@ def train_loop_per_worker(config: dict) -> None:
                 (Path(directory) / "trainer_state.json").write_text(json.dumps(state))
                 if best_weights is not None:
                     torch.save(best_weights, Path(directory) / "best_model.pt")
+            write_checksums(directory, f"checksums-rank{rank}.json")
             ray.train.report({"step": step, "stage": cfg.stage, **val, "val_best_" + cfg.select_metric: state["best_metric"]},
                              checkpoint=ray.train.Checkpoint.from_directory(directory))
         return stop
@@ -330,7 +336,8 @@ def train_loop_per_worker(config: dict) -> None:
                 world=world, augmented=augmented,
             )
             for path, folder in files:
-                tracker.artifact(path, folder)
+                if tracker.artifact(path, folder) and folder == "model":
+                    tracker.tags({BUNDLE_TAG: f"{folder}/{path.name}"})  # without it the driver does not mark FINISHED
         tracker.tags({"best_step": str(state["best_step"]), "stopped_early": str(state["stopped_early"])})
         tracker.flush()
     # A final report so the driver's result carries the test metrics (every rank reports once more).
