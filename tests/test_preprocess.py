@@ -28,6 +28,7 @@ from distsleep.sources.shhs import load_shhs_record
 from distsleep.synth.cohort import CohortConfig, generate_cohort, record_paths
 
 from edf_factory import signal as edf_signal, truncate, write_edf
+from session_processes import session_processes
 
 GOOD = ["shhs1-300001", "shhs1-300002", "shhs1-300003", "shhs1-300004"]
 
@@ -201,12 +202,7 @@ def long_dataset(ray_local, tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _convert_workers() -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info.get("cmdline") or [])
-        if "ray::convert_task" in cmdline:
-            found.append(proc)
-    return found
+    return session_processes("ray::convert_task")
 
 
 def test_killed_worker_is_retried_and_output_identical(long_dataset, tmp_path):

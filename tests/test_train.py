@@ -22,6 +22,7 @@ from distsleep.synth.cohort import CohortConfig, generate_cohort
 from distsleep.tracking import TrackingUnavailable
 from distsleep.train.config import TrainConfig
 from distsleep.train.launch import LaunchError, run_training
+from session_processes import session_processes
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +101,7 @@ def test_pretrain_learns_and_is_tracked(shards, tmp_path):
 
 
 def _train_workers() -> list[psutil.Process]:
-    return [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info.get("cmdline") or [])]
+    return session_processes("RayTrainWorker")
 
 
 def _wait_for_checkpoint(storage: Path, timeout: float = 240) -> None:
