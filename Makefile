@@ -8,7 +8,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
-export RAY_AUTH_MODE ?= disabled
+# Ray token authentication stays on for every cluster the demo and the tests start (README: Security).
+export RAY_AUTH_MODE := token
 
 GPU_STAMP := $(VENV)/.installed-gpu
 MAMBA ?= 1

@@ -1,29 +1,60 @@
-"""Atomic file writes: write a temporary sibling `.<name>.tmp-<pid>`, rename it onto the final name.
+"""Atomic file writes: write a temporary sibling, flush it to disk, rename it onto the final name.
 
-A file under its final name is therefore always complete, and a temporary left by a killed process is
-recognisable by its name (the preprocessing job deletes such leftovers before it starts).
+A file under its final name is therefore always complete, also after a power loss (the file and then its
+folder are fsynced around the rename), and a temporary left by a killed process is recognisable by its name
+`.<name>.tmp-<host>-<pid>-<random><suffix>` (the preprocessing job deletes such leftovers under its lock).
+Host, pid and a random part make the temporary unique when processes on several hosts write to one shared
+filesystem (two hosts can run the same pid); the final suffix stays, so writers that pick a format from the
+extension (matplotlib) still work.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import socket
 from contextlib import contextmanager
 from pathlib import Path
+
+TEMP_MARK = ".tmp-"
+
+
+def temporary_name(path: Path) -> Path:
+    """A sibling of `path` that no other writer on any host picks at the same time."""
+    host = socket.gethostname().split(".")[0] or "host"
+    return path.with_name(f".{path.name}{TEMP_MARK}{host}-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's (or a folder's) data and metadata to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary sibling path; when the block succeeds, fsync it, rename it onto `path` and fsync
+    the folder (so the rename itself survives a crash)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_name(path)
     try:
         yield tmp
+        fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_path(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_json_atomic(path: str | Path, payload, lines: bool = False) -> None:
@@ -32,5 +63,4 @@ def write_json_atomic(path: str | Path, payload, lines: bool = False) -> None:
         text = "".join(json.dumps(item, sort_keys=True) + "\n" for item in payload)
     else:
         text = json.dumps(payload, indent=1, sort_keys=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    write_text_atomic(path, text)

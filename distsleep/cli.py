@@ -51,7 +51,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def _cmd_preprocess(args: argparse.Namespace) -> int:
     from distsleep.config import PreprocessConfig, SplitConfig
-    from distsleep.shards.pipeline import ClusterOptions, format_summary, run_preprocess
+    from distsleep.shards.pipeline import ClusterOptions, OutputConflict, format_summary, run_preprocess
 
     from distsleep.config import CHANNEL_SETS
 
@@ -78,7 +78,12 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
         return 2
     cluster = ClusterOptions(address=args.address, cpus_per_task=args.cpus_per_task,
                              memory_per_task_mb=args.memory_mb, max_retries=args.max_retries)
-    result = run_preprocess(args.root, args.out, config, split, limit=args.limit, cluster=cluster, progress=not args.quiet)
+    try:
+        result = run_preprocess(args.root, args.out, config, split, limit=args.limit, cluster=cluster,
+                                progress=not args.quiet, overwrite=args.overwrite)
+    except OutputConflict as error:
+        print(f"distsleep preprocess: error: {error}", file=sys.stderr)
+        return 2
     print(format_summary(result, Path(args.out).resolve()))
     if len(result.failures) > args.max_failures:
         print(f"distsleep preprocess: {len(result.failures)} recording(s) failed (allowed: {args.max_failures}); "
@@ -91,6 +96,9 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", choices=("shhs", "sleep-edf"), default="shhs", help="dataset layout (default shhs)")
     p.add_argument("--root", required=True, help="dataset folder (SHHS: holds polysomnography/; Sleep-EDF: the *-PSG.edf files)")
     p.add_argument("--out", required=True, help="output folder for shards/, manifest.json, failures.jsonl")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a dataset in --out that was made with another preprocessing or split config "
+                        "(refused otherwise)")
     p.add_argument("--channels", nargs="+", default=[], metavar="ROLE",
                    help="channel roles to store, e.g. eeg_c4 eog_l emg (default: the staging EEG, eeg_c4 / eeg_fpz_cz)")
     p.add_argument("--channel-set", choices=("multimodal",),

@@ -22,6 +22,11 @@ class InputError(Exception):
         return type(self).__name__
 
 
+class ImpossibleValueError(InputError):
+    """A value in the file is not a finite number or lies far outside anything a recording can hold (a corrupt
+    or crafted file). Unlike other annotation problems, this one means the file cannot be read at all."""
+
+
 class EdfFormatError(InputError):
     """The EDF/EDF+ file is unreadable, truncated or has an invalid header."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distsleep.errors import InputError
+from distsleep.errors import ImpossibleValueError, InputError
 from distsleep.sources import nsrr, sleepedf
 from distsleep.sources.channels import PRIMARY_EEG_ROLE, ROLE_SETS, role_by_name, role_of_label, resolve_roles
 from distsleep.sources.edf import EdfHeader, read_header
@@ -82,6 +82,8 @@ def _annotation_summary(path: Path, header: EdfHeader, source: str) -> tuple[dic
                 )
             elif hyp.n_epochs < n_signal:
                 notes.append(f"hypnogram covers {hyp.n_epochs} epochs, signal has {n_signal}: the rest is unscored")
+    except ImpossibleValueError:
+        raise  # a corrupt file, not a problem to list: `inspect` exits 2 naming it
     except InputError as exc:
         return None, None, [str(exc)], []
     event_counts: dict[str, int] = {}

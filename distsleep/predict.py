@@ -22,7 +22,7 @@ are optional for both sources; metrics and the "true" hypnogram appear only when
 
 Outputs in `out_dir` (all prefixed by the record id): `_stages.csv`, `_hypnogram.edf` (EDF+ annotations
 only, Sleep-EDF wording), `_hypnogram.png`, `_input_report.json`, and with annotations `_metrics.json` and
-`_confusion.png`.
+`_confusion.png`; written all or nothing, replacing every output of an earlier prediction of the record.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -471,42 +472,46 @@ def _write_csv(result: PredictionResult, path: Path) -> Path:
     return path
 
 
-def write_hypnogram_edf(stages: Sequence[int], path: str | Path, start, epoch_seconds: float = EPOCH_SECONDS) -> Path:
+def _hypnogram_edf(stages: Sequence[int], start, epoch_seconds: float):
     """An EDF+ file with no signals and one annotation per epoch ("Sleep stage W/1/2/3/R", Sleep-EDF wording),
     starting at `start` (datetime), so it reads like a Sleep-EDF hypnogram (edfio writes annotation-only EDF+)."""
     import edfio
 
     annotations = [edfio.EdfAnnotation(i * epoch_seconds, epoch_seconds, HYPNOGRAM_TEXT[int(s)]) for i, s in enumerate(stages)]
-    edf = edfio.Edf([], starttime=start.time(), recording=edfio.Recording(startdate=start.date(), equipment_code="distsleep"),
-                    annotations=annotations)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        edf.write(tmp)
-    return path
+    return edfio.Edf([], starttime=start.time(), recording=edfio.Recording(startdate=start.date(), equipment_code="distsleep"),
+                     annotations=annotations)
+
+
+# Every file `predict` may write for a record, by key; the name is <record id><suffix>.
+OUTPUT_SUFFIXES = {"stages_csv": "_stages.csv", "hypnogram_edf": "_hypnogram.edf", "hypnogram_png": "_hypnogram.png",
+                   "input_report": "_input_report.json", "metrics": "_metrics.json", "confusion_png": "_confusion.png"}
 
 
 def _write_outputs(result: PredictionResult, out_dir: Path, start, title: str) -> dict[str, Path]:
+    """The outputs of one prediction, all or nothing: each is written to a temporary name; only when every one
+    is written are the record's outputs of an earlier prediction that this one does not replace (metrics of a
+    run with annotations, say) removed and the new files renamed into place. So the folder never holds a
+    half-written file or a mix of two predictions of the record."""
     from distsleep.plots import confusion_png, hypnogram_png
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / result.record_id
-    files = {
-        "stages_csv": _write_csv(result, Path(f"{stem}_stages.csv")),
-        "hypnogram_edf": write_hypnogram_edf(result.stages, Path(f"{stem}_hypnogram.edf"), start, result.epoch_seconds),
-        "hypnogram_png": hypnogram_png(result.stages, Path(f"{stem}_hypnogram.png"), true=result.labels,
-                                       probabilities=result.probabilities, epoch_seconds=result.epoch_seconds,
-                                       title=f"{result.record_id}: {'true vs ' if result.labels is not None else ''}"
-                                             f"predicted ({title})"),
-    }
-    report = Path(f"{stem}_input_report.json")
-    report.write_text(json.dumps(result.report, indent=1, default=str) + "\n")
-    files["input_report"] = report
-    if result.metrics is not None:
-        metrics = Path(f"{stem}_metrics.json")
-        metrics.write_text(json.dumps(result.metrics, indent=1) + "\n")
-        files["metrics"] = metrics
-        files["confusion_png"] = confusion_png(result.metrics["confusion"], Path(f"{stem}_confusion.png"),
-                                               title=f"{result.record_id}: confusion ({title}; rows: true)")
+    keys = [k for k in OUTPUT_SUFFIXES if result.metrics is not None or k not in ("metrics", "confusion_png")]
+    files = {k: out_dir / f"{result.record_id}{OUTPUT_SUFFIXES[k]}" for k in keys}
+    with ExitStack() as stack:  # leaving it renames every temporary onto its file (or, on error, deletes them)
+        tmp = {k: stack.enter_context(atomic_path(path)) for k, path in files.items()}
+        _write_csv(result, tmp["stages_csv"])
+        _hypnogram_edf(result.stages, start, result.epoch_seconds).write(tmp["hypnogram_edf"])
+        hypnogram_png(result.stages, tmp["hypnogram_png"], true=result.labels, probabilities=result.probabilities,
+                      epoch_seconds=result.epoch_seconds,
+                      title=f"{result.record_id}: {'true vs ' if result.labels is not None else ''}predicted ({title})")
+        tmp["input_report"].write_text(json.dumps(result.report, indent=1, default=str) + "\n")
+        if result.metrics is not None:
+            tmp["metrics"].write_text(json.dumps(result.metrics, indent=1) + "\n")
+            confusion_png(result.metrics["confusion"], tmp["confusion_png"],
+                          title=f"{result.record_id}: confusion ({title}; rows: true)")
+        for key, suffix in OUTPUT_SUFFIXES.items():
+            if key not in files:
+                (out_dir / f"{result.record_id}{suffix}").unlink(missing_ok=True)
     return files
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 log = logging.getLogger("distsleep.tracking")
 
 RUN_NAME_TAG = "distsleep.run_name"
+BUNDLE_TAG = "distsleep.bundle"  # set by the worker once the run's model (or generator) bundle is uploaded
 # Fail fast instead of retrying for minutes when a server is unreachable.
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -76,14 +77,35 @@ def find_or_create_run(uri: str, experiment: str, run_name: str, parent_run_id: 
     return run.info.run_id, False
 
 
+def tag_filter(key: str, value: str) -> str:
+    """An MLflow search filter matching runs whose tag `key` is `value`, whatever quotes `value` holds.
+
+    MLflow's filter grammar has no escape inside a quoted string: a ' ends a '...' literal. A value with
+    single quotes goes in double quotes (o'brien), and one with both kinds in a LIKE pattern where each quote
+    matches any character, so it may match a little more: keep only runs whose tag equals `value`
+    (`with_tag`)."""
+    value = str(value)
+    if "'" not in value:
+        return f"tags.`{key}` = '{value}'"
+    if '"' not in value:
+        return f'tags.`{key}` = "{value}"'
+    pattern = value.replace("'", "_").replace('"', "_")
+    return f"tags.`{key}` LIKE '{pattern}'"
+
+
+def with_tag(runs, key: str, value: str) -> list:
+    return [run for run in runs if run.data.tags.get(key) == str(value)]
+
+
 def find_run(uri: str, experiment: str, run_name: str, status: str | None = None):
     """The latest run tagged with this run name (optionally only with this status), or None."""
     c = client(uri)
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    query = f"tags.`{RUN_NAME_TAG}` = '{run_name}'" + (f" and attributes.status = '{status}'" if status else "")
-    found = c.search_runs([exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=1)
+    query = tag_filter(RUN_NAME_TAG, run_name) + (f" and attributes.status = '{status}'" if status else "")
+    found = c.search_runs([exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=50)
+    found = with_tag(found, RUN_NAME_TAG, run_name)
     return found[0] if found else None
 
 
@@ -153,10 +175,13 @@ class RunLogger:
 
         self._call("set tags", self._client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+    def artifact(self, path: str | Path, artifact_path: str | None = None) -> bool:
+        """Upload one file; False when it did not reach the store (warned, counted in `failures`)."""
         if not self.enabled:
-            return
+            return True
+        failures = self.failures
         self._call("log artifact", self._client.log_artifact, self.run_id, str(path), artifact_path)
+        return self.failures == failures
 
     def finish(self, status: str = "FINISHED") -> None:
         if not self.enabled:

@@ -18,8 +18,10 @@ import warnings
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported
-# Ray 2.60 turns on token auth for fresh clusters; the benchmark talks to its own loopback cluster only.
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# The benchmark's own clusters (ray.init below): token auth on, servers on 127.0.0.1 (distsleep.runtime).
+from distsleep.runtime import secure_local_ray  # noqa: E402
+
+secure_local_ray()
 
 from distsleep.bench.load import busy_cores  # noqa: E402
 from distsleep.bench.train import add_train_arguments, train  # noqa: E402

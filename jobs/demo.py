@@ -23,7 +23,10 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # the embedded cluster is local to this job
+
+from distsleep.runtime import secure_local_ray  # noqa: E402
+
+secure_local_ray()  # the embedded cluster: token auth on, servers on 127.0.0.1
 
 from distsleep.config import PreprocessConfig, SplitConfig  # noqa: E402
 from distsleep.inspection import inspect_recording  # noqa: E402

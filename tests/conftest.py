@@ -15,8 +15,32 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DISTSLEEP_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-# Ray 2.60 turns on token auth for fresh clusters; tests talk to their own loopback cluster only.
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def _session_ray_token() -> str:
+    """A fresh Ray auth token for this test session (the session's clusters and every client use it), kept
+    out of the user's ~/.ray/auth_token."""
+    import atexit
+    import secrets
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="distsleep-tests-ray-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = Path(folder) / "auth_token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "w") as stream:
+        stream.write(secrets.token_hex(32))
+    return str(path)
+
+
+# Token auth stays on for every cluster the tests start, and they listen on 127.0.0.1 only: set before Ray is
+# imported, so ray.init() and the subprocesses the tests start see it too (distsleep.runtime explains).
+os.environ.pop("RAY_AUTH_TOKEN", None)
+os.environ["RAY_AUTH_TOKEN_PATH"] = _session_ray_token()
+from distsleep.runtime import secure_local_ray  # noqa: E402
+
+secure_local_ray()
 
 
 @pytest.fixture(scope="session")

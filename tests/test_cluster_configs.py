@@ -213,6 +213,19 @@ def test_launcher_start_commands_bind_the_dashboard_to_loopback(launcher):
     assert not bound_everywhere, f"nothing on a VM may bind to 0.0.0.0 (public interfaces too): {bound_everywhere}"
 
 
+def test_launcher_turns_on_ray_token_auth(launcher):
+    """Every node starts Ray with RAY_AUTH_MODE=token and the token file synced from where `ray up` runs."""
+    assert launcher["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"
+    setup = commands(launcher, "setup_commands")
+    assert any("export RAY_AUTH_MODE=token" in c and ".bashrc" in c for c in setup), "shells on the nodes need auth on"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in commands(launcher, key) if "ray start" in c]
+        assert starts and all(c.index("export RAY_AUTH_MODE=token") < c.index("ray start") for c in starts), key
+    servers = [c for c in commands(launcher, "head_start_ray_commands") if "mlflow server" in c]
+    hosts = re.search(r"--allowed-hosts[ =](\$\([^)]*\)\S*|\S+)", servers[0])
+    assert hosts and hosts.group(1).count(":5000") == 3, "the MLflow server must list the Host headers it answers"
+
+
 def test_launcher_mlflow_server_serves_the_workers(launcher):
     # 127.0.0.1 would serve the head alone, and training's rank 0 logs from a worker node; 0.0.0.0 would
     # include public interfaces. The exported URI must name the server's port.
@@ -336,6 +349,11 @@ def test_kuberay_cluster_spec(where, spec):
     if ":RayCluster/" in where:  # the long-lived cluster takes every job: preprocessing and training
         kinds = {pod_resources(g)["GPU"] > 0 for _, g in groups(spec)[1:]}
         assert kinds == {True, False}, f"{where}: needs a CPU worker group (preprocessing) and a GPU one (training)"
+
+
+@pytest.mark.parametrize("where,spec", CLUSTER_SPECS, ids=[w for w, _ in CLUSTER_SPECS])
+def test_kuberay_clusters_use_ray_token_auth(where, spec):
+    assert spec.get("authOptions", {}).get("mode") == "token", f"{where}: Ray token authentication must be on"
 
 
 def test_kuberay_shared_volume_is_read_write_many():

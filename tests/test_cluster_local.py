@@ -1,9 +1,11 @@
 """The cluster path end to end: a real multi-node Ray cluster on this machine (worker nodes in their own
-network namespaces when the machine allows it), an MLflow server, and jobs submitted with `ray job submit`."""
+network namespaces when the machine allows it), an MLflow server, and jobs submitted with `ray job submit`.
+Every cluster runs with Ray token authentication (the test session's token, see conftest.py)."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -30,12 +32,17 @@ def submit(cluster: local.LocalCluster, *args: str, timeout: float = 900, wait: 
     if not wait:
         command.append("--no-wait")
     command += ["--", "python", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=local._env())
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=cluster.process_env())
 
 
 def job_logs(cluster: local.LocalCluster, job_id: str) -> str:
     return subprocess.run([RAY, "job", "logs", "--address", cluster.dashboard_url, job_id], capture_output=True,
-                          text=True, env=local._env()).stdout
+                          text=True, env=cluster.process_env()).stdout
+
+
+def start_cluster(state: Path, **options) -> local.LocalCluster:
+    """A local cluster with the session's token, so this process's Ray clients (job, state APIs) reach it."""
+    return local.start(state, token_path=os.environ["RAY_AUTH_TOKEN_PATH"], **options)
 
 
 def wait_job(cluster: local.LocalCluster, job_id: str, timeout: float = 900) -> str:
@@ -82,7 +89,7 @@ def shards(cohort, tmp_path_factory, ray_local) -> Path:
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory):
     state = tmp_path_factory.mktemp("cluster-state")
-    cluster = local.start(state, workers=1, head_cpus=1, worker_cpus=1, netns=local.netns_available())
+    cluster = start_cluster(state, workers=1, head_cpus=1, worker_cpus=1, netns=local.netns_available())
     try:
         yield cluster
     finally:
@@ -141,7 +148,7 @@ def test_paths_other_nodes_cannot_use_are_refused_before_launch(two_nodes, shard
         [sys.executable, "-m", "distsleep.cli", "submit", "--address", two_nodes.dashboard_url, "--working-dir", str(REPO),
          "--", "python", "jobs/pretrain.py", "--shards", str(shards), "--storage-path", "/proc/distsleep-runs",
          "--num-workers", "2", "--loader-workers", "1"],
-        capture_output=True, text=True, timeout=600, env={**local._env(), "MLFLOW_TRACKING_URI": two_nodes.mlflow_uri})
+        capture_output=True, text=True, timeout=600, env=two_nodes.process_env())
     assert result.returncode != 0
     output = result.stdout + result.stderr
     nodes = re.findall(r"the storage path /proc/distsleep-runs is not writable \([^)]*\) on node (\d+\.\d+\.\d+\.\d+)", output)
@@ -183,12 +190,12 @@ def _kill_a_training_node(cluster: local.LocalCluster, storage: Path) -> str:
 def test_losing_a_worker_node_during_pretraining(shards, tmp_path, ray_local):
     import ray
 
-    cluster = local.start(tmp_path / "state", workers=2, head_cpus=1, worker_cpus=1, netns=local.netns_available())
+    cluster = start_cluster(tmp_path / "state", workers=2, head_cpus=1, worker_cpus=1, netns=local.netns_available())
     try:
         assert [n.name for n in cluster.nodes] == ["head", "worker1", "worker2"]
         assert cluster.dashboard_url.startswith("http://127.0.0.1:")
         with pytest.raises(RuntimeError, match="stop it first"):
-            local.start(tmp_path / "state")
+            start_cluster(tmp_path / "state")
         common = ["jobs/pretrain.py", "--shards", str(shards), "--model-size", "small", "--seq-len", "5", "--batch-size", "32",
                   "--loader-workers", "1", "--num-workers", "2", "--max-steps", "60", "--val-every", "20",
                   "--storage-path", str(tmp_path / "runs"), "--experiment", "faults"]
@@ -210,7 +217,84 @@ def test_losing_a_worker_node_during_pretraining(shards, tmp_path, ray_local):
     finally:
         local.stop(tmp_path / "state")
     # Everything of that cluster is gone, and nothing else: the test session's own Ray cluster still works.
-    assert not local._processes_of(cluster.temp_dir)
+    assert not local._processes_of(cluster.temp_dir) and not local.cluster_processes(cluster)
     assert not (tmp_path / "state" / local.STATE_FILE).exists()
     local.stop(tmp_path / "state")  # idempotent
     assert ray.get(ray.put(41)) + 1 == 42 and ray.available_resources().get("CPU", 0) > 0
+
+
+def _gcs_call(address: str, token: str | None):
+    """One GCS RPC over a plain gRPC channel, with the given bearer token (or none)."""
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    metadata = [("authorization", f"Bearer {token}")] if token is not None else []
+    with grpc.insecure_channel(address) as channel:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        return stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), metadata=metadata, timeout=20)
+
+
+def _client_server_call(address: str, token: str | None):
+    """A ping of the Ray client server over a plain gRPC channel, with the given bearer token (or none)."""
+    import grpc
+    from ray.core.generated import ray_client_pb2, ray_client_pb2_grpc
+
+    metadata = [("authorization", f"Bearer {token}")] if token is not None else []
+    request = ray_client_pb2.ClusterInfoRequest(type=ray_client_pb2.ClusterInfoType.PING)
+    with grpc.insecure_channel(address) as channel:
+        return ray_client_pb2_grpc.RayletDriverStub(channel).ClusterInfo(request, metadata=metadata, timeout=20)
+
+
+def _http_status(url: str, headers: dict) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=20).status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_cluster_needs_its_token_listens_on_loopback_and_stops_completely(tmp_path):
+    """Without network namespaces: every server of the cluster on 127.0.0.1; the GCS, the job API and MLflow's
+    host check refuse clients without the cluster's token (or with a foreign Host header); `stop` leaves no
+    process of the cluster behind, including the renamed agents and the Ray client server."""
+    import grpc
+    import psutil
+
+    state = tmp_path / "state"
+    cluster = local.start(state, workers=1, head_cpus=1, worker_cpus=1)  # its own token, in the state dir
+    try:
+        token = Path(cluster.token_path).read_text().strip()
+        assert Path(cluster.token_path).parent == state.resolve() and Path(cluster.token_path).stat().st_mode & 0o077 == 0
+        assert cluster.env()["RAY_AUTH_TOKEN_PATH"] == cluster.token_path and cluster.env()["RAY_AUTH_MODE"] == "token"
+        processes = local.cluster_processes(cluster)
+        names = {p.name() for p in processes} | {" ".join(p.cmdline()[:3]) for p in processes}
+        assert {"ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names and any("ray.util.client.server" in n for n in names)
+        listening = {(p.name(), c.laddr.ip, c.laddr.port) for p in processes for c in p.net_connections("inet")
+                     if c.status == psutil.CONN_LISTEN}
+        assert listening and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for _, ip, _ in listening), listening
+
+        assert _gcs_call(cluster.ray_address, token).cluster_id
+        client_server = next(p for p in processes if "ray.util.client.server" in " ".join(p.cmdline()))
+        client_port = next(a for a in client_server.cmdline() if a.startswith("--port=")).split("=")[1]
+        for wrong in (None, "0" * 64):
+            for call, address in ((_gcs_call, cluster.ray_address), (_client_server_call, f"127.0.0.1:{client_port}")):
+                with pytest.raises(grpc.RpcError) as refused:
+                    call(address, wrong)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, (call.__name__, refused.value)
+        jobs = f"{cluster.dashboard_url}/api/jobs/"
+        assert _http_status(jobs, {}) == 401 and _http_status(jobs, {"Authorization": "Bearer " + "0" * 64}) == 403
+        assert _http_status(jobs, cluster.auth_headers()) == 200
+        search = f"{cluster.mlflow_uri}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert _http_status(search, {}) == 200 and _http_status(search, {"Host": "attacker.example:80"}) == 403
+        # A job submitted with the environment `env` prints (as the README does) runs: drivers get the token.
+        result = subprocess.run([RAY, "job", "submit", "--address", cluster.dashboard_url, "--", "python", "-c",
+                                 "import ray; ray.init(); print('nodes', len(ray.nodes()))"],
+                                capture_output=True, text=True, timeout=300, env=cluster.process_env())
+        assert result.returncode == 0 and "nodes 2" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+    finally:
+        local.stop(state)
+    survivors = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not survivors, [(p.pid, p.name()) for p in survivors]
+    assert not local.cluster_processes(cluster)

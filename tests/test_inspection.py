@@ -89,3 +89,33 @@ def test_shhs_length_mismatch_and_broken_xml_are_reported(tmp_path):
     report = inspect_recording(edf, broken)
     assert report["stages"] is None and len(report["problems"]) == 1
     assert "broken.xml: malformed XML" in report["problems"][0]
+
+
+@pytest.mark.parametrize("duration, shown", [(6e8, "6e+08"), (float("inf"), "inf"), (float("nan"), "nan")])
+def test_impossible_annotation_times_are_errors_not_problems(tmp_path, capsys, duration, shown):
+    """A stage or event lasting years, forever or NaN seconds: exit 2 naming the file, never a traceback or a
+    per-epoch list of millions of entries."""
+    from distsleep.cli import main
+
+    edf = _shhs_like(tmp_path / "shhs1-200012.edf")
+    xml = tmp_path / "shhs1-200012-nsrr.xml"
+    xml.write_bytes(nsrr_xml([("Wake|0", 0, 60), ("Stage 2 sleep|2", 60, duration)]))
+    assert main(["inspect", str(edf), "--annotations", str(xml)]) == 2
+    err = capsys.readouterr().err
+    assert f"{xml}: event 2 (Stage 2 sleep|2): <Duration> is {shown} s, not a finite time" in err, err
+    xml.write_bytes(nsrr_xml([("Wake|0", 0, 90)], [("Arousals|Arousals", "Arousal|Arousal ()", 40.0, duration)]))
+    assert main(["inspect", str(edf), "--annotations", str(xml)]) == 2
+    assert "<Duration>" in capsys.readouterr().err
+
+
+def test_impossible_edf_annotation_times_and_reversed_digital_range(tmp_path, capsys):
+    from distsleep.cli import main
+
+    edf = _shhs_like(tmp_path / "SC4011E0-PSG.edf", labels=("EEG", "SaO2"))
+    hypnogram = write_edf(tmp_path / "SC4011EH-Hypnogram.edf", [], annotations=[(0.0, 6e8, "Sleep stage W")])
+    assert main(["inspect", str(edf), "--annotations", str(hypnogram)]) == 2
+    assert "EDF+ annotation duration is 6e+08 s, not a finite time" in capsys.readouterr().err
+    patch_signal(edf, 0, "digital_min", "32767")
+    patch_signal(edf, 0, "digital_max", "-32768")
+    assert main(["inspect", str(edf)]) == 2
+    assert f"{edf}: signal 'EEG' has digital minimum 32767 > digital maximum -32768" in capsys.readouterr().err

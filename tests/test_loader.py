@@ -130,7 +130,7 @@ def test_shard_urls_resolve_relative_paths_and_keep_urls(tmp_path):
 
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     for location in (tmp_path / "manifest.json", tmp_path, f"file://{tmp_path}/manifest.json"):
-        loaded, base = load_manifest(location)
+        loaded, base = load_manifest(location, allow_commands=True)  # record d is a pipe: command
         assert loaded == manifest and base == str(tmp_path.resolve())
 
 

@@ -29,7 +29,7 @@ from distsleep.predict import (
     predict_recording,
     resolve_bundle,
 )
-from distsleep.sources.edf import read_annotations
+from distsleep.sources.edf import read_annotations, read_header
 from distsleep.stages import STAGE_NAMES
 from distsleep.synth.cohort import CohortConfig, generate_cohort, record_paths
 from distsleep.train.artifacts import make_bundle
@@ -257,3 +257,35 @@ def test_resolve_bundle_from_mlflow_run(tmp_path, bundle_path, monkeypatch):
 
     with pytest.raises(BundleError, match="0123456789abcdef0123456789abcdef"):
         resolve_bundle("0123456789abcdef0123456789abcdef")
+
+
+def test_outputs_replace_an_earlier_prediction_as_a_whole(night, bundle_path, tmp_path):
+    """A prediction without annotations into a folder that holds one with annotations: no metrics of the
+    earlier run stay next to the new stages, and no temporary file is left."""
+    out = tmp_path / "out"
+    first = predict_recording(bundle_path, night["edf"], annotations=night["nsrr"], out_dir=out)
+    assert {"metrics", "confusion_png"} <= set(first.files) and (out / f"{RECORD}_metrics.json").is_file()
+    second = predict_recording(bundle_path, night["edf"], out_dir=out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in second.files.values())
+    assert not (out / f"{RECORD}_metrics.json").exists() and not (out / f"{RECORD}_confusion.png").exists()
+    with open(second.files["stages_csv"]) as stream:
+        assert "true_stage" not in next(csv.reader(stream))
+
+
+def test_corrupt_header_or_annotation_values_exit_2(night, bundle_path, tmp_path, capsys):
+    import shutil
+
+    from edf_factory import nsrr_xml, patch_signal
+
+    edf = tmp_path / "night.edf"
+    shutil.copy(night["edf"], edf)
+    xml = tmp_path / "night-nsrr.xml"
+    xml.write_bytes(nsrr_xml([("Wake|0", 0, 60), ("Stage 2 sleep|2", 60, float("inf"))]))
+    assert cli_main(["predict", "--model", str(bundle_path), str(edf), "--annotations", str(xml)]) == 2
+    err = capsys.readouterr().err
+    assert f"{xml}: " in err and "<Duration> is inf s, not a finite time" in err and "Traceback" not in err
+    eeg = next(i for i, s in enumerate(read_header(edf).signals) if s.label == "EEG")
+    patch_signal(edf, eeg, "digital_min", "32767")
+    patch_signal(edf, eeg, "digital_max", "-32768")
+    assert cli_main(["predict", "--model", str(bundle_path), str(edf)]) == 2
+    assert "signal 'EEG' has digital minimum 32767 > digital maximum -32768" in capsys.readouterr().err

@@ -28,6 +28,7 @@ from distsleep.sources.shhs import load_shhs_record
 from distsleep.synth.cohort import CohortConfig, generate_cohort, record_paths
 
 from edf_factory import signal as edf_signal, truncate, write_edf
+from session_processes import session_processes
 
 GOOD = ["shhs1-300001", "shhs1-300002", "shhs1-300003", "shhs1-300004"]
 
@@ -173,10 +174,40 @@ def test_rerun_skips_and_is_byte_identical(dataset, converted, tmp_path):
     assert fresh.converted == len(GOOD) and _hashes(tmp_path / "fresh") == before
 
 
+def test_rerun_redoes_changed_shards_and_inputs(dataset, converted):
+    """A shard is skipped only while its sha256 and its inputs are what its summary recorded."""
+    out, _ = converted
+    before = _hashes(out)
+    shard = out / "shards" / f"{GOOD[0]}.tar"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01  # same size, one bit different: a size check would keep it
+    shard.chmod(0o644)
+    shard.write_bytes(bytes(data))
+    annotation = record_paths(dataset, GOOD[1])["nsrr"]
+    os.utime(annotation, ns=(annotation.stat().st_atime_ns, annotation.stat().st_mtime_ns + 10**9))  # an edited XML
+    result = run_preprocess(dataset, out, PreprocessConfig(), SplitConfig(), progress=False)
+    assert result.converted == 2 and result.skipped == len(GOOD) - 2
+    assert _hashes(out) == before
+
+
+def test_one_job_and_one_config_per_output_folder(dataset, converted, capsys):
+    from distsleep.shards.pipeline import OutputConflict
+
+    out, _ = converted
+    manifest = (out / "manifest.json").read_bytes()
+    with pytest.raises(OutputConflict, match=r"another config \(bandpass: None -> \[0.3, 40.0\]\).*--overwrite"):
+        run_preprocess(dataset, out, PreprocessConfig(bandpass=(0.3, 40.0)), SplitConfig(), progress=False)
+    assert cli_main(["preprocess", "--root", str(dataset), "--out", str(out), "--quiet", "--split-seed", "3"]) == 2
+    assert "split seed: 0 -> 3" in capsys.readouterr().err
+    assert (out / "manifest.json").read_bytes() == manifest, "a refused run changes nothing"
+
+
 def test_subsets_and_options(dataset, converted, tmp_path):
     out, _ = converted
-    # shhs-5463 keeps only nights with all five stages; the manifest says why the others are out.
-    result = run_preprocess(dataset, out, PreprocessConfig(), SplitConfig(subset="shhs-5463"), progress=False)
+    # shhs-5463 keeps only nights with all five stages; the manifest says why the others are out. Another
+    # subset is another dataset: replacing the folder's manifest takes --overwrite.
+    result = run_preprocess(dataset, out, PreprocessConfig(), SplitConfig(subset="shhs-5463"), progress=False,
+                            overwrite=True)
     manifest = result.manifest
     for rid, r in manifest["records"].items():
         assert all(r["stages"][s] > 0 for s in ("W", "N1", "N2", "N3", "REM"))
@@ -212,12 +243,7 @@ def long_dataset(ray_local, tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _convert_workers() -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info.get("cmdline") or [])
-        if "ray::convert_task" in cmdline:
-            found.append(proc)
-    return found
+    return session_processes("ray::convert_task")
 
 
 def test_killed_worker_is_retried_and_output_identical(long_dataset, tmp_path):
@@ -251,6 +277,11 @@ def test_killed_driver_then_rerun_completes(long_dataset, ray_local, tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not list((target / "records").glob("*.json")):
         time.sleep(0.01)
+    # While it runs, a second job into the same folder is refused and told which job holds it.
+    from distsleep.shards.pipeline import OutputConflict
+
+    with pytest.raises(OutputConflict, match=rf"in use by another job \(pid {driver.pid} on "):
+        run_preprocess(dataset, target, PreprocessConfig(), SplitConfig(), progress=False)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     assert not (target / "manifest.json").exists(), "the driver was killed before it finished"

@@ -92,3 +92,88 @@ def test_missing_remote_objects_are_named(server):
         open_binary(f"{server}/shards/nothing-here.tar")
     with pytest.raises(OSError, match=r"s3://bucket/x.tar: no filesystem for 's3://' URLs"):
         open_binary("s3://bucket/x.tar")
+
+
+# ----------------------------------------------------------------------------- manifests are data, not code
+
+
+def _manifest_with(folder: Path, shard_dir: Path, entry: str) -> Path:
+    """A copy of the served manifest whose first training record points at `entry`."""
+    manifest = json.loads((shard_dir / "manifest.json").read_text())
+    for record in manifest["records"].values():
+        record["shard"] = str(shard_dir / record["shard"])
+    manifest["records"]["rec-000"]["shard"] = entry
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder / "manifest.json"
+
+
+def test_manifest_entries_cannot_run_commands(shard_dir, tmp_path, capsys):
+    from distsleep.gan.augment import AugmentationError, load_augmentation
+    from distsleep.shards.storage import UnsafeEntryError
+
+    marker = tmp_path / "the-manifest-ran-this"
+    command = f"pipe:touch {marker}; cat {shard_dir / 'shards' / 'rec-000.tar'}"
+    evil = _manifest_with(tmp_path / "evil", shard_dir, command)
+    with pytest.raises(UnsafeEntryError) as refused:
+        load_manifest(evil)
+    assert str(evil) in str(refused.value) and "record rec-000" in str(refused.value)
+    assert "--allow-shard-commands" in str(refused.value)
+    # Schemes outside the allow-list are refused too (fsspec would open them), and so are augmentation files.
+    with pytest.raises(UnsafeEntryError, match="record rec-000 is 'ftp://"):
+        load_manifest(_manifest_with(tmp_path / "ftp", shard_dir, "ftp://example.org/rec-000.tar"))
+    augmentation = tmp_path / "aug"
+    augmentation.mkdir()
+    (augmentation / "augmentation.json").write_text(json.dumps({"shards": [{"shard": command, "sha256": "0" * 64}]}))
+    with pytest.raises(AugmentationError, match=r"augmentation.json: shard entry 0 is 'pipe:touch"):
+        load_augmentation(augmentation)
+
+    # Through the command line: refused before anything starts (exit 2), and the command never ran.
+    from distsleep.cli import main
+
+    assert main(["pretrain", "--shards", str(evil), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                 "--storage-path", str(tmp_path / "runs")]) == 2
+    assert "record rec-000 is 'pipe:touch" in capsys.readouterr().err and not marker.exists()
+    # Opted in on the command line (here: the library flag it sets), the entry is used as written.
+    manifest, base = load_manifest(evil, allow_commands=True)
+    nights = list(eval_sequences(shard_urls(manifest, "train", base), LoaderConfig(seq_len=5), 1, 0))
+    assert marker.exists() and {s.record_id for s in nights} == {"rec-000", "rec-001"}
+
+
+def test_shards_are_checked_against_their_manifest(shard_dir, server, tmp_path):
+    import hashlib
+    import shutil
+
+    from distsleep.shards.loader import shard_checksums
+    from distsleep.shards.storage import ShardChecksumError
+
+    folder = tmp_path / "copy"
+    shutil.copytree(shard_dir, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for record in manifest["records"].values():
+        record["sha256"] = hashlib.sha256((folder / record["shard"]).read_bytes()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    # A shard changed after preprocessing: one sample value flipped near the end of the signals member.
+    shard = folder / "shards" / "rec-002.tar"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+
+    manifest, base = load_manifest(folder)
+    urls, checksums = shard_urls(manifest, "val", base), shard_checksums(manifest, base)
+    with pytest.raises(ShardChecksumError, match=r"rec-002.tar: sha256 .* differs"):
+        list(eval_sequences(urls, LoaderConfig(seq_len=5, checksums=checksums), 1, 0))
+    # The training stream (DataLoader worker processes) refuses it too.
+    train = shard_urls(manifest, "train", base)
+    intact = LoaderConfig(seq_len=5, batch_size=4, shuffle_buffer=8, num_workers=1, checksums=checksums)
+    assert len(list(make_train_loader(train, intact, 1, 0, 2))) == 2
+    stream = make_train_loader(urls * 2, LoaderConfig(seq_len=5, batch_size=4, shuffle_buffer=8, num_workers=1,
+                                                      checksums=checksums), 1, 0, 2)
+    with pytest.raises(ShardChecksumError, match="rec-002.tar"):
+        list(stream)
+    # Checking can be turned off, and remote shards are checked only when asked (they are read into memory).
+    assert list(eval_sequences(urls, LoaderConfig(seq_len=5, checksums=checksums, verify="none"), 1, 0))
+    remote = {f"{server}/shards/rec-002.tar": "0" * 64}
+    assert list(eval_sequences(list(remote), LoaderConfig(seq_len=5, checksums=remote), 1, 0))
+    with pytest.raises(ShardChecksumError, match=f"{server}/shards/rec-002.tar"):
+        list(eval_sequences(list(remote), LoaderConfig(seq_len=5, checksums=remote, verify="all"), 1, 0))

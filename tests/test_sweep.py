@@ -73,6 +73,8 @@ def interrupted_sweep(shards, tmp_path_factory, ray_local) -> dict:
             time.sleep(1)
         assert driver.poll() is None, "the sweep ended before it could be interrupted"
         assert done, "no trial finished in time"
+        # A second launch of the same sweep while it runs is refused, naming the running one.
+        second = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
@@ -83,7 +85,8 @@ def interrupted_sweep(shards, tmp_path_factory, ray_local) -> dict:
         time.sleep(0.5)
     relaunch = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert relaunch.returncode == 0, relaunch.stdout[-3000:] + relaunch.stderr[-3000:]
-    return {"tmp": tmp, "uri": uri, "first": first, "before": before, "stdout": relaunch.stdout}
+    return {"tmp": tmp, "uri": uri, "first": first, "before": before, "stdout": relaunch.stdout, "args": args,
+            "env": env, "second": second, "driver_pid": driver.pid}
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(interrupted_sweep):
@@ -101,6 +104,22 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(interrupted
     for trial in trials:
         stages = _runs(uri, f"tags.`mlflow.parentRunId` = '{trial.info.run_id}'")
         assert sorted(s.data.tags["stage"] for s in stages) == ["finetune", "pretrain"], trial.info.run_name
+
+
+def test_one_launch_per_sweep_and_its_tune_state_is_verified(interrupted_sweep):
+    second = interrupted_sweep["second"]
+    assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+    assert f"sweep 'table4' ({interrupted_sweep['tmp'] / 'runs' / 'table4'}) is in use by another job " \
+           f"(pid {interrupted_sweep['driver_pid']} on " in second.stderr
+    # The relaunch above restored Tune's state after checking it; a changed state file is refused before
+    # Tune unpickles anything.
+    experiment = interrupted_sweep["tmp"] / "runs" / "table4"
+    state = sorted(experiment.glob("experiment_state-*.json"))[-1]
+    state.write_text(state.read_text() + " ")
+    relaunch = subprocess.run(interrupted_sweep["args"], cwd=REPO, env=interrupted_sweep["env"], capture_output=True,
+                              text=True, timeout=300)
+    assert relaunch.returncode == 2
+    assert f"{state}: Tune state changed since Tune wrote it" in relaunch.stderr, relaunch.stderr[-2000:]
 
 
 def test_sweep_logs_parent_children_and_the_comparison(interrupted_sweep):

@@ -56,3 +56,18 @@ def test_unfinished_run_is_resumed_and_finished_run_is_not(tmp_path):
     RunLogger(uri, first).finish()
     fresh, resumed = find_or_create_run(uri, "exp", "name-x")
     assert not resumed and fresh != first
+
+
+@pytest.mark.parametrize("name", ["o'brien", 'say "hi"', "it's \"quoted\"", "x' or tags.`distsleep.run_name` = 'y"])
+def test_run_names_with_quotes_find_their_own_run(tmp_path, name):
+    """MLflow's filter grammar has no escapes: a quote in --name must neither break the search nor match
+    another run (the last name would match every run of 'y' if pasted into a '...' literal)."""
+    from distsleep.tracking import find_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    other, _ = find_or_create_run(uri, "tests", "y")
+    run_id, resumed = find_or_create_run(uri, "tests", name)
+    again, resumed_again = find_or_create_run(uri, "tests", name)
+    assert not resumed and resumed_again and again == run_id != other
+    assert find_run(uri, "tests", name).info.run_id == run_id
+    assert find_run(uri, "tests", name.replace("'", "_").replace('"', "_")) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from distsleep.synth.cohort import CohortConfig, generate_cohort, record_paths
 from distsleep.tracking import TrackingUnavailable
 from distsleep.train.config import TrainConfig
 from distsleep.train.launch import LaunchError, run_training
+from session_processes import session_processes
 
 pytestmark = pytest.mark.slow
 
@@ -103,7 +105,7 @@ def test_pretrain_learns_and_is_tracked(shards, tmp_path):
 
 
 def _train_workers() -> list[psutil.Process]:
-    return [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info.get("cmdline") or [])]
+    return session_processes("RayTrainWorker")
 
 
 def _wait_for_checkpoint(storage: Path, timeout: float = 240) -> None:
@@ -202,3 +204,135 @@ def test_preflight_errors(shards, tmp_path):
         run_training(tiny(tmp_path / "missing" / "manifest.json", tmp_path))
     with pytest.raises(LaunchError, match="need 20"):
         run_training(tiny(shards, tmp_path, num_workers=10, loader_workers=2, batch_size=40))
+
+
+# ------------------------------------------------- a run is what it was: identity, lock, checksums, bundle
+
+
+def _mlflow_server(folder: Path) -> tuple[subprocess.Popen, str]:
+    """A real MLflow tracking server (SQLite store in `folder`) on 127.0.0.1."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+                               f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts"),
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            return server, uri
+        except OSError:
+            time.sleep(0.5)
+    os.killpg(server.pid, signal.SIGKILL)
+    raise AssertionError("the MLflow server did not start")
+
+
+def _swapped_manifest(shards: Path, folder: Path) -> Path:
+    """The same shards with the training and test records swapped (another dataset split, same record ids)."""
+    manifest = json.loads(shards.read_text())
+    swap = {"train": "test", "test": "train", "val": "val"}
+    for entry in manifest["records"].values():
+        entry["split"] = swap[entry["split"]]
+        entry["shard"] = str(shards.parent / entry["shard"])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder / "manifest.json"
+
+
+@pytest.fixture(scope="module")
+def bundle_lost(shards, tmp_path_factory, ray_local) -> dict:
+    """A run whose MLflow server dies after its first checkpoint: training finishes, its model bundle cannot be
+    uploaded. While it runs, a second launch of the same name is tried."""
+    import threading
+
+    from distsleep.train.launch import TrainingFailed
+
+    tmp = tmp_path_factory.mktemp("bundle-lost")
+    server, uri = _mlflow_server(tmp / "server")
+    cfg = tiny(shards, tmp, name="lost", max_steps=60, val_every=10, log_every=10, tracking_uri=uri)
+    outcome = {}
+
+    def launch():
+        try:
+            outcome["result"] = run_training(cfg)
+        except TrainingFailed as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=launch)
+    thread.start()
+    try:
+        _wait_for_checkpoint(tmp / "runs" / "lost")
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)  # the server and its uvicorn workers
+        server.wait()
+    with pytest.raises(LaunchError) as second:  # the lock is the run's, whatever its tracking store
+        run_training(dataclasses.replace(cfg, tracking_uri=f"sqlite:///{tmp / 'local.db'}"), check_cluster=False)
+    thread.join(timeout=900)
+    return {"cfg": cfg, "tmp": tmp, "outcome": outcome, "second": str(second.value),
+            "store": f"sqlite:///{tmp / 'server' / 'mlflow.db'}"}
+
+
+def test_a_run_whose_bundle_was_not_uploaded_is_not_finished(bundle_lost):
+    outcome = bundle_lost["outcome"]
+    assert "error" in outcome, f"the run ended as {outcome}"
+    message = str(outcome["error"])
+    # Its own outcome and advice, not the error of the tracking server that went away.
+    assert "its bundle is not confirmed in MLflow" in message and "Relaunch with the same --name" in message
+    runs = mlflow.MlflowClient(bundle_lost["store"]).search_runs(
+        [mlflow.MlflowClient(bundle_lost["store"]).get_experiment_by_name("tests").experiment_id])
+    assert [r.info.status for r in runs if r.info.run_name == "lost"] == ["RUNNING"], "never marked FINISHED"
+    # The launch that came while the run was going was refused, naming it.
+    assert f"run 'lost' ({bundle_lost['tmp'] / 'runs' / 'lost'}) is in use by another job (pid {os.getpid()} on " \
+        in bundle_lost["second"]
+
+
+def test_a_relaunch_under_a_name_must_be_the_same_run(bundle_lost, shards):
+    tmp = bundle_lost["tmp"]
+    local = dict(tracking_uri=f"sqlite:///{tmp / 'local.db'}", name="lost", max_steps=60, val_every=10)
+    other_data = _swapped_manifest(shards, tmp / "swapped")
+    with pytest.raises(LaunchError, match=r"run 'lost' in .* was started with other its data: manifest .*"
+                                          r"swapped/manifest.json.*give a new --name"):
+        run_training(tiny(other_data, tmp, **local), check_cluster=False)
+    with pytest.raises(LaunchError, match=r"other its config \(lr: 0.001 -> 0.002\)"):
+        run_training(tiny(shards, tmp, **{**local, "lr": 2e-3}), check_cluster=False)
+    identity = json.loads((tmp / "runs" / "lost" / "run_identity.json").read_text())
+    assert identity["records"]["test"] == sorted(r for r, e in json.loads(shards.read_text())["records"].items()
+                                                 if e["split"] == "test")
+
+
+def test_a_changed_checkpoint_is_refused_before_loading(bundle_lost, shards):
+    import shutil
+
+    tmp = bundle_lost["tmp"]
+    copy = tmp / "tampered"
+    shutil.copytree(tmp / "runs", copy)
+    checkpoint = checkpoint_dirs(copy / "lost")[-1]
+    states = sorted((checkpoint / "ds").rglob("*model_states.pt"))
+    original = states[0].read_bytes()
+    tampered = bytearray(original)
+    tampered[-100] ^= 0xFF
+    states[0].write_bytes(bytes(tampered))
+    cfg = tiny(shards, tmp, name="lost", max_steps=60, val_every=10, storage_path=str(copy),
+               tracking_uri=f"sqlite:///{tmp / 'local.db'}")
+    with pytest.raises(LaunchError, match=rf"{states[0]}: file of the checkpoint .* changed since it was written"):
+        run_training(cfg, check_cluster=False)
+    states[0].write_bytes(original)
+    (checkpoint / "ds" / "extra.pt").write_bytes(b"not written by the run")
+    with pytest.raises(LaunchError, match="extra.pt: file in the checkpoint .* that was not there"):
+        run_training(cfg, check_cluster=False)
+
+
+def test_init_from_a_run_that_trained_on_the_test_records_is_refused(bundle_lost, shards):
+    tmp = bundle_lost["tmp"]
+    swapped = _swapped_manifest(shards, tmp / "swapped-ft")
+    cfg = tiny(swapped, tmp, name="ft-leak", stage="finetune", init_from=str(tmp / "runs" / "lost"),
+               tracking_uri=f"sqlite:///{tmp / 'local.db'}")
+    with pytest.raises(LaunchError, match=r"--init-from .*runs/lost was trained on 5 record\(s\) that are test records"):
+        run_training(cfg, check_cluster=False)
+    assert not (tmp / "runs" / "ft-leak").exists(), "refused before anything was created"

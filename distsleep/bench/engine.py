@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 
 from distsleep.tasks import targets
-from distsleep.shards.loader import batches_per_epoch, endless_batches, load_manifest, make_train_loader
+from distsleep.shards.loader import (batches_per_epoch, endless_batches, load_manifest, make_train_loader,
+                                     shard_checksums)
 from distsleep.train.config import TrainConfig, lr_lambda
 from distsleep.train.loop import _model_and_config, input_roles, loader_config, stream_urls
 from distsleep.train.step import (StepMetrics, batch_to_device, build_engine, compile_in_place, device_of,
@@ -80,10 +81,10 @@ def open_stream(cfg: TrainConfig, pin_memory: bool = False) -> Stream:
     if cfg.num_workers != 1:
         raise ValueError(f"the single-process benchmarks run one worker; got num_workers={cfg.num_workers}")
     torch.manual_seed(cfg.seed)
-    manifest, base = load_manifest(cfg.shards)
+    manifest, base = load_manifest(cfg.shards, allow_commands=cfg.allow_shard_commands)
     model, model_cfg = _model_and_config(cfg)
     roles = input_roles(cfg, manifest, model_cfg)
-    lcfg = loader_config(cfg, roles)
+    lcfg = loader_config(cfg, roles, shard_checksums(manifest, base))
     streams = stream_urls(cfg, manifest, base, roles)
     per_epoch = batches_per_epoch(manifest, 1, lcfg.batch_size, seq_len=cfg.seq_len, records=streams.labelled)
     loader = make_train_loader(streams.training, lcfg, 1, 0, per_epoch, pin_memory=pin_memory)

@@ -3,18 +3,29 @@ on a laptop and for the multi-node tests.
 
     python -m distsleep.cluster.local start --workers 1 --state-dir .cluster   (cluster/local/start.sh)
     python -m distsleep.cluster.local stop --state-dir .cluster                (cluster/local/stop.sh)
+    eval "$(python -m distsleep.cluster.local env --state-dir .cluster)"       (the variables jobs need)
 
 `start` runs `ray start --head` and N `ray start --address` worker nodes, each with its own CPU count and
 a node resource (`node_head`, `node_worker1`, ...) so that jobs and tests can place work on a given node,
-and an MLflow server (SQLite backend and artifact root under the state dir). Everything listens on
-127.0.0.1 by default. With `--netns` (root, `ip netns`), each worker node runs in its own network
-namespace with its own address, attached by a veth pair to a bridge on the host (as containers are), so
-object transfers and gloo collectives really cross a network; the head and MLflow then listen on the
-bridge address (a link that exists only on this machine).
+and an MLflow server (SQLite backend and artifact root under the state dir).
 
-The state dir records what was started (cluster.json); `stop` kills only the processes of this cluster
-(matched by its Ray temp dir and recorded pids) and removes only the namespaces it created. Other Ray
-clusters on the machine are left alone (`ray stop` would kill them all).
+Security. Ray's token authentication is on: `start` writes a random token to STATE/auth_token (mode 0600)
+and every node, job driver and client reads it through RAY_AUTH_TOKEN_PATH (`env` prints it); a client
+without it is refused by the GCS, the raylets, the dashboard/job API and the Ray client server. Without
+`--netns`, every node keeps the address 127.0.0.1 (`ray_start.py`), so Ray's GCS, raylets, agents, client
+server and dashboard listen on 127.0.0.1 only. With `--netns` (root, `ip netns`), each worker node runs in
+its own network namespace with its own address, attached by a veth pair to a bridge on the host (as
+containers are), so object transfers and gloo collectives really cross a network; the head then listens
+on the bridge address and, for the servers Ray binds to every interface when the node address is not
+loopback (GCS, raylet, agents), on the host's other interfaces too: the token is what protects them. The
+MLflow server listens on 127.0.0.1 (with namespaces: the bridge address) and accepts only Host headers
+naming that address (DNS-rebinding protection); it has no authentication of its own.
+
+The state dir records what was started (cluster.json, written atomically): every `ray start` runs in its
+own process group, and `stop` signals every process of those groups, of the MLflow server's group, every
+descendant of them (job drivers start their own sessions) and every process naming the cluster's temp dir,
+escalates to SIGKILL after a grace period (Ray's agents ignore SIGTERM), and removes only the namespaces
+it created. Other Ray clusters on the machine are left alone (`ray stop` would kill them all).
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import argparse
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -32,7 +44,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from distsleep.atomic import write_json_atomic
+from distsleep.runtime import LOOPBACK_SWITCH
+
 STATE_FILE = "cluster.json"
+TOKEN_FILE = "auth_token"
+STOP_GRACE_S = 5.0  # seconds between SIGTERM and SIGKILL
 
 
 @dataclass
@@ -50,15 +67,17 @@ class LocalCluster:
     dashboard_url: str  # for `ray job submit --address`
     mlflow_uri: str | None
     temp_dir: str
+    token_path: str = ""  # Ray auth token file of this cluster (RAY_AUTH_TOKEN_PATH)
+    loopback: bool = True  # every node on 127.0.0.1 (no network namespaces)
     nodes: list[Node] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)  # processes started directly (MLflow server)
+    pgids: list[int] = field(default_factory=list)  # process groups of the `ray start` commands and MLflow
     netns: list[str] = field(default_factory=list)
     veths: list[str] = field(default_factory=list)
     bridges: list[str] = field(default_factory=list)
 
     def save(self) -> None:
-        path = Path(self.state_dir) / STATE_FILE
-        path.write_text(json.dumps(asdict(self), indent=1))
+        write_json_atomic(Path(self.state_dir) / STATE_FILE, asdict(self))
 
     @classmethod
     def load(cls, state_dir: str | Path) -> LocalCluster:
@@ -67,11 +86,22 @@ class LocalCluster:
         return cls(**data)
 
     def env(self) -> dict[str, str]:
-        """Environment for jobs and clients of this cluster."""
-        out = {"RAY_ADDRESS": self.ray_address, "RAY_DASHBOARD_ADDRESS": self.dashboard_url}
+        """Environment for jobs and clients of this cluster (addresses and its auth token)."""
+        out = {"RAY_ADDRESS": self.ray_address, "RAY_DASHBOARD_ADDRESS": self.dashboard_url,
+               "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": self.token_path}
+        if self.loopback:
+            out[LOOPBACK_SWITCH] = "0"  # a driver started with RAY_ADDRESS=127.0.0.1:... must not rewrite it
         if self.mlflow_uri:
             out["MLFLOW_TRACKING_URI"] = self.mlflow_uri
         return out
+
+    def process_env(self) -> dict[str, str]:
+        """This process's environment for commands talking to the cluster (its ray/python first on PATH)."""
+        return _env(self.token_path, self.loopback) | self.env()
+
+    def auth_headers(self) -> dict[str, str]:
+        """HTTP headers that authenticate to the dashboard/job API of this cluster."""
+        return {"Authorization": f"Bearer {Path(self.token_path).read_text().strip()}"}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -106,21 +136,47 @@ def _bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def _env() -> dict[str, str]:
-    # Raylets start job drivers and workers with their own environment: put this venv first on PATH so that
-    # `ray job submit -- python jobs/...` runs with the installed stack.
+def _env(token_path: str, loopback: bool) -> dict[str, str]:
+    """Environment of the cluster's processes. Raylets start job drivers and workers with their own
+    environment: this venv first on PATH (so `ray job submit -- python jobs/...` runs with the installed
+    stack), token auth on with this cluster's token, and (loopback) Ray's one-machine switch."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("RAY_AUTH_MODE", "disabled")
+    env["RAY_AUTH_MODE"] = "token"
+    env["RAY_AUTH_TOKEN_PATH"] = token_path
+    env.pop("RAY_AUTH_TOKEN", None)  # it would take precedence over the file
     env.setdefault("OMP_NUM_THREADS", "1")
     env.pop("RAY_ADDRESS", None)
+    if loopback:
+        env[LOOPBACK_SWITCH] = "0"
+    else:
+        env.pop(LOOPBACK_SWITCH, None)
     return env
 
 
-def _run(args: list[str], netns: str | None = None, **kwargs) -> subprocess.CompletedProcess:
+def _ray_start(cluster: LocalCluster, args: list[str], netns: str | None = None, gloo_if: str = "lo") -> None:
+    """`ray start ARGS` in a process group of its own (recorded before it runs, so `stop` finds its daemons)."""
+    command = [sys.executable, "-m", "distsleep.cluster.ray_start"] if cluster.loopback else [_bin("ray")]
+    # gloo picks its interface from the host name (127.0.0.1 here), which peers in other namespaces cannot
+    # reach: pin it to the node's interface.
+    command = ["env", f"GLOO_SOCKET_IFNAME={gloo_if}", *command, "start", *args]
     if netns:
-        args = ["ip", "netns", "exec", netns, *args]
-    return subprocess.run(args, check=True, capture_output=True, text=True, env=_env(), **kwargs)
+        command = ["ip", "netns", "exec", netns, *command]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=_env(cluster.token_path, cluster.loopback), start_new_session=True)
+    cluster.pgids.append(process.pid)
+    cluster.save()
+    output, _ = process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"ray start {' '.join(args[:2])} failed (exit {process.returncode}): {output[-2000:]}")
+
+
+def write_token(path: Path) -> str:
+    """A new random Ray auth token in `path`, readable by this user only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as stream:
+        stream.write(secrets.token_hex(32))
+    return str(path)
 
 
 def netns_available() -> bool:
@@ -177,7 +233,9 @@ def _setup_network(tag: str, digest: int, workers: int) -> tuple[str, str, list[
 
 
 def start(state_dir: str | Path, workers: int = 1, head_cpus: float = 1, worker_cpus: float = 1,
-          mlflow: bool = True, netns: bool = False, object_store_mb: int = 256) -> LocalCluster:
+          mlflow: bool = True, netns: bool = False, object_store_mb: int = 256,
+          token_path: str | Path | None = None) -> LocalCluster:
+    """Start the cluster; `token_path` is an existing token file to use (default: a new one in the state dir)."""
     state = Path(state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
     if (state / STATE_FILE).exists():
@@ -187,7 +245,9 @@ def start(state_dir: str | Path, workers: int = 1, head_cpus: float = 1, worker_
     tag = f"{digest % 4096:03x}"
     # Short temp dir: Ray's unix socket paths under it must stay below the 107-character limit.
     temp_dir = f"/tmp/dsc-{digest:08x}"
-    cluster = LocalCluster(state_dir=str(state), ray_address="", dashboard_url="", mlflow_uri=None, temp_dir=temp_dir)
+    token = str(Path(token_path).resolve()) if token_path else write_token(state / TOKEN_FILE)
+    cluster = LocalCluster(state_dir=str(state), ray_address="", dashboard_url="", mlflow_uri=None, temp_dir=temp_dir,
+                           token_path=token, loopback=not netns)
     cluster.save()  # from here on, stop() can clean up whatever was started
     try:
         links = []
@@ -199,25 +259,24 @@ def start(state_dir: str | Path, workers: int = 1, head_cpus: float = 1, worker_
             cluster.veths.extend(f"ds{tag}h{i}" for i in range(1, workers + 1))
             cluster.save()
             head_if, head_ip, links = _setup_network(tag, digest, workers)
-        port, dashboard_port = free_port(), free_port()
-        resources = json.dumps({"node_head": 1})
-        # gloo picks its interface from the host name (127.0.0.1 here), which peers in other namespaces
-        # cannot reach: pin it to the node's interface.
-        _run(["env", f"GLOO_SOCKET_IFNAME={head_if}", _bin("ray"), "start", "--head", f"--node-ip-address={head_ip}", f"--port={port}",
-              f"--num-cpus={head_cpus}", "--num-gpus=0", f"--resources={resources}", "--include-dashboard=true",
-              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
-              f"--object-store-memory={object_store_mb * 2**20}", "--disable-usage-stats", *_node_ports("127.0.0.1")])
+        port, dashboard_port, client_port = free_port(), free_port(), free_port(head_ip)
+        common = ["--num-gpus=0", f"--temp-dir={temp_dir}", f"--object-store-memory={object_store_mb * 2**20}",
+                  "--disable-usage-stats"]
+        _ray_start(cluster, ["--head", f"--node-ip-address={head_ip}", f"--port={port}", f"--num-cpus={head_cpus}",
+                             f"--resources={json.dumps({'node_head': 1})}", "--include-dashboard=true",
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+                             f"--ray-client-server-port={client_port}", *common, *_node_ports("127.0.0.1")],
+                   gloo_if=head_if)
         cluster.ray_address = f"{head_ip}:{port}"
         cluster.dashboard_url = f"http://127.0.0.1:{dashboard_port}"
         cluster.nodes.append(Node("head", head_ip, head_cpus))
         cluster.save()
         for i in range(1, workers + 1):
             ns, node_if, node_ip = (links[i - 1][0], links[i - 1][2], links[i - 1][3]) if links else (None, "lo", "127.0.0.1")
-            resources = json.dumps({f"node_worker{i}": 1})
-            _run(["env", f"GLOO_SOCKET_IFNAME={node_if}", _bin("ray"), "start", f"--address={cluster.ray_address}", f"--node-ip-address={node_ip}",
-                  f"--num-cpus={worker_cpus}", "--num-gpus=0", f"--resources={resources}", f"--temp-dir={temp_dir}",
-                  f"--object-store-memory={object_store_mb * 2**20}", "--disable-usage-stats", *_node_ports("127.0.0.1")],
-                 netns=ns)
+            _ray_start(cluster, [f"--address={cluster.ray_address}", f"--node-ip-address={node_ip}",
+                                 f"--num-cpus={worker_cpus}", f"--resources={json.dumps({f'node_worker{i}': 1})}", *common,
+                                 *_node_ports("127.0.0.1")],
+                       netns=ns, gloo_if=node_if)
             cluster.nodes.append(Node(f"worker{i}", node_ip, worker_cpus, ns))
             cluster.save()
         if mlflow:
@@ -225,12 +284,15 @@ def start(state_dir: str | Path, workers: int = 1, head_cpus: float = 1, worker_
             store = state / "mlflow"
             store.mkdir(exist_ok=True)
             log = open(state / "mlflow-server.log", "ab")
+            # Host-header allow-list: only the address it listens on (DNS-rebinding protection).
+            hosts = sorted({f"{head_ip}:{mlflow_port}", f"127.0.0.1:{mlflow_port}", f"localhost:{mlflow_port}"})
             process = subprocess.Popen(
                 [_bin("mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
                  "--artifacts-destination", str(store / "artifacts"), "--host", head_ip, "--port", str(mlflow_port),
-                 "--workers", "1"],
-                stdout=log, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+                 "--workers", "1", "--allowed-hosts", ",".join(hosts)],
+                stdout=log, stderr=subprocess.STDOUT, env=_env(token, cluster.loopback), start_new_session=True)
             cluster.pids.append(process.pid)
+            cluster.pgids.append(process.pid)
             cluster.mlflow_uri = f"http://{head_ip}:{mlflow_port}"
             cluster.save()
             _wait_http(f"{cluster.mlflow_uri}/health", timeout=90)
@@ -247,7 +309,7 @@ def _wait_nodes(cluster: LocalCluster, timeout: float) -> None:
     script = ("import ray, json; ray.init(address=%r, logging_level='ERROR'); "
               "print(json.dumps(sum(1 for n in ray.nodes() if n['Alive'])))" % cluster.ray_address)
     while time.time() < deadline:
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env())
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=cluster.process_env())
         if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(len(cluster.nodes))]:
             return
         time.sleep(1)
@@ -263,7 +325,7 @@ def _wait_job_agent(cluster: LocalCluster, timeout: float) -> None:
     last = None
     while time.time() < deadline:
         try:
-            client = JobSubmissionClient(cluster.dashboard_url)
+            client = JobSubmissionClient(cluster.dashboard_url, headers=cluster.auth_headers())
             job = client.submit_job(entrypoint="true")
             while time.time() < deadline:
                 status = client.get_job_status(job)
@@ -279,7 +341,7 @@ def _wait_job_agent(cluster: LocalCluster, timeout: float) -> None:
 
 
 def _processes_of(temp_dir: str) -> list[int]:
-    """Pids of the Ray processes of this cluster: their command lines name its temp/session dir."""
+    """Pids of the Ray processes of this cluster whose command lines name its temp/session dir."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -291,6 +353,35 @@ def _processes_of(temp_dir: str) -> list[int]:
         if temp_dir in cmdline:
             pids.append(int(entry.name))
     return pids
+
+
+def cluster_processes(cluster: LocalCluster) -> list:
+    """Every live process of the cluster (psutil.Process): the members of its recorded process groups, the
+    processes naming its temp dir, the recorded pids, and all their descendants. Ray's agents rename their
+    process titles (`ray::DashboardAgent`), so the groups and the process tree find what names miss."""
+    import psutil
+
+    groups = set(cluster.pgids)
+    roots: dict[int, psutil.Process] = {}
+    for process in psutil.process_iter():
+        try:
+            if process.pid != os.getpid() and os.getpgid(process.pid) in groups:
+                roots[process.pid] = process
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+    for pid in [*_processes_of(cluster.temp_dir), *cluster.pids]:
+        try:
+            roots.setdefault(pid, psutil.Process(pid))
+        except psutil.Error:
+            continue
+    found = dict(roots)
+    for process in roots.values():
+        try:
+            found.update({child.pid: child for child in process.children(recursive=True)})
+        except psutil.Error:
+            continue
+    found.pop(os.getpid(), None)
+    return [p for p in found.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
 def stop_worker_node(cluster: LocalCluster, name: str) -> None:
@@ -322,24 +413,36 @@ def _raylet_tree(cluster: LocalCluster, resource: str) -> list[int]:
     return []
 
 
-def stop(state_dir: str | Path) -> None:
-    """Stop what `start` started from this state dir (idempotent)."""
+def _signal_all(processes: list, sig: int) -> None:
+    import psutil
+
+    for process in processes:
+        try:
+            process.send_signal(sig)
+        except psutil.Error:
+            pass
+
+
+def stop(state_dir: str | Path, grace: float = STOP_GRACE_S) -> None:
+    """Stop what `start` started from this state dir (idempotent): SIGTERM to every process of the cluster,
+    SIGKILL to whatever is left after `grace` seconds, until none remains."""
+    import psutil
+
     state = Path(state_dir).resolve()
     if not (state / STATE_FILE).exists():
         return
     cluster = LocalCluster.load(state)
-    for pid in cluster.pids:
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in _processes_of(cluster.temp_dir):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        time.sleep(1)
+    targets = cluster_processes(cluster)  # the whole tree first: job drivers lose their parent on the way down
+    _signal_all(targets, signal.SIGTERM)
+    _, alive = psutil.wait_procs(targets, timeout=grace)
+    for _ in range(5):  # processes started while shutting down (a raylet restarting a worker) get caught too
+        alive = [p for p in {p.pid: p for p in [*alive, *cluster_processes(cluster)]}.values() if p.is_running()]
+        if not alive:
+            break
+        _signal_all(alive, signal.SIGKILL)
+        _, alive = psutil.wait_procs(alive, timeout=grace)
+    if alive:
+        raise RuntimeError(f"processes of the cluster in {state} survived SIGKILL: {sorted(p.pid for p in alive)}")
     for ns in cluster.netns:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
     for veth in cluster.veths:
@@ -354,7 +457,8 @@ def _format(cluster: LocalCluster) -> str:
     lines = [f"Ray cluster: {len(cluster.nodes)} nodes"]
     lines += [f"  {n.name:8s} {n.ip:15s} {n.cpus:g} CPU  resource node_{n.name}" + (f"  netns {n.netns}" if n.netns else "")
               for n in cluster.nodes]
-    lines += ["", "export " + " ".join(f"{k}={v}" for k, v in cluster.env().items()),
+    lines += ["", f"auth token: {cluster.token_path} (clients need RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={cluster.token_path})",
+              f"environment: eval \"$(python -m distsleep.cluster.local env --state-dir {cluster.state_dir})\"",
               f"ray job submit --address {cluster.dashboard_url} --working-dir . -- python jobs/pretrain.py ...",
               f"stop: cluster/local/stop.sh --state-dir {cluster.state_dir}"]
     return "\n".join(lines)

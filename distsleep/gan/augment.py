@@ -363,15 +363,19 @@ def _complete_existing(manifest_path: Path, request: dict) -> dict | None:
 # ------------------------------------------------------------------------------------------- consumption
 
 
-def load_augmentation(path_or_url) -> tuple[dict, str]:
+def load_augmentation(path_or_url, allow_commands: bool = False) -> tuple[dict, str]:
     """An augmentation manifest and the base its relative shard paths resolve against (its folder).
 
-    `path_or_url`: augmentation.json, its folder, or an fsspec URL of either (read like a shard manifest).
+    `path_or_url`: augmentation.json, its folder, or an fsspec URL of either (read like a shard manifest, so a
+    pipe: entry is refused unless `allow_commands`).
     """
     from distsleep.shards.loader import load_manifest
+    from distsleep.shards.storage import UnsafeEntryError
 
     try:
-        return load_manifest(path_or_url, AUGMENTATION_NAME)
+        return load_manifest(path_or_url, AUGMENTATION_NAME, allow_commands)
+    except UnsafeEntryError as error:
+        raise AugmentationError(str(error)) from error
     except FileNotFoundError as error:
         raise AugmentationError(f"{path_or_url}: no augmentation manifest ({AUGMENTATION_NAME} is written last, so an "
                                 "augmentation job that did not finish leaves none; rerun it)") from error
@@ -379,7 +383,7 @@ def load_augmentation(path_or_url) -> tuple[dict, str]:
         raise AugmentationError(f"{path_or_url}: not a JSON augmentation manifest ({error})") from error
 
 
-def augmented_train_urls(augmentation_manifest, training: dict, channels=None) -> list[str]:
+def augmented_train_urls(augmentation_manifest, training: dict, channels=None, allow_commands: bool = False) -> list[str]:
     """URLs of the synthetic shards to add to a run's *training* stream, after checking they fit its data.
 
     augmentation_manifest: augmentation.json, its folder or a URL (relative shard paths resolve against its
@@ -393,7 +397,7 @@ def augmented_train_urls(augmentation_manifest, training: dict, channels=None) -
     """
     from distsleep.shards.loader import resolve_shard
 
-    augmentation, base = load_augmentation(augmentation_manifest)
+    augmentation, base = load_augmentation(augmentation_manifest, allow_commands)
     where = str(augmentation_manifest)
     if augmentation.get("format") != AUGMENTATION_FORMAT:
         raise AugmentationError(f"{where}: format {augmentation.get('format')!r} is not {AUGMENTATION_FORMAT!r}")

@@ -163,7 +163,7 @@ class _Reservoir:
 def read_training_epochs(manifest: dict, base: str, channels, stages, rank: int, world_size: int,
                          max_per_stage: int, seed: int, source: str = "manifest") -> RealEpochs:
     """This rank's share of the target-stage epochs of the training records (see the module docstring)."""
-    from distsleep.shards.loader import _read_nights, shard_urls
+    from distsleep.shards.loader import _read_nights, shard_checksums, shard_urls
 
     counts = check_training_data(manifest, stages, channels, source)
     per_rank, mode = assign_records(counts, list(stages), world_size)
@@ -174,7 +174,7 @@ def read_training_epochs(manifest: dict, base: str, channels, stages, rank: int,
     reservoirs = {i: _Reservoir(capacity, np.random.default_rng([seed, rank, i])) for i in range(len(stages))}
     seen = {i: 0 for i in range(len(stages))}  # epochs of each stage met so far, for the "epochs" mode stride
     stats = []
-    for night in _read_nights(urls, list(channels)):
+    for night in _read_nights(urls, list(channels), checksums=shard_checksums(subset, base)):
         entry = manifest["records"].get(night.record_id)
         if entry is None or entry["split"] != "train":
             # Never train a generator on validation/test data: that would leak them into augmented training sets.

@@ -134,19 +134,20 @@ def run_gan_training(cfg: GanTrainConfig, address: str | None = None, check_clus
     from distsleep.runtime import connect_ray
     from distsleep.tracking import check_reachable, find_or_create_run
     from distsleep.train.config import default_tracking_uri
-    from distsleep.train.launch import cluster_preflight, fit_tracked, run_storage
+    from distsleep.train.launch import cluster_preflight, fit_tracked, guarded_launch, run_storage
 
     tracking_uri = cfg.tracking_uri or default_tracking_uri()
     check_reachable(tracking_uri)
-    preflight(cfg)
+    manifest = preflight(cfg)
     connect_ray(address)
     if check_cluster:
         cluster_preflight(cfg, tracking_uri)  # reads only fields GanTrainConfig shares with TrainConfig
     storage = run_storage(cfg.storage_path, cfg.name)
     tags = {"job": "physio-gan", "stages": ",".join(cfg.stages), "channels": ",".join(cfg.channels)}
-    run_id, resumed = find_or_create_run(tracking_uri, cfg.experiment, cfg.name, tags=tags)
-    trainer = build_trainer(cfg, run_id, tracking_uri, new_run=not resumed)
-    result, logged = fit_tracked(trainer, cfg, run_id, tracking_uri, storage)
+    with guarded_launch(cfg, manifest, storage):  # one launch per name, the same run, verified checkpoints
+        run_id, resumed = find_or_create_run(tracking_uri, cfg.experiment, cfg.name, tags=tags)
+        trainer = build_trainer(cfg, run_id, tracking_uri, new_run=not resumed)
+        result, logged = fit_tracked(trainer, cfg, run_id, tracking_uri, storage)
     return GanOutcome(run_id=run_id, tracking_uri=tracking_uri, resumed=resumed,
                       metrics={**dict(result.metrics or {}), **logged},
                       checkpoint=result.checkpoint.path if result.checkpoint else None, storage=storage)
@@ -201,6 +202,8 @@ def gan_loop_per_worker(config: dict) -> None:
     from distsleep.gan import model as gm
     from distsleep.gan.data import GanDataError, read_training_epochs, scaling_from_stats, source_band_limits
     from distsleep.gan.psd import compare_psd, psd_png
+    from distsleep.integrity import verify_checksums, write_checksums
+    from distsleep.tracking import BUNDLE_TAG
     from distsleep.shards.loader import load_manifest
     from distsleep.train.loop import worker_context
 
@@ -233,6 +236,7 @@ def gan_loop_per_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:
+            verify_checksums(directory, "the checkpoint to resume from")
             saved = torch.load(Path(directory) / STATE_FILE, map_location=device, weights_only=True)
         generator.load_state_dict(saved["generator"])
         critic.load_state_dict(saved["critic"])
@@ -315,6 +319,7 @@ def gan_loop_per_worker(config: dict) -> None:
                             "step": state["step"], "resumes": state["resumes"]}, Path(directory) / STATE_FILE)
                 torch.save(bundle(), Path(directory) / GENERATOR_FILE)
                 (Path(directory) / "trainer_state.json").write_text(json.dumps(state))
+                write_checksums(directory)
             ray.train.report({"step": state["step"], **metrics},
                              checkpoint=ray.train.Checkpoint.from_directory(directory) if rank == 0 else None)
 
@@ -386,7 +391,8 @@ def gan_loop_per_worker(config: dict) -> None:
                         title=f"Physio-GAN {cfg.name} step {state['step']}: Welch PSD, mean ± 1 SD over epochs")
                 tracker.artifact(folder / "psd_comparison.png")
             torch.save(bundle(), folder / GENERATOR_FILE)
-            tracker.artifact(folder / GENERATOR_FILE, "generator")
+            if tracker.artifact(folder / GENERATOR_FILE, "generator"):
+                tracker.tags({BUNDLE_TAG: f"generator/{GENERATOR_FILE}"})
         tracker.tags({"final_step": str(state["step"])})
         tracker.flush()
     holder = [summary]

@@ -6,8 +6,8 @@ the benchmark measures it against the naive route.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from scipy import signal as sps
 from distsleep.atomic import write_json_atomic
 from distsleep.config import PreprocessConfig
 from distsleep.errors import AnnotationError
+from distsleep.integrity import sha256_file
 from distsleep.shards.format import EVENT_COLUMNS, ShardSample, quantize, write_shard
 from distsleep.signal import resample
 from distsleep.sources.record import Event, Record
@@ -148,12 +149,15 @@ def record_to_sample(record: Record, config: PreprocessConfig) -> ShardSample:
     )
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def source_stamp(source: RecordSource) -> dict:
+    """Size and modification time of a recording's input files: a rerun redoes a record whose inputs
+    changed (another cohort with the same record ids, an edited XML) instead of keeping its old shard."""
+    stamp = {}
+    for role, path in (("signal", source.signal_path), ("annotation", source.annotation_path)):
+        if path is not None:
+            status = os.stat(path)
+            stamp[role] = {"bytes": status.st_size, "mtime_ns": status.st_mtime_ns}
+    return stamp
 
 
 def shard_path(out: Path, record_id: str) -> Path:
@@ -168,9 +172,11 @@ def convert_record(source: RecordSource, config: PreprocessConfig, out: str | Pa
     """Convert one recording and write its shard and summary. Returns the summary.
 
     The summary (written after the shard, both atomically) is the record's completion marker: a rerun
-    skips a record whose summary exists with the same config hash and whose shard has the recorded size.
+    skips a record only when its summary has the same config hash and input stamp and its shard still has
+    the recorded sha256 (see `completed_summary`).
     """
     out = Path(out)
+    stamp = source_stamp(source)
     record = load_record(source, config)
     sample = record_to_sample(record, config)
     shard = shard_path(out, source.record_id)
@@ -187,20 +193,24 @@ def convert_record(source: RecordSource, config: PreprocessConfig, out: str | Pa
         "channels": sample.meta["channels"],
         "kept_epochs": sample.meta["kept_epochs"],
         "config_hash": config.content_hash(),
+        "source": stamp,
         "notes": list(record.problems),
     }
     write_json_atomic(summary_path(out, source.record_id), summary)
     return summary
 
 
-def completed_summary(out: Path, record_id: str, config_hash: str) -> dict | None:
-    """The summary of a record already converted with this config, or None if it must be (re)done."""
-    path = summary_path(out, record_id)
+def completed_summary(out: Path, source: RecordSource, config_hash: str) -> dict | None:
+    """The summary of a record already converted with this config from these input files, whose shard is
+    still the one written (same sha256), or None if it must be (re)done."""
+    path = summary_path(out, source.record_id)
     try:
         summary = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     shard = out / summary.get("shard", "")
-    if summary.get("config_hash") != config_hash or not shard.is_file() or shard.stat().st_size != summary.get("bytes"):
+    if (summary.get("config_hash") != config_hash or summary.get("source") != source_stamp(source)
+            or not shard.is_file() or shard.stat().st_size != summary.get("bytes")
+            or sha256_file(shard) != summary.get("sha256")):
         return None
     return summary

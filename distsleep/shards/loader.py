@@ -23,6 +23,7 @@ torch.distributed. Tests and Ray Train then behave the same, and the stream is r
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -38,7 +39,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from distsleep.errors import MissingChannelError
 from distsleep.shards.format import decode_sample
-from distsleep.shards.storage import is_remote, read_bytes, scheme, tar_samples
+from distsleep.shards.storage import check_entry, is_remote, read_bytes, scheme, tar_samples
 
 SPLITS = ("train", "val", "test")
 MANIFEST_NAME = "manifest.json"
@@ -51,12 +52,14 @@ def _has_scheme(location: str) -> bool:
     return scheme(location) is not None
 
 
-def load_manifest(path_or_url: str | Path, name: str = MANIFEST_NAME) -> tuple[dict, str]:
+def load_manifest(path_or_url: str | Path, name: str = MANIFEST_NAME, allow_commands: bool = False) -> tuple[dict, str]:
     """The manifest and the base its relative shard paths resolve against (its folder).
 
     `path_or_url` is a manifest file, a folder holding `name` (default manifest.json; augmentations use
     augmentation.json), or an fsspec URL (s3://, gs://, http(s):// ...; see `storage.py`). `pipe:` is refused
-    because a shell command has no folder to resolve relative shard paths against.
+    because a shell command has no folder to resolve relative shard paths against. Every shard entry is
+    checked by `storage.check_entry`: `pipe:` commands and schemes outside the allow-list are refused unless
+    `allow_commands` (the user's --allow-shard-commands).
     """
     location = str(path_or_url)
     if scheme(location) == "pipe":
@@ -65,13 +68,30 @@ def load_manifest(path_or_url: str | Path, name: str = MANIFEST_NAME) -> tuple[d
         if location.endswith("/"):
             location += name
         manifest = json.loads(read_bytes(location))
-        return manifest, location.rsplit("/", 1)[0]
-    path = Path(re.sub(r"^file:(//)?", "", location))
-    if path.is_dir():
-        path = path / name
-    with open(path, "rb") as stream:
-        manifest = json.load(stream)
-    return manifest, str(path.resolve().parent)
+        base = location.rsplit("/", 1)[0]
+    else:
+        path = Path(re.sub(r"^file:(//)?", "", location))
+        if path.is_dir():
+            path = path / name
+        with open(path, "rb") as stream:
+            manifest = json.load(stream)
+        location, base = str(path), str(path.resolve().parent)
+    for entry, shard in shard_entries(manifest):
+        check_entry(str(shard["shard"]), location, entry, allow_commands)
+    return manifest, base
+
+
+def shard_entries(manifest: dict) -> list[tuple[str, dict]]:
+    """(description, entry) of every shard a manifest lists: a preprocessing manifest's records or an
+    augmentation's shards; each entry has "shard" (path or URL) and, when written by distsleep, "sha256"."""
+    entries = [(f"record {rid}", e) for rid, e in sorted(manifest.get("records", {}).items()) if isinstance(e, dict)]
+    entries += [(f"shard entry {i}", e) for i, e in enumerate(manifest.get("shards", [])) if isinstance(e, dict)]
+    return [(name, e) for name, e in entries if "shard" in e]
+
+
+def shard_checksums(manifest: dict, base: str) -> dict[str, str]:
+    """Resolved shard location -> sha256 recorded by the manifest's writer, for the loader to verify."""
+    return {resolve_shard(str(e["shard"]), base): str(e["sha256"]) for _, e in shard_entries(manifest) if e.get("sha256")}
 
 
 def shard_urls(manifest: dict, split: str, base: str, records=None) -> list[str]:
@@ -147,6 +167,10 @@ class LoaderConfig:
     `normalization` "uv" yields µV; "robust" yields (µV - median) / IQR with each recording's own
     per-channel median and inter-quartile range, computed over the whole night at preprocessing time
     (`meta["channel_stats"]`), so a window is scaled the same wherever it was cut from.
+
+    `checksums` (shard location -> sha256, from `shard_checksums`) makes the reader check each shard's bytes
+    before decoding them; `verify` says which: "local" files (default; the hash costs a few ms per shard),
+    "all" (remote shards too: each is read into memory and hashed) or "none".
     """
 
     seq_len: int = 21
@@ -158,8 +182,14 @@ class LoaderConfig:
     stride: int | None = None
     windows_per_visit: int | None = None
     normalization: str = "uv"
+    checksums: dict[str, str] | None = None
+    verify: str = "local"
 
     def __post_init__(self) -> None:
+        from distsleep.shards.storage import VERIFY_MODES
+
+        if self.verify not in VERIFY_MODES:
+            raise ValueError(f"LoaderConfig.verify must be one of {VERIFY_MODES}, not {self.verify!r}")
         if self.normalization not in ("uv", "robust"):
             raise ValueError(f"LoaderConfig.normalization must be 'uv' or 'robust', not {self.normalization!r}")
         for name in ("seq_len", "batch_size", "shuffle_buffer"):
@@ -272,11 +302,17 @@ def _load_night(raw: dict, channels: Sequence[int | str] | None, normalization: 
     )
 
 
-def _read_nights(urls: list[str], channels: Sequence[int | str] | None, normalization: str = "uv") -> Iterator[_Night]:
+def _shard_reader(checksums: dict[str, str] | None, verify: str = "local"):
+    """The pipeline stage that opens shards (verified against `checksums` as `verify` says)."""
+    return functools.partial(tar_samples, checksums=checksums, verify=verify)
+
+
+def _read_nights(urls: list[str], channels: Sequence[int | str] | None, normalization: str = "uv",
+                 checksums: dict[str, str] | None = None, verify: str = "local") -> Iterator[_Night]:
     """Nights of `urls` in the given order, read once (no shuffle, no resampling, no node split)."""
     if not urls:
         return
-    pipeline = wds.DataPipeline(wds.SimpleShardList(urls), tar_samples)
+    pipeline = wds.DataPipeline(wds.SimpleShardList(urls), _shard_reader(checksums, verify))
     for raw in pipeline:
         yield _load_night(raw, channels, normalization)
 
@@ -410,7 +446,7 @@ class TrainStream(IterableDataset):
         cfg = self.cfg
         return wds.DataPipeline(
             wds.ResampledShards(self.urls, seed=shard_seed, worker_seed=_zero, deterministic=True),
-            tar_samples,
+            _shard_reader(cfg.checksums, cfg.verify),
             wds.map(lambda raw: _load_night(raw, cfg.channels, cfg.normalization)),
             lambda nights: _windows(nights, cfg.seq_len, random.Random(window_seed), len(self.urls), cfg.windows_per_visit),
             # initial = bufsize: the first batches would otherwise all come from the first night
@@ -560,7 +596,7 @@ def eval_sequences(urls: Sequence[str], cfg: LoaderConfig, world_size: int, rank
     each exactly once. Ranks may yield different counts, so do not run collectives inside the pass.
     """
     _check_rank(world_size, rank)
-    for night in _read_nights(sorted(urls)[rank::world_size], cfg.channels, cfg.normalization):
+    for night in _read_nights(sorted(urls)[rank::world_size], cfg.channels, cfg.normalization, cfg.checksums, cfg.verify):
         yield from _night_sequences(_check_real(night), cfg.seq_len, cfg.eval_stride)
 
 
@@ -602,7 +638,8 @@ class EvalStream(IterableDataset):
     def __iter__(self) -> Iterator[EvalBatch]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        nights = _read_nights(self.urls[worker::num_workers], self.cfg.channels, self.cfg.normalization)
+        nights = _read_nights(self.urls[worker::num_workers], self.cfg.channels, self.cfg.normalization,
+                              self.cfg.checksums, self.cfg.verify)
         sequences = (seq for night in nights for seq in _night_sequences(_check_real(night), self.cfg.seq_len,
                                                                          self.cfg.eval_stride))
         yield from _batched(sequences, self.batch_size)

@@ -3,8 +3,13 @@
 One Ray task per recording (bounded CPUs and memory each). Ray retries a task whose worker process died
 (system failure); a recording that is itself bad (unreadable, no C4 channel, no annotations) fails once,
 lands in failures.jsonl with a message naming the file, and the others go on. A rerun skips recordings
-whose summary says they were done with the same config, so a job killed at any point — driver or
-worker — completes on the next run, and the bytes of every shard depend only on its inputs and config.
+whose summary says they were done with the same config from the same input files (and whose shard still
+has its sha256), so a job killed at any point — driver or worker — completes on the next run, and the bytes
+of every shard depend only on its inputs and config.
+
+One job per output folder: the driver holds OUT/.preprocess.lock for the whole run (a second job into the
+same --out is refused and told who holds it), and a folder whose manifest was made with another
+preprocessing or split config is refused unless `overwrite` says to replace it: two datasets never mix.
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ from tqdm import tqdm
 
 from distsleep.config import PreprocessConfig, SplitConfig
 from distsleep.errors import InputError
-from distsleep.shards.splits import published_splits, read_split_file
-from distsleep.sources.subjects import subject_of, visit_of
+from distsleep.atomic import TEMP_MARK, write_json_atomic
+from distsleep.locks import LockHeld, exclusive_lock
 from distsleep.runtime import connect_ray
 from distsleep.shards.convert import RecordSource, completed_summary, convert_record
-from distsleep.atomic import write_json_atomic
 from distsleep.shards.manifest import FAILURES_NAME, MANIFEST_NAME, build_manifest, selection_reason
+from distsleep.shards.splits import published_splits, read_split_file
+from distsleep.sources.subjects import subject_of, visit_of
 from distsleep.stages import STAGE_NAMES
 
 
@@ -92,15 +98,62 @@ def convert_task(source: RecordSource, config: PreprocessConfig, out: str) -> di
                 "message": f"{source.signal_path}: {error}", "traceback": traceback.format_exc(limit=3)}
 
 
+LOCK_NAME = ".preprocess.lock"
+
+
+class OutputConflict(RuntimeError):
+    """The output folder is in use by another job or holds a dataset made with another config."""
+
+
 def _clean_stale_temporaries(out: Path) -> None:
-    """Temporary files of a killed run are garbage: their final names were never written."""
-    for pattern in ("shards/.*.tmp-*", "records/.*.tmp-*", ".*.tmp-*"):
+    """Temporary files of a killed run are garbage: their final names were never written. Only called under
+    the folder's lock, so no running job's temporaries are among them."""
+    for pattern in (f"shards/.*{TEMP_MARK}*", f"records/.*{TEMP_MARK}*", f".*{TEMP_MARK}*"):
         for path in out.glob(pattern):
             path.unlink(missing_ok=True)
 
 
+def check_same_config(out: Path, config: PreprocessConfig, split: SplitConfig) -> None:
+    """Refuse to add to a folder whose manifest was built with another preprocessing or split config."""
+    import json
+
+    try:
+        existing = json.loads((out / MANIFEST_NAME).read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as error:
+        raise OutputConflict(f"{out / MANIFEST_NAME}: unreadable ({error}); remove it or pass --overwrite") from error
+    differences = []
+    if existing.get("config_hash") != config.content_hash():
+        before = existing.get("config", {}).get("preprocess", {})
+        differences += [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in config.to_dict().items() if before.get(k) != v]
+    before_split = existing.get("config", {}).get("split", {})
+    differences += [f"split {k}: {before_split.get(k)!r} -> {v!r}" for k, v in split.to_dict().items()
+                    if before_split.get(k) != v]
+    if differences:
+        raise OutputConflict(f"{out} holds shards made with another config ({'; '.join(differences)}); "
+                             "choose another --out, or pass --overwrite to replace that dataset")
+
+
 def run_preprocess(root: str | Path, out: str | Path, config: PreprocessConfig, split: SplitConfig,
-                   limit: int | None = None, cluster: ClusterOptions = ClusterOptions(), progress: bool = True) -> PreprocessResult:
+                   limit: int | None = None, cluster: ClusterOptions = ClusterOptions(), progress: bool = True,
+                   overwrite: bool = False) -> PreprocessResult:
+    """Preprocess every recording under `root` into `out` (see the module docstring). Raises OutputConflict
+    when another job holds `out` or (unless `overwrite`) `out` holds a dataset made with another config."""
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with exclusive_lock(out / LOCK_NAME, f"the output folder {out}",
+                            "wait for that job to finish or choose another --out"):
+            if not overwrite:
+                check_same_config(out, config, split)
+            return _run_locked(root, out, config, split, limit, cluster, progress)
+    except LockHeld as error:
+        raise OutputConflict(str(error)) from None
+
+
+def _run_locked(root: str | Path, out: Path, config: PreprocessConfig, split: SplitConfig, limit: int | None,
+                cluster: ClusterOptions, progress: bool) -> PreprocessResult:
     import ray
 
     t0 = time.perf_counter()
@@ -119,7 +172,7 @@ def run_preprocess(root: str | Path, out: str | Path, config: PreprocessConfig, 
     summaries: dict[str, dict] = {}
     todo: list[RecordSource] = []
     for source in sources:
-        done = completed_summary(out, source.record_id, config_hash)
+        done = completed_summary(out, source, config_hash)
         if done is None:
             todo.append(source)
         else:

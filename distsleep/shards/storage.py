@@ -1,21 +1,41 @@
-"""Opening shards and manifests wherever they live: local paths, `pipe:` commands, or fsspec URLs.
+"""Opening shards and manifests wherever they live: local paths, fsspec URLs, or (opted in) `pipe:` commands.
 
     /data/shards/shhs1-200001.tar            local path (or file://...)
-    pipe:aws s3 cp s3://bucket/x.tar -       a command whose stdout is the tar (webdataset's pipe:)
-    s3://bucket/shards/shhs1-200001.tar      any fsspec protocol: s3 (needs s3fs), gs/gcs (gcsfs),
-    gs://..., az://..., http(s)://...        az/abfs (adlfs), http(s) (aiohttp, installed), ...
+    s3://bucket/shards/shhs1-200001.tar      an fsspec protocol of the allow-list: s3 (needs s3fs), gs/gcs
+    gs://..., az://..., http(s)://...        (gcsfs), az/abfs (adlfs), http(s) (aiohttp, installed), hf
+    pipe:aws s3 cp s3://bucket/x.tar -       a command whose stdout is the tar (webdataset's pipe:); only
+                                             with --allow-shard-commands, see `check_entry`
 
 Training on a cluster then streams straight from a bucket or a shared filesystem without a copy step.
 Credentials come from the usual places of each library (environment, instance roles), never from URLs
 written to logs.
+
+Manifests and augmentation files are data, and data must not run commands: a `pipe:` entry runs in a shell
+on every node that reads it, and exotic fsspec schemes can do as much. Entries are therefore checked when a
+manifest is loaded (`check_entry`); and when a manifest lists a shard's sha256, the bytes read are checked
+against it before they are decoded (`tar_samples`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import re
 from typing import IO, Any, Iterable, Iterator
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+# Where a manifest entry may point without an opt-in: paths and storage that can only be read.
+READ_SCHEMES = ("file", "s3", "gs", "gcs", "az", "abfs", "abfss", "http", "https", "hf")
+COMMANDS_OPTION = "--allow-shard-commands"
+VERIFY_MODES = ("local", "all", "none")  # which shards are checked against their recorded sha256
+
+
+class UnsafeEntryError(ValueError):
+    """A manifest entry would run a command or open an unexpected kind of URL."""
+
+
+class ShardChecksumError(ValueError):
+    """A shard's bytes differ from the sha256 its manifest recorded."""
 
 
 def scheme(location: str) -> str | None:
@@ -28,6 +48,18 @@ def scheme(location: str) -> str | None:
 def is_remote(location: str) -> bool:
     """True for locations other nodes may reach by themselves (not a local path or file: URL)."""
     return scheme(location) not in (None, "file")
+
+
+def check_entry(location: str, manifest: str, entry: str, allow_commands: bool = False) -> None:
+    """Refuse a shard entry of `manifest` that is a `pipe:` command or a URL whose scheme is not in
+    READ_SCHEMES, unless the user opted in (`allow_commands`, the command line's --allow-shard-commands)."""
+    kind = scheme(location)
+    if kind is None or kind in READ_SCHEMES or allow_commands:
+        return
+    what = ("a pipe: command, which would run in a shell on every node that reads it" if kind == "pipe"
+            else f"a {kind}: URL, a scheme outside the shard allow-list ({', '.join(READ_SCHEMES)} and plain paths)")
+    raise UnsafeEntryError(f"{manifest}: {entry} is {location[:200]!r}, {what}; refused. If you trust this file "
+                           f"and want it to do that, pass {COMMANDS_OPTION}")
 
 
 def open_binary(location: str) -> IO[bytes]:
@@ -56,14 +88,38 @@ def read_bytes(location: str) -> bytes:
         return stream.read()
 
 
-def _open_streams(samples: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+def should_verify(location: str, mode: str) -> bool:
+    """Whether a shard at `location` is checked against its sha256 in verify mode `mode` ("local": local
+    files only, the default; "all": URLs too, which reads each shard into memory first; "none")."""
+    if mode not in VERIFY_MODES:
+        raise ValueError(f"shard verification must be one of {VERIFY_MODES}, not {mode!r}")
+    return mode == "all" or (mode == "local" and not is_remote(location))
+
+
+def open_verified(location: str, sha256: str) -> IO[bytes]:
+    """The shard's bytes, read whole and checked against `sha256` before anything parses them."""
+    data = read_bytes(location)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise ShardChecksumError(f"{location}: sha256 {actual[:16]}... differs from the {sha256[:16]}... its manifest "
+                                 "recorded: the shard changed after preprocessing (corrupted, replaced or half-copied); "
+                                 "rerun `distsleep preprocess` into its folder to rebuild it")
+    return io.BytesIO(data)
+
+
+def _open_streams(samples: Iterable[dict[str, Any]], checksums: dict[str, str] | None, verify: str) -> Iterator[dict[str, Any]]:
     for sample in samples:
-        yield {**sample, "stream": open_binary(sample["url"])}
+        url = sample["url"]
+        expected = (checksums or {}).get(url)
+        stream = open_verified(url, expected) if expected and should_verify(url, verify) else open_binary(url)
+        yield {**sample, "stream": stream}
 
 
-def tar_samples(samples: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+def tar_samples(samples: Iterable[dict[str, Any]], checksums: dict[str, str] | None = None,
+                verify: str = "local") -> Iterator[dict[str, Any]]:
     """webdataset pipeline stage: {'url': ...} items -> samples (like wds.tarfile_to_samples, but every
-    location is opened by `open_binary`, so fsspec URLs work and errors name the shard)."""
+    location is opened by `open_binary`, so fsspec URLs work and errors name the shard). A url with an entry
+    in `checksums` is verified first when `should_verify(url, verify)`."""
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
-    return group_by_keys(tar_file_expander(_open_streams(samples)))
+    return group_by_keys(tar_file_expander(_open_streams(samples, checksums, verify)))

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from distsleep.errors import EdfFormatError, MissingChannelError
+from distsleep.sources.record import checked_seconds
 
 ANNOTATION_LABEL = "EDF Annotations"
 _FIXED_HEADER_BYTES = 256
@@ -290,6 +291,11 @@ def read_header(path: str | Path) -> EdfHeader:
     for s in signals:
         if s.samples_per_record < 0:
             raise EdfFormatError(path, f"signal {s.label!r} has a negative number of samples per record ({s.samples_per_record})")
+        if s.digital_min > s.digital_max and not s.is_annotation:
+            # EDF inverts polarity through the physical range only; a reversed digital range is a corrupt header,
+            # and reading it would flip the signal without a word.
+            raise EdfFormatError(path, f"signal {s.label!r} has digital minimum {s.digital_min} > digital maximum "
+                                       f"{s.digital_max}: the header is corrupt (its samples would be read upside down)")
     record_bytes = 2 * sum(s.samples_per_record for s in signals)
     if record_bytes == 0:
         raise EdfFormatError(path, "every signal has 0 samples per data record (zero-length signals)")
@@ -404,6 +410,8 @@ def _parse_tals(path: Path, raw: bytes, record: int) -> list[_Tal]:
             raise EdfFormatError(path, f"data record {record}: malformed EDF+ annotation timing {timing[:40]!r}") from None
         if onset_raw[:1] not in (b"+", b"-"):
             raise EdfFormatError(path, f"data record {record}: EDF+ annotation onset {onset_raw!r} lacks its sign")
+        checked_seconds(path, onset, f"data record {record}: EDF+ annotation onset")
+        checked_seconds(path, duration, f"data record {record}: EDF+ annotation duration", duration=True)
         texts = []
         for text in parts[1:]:
             try:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from distsleep.errors import AnnotationError
-from distsleep.sources.record import Event
+from distsleep.sources.record import Event, checked_seconds
 from distsleep.stages import EPOCH_SECONDS, RK_CODE_TO_STAGE, stage_counts
 
 NSRR_ROOT = "PSGAnnotation"
@@ -121,13 +121,15 @@ def read_annotations(path: str | Path) -> Annotations:
 
 
 def _float(path: Path, element: ET.Element, tag: str, where: str) -> float:
+    """<Start> / <Duration> in seconds: a number (AnnotationError), finite and plausible (ImpossibleValueError)."""
     raw = element.findtext(tag)
     if raw is None or not raw.strip():
         raise AnnotationError(path, f"{where}: missing <{tag}>")
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise AnnotationError(path, f"{where}: <{tag}> is not a number: {raw.strip()!r}") from None
+    return checked_seconds(path, value, f"{where}: <{tag}>", duration=tag == "Duration")
 
 
 def _epoch_length(path: Path, root: ET.Element) -> float:

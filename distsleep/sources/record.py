@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from distsleep.errors import ImpossibleValueError
 from distsleep.stages import EPOCH_SECONDS, stage_counts
+
+# No recording lasts a week; annotation times beyond this are corrupt, and believing them would build
+# per-epoch arrays of billions of entries.
+MAX_RECORDING_SECONDS = 7 * 24 * 3600.0
+
+
+def checked_seconds(path: str | Path, value: float, what: str, duration: bool = False) -> float:
+    """`value` (seconds) if it is finite, within a week and (durations) not negative; else ImpossibleValueError
+    naming the file, the value and what it is."""
+    if not math.isfinite(value) or abs(value) > MAX_RECORDING_SECONDS or (duration and value < 0):
+        limit = "between 0 and" if duration else "within ±"
+        raise ImpossibleValueError(path, f"{what} is {value:g} s, not a finite time {limit} {MAX_RECORDING_SECONDS:g} s "
+                                         "(7 days): the file is corrupt")
+    return value
 
 
 @dataclass

@@ -123,12 +123,13 @@ def collect(tracking_uri: str, *, sweep: str | None = None, experiment: str | No
             run_ids: list[str] | None = None, with_confusion: bool = True) -> list[Row]:
     """Rows for a sweep (its trials + baseline), an experiment (every run with test metrics), or run ids."""
     from distsleep.sweep.trial import KIND_TAG, SWEEP_TAG
-    from distsleep.tracking import client
+    from distsleep.tracking import client, tag_filter, with_tag
 
     c = client(tracking_uri)
     rows: list[Row] = []
     if sweep:
-        runs = c.search_runs(_all_experiment_ids(c), filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}'", max_results=5000)
+        runs = with_tag(c.search_runs(_all_experiment_ids(c), filter_string=tag_filter(SWEEP_TAG, sweep), max_results=5000),
+                        SWEEP_TAG, sweep)
         parents = [r for r in runs if r.data.tags.get(KIND_TAG) == "sweep"]
         trials = [r for r in runs if r.data.tags.get(KIND_TAG) == "trial"]
         if not parents and not trials:

@@ -2,7 +2,9 @@
 stopped trials, the YASA baseline, and the comparison logged to the parent run.
 
 Layout under the storage path (a shared filesystem on clusters):
-    STORAGE/NAME/                Ray Tune experiment (trial state; relaunching NAME restores it)
+    STORAGE/NAME/                Ray Tune experiment (trial state; relaunching NAME restores it after checking
+                                 it against checksums-tune-state.json, see state.py)
+    STORAGE/NAME/.launch.lock    held by the sweep's driver: a second launch of NAME at once is refused
     STORAGE/NAME/train/          Ray Train runs of every trial's stages (checkpoints)
 Every trial reads the same shards (one manifest); nothing is copied per trial.
 """
@@ -14,6 +16,7 @@ import json
 import logging
 import math
 import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,12 +141,12 @@ def _log_baseline(cfg: SweepConfig, uri: str, parent_run_id: str) -> None:
 
 def _close_unfinished_trials(uri: str, experiment: str, sweep: str, states: dict[str, str]) -> None:
     """Trial and stage runs left RUNNING by trials Tune stopped or that failed: mark them KILLED/FAILED."""
-    from distsleep.tracking import client
+    from distsleep.tracking import client, tag_filter, with_tag
 
     c = client(uri)
     exp = c.get_experiment_by_name(experiment)
-    runs = c.search_runs([exp.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}' and attributes.status = 'RUNNING'",
-                         max_results=5000)
+    runs = with_tag(c.search_runs([exp.experiment_id], filter_string=f"{tag_filter(SWEEP_TAG, sweep)} and attributes.status = 'RUNNING'",
+                                  max_results=5000), SWEEP_TAG, sweep)
     for run in runs:
         trial = run.data.tags.get(TRIAL_TAG)
         state = states.get(trial)
@@ -180,13 +183,11 @@ def record_selection(logger, rows) -> None:
 
 
 def run_sweep(cfg: SweepConfig, address: str | None = None, out_dir: str | Path | None = None) -> SweepOutcome:
-    from ray import tune
-
+    from distsleep.locks import LockHeld
     from distsleep.runtime import connect_ray
-    from distsleep.sweep import compare
-    from distsleep.tracking import RunLogger, check_reachable
+    from distsleep.tracking import check_reachable
     from distsleep.train.config import default_tracking_uri
-    from distsleep.train.launch import _preflight, cluster_preflight
+    from distsleep.train.launch import LaunchError, _preflight, cluster_preflight
 
     uri = cfg.train.tracking_uri or default_tracking_uri()
     cfg.train.tracking_uri = uri
@@ -203,6 +204,52 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, out_dir: str | Path 
     if max_concurrent > 1 and uri.startswith("sqlite"):
         log.warning("%d trials at once write to one SQLite file (%s); on clusters use an MLflow server "
                     "(cluster/local/start.sh starts one)", max_concurrent, uri)
+    storage = cfg.train.storage_path
+    experiment_dir = f"{storage.rstrip('/')}/{cfg.name}"
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(_sweep_lock(experiment_dir, cfg.name))
+        except LockHeld as error:
+            raise LaunchError(str(error)) from error
+        return _run_locked(cfg, uri, max_concurrent, experiment_dir, out_dir)
+
+
+def _sweep_lock(experiment_dir: str, name: str):
+    """One launch of a sweep name at a time (a URL storage path cannot be locked here)."""
+    from contextlib import nullcontext
+
+    from distsleep.locks import exclusive_lock
+
+    if "://" in experiment_dir:
+        return nullcontext()
+    return exclusive_lock(Path(experiment_dir) / ".launch.lock", f"sweep {name!r} ({experiment_dir})",
+                          "wait for that launch to end, or give this one another --name")
+
+
+def _verify_tune_state(experiment_dir: str) -> None:
+    """The Tune state a restore would unpickle matches the checksums recorded when Tune wrote it (LaunchError
+    if not). A URL storage path is not listed here."""
+    from distsleep.integrity import IntegrityError
+    from distsleep.sweep.state import verify_tune_state
+    from distsleep.train.launch import LaunchError
+
+    if "://" not in experiment_dir:
+        try:
+            verify_tune_state(experiment_dir)
+        except IntegrityError as error:
+            raise LaunchError(str(error)) from error
+
+
+def _run_locked(cfg: SweepConfig, uri: str, max_concurrent: int, experiment_dir: str, out_dir) -> SweepOutcome:
+    from ray import tune
+
+    from distsleep.sweep import compare
+    from distsleep.sweep.state import StateChecksums
+    from distsleep.tracking import RunLogger
+
+    restoring = tune.Tuner.can_restore(experiment_dir)
+    if restoring:
+        _verify_tune_state(experiment_dir)  # before anything is unpickled or changed
     parent_run_id, resumed = _parent_run(cfg, uri)
     if cfg.baseline:
         _log_baseline(cfg, uri, parent_run_id)
@@ -213,9 +260,7 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, out_dir: str | Path 
     # on a 2-CPU machine.
     trainable = tune.with_resources(tune.with_parameters(sweep_trial, sweep=cfg.to_dict(), parent_run_id=parent_run_id),
                                     {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY})
-    storage = cfg.train.storage_path
-    experiment_dir = f"{storage.rstrip('/')}/{cfg.name}"
-    if tune.Tuner.can_restore(experiment_dir):
+    if restoring:
         log.info("sweep %s: resuming from %s (finished trials are kept)", cfg.name, experiment_dir)
         tuner = tune.Tuner.restore(experiment_dir, trainable, resume_unfinished=True, restart_errored=True)
         resumed = True
@@ -232,7 +277,8 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, out_dir: str | Path 
             tune_config=tune.TuneConfig(metric=tune_metric, mode="max", scheduler=scheduler, num_samples=cfg.num_samples,
                                         max_concurrent_trials=max_concurrent,
                                         trial_dirname_creator=lambda trial: trial.trial_id),
-            run_config=tune.RunConfig(name=cfg.name, storage_path=storage, verbose=1),
+            run_config=tune.RunConfig(name=cfg.name, storage_path=cfg.train.storage_path, verbose=1,
+                                      callbacks=[StateChecksums()]),
         )
     results = tuner.fit()
     trials = _trial_states(results, tune_metric)

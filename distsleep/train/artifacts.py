@@ -21,6 +21,7 @@ def make_bundle(cfg, model_cfg, weights: dict, manifest: dict, roles) -> dict:
     Only tensors and plain Python values, so it loads with torch.load(weights_only=True).
     """
     from distsleep.models import model_normalization
+    from distsleep.train.identity import bundle_data
 
     return {
         "format": BUNDLE_FORMAT,
@@ -34,6 +35,7 @@ def make_bundle(cfg, model_cfg, weights: dict, manifest: dict, roles) -> dict:
         "stage": cfg.stage,
         "task": getattr(cfg, "task", "staging"),
         "normalization": model_normalization(cfg.model),
+        "data": bundle_data(manifest),  # what it was trained on: a run starting from it checks its splits against this
     }
 
 
@@ -69,7 +71,10 @@ def write_run_artifacts(directory: Path, *, cfg, model_cfg, ds_config, manifest,
     dump("config.json", {"train": cfg.to_dict(), "model": model_cfg.to_dict(), "deepspeed": ds_config})
     dump("environment.json", _environment(world, cfg))
     splits = {s: sorted(r for r, e in manifest["records"].items() if e["split"] == s) for s in ("train", "val", "test")}
+    from distsleep.train.identity import manifest_hash
+
     dump("data.json", {"manifest_config_hash": manifest.get("config_hash"), "manifest_code_version": manifest.get("code_version"),
+                       "manifest_hash": manifest_hash(manifest),
                        "shards": cfg.shards, "channels": list(roles), "records": splits,
                        "evaluated_test_records": sorted(predictions.labels),
                        # synthetic epochs: training stream only (never validation/test), with their provenance

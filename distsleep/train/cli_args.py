@@ -47,6 +47,18 @@ def run_job(command: str, job, refused: tuple = ()):
         return None, 1
 
 
+def add_shard_safety_arguments(g) -> None:
+    """--allow-shard-commands and --verify-shards, shared by every job that reads shards."""
+    from distsleep.shards.storage import COMMANDS_OPTION, READ_SCHEMES, VERIFY_MODES
+
+    g.add_argument(COMMANDS_OPTION, action="store_true",
+                   help="accept manifest/augmentation entries that are pipe: commands or URLs outside the allow-list "
+                        f"({', '.join(READ_SCHEMES)}); they run or open whatever the file says, so only for files you trust")
+    g.add_argument("--verify-shards", choices=VERIFY_MODES, default="local",
+                   help="check shards against the sha256 in their manifest before decoding: local files (default), "
+                        "all (remote too: each shard is read into memory first) or none")
+
+
 def add_train_arguments(p: argparse.ArgumentParser, stage: str | None = None) -> None:
     d = _DEFAULTS
     g = p.add_argument_group("what to train")
@@ -79,6 +91,7 @@ def add_train_arguments(p: argparse.ArgumentParser, stage: str | None = None) ->
     g.add_argument("--augment-shards", nargs="+", default=[], metavar="AUGMENTATION",
                    help="augmentation.json (or its folder) of `distsleep gan augment`: its synthetic epochs join the "
                         "training stream only, never validation or test")
+    add_shard_safety_arguments(g)
     g = p.add_argument_group("optimisation")
     g.add_argument("--max-steps", type=int, default=d.max_steps)
     g.add_argument("--val-every", type=int, default=d.val_every, help="validate and checkpoint every N steps")
@@ -123,7 +136,8 @@ def config_from_args(args: argparse.Namespace, stage: str | None = None) -> Trai
         init_parts=parse_set(args.init_part, "--init-part", str), task=args.task, finetune_mode=args.finetune_mode,
         label_fraction=args.label_fraction, channels=args.channels,
         batch_size=args.batch_size, loader_workers=args.loader_workers, shuffle_buffer=args.shuffle_buffer,
-        augment_shards=args.augment_shards,
+        augment_shards=args.augment_shards, allow_shard_commands=args.allow_shard_commands,
+        verify_shards=args.verify_shards,
         max_steps=args.max_steps, val_every=args.val_every, early_stop_patience=args.early_stop_patience,
         select_metric=args.select_metric, lr=args.lr, lr_scaling=args.lr_scaling, lr_reference_batch=args.lr_reference_batch,
         weight_decay=args.weight_decay, schedule=args.schedule,

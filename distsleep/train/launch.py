@@ -2,11 +2,16 @@
 
 A run is identified by its name under the storage path. Launching a name whose run directory already
 holds checkpoints resumes from the latest one (Ray Train V2 restores the run from
-RunConfig(storage_path, name)); the MLflow run of an unfinished launch is reused too.
+RunConfig(storage_path, name)); the MLflow run of an unfinished launch is reused too. `identity.py` makes
+sure such a relaunch is the same run (same data and config), that one launch of a name runs at a time,
+that its checkpoints are what was written, and that an --init-from source never trained on this run's
+validation or test records.
 """
 
 from __future__ import annotations
 
+import logging
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +24,9 @@ class LaunchError(RuntimeError):
 
 class TrainingFailed(RuntimeError):
     """Training stopped with an error (after any --max-failures restarts); the message says how to resume."""
+
+
+log = logging.getLogger("distsleep.train")
 
 
 # A dead node shows up as the dead rank's actor error and/or the survivors' broken collectives.
@@ -79,24 +87,28 @@ class TrainingOutcome:
     storage: str
 
 
-def open_manifest(shards: str) -> dict:
+def open_manifest(shards: str, allow_commands: bool = False) -> dict:
     """The shard manifest of a job about to launch, or a LaunchError saying what is wrong with it."""
     from distsleep.shards.loader import load_manifest
+    from distsleep.shards.storage import UnsafeEntryError
 
     if not shards:
         raise LaunchError("no shards given: pass --shards PATH/TO/manifest.json (the output of `distsleep preprocess`)")
     try:
-        manifest, _ = load_manifest(shards)
+        manifest, _ = load_manifest(shards, allow_commands=allow_commands)
+    except UnsafeEntryError as error:
+        raise LaunchError(str(error)) from error
     except Exception as error:
         raise LaunchError(f"cannot read the shard manifest {shards}: {error}") from error
     return manifest
 
 
-def _preflight(cfg: TrainConfig) -> None:
+def _preflight(cfg: TrainConfig) -> dict:
+    """Checks of the run's data and options before anything starts; returns the shard manifest."""
     from distsleep.shards.loader import labelled_records
     from distsleep.train.loop import augmented_urls, input_roles, model_config
 
-    manifest = open_manifest(cfg.shards)
+    manifest = open_manifest(cfg.shards, cfg.allow_shard_commands)
     try:
         roles = input_roles(cfg, manifest, model_config(cfg))
     except ValueError as error:
@@ -123,6 +135,40 @@ def _preflight(cfg: TrainConfig) -> None:
     if counts["train"] < needed:
         raise LaunchError(f"{cfg.shards}: {counts['train']} training records for {cfg.num_workers} workers x "
                           f"{cfg.loader_workers} loader workers (need {needed}); lower --loader-workers or --num-workers")
+    return manifest
+
+
+@contextmanager
+def guarded_launch(cfg, manifest: dict, storage: str, augmentations=()):
+    """`identity.launch_guard` for the block, its refusals (another launch running, another run under this
+    name, a changed checkpoint) raised as LaunchErrors."""
+    from distsleep.integrity import IntegrityError
+    from distsleep.locks import LockHeld
+    from distsleep.train.identity import RunMismatch, launch_guard
+
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(launch_guard(cfg, manifest, storage, augmentations))
+        except (LockHeld, RunMismatch, IntegrityError) as error:
+            raise LaunchError(str(error)) from error
+        yield
+
+
+def init_source_tags(cfg: TrainConfig, manifest: dict, tracking_uri: str) -> dict[str, str]:
+    """The --init-from/--init-part sources checked against this run's splits, as MLflow tags (LaunchError if a
+    source trained on this run's validation or test records)."""
+    from distsleep.train.identity import RunMismatch, check_init_sources, source_tags
+
+    try:
+        return source_tags(check_init_sources(cfg, manifest, tracking_uri))
+    except RunMismatch as error:
+        raise LaunchError(str(error)) from error
+
+
+def _augmentations(cfg: TrainConfig) -> list[dict]:
+    from distsleep.gan.augment import load_augmentation
+
+    return [load_augmentation(path, cfg.allow_shard_commands)[0] for path in cfg.augment_shards]
 
 
 def run_demand(cfg: TrainConfig) -> dict[str, float]:
@@ -162,12 +208,27 @@ def run_storage(storage_path: str, name: str) -> str:
     return str(Path(storage_path) / name)
 
 
+def _set_status(tracking_uri: str, run_id: str, status: str) -> None:
+    """Mark the MLflow run; a tracking store that fails now is warned about, never allowed to replace the
+    run's own outcome (its result, or its failure message with the resume advice)."""
+    from distsleep.tracking import client
+
+    try:
+        client(tracking_uri).set_terminated(run_id, status)
+    except Exception as error:
+        log.warning("could not mark MLflow run %s %s in %s (%s: %s)", run_id, status, tracking_uri,
+                    type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "")
+
+
 def fit_tracked(trainer, cfg, run_id: str, tracking_uri: str, storage: str):
     """`trainer.fit()`, then the MLflow run marked FINISHED or FAILED; returns (result, logged metrics).
 
     A failure raises TrainingFailed with `failure_message` (per-rank causes, last checkpoint, how to resume).
+    A run whose bundle (model or generator) is not confirmed uploaded by its tag is not FINISHED either (a
+    sweep would take the stage as done): TrainingFailed says to relaunch the name, which re-evaluates and
+    uploads without training again.
     """
-    from distsleep.tracking import client
+    from distsleep.tracking import BUNDLE_TAG, client
 
     try:
         result = trainer.fit()
@@ -175,10 +236,21 @@ def fit_tracked(trainer, cfg, run_id: str, tracking_uri: str, storage: str):
     except Exception as raised:  # Ray Train raises worker-group failures from fit()
         error = raised
     if error is not None:
-        client(tracking_uri).set_terminated(run_id, "FAILED")
+        _set_status(tracking_uri, run_id, "FAILED")
         raise TrainingFailed(failure_message(cfg, error, storage)) from error
-    client(tracking_uri).set_terminated(run_id, "FINISHED")
-    return result, client(tracking_uri).get_run(run_id).data.metrics
+    try:
+        run = client(tracking_uri).get_run(run_id)
+    except Exception as lost:
+        log.warning("could not read MLflow run %s back (%s: %s)", run_id, type(lost).__name__, str(lost)[:200])
+        run = None
+    if run is None or BUNDLE_TAG not in run.data.tags:
+        _set_status(tracking_uri, run_id, "FAILED")
+        raise TrainingFailed(f"run {cfg.name!r} trained and was evaluated, but its bundle is not confirmed in MLflow at "
+                             f"{tracking_uri} (see the warnings above), so the run is not FINISHED. Relaunch with the "
+                             f"same --name once the store works: the last checkpoint in {storage} is evaluated and "
+                             "uploaded again without training.")
+    _set_status(tracking_uri, run_id, "FINISHED")
+    return result, dict(run.data.metrics)
 
 
 def worker_env(cfg: TrainConfig, tracking_uri: str) -> dict[str, str]:
@@ -229,16 +301,18 @@ def run_training(cfg: TrainConfig, address: str | None = None, *, callbacks: lis
 
     tracking_uri = cfg.tracking_uri or default_tracking_uri()
     check_reachable(tracking_uri)
-    _preflight(cfg)
+    manifest = _preflight(cfg)
     tags = {"model": cfg.model, "stage": cfg.stage, "task": cfg.task, **{k: str(v) for k, v in cfg.run_tags.items()}}
+    tags.update(init_source_tags(cfg, manifest, tracking_uri))
     connect_ray(address)
     if check_cluster:  # sweep trials pass False: the sweep's driver checked once for all of them
         cluster_preflight(cfg, tracking_uri)
     storage = run_storage(cfg.storage_path, cfg.name)
-    run_id, resumed = find_or_create_run(tracking_uri, cfg.experiment, cfg.name, cfg.parent_run_id, tags, display_name)
-    trainer = build_trainer(cfg, run_id, tracking_uri, callbacks, new_run=not resumed)
-    # The run's final numbers (test metrics of the best checkpoint) as logged by rank 0.
-    result, logged = fit_tracked(trainer, cfg, run_id, tracking_uri, storage)
+    with guarded_launch(cfg, manifest, storage, _augmentations(cfg)):
+        run_id, resumed = find_or_create_run(tracking_uri, cfg.experiment, cfg.name, cfg.parent_run_id, tags, display_name)
+        trainer = build_trainer(cfg, run_id, tracking_uri, callbacks, new_run=not resumed)
+        # The run's final numbers (test metrics of the best checkpoint) as logged by rank 0.
+        result, logged = fit_tracked(trainer, cfg, run_id, tracking_uri, storage)
     best = None
     if result.best_checkpoints:
         best = max(result.best_checkpoints, key=lambda pair: pair[1].get(f"val_{cfg.select_metric}", float("-inf")))[0].path

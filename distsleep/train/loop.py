@@ -8,6 +8,8 @@ Checkpoint (one per validation, reported by every rank into one merged directory
     trainer_state.json step, best validation metric and step, patience counter (rank 0)
     best_model.pt      fp32 weights of the best validation so far (rank 0), so a resumed run still
                        evaluates and exports the best model, not the last one
+    checksums-rankR.json  sha256 of the files rank R wrote; verified before a resume loads anything (DeepSpeed
+                       unpickles its optimizer state)
 """
 
 from __future__ import annotations
@@ -174,8 +176,10 @@ def train_loop_per_worker(config: dict) -> None:
     import torch
 
     from distsleep.config import flatten
-    from distsleep.shards.loader import batches_per_epoch, endless_batches, load_manifest, make_train_loader
+    from distsleep.integrity import verify_checksums, write_checksums
+    from distsleep.shards.loader import batches_per_epoch, endless_batches, load_manifest, make_train_loader, shard_checksums
     from distsleep.tasks import SCALAR_METRICS
+    from distsleep.tracking import BUNDLE_TAG
     from distsleep.train import artifacts
     from distsleep.train.config import TrainConfig
     from distsleep.train.evaluate import evaluate
@@ -188,10 +192,10 @@ def train_loop_per_worker(config: dict) -> None:
         raise RuntimeError(f"{world} workers started for a run configured for {cfg.num_workers}")
     batch = cfg.per_worker_batch  # this worker's share of the global batch --batch-size
 
-    manifest, base = load_manifest(cfg.shards)
+    manifest, base = load_manifest(cfg.shards, allow_commands=cfg.allow_shard_commands)
     model, model_cfg = _model_and_config(cfg)
     roles = input_roles(cfg, manifest, model_cfg)
-    loader_cfg = loader_config(cfg, roles)
+    loader_cfg = loader_config(cfg, roles, {**shard_checksums(manifest, base), **augmentation_checksums(cfg)})
     streams = stream_urls(cfg, manifest, base, roles)
     train_urls, augmented, val_urls, test_urls = streams.train, streams.augmented, streams.val, streams.test
     per_epoch = batches_per_epoch(manifest, world, batch, seq_len=cfg.seq_len, records=streams.labelled)
@@ -222,6 +226,7 @@ def train_loop_per_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:
+            verify_checksums(directory, "the checkpoint to resume from")  # before DeepSpeed unpickles it
             engine.load_checkpoint(directory, tag=DS_TAG)
             state = json.loads((Path(directory) / "trainer_state.json").read_text())
             state["resumes"] = state.get("resumes", 0) + 1
@@ -273,6 +278,7 @@ def train_loop_per_worker(config: dict) -> None:
                 (Path(directory) / "trainer_state.json").write_text(json.dumps(state))
                 if best_weights is not None:
                     torch.save(best_weights, Path(directory) / "best_model.pt")
+            write_checksums(directory, f"checksums-rank{rank}.json")
             ray.train.report({"step": step, "stage": cfg.stage, **val, "val_best_" + cfg.select_metric: state["best_metric"]},
                              checkpoint=ray.train.Checkpoint.from_directory(directory))
         return stop
@@ -342,7 +348,8 @@ def train_loop_per_worker(config: dict) -> None:
                 world=world, augmented=augmented,
             )
             for path, folder in files:
-                tracker.artifact(path, folder)
+                if tracker.artifact(path, folder) and folder == "model":
+                    tracker.tags({BUNDLE_TAG: f"{folder}/{path.name}"})  # without it the driver does not mark FINISHED
         tracker.tags({"best_step": str(state["best_step"]), "stopped_early": str(state["stopped_early"])})
         tracker.flush()
     # A final report so the driver's result carries the test metrics (every rank reports once more).
@@ -351,15 +358,15 @@ def train_loop_per_worker(config: dict) -> None:
                       **{f"test_{k}": test_metrics[k] for k in scalars}})
 
 
-def loader_config(cfg, roles):
+def loader_config(cfg, roles, checksums: dict[str, str] | None = None):
     """The loader settings of a run: its window, batch, shuffle and worker options on the channels `roles`,
-    scaled the way the model expects."""
+    scaled the way the model expects, each shard checked against `checksums` as --verify-shards says."""
     from distsleep.models import model_normalization
     from distsleep.shards.loader import LoaderConfig
 
     return LoaderConfig(seq_len=cfg.seq_len, batch_size=cfg.per_worker_batch, shuffle_buffer=cfg.shuffle_buffer,
                         num_workers=cfg.loader_workers, seed=cfg.seed, channels=list(roles), stride=cfg.val_stride,
-                        normalization=model_normalization(cfg.model))
+                        normalization=model_normalization(cfg.model), verify=cfg.verify_shards, checksums=checksums)
 
 
 def input_roles(cfg, manifest: dict, model_cfg) -> tuple[str, ...]:
@@ -387,7 +394,17 @@ def augmented_urls(cfg, manifest: dict, roles) -> list[str]:
         return []
     from distsleep.gan.augment import augmented_train_urls
 
-    return [url for path in cfg.augment_shards for url in augmented_train_urls(path, manifest, channels=roles)]
+    return [url for path in cfg.augment_shards
+            for url in augmented_train_urls(path, manifest, channels=roles, allow_commands=cfg.allow_shard_commands)]
+
+
+def augmentation_checksums(cfg) -> dict[str, str]:
+    """Shard location -> sha256 of the synthetic shards of `cfg.augment_shards` (verified like real ones)."""
+    from distsleep.gan.augment import load_augmentation
+    from distsleep.shards.loader import shard_checksums
+
+    return {url: sha for path in cfg.augment_shards
+            for url, sha in shard_checksums(*load_augmentation(path, cfg.allow_shard_commands)).items()}
 
 
 @dataclass(frozen=True)

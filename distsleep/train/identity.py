@@ -1,0 +1,203 @@
+"""What a run is, so that a relaunch under its --name is the same run, and what it was trained on.
+
+A run is its name under the storage path (STORAGE/NAME): relaunching a name resumes its checkpoints. That
+is only right when the relaunch trains the same thing, so the first launch records the run's identity in
+STORAGE/NAME/run_identity.json (the config hash over everything that changes what is computed, the
+manifest hash over the records, their splits and the sha256 of their shards, and the records of each
+split), and every later launch must match it: another manifest (other data, even with the same name and
+preprocessing) or another config is refused with what differs and how to start a new run. Options that
+only say how far or where to run (max steps, validation cadence, number of workers and their CPUs, tracking,
+storage) may change. The checkpoints found there are verified against their checksums before anything loads them, and
+the launch holds STORAGE/NAME/.launch.lock while it runs, so a second launch of the same name at once is
+refused (naming the first).
+
+`--init-from` / `--init-part` sources are identified the same way (a run's identity file, a bundle's
+"data", an MLflow run's data.json): a run whose validation or test records were training records of the
+source is refused, since its scores would measure memorisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+IDENTITY_FILE = "run_identity.json"
+LOCK_FILE = ".launch.lock"
+IDENTITY_FORMAT = "distsleep-run/1"
+# Config fields that do not change what a run computes: a relaunch may change them.
+OPERATIONAL_FIELDS = frozenset({
+    "max_steps", "val_every", "early_stop_patience", "log_every", "checkpoint_every", "max_failures",
+    "num_workers", "loader_workers", "cpus_per_worker", "gpus_per_worker", "storage_path", "name", "experiment", "tracking_uri",
+    "parent_run_id", "run_tags", "compile", "compile_backend", "eval_batch_size", "allow_shard_commands", "verify_shards",
+    # data locations: what they hold is compared through the manifest hash instead, so moved shards still match
+    "shards", "augment_shards",
+})
+
+
+class RunMismatch(RuntimeError):
+    """A launch is not the run its --name holds, or may not start from its --init-from source."""
+
+
+def _canonical_hash(payload) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def manifest_hash(manifest: dict) -> str:
+    """Hash of the data a manifest describes: its preprocessing config and, per record, split and shard sha256
+    (not its location or the code version that wrote it)."""
+    records = {rid: {"split": e.get("split"), "sha256": e.get("sha256")} for rid, e in manifest.get("records", {}).items()}
+    shards = [e.get("sha256") for e in manifest.get("shards", [])]  # augmentation manifests
+    return _canonical_hash({"config_hash": manifest.get("config_hash"), "records": records, "shards": shards})
+
+
+def split_records(manifest: dict) -> dict[str, list[str]]:
+    return {s: sorted(r for r, e in manifest.get("records", {}).items() if e.get("split") == s) for s in ("train", "val", "test")}
+
+
+def identity_config(cfg) -> dict:
+    """The config fields that define what the run computes."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in OPERATIONAL_FIELDS}
+
+
+def run_identity(cfg, manifest: dict, augmentations: list[dict] = ()) -> dict:
+    config = json.loads(json.dumps(identity_config(cfg), default=str))
+    return {"format": IDENTITY_FORMAT, "name": cfg.name, "config": config, "config_hash": _canonical_hash(config),
+            "manifest": str(cfg.shards), "manifest_hash": manifest_hash(manifest),
+            "augmentation_hash": _canonical_hash([manifest_hash(a) for a in augmentations]),
+            "records": split_records(manifest)}
+
+
+def _differences(before: dict, now: dict) -> list[str]:
+    found = []
+    if before.get("manifest_hash") != now["manifest_hash"]:
+        found.append(f"its data: manifest {before.get('manifest')} (hash {before.get('manifest_hash')}) is not "
+                     f"{now['manifest']} (hash {now['manifest_hash']})")
+    if before.get("augmentation_hash") != now["augmentation_hash"]:
+        found.append("its augmentation shards")
+    old, new = before.get("config", {}), now["config"]
+    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if changed:
+        found.append("its config (" + ", ".join(changed) + ")")
+    return found
+
+
+def check_identity(storage: str, identity: dict) -> None:
+    """Record `identity` for a new run in STORAGE/NAME, or refuse a launch that is not the run stored there."""
+    path = Path(storage) / IDENTITY_FILE
+    name = identity["name"]
+    if not path.exists():
+        if any(Path(storage).glob("checkpoint_*")):
+            raise RunMismatch(f"{storage} holds checkpoints of run {name!r} but no {IDENTITY_FILE}, so this launch cannot "
+                              f"be checked to be the same run; give a new --name to start a new run")
+        from distsleep.atomic import write_json_atomic
+
+        write_json_atomic(path, identity)
+        return
+    before = json.loads(path.read_text())
+    differences = _differences(before, identity)
+    if differences:
+        raise RunMismatch(f"run {name!r} in {storage} was started with other " + "; other ".join(differences)
+                          + f". Relaunching a --name resumes that run, so it must be the same run: relaunch with its "
+                            f"--shards and options to resume it, or give a new --name (or remove {storage}) to start a new run")
+
+
+def verify_checkpoints(storage: str) -> None:
+    """Every checkpoint under STORAGE/NAME matches the checksums its writers recorded (IntegrityError if not)."""
+    from distsleep.integrity import verify_checksums
+
+    for checkpoint in sorted(Path(storage).glob("checkpoint_*")):
+        if checkpoint.is_dir():
+            verify_checksums(checkpoint, f"the checkpoint {checkpoint.name} of {storage}")
+
+
+@contextmanager
+def launch_guard(cfg, manifest: dict, storage: str, augmentations: list[dict] = ()):
+    """For the duration of a launch: the run's lock, its identity checked (or recorded) and its checkpoints
+    verified. Storage given as a URL (s3://...) cannot be locked or listed here; the workers still verify
+    each checkpoint before loading it."""
+    from distsleep.locks import exclusive_lock
+
+    if "://" in storage:
+        yield
+        return
+    with exclusive_lock(Path(storage) / LOCK_FILE, f"run {cfg.name!r} ({storage})",
+                        "wait for that launch to end, or give this one another --name"):
+        check_identity(storage, run_identity(cfg, manifest, augmentations))
+        verify_checkpoints(storage)
+        yield
+
+
+# ------------------------------------------------------------------------------------------ --init-from
+
+
+def _identity_near(path: Path) -> dict | None:
+    for folder in (path, path.parent):  # STORAGE/NAME or one of its checkpoint_* folders
+        if (folder / IDENTITY_FILE).is_file():
+            return json.loads((folder / IDENTITY_FILE).read_text())
+    return None
+
+
+def source_data(source: str, tracking_uri: str) -> dict | None:
+    """{"manifest_hash", "records": {split: ids}} of the run or bundle a run starts from, or None if unknown."""
+    import torch
+
+    path = Path(source)
+    if path.is_dir():
+        identity = _identity_near(path)
+        if identity is not None or not any((path / n).is_file() for n in ("model.pt", "model/model.pt")):
+            return identity
+        from distsleep.predict import resolve_bundle
+
+        path = resolve_bundle(path)  # a folder holding a bundle (e.g. a downloaded MLflow artifact folder)
+    if path.is_file():
+        bundle = torch.load(path, map_location="cpu", weights_only=True)
+        return bundle.get("data") if isinstance(bundle, dict) else None
+    if source.startswith("runs:/") or "/" in source:
+        from distsleep.predict import resolve_bundle
+
+        return source_data(str(resolve_bundle(source)), tracking_uri)
+    from distsleep.tracking import download_json
+
+    data = download_json(tracking_uri, source, "data.json")  # an MLflow run id
+    if data is None or "records" not in data:
+        return None
+    return {"manifest_hash": data.get("manifest_hash"), "records": data["records"]}
+
+
+def check_init_sources(cfg, manifest: dict, tracking_uri: str) -> dict[str, dict]:
+    """source -> its data, for `cfg.init_from` and `cfg.init_parts`; RunMismatch when a source's training records
+    are validation or test records of this run's manifest, or when a source does not say what it trained on."""
+    sources = [s for s in [cfg.init_from, *getattr(cfg, "init_parts", {}).values()] if s]
+    if not sources:
+        return {}
+    mine = split_records(manifest)
+    found = {}
+    for source in sources:
+        data = source_data(str(source), tracking_uri)
+        if data is None:
+            raise RunMismatch(f"--init-from {source}: cannot tell which records it was trained on (no {IDENTITY_FILE}, "
+                              "bundle data or data.json artifact), so its training records cannot be kept out of this "
+                              "run's validation and test records; start from a run or bundle made by this version")
+        trained = set(data.get("records", {}).get("train", []))
+        for split in ("test", "val"):
+            leaked = sorted(trained & set(mine[split]))
+            if leaked:
+                raise RunMismatch(f"--init-from {source} was trained on {len(leaked)} record(s) that are {split} records "
+                                  f"of {cfg.shards} (e.g. {', '.join(leaked[:3])}): this run's {split} scores would "
+                                  "measure memorisation. Fine-tune on a manifest with the source's split (the same "
+                                  "--split-seed and records) or start from a run that never saw them")
+        found[str(source)] = {"manifest_hash": data.get("manifest_hash"), "train_records": len(trained)}
+    return found
+
+
+def source_tags(found: dict[str, dict]) -> dict[str, str]:
+    """MLflow tags recording the --init-from sources' manifests (what the new run built on)."""
+    return {"distsleep.init_sources": json.dumps(found, sort_keys=True)} if found else {}
+
+
+def bundle_data(manifest: dict) -> dict:
+    """What a model bundle records about its training data (read back by `source_data`)."""
+    return {"manifest_hash": manifest_hash(manifest), "records": {"train": split_records(manifest)["train"]}}
