@@ -131,7 +131,8 @@ def test_visits_subsets_and_published_split_through_the_cli(dataset, converted, 
     for kind, suffix in (("edfs", ".edf"), ("annotations-events-nsrr", "-nsrr.xml")):
         (psg / kind / "shhs2").mkdir()
         shutil.copy(psg / kind / "shhs1" / f"shhs1-300001{suffix}", psg / kind / "shhs2" / f"shhs2-300001{suffix}")
-    common = ["preprocess", "--root", str(root), "--out", str(out), "--quiet", "--max-failures", "3"]
+    # Each step below changes the selection or split of the dataset in `out`: --overwrite says that is meant.
+    common = ["preprocess", "--root", str(root), "--out", str(out), "--quiet", "--max-failures", "3", "--overwrite"]
 
     assert cli_main([*common, "--n-val", "1"]) == 0
     records = json.loads((out / "manifest.json").read_text())["records"]

@@ -19,7 +19,7 @@ from distsleep.config import PreprocessConfig
 from distsleep.errors import AnnotationError
 from distsleep.integrity import sha256_file
 from distsleep.shards.format import EVENT_COLUMNS, ShardSample, quantize, write_shard
-from distsleep.signal import resample
+from distsleep.signal import percentiles_of_codes, resample
 from distsleep.sources.record import Event, Record
 from distsleep.sources.subjects import subject_of
 from distsleep.stages import N1, N2, N3, REM, stage_counts
@@ -82,13 +82,18 @@ def epoch_signal(x: np.ndarray, rate: float, config: PreprocessConfig, n_epochs:
 
 
 def robust_stats(epochs: np.ndarray) -> dict:
-    """Median and inter-quartile range of one channel over the whole night (what robust scaling divides by).
-
-    Computed on the float signal before quantisation, over every kept epoch, so a training window and the
-    full night at inference are scaled identically.
-    """
+    """Median and inter-quartile range of one channel over the whole night (what robust scaling divides by),
+    over every kept epoch, so a training window and the full night at inference are scaled identically."""
     q25, median, q75 = np.percentile(epochs, [25, 50, 75])
     return {"median": float(median), "iqr": float(q75 - q25)}
+
+
+def code_stats(codes: np.ndarray, scale: float) -> dict:
+    """`robust_stats` of the stored values codes · scale, from the int16 codes' histogram (~6x faster than
+    sorting the float signal). These are the values the loader scales, so the statistics describe exactly
+    what the model sees; they differ from the float signal's by at most half a quantisation step."""
+    q25, median, q75 = percentiles_of_codes(codes, (25, 50, 75))
+    return {"median": median * scale, "iqr": (q75 - q25) * scale}
 
 
 def event_flags(events: list[Event], n_epochs: int, epoch_seconds: float, offset_s: float = 0.0) -> np.ndarray:
@@ -123,7 +128,7 @@ def record_to_sample(record: Record, config: PreprocessConfig) -> ShardSample:
         codes, scale = quantize(epochs)
         columns.append(codes)
         scales.append(scale)
-        stats.append(robust_stats(epochs))
+        stats.append(code_stats(codes, scale))
         channel_meta.append({"role": role, "label": channel.label, "source_rate": channel.rate,
                              "unit": channel.unit, "bandpass_hz": list(band) if band else None})
     meta = {

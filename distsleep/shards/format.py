@@ -48,9 +48,10 @@ class ShardSample:
 
 def quantize(x: np.ndarray) -> tuple[np.ndarray, float]:
     """int16 codes and the uV-per-code scale that maps the channel's largest magnitude to 32767."""
-    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    peak = float(max(x.max(), -x.min())) if x.size else 0.0  # max |x| without an |x| copy
     scale = peak / INT16_MAX if peak > 0 else 1.0
-    return np.round(x / scale).astype(np.int16), scale
+    scaled = np.divide(x, scale, dtype=np.float32) if x.dtype == np.float32 else x / scale
+    return np.rint(scaled, out=scaled).astype(np.int16), scale  # rint = round half to even, like np.round
 
 
 def _npy(array: np.ndarray) -> bytes:
