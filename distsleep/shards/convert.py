@@ -21,6 +21,8 @@ from distsleep.integrity import sha256_file
 from distsleep.shards.format import EVENT_COLUMNS, ShardSample, quantize, write_shard
 from distsleep.signal import percentiles_of_codes, resample
 from distsleep.sources.record import Event, Record
+from distsleep.sources.shhs import load_shhs_record
+from distsleep.sources.sleepedf import load_sleepedf_record
 from distsleep.sources.subjects import subject_of
 from distsleep.stages import N1, N2, N3, REM, stage_counts
 
@@ -39,11 +41,7 @@ def load_record(source: RecordSource, config: PreprocessConfig) -> Record:
         raise AnnotationError(source.signal_path, "no annotation file found for this recording "
                               "(expected an NSRR/Profusion XML or a Sleep-EDF hypnogram beside it)")
     if config.source == "shhs":
-        from distsleep.sources.shhs import load_shhs_record
-
         return load_shhs_record(source.signal_path, source.annotation_path, roles=config.channels, record_id=source.record_id)
-    from distsleep.sources.sleepedf import load_sleepedf_record
-
     return load_sleepedf_record(source.signal_path, source.annotation_path, roles=config.channels, record_id=source.record_id)
 
 

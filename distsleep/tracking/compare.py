@@ -19,8 +19,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distsleep.plots import confusion_grid_png, metric_curves_png
 from distsleep.stages import STAGE_NAMES
-from distsleep.tracking import download_json
+from distsleep.tracking import ENDED_BY_TAG, KIND_TAG, SWEEP_TAG, client, download_json, tag_filter, with_tag
 
 BASELINE_PREFIX = "baseline_yasa_"
 COLUMNS = [  # (header, metric key); accuracies and F1 shown in %, kappa as is (as in the paper)
@@ -84,16 +85,23 @@ def _knob_params(run, sweep_params: set[str]) -> dict:
     return {k: run.data.params[k] for k in names if k in run.data.params}
 
 
-def _trial_row(tracking_uri: str, run, knobs: set[str], with_confusion: bool) -> Row:
-    from distsleep.sweep.config import point_label
+def point_label(point: dict) -> str:
+    """Short human name of a trial, e.g. 'mask=0.50 lr=0.001'."""
+    parts = []
+    for key, value in point.items():
+        shown = f"{value:.2f}" if key == "mask_ratio" else (f"{value:g}" if isinstance(value, float) else str(value))
+        parts.append(f"{'mask' if key == 'mask_ratio' else key}={shown}")
+    return " ".join(parts)
 
+
+def _trial_row(tracking_uri: str, run, knobs: set[str], with_confusion: bool) -> Row:
     params = _knob_params(run, knobs | {"mask_ratio"})
     confusion = None
     if with_confusion:
         summary = download_json(tracking_uri, run.info.run_id, "trial_summary.json") or {}
         confusion = (summary.get("confusion") or {}).get("final") or (summary.get("confusion") or {}).get("pretrain")
     label = point_label({k: (float(v) if k == "mask_ratio" else v) for k, v in params.items()}) or run.info.run_name
-    ended_by = run.data.tags.get("distsleep.ended_by")
+    ended_by = run.data.tags.get(ENDED_BY_TAG)
     status = "stopped by scheduler" if ended_by == "scheduler" else run.info.status
     return Row(label=label, run_id=run.info.run_id, model=run.data.tags.get("model", "?"), params=params,
                metrics=dict(run.data.metrics), status=status, confusion=confusion, task=run.data.tags.get("task", "staging"))
@@ -122,9 +130,6 @@ def _baseline_row(tracking_uri: str, parent, with_confusion: bool) -> Row | None
 def collect(tracking_uri: str, *, sweep: str | None = None, experiment: str | None = None,
             run_ids: list[str] | None = None, with_confusion: bool = True) -> list[Row]:
     """Rows for a sweep (its trials + baseline), an experiment (every run with test metrics), or run ids."""
-    from distsleep.sweep.trial import KIND_TAG, SWEEP_TAG
-    from distsleep.tracking import client, tag_filter, with_tag
-
     c = client(tracking_uri)
     rows: list[Row] = []
     if sweep:
@@ -270,8 +275,6 @@ def write_csv(rows: list[Row], path: Path) -> Path:
 
 def write_comparison(rows: list[Row], out_dir: str | Path, title: str = "") -> dict[str, Path]:
     """comparison.txt/.csv/.md and the plots in `out_dir`; returns name -> path."""
-    from distsleep.plots import confusion_grid_png, metric_curves_png
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"text": out / "comparison.txt", "csv": out / "comparison.csv", "markdown": out / "comparison.md"}
