@@ -146,7 +146,8 @@ def time_our_path(sources, config, scratch: Path, repeats: int) -> tuple[float, 
 
 def profile_our_path(sources, config, scratch: Path) -> dict[str, float]:
     """Where convert_record's time goes, s/record: the same steps it runs, each timed on its own."""
-    from distsleep.shards.convert import load_record, record_to_sample, sha256_file, shard_path
+    from distsleep.integrity import sha256_file
+    from distsleep.shards.convert import load_record, record_to_sample, shard_path
     from distsleep.shards.format import write_shard
 
     steps = dict.fromkeys(("read EDF channel + XML", "resample + epoch + int16", "write shard", "sha256"), 0.0)
