@@ -82,7 +82,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     try:
         result = run_preprocess(args.root, args.out, config, split, limit=args.limit, cluster=cluster,
                                 progress=not args.quiet, overwrite=args.overwrite)
-    except (OutputConflict, CredentialsInLocation) as error:
+    except (OutputConflict, CredentialsInLocation, OSError) as error:  # OSError: --root or --out unusable
         print(f"distsleep preprocess: error: {error}", file=sys.stderr)
         return 2
     print(format_summary(result, args.out))

@@ -100,6 +100,9 @@ class _Lease:
             return self.fs.call_s3("put_object", Bucket=self.bucket, Key=self.key, Body=body, **condition)["ETag"]
         except FileExistsError:
             raise
+        except (FileNotFoundError, PermissionError) as error:
+            raise type(error)(f"{self.location}: cannot write the lock ({error}); does the bucket exist, and may the "
+                              "credentials of this environment write to it?") from error
         except OSError as error:  # PreconditionFailed (If-Match) or ConditionalRequestConflict (a racing writer)
             if "precondition" in str(error).lower() or "conflict" in str(error).lower() or error.errno == 22:
                 raise FileExistsError(str(error)) from error

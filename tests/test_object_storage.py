@@ -293,3 +293,12 @@ def test_no_file_written_holds_the_credentials(object_store, world, trained, tmp
                 checked = secrets_[1:] if path.name == "moto.log" else secrets_
                 found += [str(path) for s in checked if s in data]
     assert scanned > 100 and not found, found
+
+
+def test_preprocess_into_a_missing_bucket_is_a_clear_error(object_store, tmp_path, capsys):
+    from distsleep.cli import main
+    from distsleep.synth.cohort import CohortConfig, generate_cohort
+
+    generate_cohort(tmp_path, CohortConfig(n_records=1, hours=0.5, seed=1, workers=1), progress=False)
+    assert main(["preprocess", "--root", str(tmp_path), "--out", "s3://no-such-bucket-here/x", "--quiet"]) == 2
+    assert "s3://no-such-bucket-here/x/.preprocess.lock: cannot write the lock" in capsys.readouterr().err
