@@ -25,8 +25,6 @@ from pathlib import Path
 from distsleep.atomic import atomic_path, json_text
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
-# Object stores written to by the jobs. (Reading shards accepts more: see shards/storage.py.)
-WRITE_SCHEMES = ("s3", "gs", "gcs")
 
 
 class CredentialsInLocation(ValueError):

@@ -274,9 +274,10 @@ print("artifacts:", s3fs.S3FileSystem().find("distsleep/mlflow"))
 
 
 def test_cluster_needs_its_token_listens_on_loopback_and_stops_completely(tmp_path):
-    """Without network namespaces: every server of the cluster on 127.0.0.1; the GCS, the job API and MLflow's
-    host check refuse clients without the cluster's token (or with a foreign Host header); `stop` leaves no
-    process of the cluster behind, including the renamed agents and the Ray client server."""
+    """Without network namespaces: every server of the cluster on 127.0.0.1 (the S3 server too); the GCS, the
+    job API and MLflow's host check refuse clients without the cluster's token (or with a foreign Host header);
+    the object store serves the worker nodes and MLflow's artifacts; `stop` leaves no process of the cluster
+    behind, including the renamed agents, the Ray client server and the S3 server."""
     import grpc
     import psutil
 
@@ -325,7 +326,7 @@ def test_cluster_needs_its_token_listens_on_loopback_and_stops_completely(tmp_pa
                                 env=cluster.process_env())
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         assert "from worker1: b'written on worker1'" in result.stdout
-        assert re.search(r"artifacts: \['distsleep/mlflow/1/[0-9a-f]{32}/artifacts/probe.txt'\]", result.stdout), result.stdout
+        assert re.search(r"artifacts: \['distsleep/mlflow/[0-9]+/[0-9a-f]{32}/artifacts/probe.txt'\]", result.stdout), result.stdout
         assert secret not in result.stdout + (state / "cluster.json").read_text()
     finally:
         local.stop(state)
