@@ -52,6 +52,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_preprocess(args: argparse.Namespace) -> int:
     from distsleep.config import PreprocessConfig, SplitConfig
     from distsleep.shards.pipeline import ClusterOptions, OutputConflict, format_summary, run_preprocess
+    from distsleep.store import CredentialsInLocation
 
     from distsleep.config import CHANNEL_SETS
 
@@ -81,10 +82,10 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     try:
         result = run_preprocess(args.root, args.out, config, split, limit=args.limit, cluster=cluster,
                                 progress=not args.quiet, overwrite=args.overwrite)
-    except OutputConflict as error:
+    except (OutputConflict, CredentialsInLocation, OSError) as error:  # OSError: --root or --out unusable
         print(f"distsleep preprocess: error: {error}", file=sys.stderr)
         return 2
-    print(format_summary(result, Path(args.out).resolve()))
+    print(format_summary(result, args.out))
     if len(result.failures) > args.max_failures:
         print(f"distsleep preprocess: {len(result.failures)} recording(s) failed (allowed: {args.max_failures}); "
               "see failures.jsonl", file=sys.stderr)
@@ -95,7 +96,8 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", choices=("shhs", "sleep-edf"), default="shhs", help="dataset layout (default shhs)")
     p.add_argument("--root", required=True, help="dataset folder (SHHS: holds polysomnography/; Sleep-EDF: the *-PSG.edf files)")
-    p.add_argument("--out", required=True, help="output folder for shards/, manifest.json, failures.jsonl")
+    p.add_argument("--out", required=True, help="output folder or object-store prefix (s3://bucket/prefix) for shards/, "
+                   "records/, manifest.json, failures.jsonl")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a dataset in --out that was made with another preprocessing or split config "
                         "(refused otherwise)")

@@ -3,6 +3,7 @@
   synth-realism   YASA's pretrained stager on a synthetic cohort vs the cohort's ground truth
   preprocess      our per-recording path vs the naive MNE route vs reading the bytes; 1 vs 2 Ray workers
   train           epochs/s of Ray Train + DeepSpeed vs a plain PyTorch loop (same model and data); 1 vs 2 workers
+  loader          batches/s of the training stream with its shards on local disk vs in a bucket (s3://)
 """
 
 from __future__ import annotations
@@ -146,7 +147,8 @@ def time_our_path(sources, config, scratch: Path, repeats: int) -> tuple[float, 
 
 def profile_our_path(sources, config, scratch: Path) -> dict[str, float]:
     """Where convert_record's time goes, s/record: the same steps it runs, each timed on its own."""
-    from distsleep.shards.convert import load_record, record_to_sample, sha256_file, shard_path
+    from distsleep.integrity import sha256_file
+    from distsleep.shards.convert import load_record, record_to_sample, shard_path
     from distsleep.shards.format import write_shard
 
     steps = dict.fromkeys(("read EDF channel + XML", "resample + epoch + int16", "write shard", "sha256"), 0.0)
@@ -396,6 +398,19 @@ def preprocess(args: argparse.Namespace) -> int:
     return 1 if failed and args.check else 0
 
 
+def loader(args: argparse.Namespace) -> int:
+    from distsleep.bench.storage import format_storage, measure_storage
+
+    with tempfile.TemporaryDirectory(prefix="distsleep-bench-loader-") as scratch:
+        result = measure_storage(scratch, bucket=args.bucket, n_records=args.n_records, hours=args.hours, seed=args.seed,
+                                 loader_workers=args.loader_workers, batch_size=args.batch_size, seq_len=args.seq_len,
+                                 steps=args.steps, warmup=args.warmup)
+    print(format_storage(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 1 if any("error" in row for row in result["rows"]) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jobs/benchmark.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -423,6 +438,19 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="epochs/s of Ray Train + DeepSpeed vs a plain PyTorch loop, 1 vs 2 workers, peak memory")
     add_train_arguments(p)
     p.set_defaults(func=train)
+    p = sub.add_parser("loader", help="batches/s of the training stream from local disk vs from a bucket, checksums on and off")
+    p.add_argument("--bucket", metavar="S3_URL", help="an s3:// bucket or prefix to copy the shards to (credentials and "
+                   "endpoint from the AWS variables/files; default: an S3 server started on 127.0.0.1 for the run)")
+    p.add_argument("--n-records", type=int, default=8, help="nights to generate (default 8)")
+    p.add_argument("--hours", type=float, default=4.0, help="hours per night (default 4)")
+    p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--loader-workers", type=int, default=2, help="DataLoader workers (default 2)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=21, help="epochs per window (default 21, MC²SleepNet's L)")
+    p.add_argument("--steps", type=int, default=100, help="timed batches (default 100)")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.set_defaults(func=loader)
     args = parser.parse_args(argv)
     return args.func(args)
 

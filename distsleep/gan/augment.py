@@ -41,7 +41,7 @@ import numpy as np
 
 from distsleep.atomic import write_json_atomic
 from distsleep.gan.data import channel_stats as channel_stats_of
-from distsleep.shards.convert import sha256_file
+from distsleep.integrity import sha256_file
 from distsleep.shards.format import EVENT_COLUMNS, ShardSample, quantize, write_shard
 from distsleep.stages import STAGE_NAMES
 

@@ -215,14 +215,11 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, out_dir: str | Path 
 
 
 def _sweep_lock(experiment_dir: str, name: str):
-    """One launch of a sweep name at a time (a URL storage path cannot be locked here)."""
-    from contextlib import nullcontext
-
+    """One launch of a sweep name at a time (on s3:// storage a lease object, see locks.py)."""
     from distsleep.locks import exclusive_lock
+    from distsleep.store import join
 
-    if "://" in experiment_dir:
-        return nullcontext()
-    return exclusive_lock(Path(experiment_dir) / ".launch.lock", f"sweep {name!r} ({experiment_dir})",
+    return exclusive_lock(join(experiment_dir, ".launch.lock"), f"sweep {name!r} ({experiment_dir})",
                           "wait for that launch to end, or give this one another --name")
 
 

@@ -49,14 +49,14 @@ def run_job(command: str, job, refused: tuple = ()):
 
 def add_shard_safety_arguments(g) -> None:
     """--allow-shard-commands and --verify-shards, shared by every job that reads shards."""
-    from distsleep.shards.storage import COMMANDS_OPTION, READ_SCHEMES, VERIFY_MODES
+    from distsleep.shards.storage import COMMANDS_OPTION, DEFAULT_VERIFY, READ_SCHEMES, VERIFY_MODES
 
     g.add_argument(COMMANDS_OPTION, action="store_true",
                    help="accept manifest/augmentation entries that are pipe: commands or URLs outside the allow-list "
                         f"({', '.join(READ_SCHEMES)}); they run or open whatever the file says, so only for files you trust")
-    g.add_argument("--verify-shards", choices=VERIFY_MODES, default="local",
-                   help="check shards against the sha256 in their manifest before decoding: local files (default), "
-                        "all (remote too: each shard is read into memory first) or none")
+    g.add_argument("--verify-shards", choices=VERIFY_MODES, default=DEFAULT_VERIFY,
+                   help="check shards against the sha256 in their manifest before decoding: stored (default: local "
+                        "files and object stores such as s3://), local (local files only), all (http(s) too) or none")
 
 
 def add_train_arguments(p: argparse.ArgumentParser, stage: str | None = None) -> None:

@@ -51,14 +51,14 @@ def _describe(error: BaseException) -> str:
 
 
 def _last_checkpoint_step(storage: str) -> int | None:
-    if "://" in storage:
-        return None
-    states = sorted(Path(storage).glob("checkpoint_*/trainer_state.json"))
-    if not states:
-        return None
-    import json
+    from distsleep import store
 
-    return json.loads(states[-1].read_text()).get("step")
+    for name in reversed(store.children(storage, "checkpoint_*")):
+        try:
+            return store.read_json(store.join(storage, name, "trainer_state.json")).get("step")
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def failure_message(cfg: TrainConfig, error: BaseException, storage: str) -> str:
@@ -200,6 +200,12 @@ def cluster_preflight(cfg: TrainConfig, tracking_uri: str, check_demand: bool = 
 def run_storage(storage_path: str, name: str) -> str:
     """Where the run's checkpoints go (STORAGE/NAME); a local storage path is created first."""
     if "://" in storage_path:
+        from distsleep.store import CredentialsInLocation, check_no_credentials
+
+        try:
+            check_no_credentials(storage_path)
+        except CredentialsInLocation as error:
+            raise LaunchError(f"--storage-path: {error}") from error
         return f"{storage_path.rstrip('/')}/{name}"
     try:
         Path(storage_path).mkdir(parents=True, exist_ok=True)
