@@ -57,10 +57,12 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def write_json_atomic(path: str | Path, payload, lines: bool = False) -> None:
+def json_text(payload, lines: bool = False) -> str:
     """`payload` as indented, key-sorted JSON (or one JSON object per line with `lines=True`)."""
     if lines:
-        text = "".join(json.dumps(item, sort_keys=True) + "\n" for item in payload)
-    else:
-        text = json.dumps(payload, indent=1, sort_keys=True)
-    write_text_atomic(path, text)
+        return "".join(json.dumps(item, sort_keys=True) + "\n" for item in payload)
+    return json.dumps(payload, indent=1, sort_keys=True)
+
+
+def write_json_atomic(path: str | Path, payload, lines: bool = False) -> None:
+    write_text_atomic(path, json_text(payload, lines))

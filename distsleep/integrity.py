@@ -11,9 +11,9 @@ else, corruption and half-copied folders.)
 from __future__ import annotations
 
 import hashlib
-import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+from distsleep import store
 from distsleep.atomic import write_json_atomic
 
 CHECKSUMS_GLOB = "checksums*.json"
@@ -31,10 +31,9 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _files(directory: Path) -> list[str]:
+def _files(directory: str | Path) -> list[str]:
     """Files under `directory` (relative POSIX paths), checksum files excluded."""
-    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
-                  if p.is_file() and not p.match(CHECKSUMS_GLOB))
+    return [f for f in store.files(directory) if not PurePosixPath(f).match(CHECKSUMS_GLOB)]
 
 
 def write_checksums(directory: str | Path, name: str = "checksums.json") -> Path:
@@ -46,35 +45,36 @@ def write_checksums(directory: str | Path, name: str = "checksums.json") -> Path
 
 
 def recorded_checksums(directory: str | Path, what: str) -> dict[str, str]:
-    """file -> sha256 from every checksums*.json of `directory` (several writers may each add one)."""
-    directory = Path(directory)
+    """file -> sha256 from every checksums*.json of `directory` (several writers may each add one), local or
+    in object storage."""
     recorded: dict[str, str] = {}
-    sources = sorted(directory.glob(CHECKSUMS_GLOB))
+    sources = [store.join(directory, name) for name in store.children(directory, CHECKSUMS_GLOB)]
     if not sources:
         raise IntegrityError(f"{directory}: {what} has no recorded checksums ({CHECKSUMS_GLOB}), so it cannot be "
                              "verified before loading; it was written by a distsleep without checksums or was "
                              "tampered with")
     for source in sources:
         try:
-            recorded.update(json.loads(source.read_text())["sha256"])
+            recorded.update(store.read_json(source)["sha256"])
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise IntegrityError(f"{source}: unreadable checksum file of {what} ({error})") from error
     return recorded
 
 
-def verify_checksums(directory: str | Path, what: str = "the checkpoint") -> None:
-    """Raise IntegrityError naming the first file of `directory` that differs from, is missing from or is
-    not in the recorded checksums."""
-    directory = Path(directory)
+def verify_checksums(directory: str | Path, what: str = "the checkpoint", contents: bool = True) -> None:
+    """Raise IntegrityError naming the first file of `directory` (a folder or an object-store prefix) that
+    differs from, is missing from or is not in the recorded checksums. `contents=False` checks the file set
+    only (no file is read: for a checkpoint in a bucket that each worker verifies on the copy it downloads)."""
     recorded = recorded_checksums(directory, what)
     present = set(_files(directory))
     for name in sorted(recorded):
+        location = store.join(directory, name)
         if name not in present:
-            raise IntegrityError(f"{directory / name}: file of {what} is missing (recorded at write time)")
-        if sha256_file(directory / name) != recorded[name]:
-            raise IntegrityError(f"{directory / name}: file of {what} changed since it was written (sha256 "
+            raise IntegrityError(f"{location}: file of {what} is missing (recorded at write time)")
+        if contents and store.sha256(location) != recorded[name]:
+            raise IntegrityError(f"{location}: file of {what} changed since it was written (sha256 "
                                  "differs from the recorded one); refusing to load it")
     extra = sorted(present - set(recorded))
     if extra:
-        raise IntegrityError(f"{directory / extra[0]}: file in {what} that was not there when it was written; "
-                             "refusing to load it")
+        raise IntegrityError(f"{store.join(directory, extra[0])}: file in {what} that was not there when it was "
+                             "written; refusing to load it")

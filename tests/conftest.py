@@ -54,8 +54,53 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One real local Ray cluster (2 CPUs) shared by every test that needs one; yields its GCS address."""
+def object_store(tmp_path_factory):
+    """One S3-compatible server (moto) on 127.0.0.1 for the session, and the standard AWS variables pointing
+    every client at it: AWS_ENDPOINT_URL and a random key pair in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+    (random so that tests can search every file written for them). Set before the session's Ray cluster
+    starts (`ray_local` depends on this), so its workers inherit them as a cluster's nodes would. Yields
+    {"endpoint", "key", "secret"}."""
+    import secrets
+
+    from distsleep.cluster.objectstore import start_s3_server, stop_s3_server
+
+    server = start_s3_server(log=tmp_path_factory.mktemp("s3-server") / "moto.log")
+    credentials = {"AWS_ACCESS_KEY_ID": f"DSTESTKEY{secrets.token_hex(6).upper()}",
+                   "AWS_SECRET_ACCESS_KEY": f"dstestsecret{secrets.token_hex(16)}",
+                   "AWS_ENDPOINT_URL": server.endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in [*credentials, "AWS_PROFILE", "AWS_SESSION_TOKEN"]}
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        os.environ.pop(key, None)
+    os.environ.update(credentials)
+    try:
+        yield {"endpoint": server.endpoint, "key": credentials["AWS_ACCESS_KEY_ID"],
+               "secret": credentials["AWS_SECRET_ACCESS_KEY"]}
+    finally:
+        stop_s3_server(server)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def bucket(object_store, request) -> str:
+    """A new, empty bucket on the session's S3 server (s3://NAME), named after the test."""
+    import re
+    import secrets
+
+    import s3fs
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + secrets.token_hex(3)
+    s3fs.S3FileSystem(use_listings_cache=False).mkdir(name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_local(object_store):
+    """One real local Ray cluster (2 CPUs) shared by every test that needs one; yields its GCS address. Its
+    workers see the session's object store (`object_store`)."""
     import ray
 
     # With its dashboard (on 127.0.0.1): Ray Train V2 needs the state API it serves.

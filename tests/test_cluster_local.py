@@ -255,15 +255,35 @@ def _http_status(url: str, headers: dict) -> int:
         return error.code
 
 
+OBJECT_STORE_JOB = """
+import sys, mlflow, ray, s3fs
+ray.init()
+
+@ray.remote(resources={"node_worker1": 0.01})
+def write():
+    fs = s3fs.S3FileSystem()
+    fs.pipe_file("distsleep/probe.txt", b"written on worker1")
+    return fs.cat_file("distsleep/probe.txt")
+
+print("from worker1:", ray.get(write.remote()))
+mlflow.set_tracking_uri(sys.argv[1])
+with mlflow.start_run():
+    mlflow.log_text("hello", "probe.txt")
+print("artifacts:", s3fs.S3FileSystem().find("distsleep/mlflow"))
+"""
+
+
 def test_cluster_needs_its_token_listens_on_loopback_and_stops_completely(tmp_path):
-    """Without network namespaces: every server of the cluster on 127.0.0.1; the GCS, the job API and MLflow's
-    host check refuse clients without the cluster's token (or with a foreign Host header); `stop` leaves no
-    process of the cluster behind, including the renamed agents and the Ray client server."""
+    """Without network namespaces: every server of the cluster on 127.0.0.1 (the S3 server too); the GCS, the
+    job API and MLflow's host check refuse clients without the cluster's token (or with a foreign Host header);
+    the object store serves the worker nodes and MLflow's artifacts; `stop` leaves no process of the cluster
+    behind, including the renamed agents, the Ray client server and the S3 server."""
     import grpc
     import psutil
 
     state = tmp_path / "state"
-    cluster = local.start(state, workers=1, head_cpus=1, worker_cpus=1)  # its own token, in the state dir
+    # its own token, in the state dir; and the S3 server beside MLflow, which keeps its artifacts there
+    cluster = local.start(state, workers=1, head_cpus=1, worker_cpus=1, object_store=True)
     try:
         token = Path(cluster.token_path).read_text().strip()
         assert Path(cluster.token_path).parent == state.resolve() and Path(cluster.token_path).stat().st_mode & 0o077 == 0
@@ -293,6 +313,21 @@ def test_cluster_needs_its_token_listens_on_loopback_and_stops_completely(tmp_pa
                                  "import ray; ray.init(); print('nodes', len(ray.nodes()))"],
                                 capture_output=True, text=True, timeout=300, env=cluster.process_env())
         assert result.returncode == 0 and "nodes 2" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+        # The object store: its variables name files (0600, in the state dir), never the key; a task on the
+        # worker node writes to the bucket, and an artifact logged to the cluster's MLflow lands there too.
+        variables = cluster.env()
+        assert variables["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
+        assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(variables)
+        credentials = Path(variables["AWS_SHARED_CREDENTIALS_FILE"])
+        assert credentials.parent == state.resolve() and credentials.stat().st_mode & 0o077 == 0
+        secret = credentials.read_text().split("aws_secret_access_key = ")[1].split()[0]
+        result = subprocess.run([RAY, "job", "submit", "--address", cluster.dashboard_url, "--", "python", "-c",
+                                 OBJECT_STORE_JOB, cluster.mlflow_uri], capture_output=True, text=True, timeout=300,
+                                env=cluster.process_env())
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        assert "from worker1: b'written on worker1'" in result.stdout
+        assert re.search(r"artifacts: \['distsleep/mlflow/[0-9]+/[0-9a-f]{32}/artifacts/probe.txt'\]", result.stdout), result.stdout
+        assert secret not in result.stdout + (state / "cluster.json").read_text()
     finally:
         local.stop(state)
     survivors = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

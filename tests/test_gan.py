@@ -24,6 +24,7 @@ from distsleep.gan.config import GanTrainConfig
 from distsleep.gan.data import GanDataError, assign_records, read_training_epochs
 from distsleep.gan.psd import compare_psd
 from distsleep.gan.train import run_gan_training
+from distsleep.shards.storage import ShardChecksumError
 from distsleep.shards.format import decode_sample, read_shard, write_shard
 from distsleep.shards.loader import LoaderConfig, eval_sequences, load_manifest, shard_urls, train_dataset
 from distsleep.train.config import TrainConfig
@@ -245,6 +246,9 @@ def test_refuses_data_without_the_stage_and_never_reads_val_or_test(shards, tmp_
     val = next(r for r, e in manifest["records"].items() if e["split"] == "val")
     train = next(r for r, e in manifest["records"].items() if e["split"] == "train")
     manifest["records"][train]["shard"] = manifest["records"][val]["shard"]
+    with pytest.raises(ShardChecksumError, match=manifest["records"][val]["shard"]):  # not the shard it lists
+        read_training_epochs(manifest, base, CHANNELS, ("N1",), 0, 1, 100, 0)
+    manifest["records"][train]["sha256"] = manifest["records"][val]["sha256"]  # a consistent lie about splits
     with pytest.raises(GanDataError, match=f"record '{val}' is not a training record"):
         read_training_epochs(manifest, base, CHANNELS, ("N1",), 0, 1, 100, 0)
 

@@ -151,6 +151,8 @@ def test_selection_is_on_validation_when_another_trial_has_the_best_test(tmp_pat
     assert header[4] == "val macro-f1" and [c[4] for c in cells][:3] == ["60.00", "75.00*", "70.00"]
     rows[0].metrics["pretrain_mask_ratio_effective"] = 4 / 21  # L − int(L·(1−r)) at L = 21
     assert table(rows)[1][0][3] == "15% (19%)"
+    failed = Row("mask=0.25", "f", "mc2sleepnet", {"mask_ratio": "0.25"}, {}, status="FAILED")
+    assert selected_run([*rows, failed]).run_id == "b"  # a failed trial without metrics does not block the choice
     text = format_text(rows)
     assert "selected (validation): mask=0.50, the best val_best_macro_f1 (validation records only)" in text
     assert "selected (validation)" in format_markdown(rows)

@@ -92,6 +92,7 @@ def test_pretrain_learns_and_is_tracked(shards, tmp_path):
     manifest = json.loads(shards.read_text())
     assert data["manifest_config_hash"] == manifest["config_hash"]
     assert data["records"]["test"] == sorted(r for r, e in manifest["records"].items() if e["split"] == "test")
+    assert data["split_source"] == manifest["split"] and data["split_source"]["method"] == "stable-hash"
     bundle_path = client.download_artifacts(outcome.run_id, "model/model.pt", str(tmp_path))
     bundle = torch.load(bundle_path, weights_only=True)
     assert bundle["channels"] == ["eeg_c4"] and bundle["preprocess"]["target_rate"] == 100.0

@@ -5,6 +5,7 @@
     train.py       the Ray Train + DeepSpeed path (`run_training`) against that plain loop, 1 vs N workers
     preprocess.py  our preprocessing path against the naive MNE route and reading the bytes; Ray 1 vs 2 workers
     realism.py     YASA's pretrained stager on a synthetic cohort against its ground truth (the realism bar)
+    storage.py     the training stream's batches/s with its shards on local disk against a bucket (s3://)
     load.py        how busy the machine is while a benchmark runs
 
 Each subcommand module has `add_arguments(parser)` and `run(args) -> exit status`.

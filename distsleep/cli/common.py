@@ -55,8 +55,8 @@ def add_shard_safety_arguments(g) -> None:
                    help="accept manifest/augmentation entries that are pipe: commands or URLs outside the allow-list "
                         f"({', '.join(READ_SCHEMES)}); they run or open whatever the file says, so only for files you trust")
     g.add_argument("--verify-shards", choices=VERIFY_MODES, default=field_defaults(TrainConfig)["verify_shards"],
-                   help="check shards against the sha256 in their manifest before decoding: local files (default), "
-                        "all (remote too: each shard is read into memory first) or none")
+                   help="check shards against the sha256 in their manifest before decoding: stored (default: local "
+                        "files and object stores such as s3://), local (local files only), all (http(s) too) or none")
 
 
 def add_train_arguments(p: argparse.ArgumentParser, stage: str | None = None) -> None:

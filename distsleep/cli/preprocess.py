@@ -9,6 +9,7 @@ from pathlib import Path
 
 from distsleep.config import CHANNEL_SETS, FILTER_RECIPES, SOURCES, SUBSETS, PreprocessConfig, SplitConfig, field_defaults
 from distsleep.shards.pipeline import ClusterOptions, OutputConflict, format_summary, run_preprocess
+from distsleep.store import CredentialsInLocation
 
 DESCRIPTION = ("One Ray task per recording: read the chosen channels at native rates, optionally band-pass, resample to "
                "the target rate, cut into 30-s epochs, and write one WebDataset tar per recording plus manifest.json "
@@ -20,7 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d, s, c = field_defaults(PreprocessConfig), field_defaults(SplitConfig), field_defaults(ClusterOptions)
     p.add_argument("--source", choices=SOURCES, default=d["source"], help="dataset layout (default %(default)s)")
     p.add_argument("--root", required=True, help="dataset folder (SHHS: holds polysomnography/; Sleep-EDF: the *-PSG.edf files)")
-    p.add_argument("--out", required=True, help="output folder for shards/, manifest.json, failures.jsonl")
+    p.add_argument("--out", required=True, help="output folder or object-store prefix (s3://bucket/prefix) for shards/, "
+                   "records/, manifest.json, failures.jsonl")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a dataset in --out that was made with another preprocessing or split config "
                         "(refused otherwise)")
@@ -93,10 +95,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = run_preprocess(args.root, args.out, config, split, limit=args.limit, cluster=cluster,
                                 progress=not args.quiet, overwrite=args.overwrite)
-    except OutputConflict as error:
+    except (OutputConflict, CredentialsInLocation, OSError) as error:  # OSError: --root or --out unusable
         print(f"distsleep preprocess: error: {error}", file=sys.stderr)
         return 2
-    print(format_summary(result, Path(args.out).resolve()))
+    print(format_summary(result, args.out))
     if len(result.failures) > args.max_failures:
         print(f"distsleep preprocess: {len(result.failures)} recording(s) failed (allowed: {args.max_failures}); "
               "see failures.jsonl", file=sys.stderr)

@@ -7,7 +7,14 @@ on a laptop and for the multi-node tests.
 
 `start` runs `ray start --head` and N `ray start --address` worker nodes, each with its own CPU count and
 a node resource (`node_head`, `node_worker1`, ...) so that jobs and tests can place work on a given node,
-and an MLflow server (SQLite backend and artifact root under the state dir).
+and an MLflow server (SQLite backend and artifact root under the state dir, or `--artifacts-destination`).
+
+`--object-store` also starts an S3-compatible server (moto, `objectstore.py`) beside MLflow, before the
+nodes, with a bucket `distsleep`: every node, job and the MLflow server get AWS_ENDPOINT_URL and the AWS
+config files of STATE (a random key pair, mode 0600) in their environment, so `--out s3://distsleep/...`,
+`--shards s3://...` and `--storage-path s3://...` work on it, and MLflow puts its artifacts in
+s3://distsleep/mlflow (unless `--artifacts-destination` says otherwise). `env` prints the variables
+(file paths, never the key).
 
 Security. Ray's token authentication is on: `start` writes a random token to STATE/auth_token (mode 0600)
 and every node, job driver and client reads it through RAY_AUTH_TOKEN_PATH (`env` prints it); a client
@@ -75,6 +82,7 @@ class LocalCluster:
     netns: list[str] = field(default_factory=list)
     veths: list[str] = field(default_factory=list)
     bridges: list[str] = field(default_factory=list)
+    object_store: dict[str, str] = field(default_factory=dict)  # client variables of the S3 server (objectstore.client_env)
 
     def save(self) -> None:
         write_json_atomic(Path(self.state_dir) / STATE_FILE, asdict(self))
@@ -93,11 +101,11 @@ class LocalCluster:
             out[LOOPBACK_SWITCH] = "0"  # a driver started with RAY_ADDRESS=127.0.0.1:... must not rewrite it
         if self.mlflow_uri:
             out["MLFLOW_TRACKING_URI"] = self.mlflow_uri
-        return out
+        return out | self.object_store
 
     def process_env(self) -> dict[str, str]:
         """This process's environment for commands talking to the cluster (its ray/python first on PATH)."""
-        return _env(self.token_path, self.loopback) | self.env()
+        return _env(self.token_path, self.loopback, self.object_store) | self.env()
 
     def auth_headers(self) -> dict[str, str]:
         """HTTP headers that authenticate to the dashboard/job API of this cluster."""
@@ -136,11 +144,20 @@ def _bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def _env(token_path: str, loopback: bool) -> dict[str, str]:
+# Credentials a caller's environment may carry, which would take precedence over the cluster's own AWS files.
+_AWS_OVERRIDES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+
+
+def _env(token_path: str, loopback: bool, object_store: dict[str, str] | None = None) -> dict[str, str]:
     """Environment of the cluster's processes. Raylets start job drivers and workers with their own
     environment: this venv first on PATH (so `ray job submit -- python jobs/...` runs with the installed
-    stack), token auth on with this cluster's token, and (loopback) Ray's one-machine switch."""
+    stack), token auth on with this cluster's token, (loopback) Ray's one-machine switch, and with an object
+    store its endpoint and AWS files (instead of any credentials of the caller's environment)."""
     env = dict(os.environ)
+    if object_store:
+        for key in _AWS_OVERRIDES:
+            env.pop(key, None)
+        env.update(object_store)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["RAY_AUTH_MODE"] = "token"
     env["RAY_AUTH_TOKEN_PATH"] = token_path
@@ -163,7 +180,7 @@ def _ray_start(cluster: LocalCluster, args: list[str], netns: str | None = None,
     if netns:
         command = ["ip", "netns", "exec", netns, *command]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=_env(cluster.token_path, cluster.loopback), start_new_session=True)
+                               env=_env(cluster.token_path, cluster.loopback, cluster.object_store), start_new_session=True)
     cluster.pgids.append(process.pid)
     cluster.save()
     output, _ = process.communicate()
@@ -232,10 +249,55 @@ def _setup_network(tag: str, digest: int, workers: int) -> tuple[str, str, list[
     return bridge, host_ip, links
 
 
+BUCKET = "distsleep"  # the bucket of the cluster's object store
+
+
+def _start_object_store(cluster: LocalCluster, host: str) -> None:
+    """The S3 server (its process group recorded for `stop`), the AWS files in the state dir, and the bucket."""
+    from distsleep.cluster.objectstore import client_env, create_bucket, start_s3_server, write_aws_files
+
+    state = Path(cluster.state_dir)
+    credentials, config = write_aws_files(state)
+    server = start_s3_server(log=state / "s3-server.log", host=host,
+                             env={**_env(cluster.token_path, cluster.loopback)})
+    cluster.pids.append(server.pid)
+    cluster.pgids.append(server.pid)
+    cluster.object_store = client_env(server.endpoint, credentials, config)
+    cluster.save()
+    create_bucket(BUCKET, env=_env(cluster.token_path, cluster.loopback, cluster.object_store))
+
+
+def _start_mlflow(cluster: LocalCluster, host: str, artifacts_destination: str | None) -> None:
+    """The MLflow server: SQLite store in the state dir, artifacts there too, in the cluster's bucket (with an
+    object store) or at `artifacts_destination`; clients upload and download them through the server."""
+    state = Path(cluster.state_dir)
+    port = free_port(host)
+    store = state / "mlflow"
+    store.mkdir(exist_ok=True)
+    destination = artifacts_destination or (f"s3://{BUCKET}/mlflow" if cluster.object_store else str(store / "artifacts"))
+    log = open(state / "mlflow-server.log", "ab")
+    # Host-header allow-list: only the address it listens on (DNS-rebinding protection).
+    hosts = sorted({f"{host}:{port}", f"127.0.0.1:{port}", f"localhost:{port}"})
+    process = subprocess.Popen(
+        [_bin("mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+         "--artifacts-destination", destination, "--host", host, "--port", str(port),
+         "--workers", "1", "--allowed-hosts", ",".join(hosts)],
+        stdout=log, stderr=subprocess.STDOUT, env=_env(cluster.token_path, cluster.loopback, cluster.object_store),
+        start_new_session=True)
+    cluster.pids.append(process.pid)
+    cluster.pgids.append(process.pid)
+    cluster.mlflow_uri = f"http://{host}:{port}"
+    cluster.save()
+    _wait_http(f"{cluster.mlflow_uri}/health", timeout=90)
+
+
 def start(state_dir: str | Path, workers: int = 1, head_cpus: float = 1, worker_cpus: float = 1,
           mlflow: bool = True, netns: bool = False, object_store_mb: int = 256,
-          token_path: str | Path | None = None) -> LocalCluster:
-    """Start the cluster; `token_path` is an existing token file to use (default: a new one in the state dir)."""
+          token_path: str | Path | None = None, object_store: bool = False,
+          artifacts_destination: str | None = None) -> LocalCluster:
+    """Start the cluster; `token_path` is an existing token file to use (default: a new one in the state dir).
+    `object_store` starts the S3 server beside MLflow (module docstring); `artifacts_destination` is where
+    MLflow keeps artifacts (default: the cluster's bucket with an object store, else the state dir)."""
     state = Path(state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
     if (state / STATE_FILE).exists():
@@ -259,6 +321,8 @@ def start(state_dir: str | Path, workers: int = 1, head_cpus: float = 1, worker_
             cluster.veths.extend(f"ds{tag}h{i}" for i in range(1, workers + 1))
             cluster.save()
             head_if, head_ip, links = _setup_network(tag, digest, workers)
+        if object_store:  # before the nodes: their processes inherit its variables
+            _start_object_store(cluster, head_ip)
         port, dashboard_port, client_port = free_port(), free_port(), free_port(head_ip)
         common = ["--num-gpus=0", f"--temp-dir={temp_dir}", f"--object-store-memory={object_store_mb * 2**20}",
                   "--disable-usage-stats"]
@@ -280,22 +344,7 @@ def start(state_dir: str | Path, workers: int = 1, head_cpus: float = 1, worker_
             cluster.nodes.append(Node(f"worker{i}", node_ip, worker_cpus, ns))
             cluster.save()
         if mlflow:
-            mlflow_port = free_port(head_ip)
-            store = state / "mlflow"
-            store.mkdir(exist_ok=True)
-            log = open(state / "mlflow-server.log", "ab")
-            # Host-header allow-list: only the address it listens on (DNS-rebinding protection).
-            hosts = sorted({f"{head_ip}:{mlflow_port}", f"127.0.0.1:{mlflow_port}", f"localhost:{mlflow_port}"})
-            process = subprocess.Popen(
-                [_bin("mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-                 "--artifacts-destination", str(store / "artifacts"), "--host", head_ip, "--port", str(mlflow_port),
-                 "--workers", "1", "--allowed-hosts", ",".join(hosts)],
-                stdout=log, stderr=subprocess.STDOUT, env=_env(token, cluster.loopback), start_new_session=True)
-            cluster.pids.append(process.pid)
-            cluster.pgids.append(process.pid)
-            cluster.mlflow_uri = f"http://{head_ip}:{mlflow_port}"
-            cluster.save()
-            _wait_http(f"{cluster.mlflow_uri}/health", timeout=90)
+            _start_mlflow(cluster, head_ip, artifacts_destination)
         _wait_nodes(cluster, timeout=60)
         _wait_job_agent(cluster, timeout=90)
     except Exception:
@@ -457,6 +506,11 @@ def _format(cluster: LocalCluster) -> str:
     lines = [f"Ray cluster: {len(cluster.nodes)} nodes"]
     lines += [f"  {n.name:8s} {n.ip:15s} {n.cpus:g} CPU  resource node_{n.name}" + (f"  netns {n.netns}" if n.netns else "")
               for n in cluster.nodes]
+    if cluster.object_store:
+        lines += [f"object store: {cluster.object_store['AWS_ENDPOINT_URL']} (S3, bucket s3://{BUCKET}; credentials in "
+                  f"{cluster.object_store['AWS_SHARED_CREDENTIALS_FILE']})"]
+    if cluster.mlflow_uri:
+        lines += [f"MLflow: {cluster.mlflow_uri}"]
     lines += ["", f"auth token: {cluster.token_path} (clients need RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={cluster.token_path})",
               f"environment: eval \"$(python -m distsleep.cluster.local env --state-dir {cluster.state_dir})\"",
               f"ray job submit --address {cluster.dashboard_url} --working-dir . -- python jobs/pretrain.py ...",
@@ -476,6 +530,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-mlflow", action="store_true", help="no MLflow server")
     p.add_argument("--netns", choices=("auto", "yes", "no"), default="no",
                    help="worker nodes in their own network namespaces (needs root and `ip netns`; auto: when possible)")
+    p.add_argument("--object-store", action="store_true",
+                   help=f"also start an S3-compatible server (moto, a test dependency) with a bucket {BUCKET!r}; nodes, "
+                        f"jobs and MLflow get its endpoint and credentials files; MLflow artifacts go to s3://{BUCKET}/mlflow")
+    p.add_argument("--artifacts-destination", metavar="URI",
+                   help="where the MLflow server keeps artifacts (e.g. s3://bucket/mlflow; default: the state dir, or "
+                        "the object store's bucket with --object-store)")
     p = sub.add_parser("stop", help="stop the cluster started from --state-dir")
     p.add_argument("--state-dir", default=".cluster")
     p = sub.add_parser("env", help="print the environment variables of a running cluster")
@@ -484,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "start":
         use_netns = args.netns == "yes" or (args.netns == "auto" and netns_available())
         cluster = start(args.state_dir, workers=args.workers, head_cpus=args.head_cpus, worker_cpus=args.worker_cpus,
-                        mlflow=not args.no_mlflow, netns=use_netns)
+                        mlflow=not args.no_mlflow, netns=use_netns, object_store=args.object_store,
+                        artifacts_destination=args.artifacts_destination)
         print(_format(cluster))
     elif args.command == "stop":
         stop(args.state_dir)

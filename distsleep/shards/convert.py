@@ -6,6 +6,7 @@ the benchmark measures it against the naive route.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -14,10 +15,8 @@ from pathlib import Path
 import numpy as np
 from scipy import signal as sps
 
-from distsleep.atomic import write_json_atomic
 from distsleep.config import PreprocessConfig
 from distsleep.errors import AnnotationError
-from distsleep.integrity import sha256_file
 from distsleep.shards.format import EVENT_COLUMNS, ShardSample, quantize, write_shard
 from distsleep.signal import percentiles_of_codes, resample
 from distsleep.sources.record import Event, Record
@@ -25,6 +24,10 @@ from distsleep.sources.shhs import load_shhs_record
 from distsleep.sources.sleepedf import load_sleepedf_record
 from distsleep.sources.subjects import subject_of
 from distsleep.stages import N1, N2, N3, REM, stage_counts
+from distsleep.store import join, read_json, sha256, size, write_json
+
+SHARD_FOLDER = "shards"
+MARKER_FOLDER = "records"  # per-record summaries: the completion markers
 
 
 @dataclass(frozen=True)
@@ -163,33 +166,34 @@ def source_stamp(source: RecordSource) -> dict:
     return stamp
 
 
-def shard_path(out: Path, record_id: str) -> Path:
-    return out / "shards" / f"{record_id}.tar"
+def shard_path(out: str | Path, record_id: str) -> str:
+    """Where a record's shard goes under the output location `out` (a folder or an object-store prefix)."""
+    return join(out, SHARD_FOLDER, f"{record_id}.tar")
 
 
-def summary_path(out: Path, record_id: str) -> Path:
-    return out / "records" / f"{record_id}.json"
+def summary_path(out: str | Path, record_id: str) -> str:
+    """Where a record's summary (its completion marker) goes under `out`."""
+    return join(out, MARKER_FOLDER, f"{record_id}.json")
 
 
 def convert_record(source: RecordSource, config: PreprocessConfig, out: str | Path) -> dict:
-    """Convert one recording and write its shard and summary. Returns the summary.
+    """Convert one recording and write its shard and summary under `out` (a folder or an s3://... prefix: the
+    shard is built in memory and written in one piece, nothing is staged on local disk). Returns the summary.
 
-    The summary (written after the shard, both atomically) is the record's completion marker: a rerun
-    skips a record only when its summary has the same config hash and input stamp and its shard still has
-    the recorded sha256 (see `completed_summary`).
+    The summary (written after the shard, both whole or not at all) is the record's completion marker: a
+    rerun skips a record only when its summary has the same config hash and input stamp and its shard still
+    has the recorded sha256 (see `completed_summary`).
     """
-    out = Path(out)
     stamp = source_stamp(source)
     record = load_record(source, config)
     sample = record_to_sample(record, config)
-    shard = shard_path(out, source.record_id)
-    write_shard(shard, sample)
+    data = write_shard(shard_path(out, source.record_id), sample)
     summary = {
         "record_id": source.record_id,
         "subject": subject_of(source.record_id, config.source),
-        "shard": str(shard.relative_to(out)),
-        "sha256": sha256_file(shard),
-        "bytes": shard.stat().st_size,
+        "shard": f"{SHARD_FOLDER}/{source.record_id}.tar",  # relative to the manifest's folder
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
         "n_epochs": sample.meta["n_epochs"],
         "stages": stage_counts(sample.labels),
         "events": {name: int(sample.events[:, i].sum()) for i, name in enumerate(EVENT_COLUMNS)},
@@ -199,21 +203,20 @@ def convert_record(source: RecordSource, config: PreprocessConfig, out: str | Pa
         "source": stamp,
         "notes": list(record.problems),
     }
-    write_json_atomic(summary_path(out, source.record_id), summary)
+    write_json(summary_path(out, source.record_id), summary)
     return summary
 
 
-def completed_summary(out: Path, source: RecordSource, config_hash: str) -> dict | None:
+def completed_summary(out: str | Path, source: RecordSource, config_hash: str) -> dict | None:
     """The summary of a record already converted with this config from these input files, whose shard is
-    still the one written (same sha256), or None if it must be (re)done."""
-    path = summary_path(out, source.record_id)
+    still the one written (same size and sha256, read back from wherever it lives), or None if it must be
+    (re)done."""
     try:
-        summary = json.loads(path.read_text())
+        summary = read_json(summary_path(out, source.record_id))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    shard = out / summary.get("shard", "")
+    shard = join(out, summary.get("shard", ""))
     if (summary.get("config_hash") != config_hash or summary.get("source") != source_stamp(source)
-            or not shard.is_file() or shard.stat().st_size != summary.get("bytes")
-            or sha256_file(shard) != summary.get("sha256")):
+            or size(shard) != summary.get("bytes") or sha256(shard) != summary.get("sha256")):
         return None
     return summary

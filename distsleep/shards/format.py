@@ -12,8 +12,8 @@ not per epoch. Members of the sample with key `<record_id>` (no dots, e.g. `shhs
                                 augmented (False for real/synthetic-cohort recordings)
 
 Arrays are plain .npy (never pickles); tars are written with mtime 0 and fixed owner/mode so the same
-inputs give byte-identical shards, first to a temporary name and then renamed into place, so a shard
-under its final name is always complete.
+inputs give byte-identical shards, first to a temporary name and then renamed into place (or, in object storage, in one PUT), so a
+shard under its final name is always complete.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-from distsleep.atomic import atomic_path
 
 EVENT_COLUMNS = ("apnea", "hypopnea", "desaturation")
 INT16_MAX = 32767
@@ -72,12 +71,23 @@ def encode_sample(sample: ShardSample) -> dict:
     }
 
 
-def write_shard(path: str | Path, sample: ShardSample) -> None:
-    """Write one sample to `path` atomically (temporary sibling, then rename)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as stream:
-        writer = wds.TarWriter(stream, user="distsleep", group="distsleep", mode=0o444, mtime=0, encoder=False)
-        writer.write(encode_sample(sample))
-        writer.close()
+def shard_bytes(sample: ShardSample) -> bytes:
+    """The tar of one sample (the same bytes for the same sample)."""
+    stream = io.BytesIO()
+    writer = wds.TarWriter(stream, user="distsleep", group="distsleep", mode=0o444, mtime=0, encoder=False)
+    writer.write(encode_sample(sample))
+    writer.close()
+    return stream.getvalue()
+
+
+def write_shard(location: str | Path, sample: ShardSample) -> bytes:
+    """Write one sample to `location` (a path or an object-store URL) whole or not at all (`store.write_bytes`);
+    returns the bytes written."""
+    from distsleep.store import write_bytes
+
+    data = shard_bytes(sample)
+    write_bytes(location, data)
+    return data
 
 
 def _load_npy(raw: bytes) -> np.ndarray:

@@ -169,8 +169,8 @@ class LoaderConfig:
     (`meta["channel_stats"]`), so a window is scaled the same wherever it was cut from.
 
     `checksums` (shard location -> sha256, from `shard_checksums`) makes the reader check each shard's bytes
-    before decoding them; `verify` says which: "local" files (default; the hash costs a few ms per shard),
-    "all" (remote shards too: each is read into memory and hashed) or "none".
+    before decoding them; `verify` says which (`storage.should_verify`): "stored" (default: local files and
+    object stores such as s3://; the hash costs a few ms per shard), "local", "all" (http(s) too) or "none".
     """
 
     seq_len: int = 21
@@ -183,7 +183,7 @@ class LoaderConfig:
     windows_per_visit: int | None = None
     normalization: str = "uv"
     checksums: dict[str, str] | None = None
-    verify: str = "local"
+    verify: str = "stored"
 
     def __post_init__(self) -> None:
         if self.verify not in VERIFY_MODES:
@@ -300,13 +300,13 @@ def _load_night(raw: dict, channels: Sequence[int | str] | None, normalization: 
     )
 
 
-def _shard_reader(checksums: dict[str, str] | None, verify: str = "local"):
+def _shard_reader(checksums: dict[str, str] | None, verify: str = "stored"):
     """The pipeline stage that opens shards (verified against `checksums` as `verify` says)."""
     return functools.partial(tar_samples, checksums=checksums, verify=verify)
 
 
 def _read_nights(urls: list[str], channels: Sequence[int | str] | None, normalization: str = "uv",
-                 checksums: dict[str, str] | None = None, verify: str = "local") -> Iterator[_Night]:
+                 checksums: dict[str, str] | None = None, verify: str = "stored") -> Iterator[_Night]:
     """Nights of `urls` in the given order, read once (no shuffle, no resampling, no node split)."""
     if not urls:
         return

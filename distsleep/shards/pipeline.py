@@ -10,6 +10,10 @@ of every shard depend only on its inputs and config.
 One job per output folder: the driver holds OUT/.preprocess.lock for the whole run (a second job into the
 same --out is refused and told who holds it), and a folder whose manifest was made with another
 preprocessing or split config is refused unless `overwrite` says to replace it: two datasets never mix.
+
+OUT may be an object-store prefix (s3://bucket/cohort): the Ray tasks then write each shard and marker
+straight to the bucket (`store.py`), the lock is a lease object (`locks.py`), and the manifest is written
+last, so a reader never finds a manifest naming shards that are not there yet.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from tqdm import tqdm
 
 from distsleep.config import PreprocessConfig, SplitConfig
 from distsleep.errors import InputError
-from distsleep.atomic import TEMP_MARK, write_json_atomic
+from distsleep.atomic import TEMP_MARK
 from distsleep.locks import LockHeld, exclusive_lock
 from distsleep.runtime import connect_ray
 from distsleep.shards.convert import RecordSource, completed_summary, convert_record
@@ -31,6 +35,7 @@ from distsleep.shards.manifest import FAILURES_NAME, MANIFEST_NAME, build_manife
 from distsleep.shards.splits import published_splits, read_split_file
 from distsleep.sources.subjects import subject_of, visit_of
 from distsleep.stages import STAGE_NAMES
+from distsleep.store import check_no_credentials, display, is_url, join, make_folder, read_json, write_json
 
 
 @dataclass(frozen=True)
@@ -105,24 +110,26 @@ class OutputConflict(RuntimeError):
     """The output folder is in use by another job or holds a dataset made with another config."""
 
 
-def _clean_stale_temporaries(out: Path) -> None:
+def _clean_stale_temporaries(out: str) -> None:
     """Temporary files of a killed run are garbage: their final names were never written. Only called under
-    the folder's lock, so no running job's temporaries are among them."""
+    the folder's lock, so no running job's temporaries are among them. (Object stores have none: an upload
+    cut short never becomes an object; S3 keeps its parts until a lifecycle rule aborts them, see README.)"""
+    if is_url(out):
+        return
     for pattern in (f"shards/.*{TEMP_MARK}*", f"records/.*{TEMP_MARK}*", f".*{TEMP_MARK}*"):
-        for path in out.glob(pattern):
+        for path in Path(out).glob(pattern):
             path.unlink(missing_ok=True)
 
 
-def check_same_config(out: Path, config: PreprocessConfig, split: SplitConfig) -> None:
+def check_same_config(out: str, config: PreprocessConfig, split: SplitConfig) -> None:
     """Refuse to add to a folder whose manifest was built with another preprocessing or split config."""
-    import json
-
+    manifest = join(out, MANIFEST_NAME)
     try:
-        existing = json.loads((out / MANIFEST_NAME).read_text())
+        existing = read_json(manifest)
     except FileNotFoundError:
         return
     except (OSError, ValueError) as error:
-        raise OutputConflict(f"{out / MANIFEST_NAME}: unreadable ({error}); remove it or pass --overwrite") from error
+        raise OutputConflict(f"{manifest}: unreadable ({error}); remove it or pass --overwrite") from error
     differences = []
     if existing.get("config_hash") != config.content_hash():
         before = existing.get("config", {}).get("preprocess", {})
@@ -138,12 +145,14 @@ def check_same_config(out: Path, config: PreprocessConfig, split: SplitConfig) -
 def run_preprocess(root: str | Path, out: str | Path, config: PreprocessConfig, split: SplitConfig,
                    limit: int | None = None, cluster: ClusterOptions = ClusterOptions(), progress: bool = True,
                    overwrite: bool = False) -> PreprocessResult:
-    """Preprocess every recording under `root` into `out` (see the module docstring). Raises OutputConflict
-    when another job holds `out` or (unless `overwrite`) `out` holds a dataset made with another config."""
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    """Preprocess every recording under `root` into `out`, a folder or an object-store prefix (s3://bucket/...;
+    see the module docstring). Raises OutputConflict when another job holds `out` or (unless `overwrite`)
+    `out` holds a dataset made with another config."""
+    check_no_credentials(str(out))
+    out = display(out)
+    make_folder(out)
     try:
-        with exclusive_lock(out / LOCK_NAME, f"the output folder {out}",
+        with exclusive_lock(join(out, LOCK_NAME), f"the output folder {out}",
                             "wait for that job to finish or choose another --out"):
             if not overwrite:
                 check_same_config(out, config, split)
@@ -152,12 +161,11 @@ def run_preprocess(root: str | Path, out: str | Path, config: PreprocessConfig, 
         raise OutputConflict(str(error)) from None
 
 
-def _run_locked(root: str | Path, out: Path, config: PreprocessConfig, split: SplitConfig, limit: int | None,
+def _run_locked(root: str | Path, out: str, config: PreprocessConfig, split: SplitConfig, limit: int | None,
                 cluster: ClusterOptions, progress: bool) -> PreprocessResult:
     import ray
 
     t0 = time.perf_counter()
-    out = Path(out).resolve()
     # A published split is read (and refused) before anything is converted.
     published = read_split_file(split.split_file) if split.split_file else None
     sources, not_selected = select_visits(discover(config, root), config.source, split, root)
@@ -165,7 +173,7 @@ def _run_locked(root: str | Path, out: Path, config: PreprocessConfig, split: Sp
     if published is not None:  # ids the file names that no recording has: refused before converting anything
         published_splits({s.record_id: subject_of(s.record_id, config.source) for s in sources}, published,
                          split.allow_missing_split_ids)
-    (out / "shards").mkdir(parents=True, exist_ok=True)
+    make_folder(join(out, "shards"))
     _clean_stale_temporaries(out)
     config_hash = config.content_hash()
 
@@ -188,7 +196,7 @@ def _run_locked(root: str | Path, out: Path, config: PreprocessConfig, split: Sp
             max_retries=cluster.max_retries,
             retry_exceptions=False,
         )
-        pending = {task.remote(source, config, str(out)): source for source in todo}
+        pending = {task.remote(source, config, out): source for source in todo}
         bar = tqdm(total=len(sources), initial=skipped, desc="preprocess", unit="rec", disable=not progress)
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -207,13 +215,14 @@ def _run_locked(root: str | Path, out: Path, config: PreprocessConfig, split: Sp
         bar.close()
 
     manifest = build_manifest(list(summaries.values()), failures, config, split, published, not_selected)
-    write_json_atomic(out / FAILURES_NAME, sorted(failures, key=lambda f: f["record_id"]), lines=True)
-    write_json_atomic(out / MANIFEST_NAME, manifest)
+    # The manifest last: a dataset is complete (and usable) only once it is there.
+    write_json(join(out, FAILURES_NAME), sorted(failures, key=lambda f: f["record_id"]), lines=True)
+    write_json(join(out, MANIFEST_NAME), manifest)
     return PreprocessResult(manifest=manifest, converted=len(summaries) - skipped, skipped=skipped,
                             failures=failures, seconds=time.perf_counter() - t0)
 
 
-def format_summary(result: PreprocessResult, out: Path) -> str:
+def format_summary(result: PreprocessResult, out: str | Path) -> str:
     manifest = result.manifest
     records = manifest["records"].values()
     n_bytes = sum(r["bytes"] for r in records)
@@ -226,10 +235,10 @@ def format_summary(result: PreprocessResult, out: Path) -> str:
         "epochs per stage: " + "  ".join(f"{k} {v}" for k, v in stages.items()),
         f"bytes: {n_bytes / 1e6:.1f} MB in shards, {n_bytes / max(1, n_epochs):.0f} B per epoch; "
         f"{result.seconds:.1f} s ({(result.converted / result.seconds if result.seconds else 0):.2f} records/s converted)",
-        f"manifest: {out / MANIFEST_NAME}",
+        f"manifest: {join(display(out), MANIFEST_NAME)}",
     ]
     for failure in result.failures:
         lines.append(f"FAILED {failure['record_id']}: {failure['error']}: {failure['message']}")
     if result.failures:
-        lines.append(f"failures: {out / FAILURES_NAME}")
+        lines.append(f"failures: {join(display(out), FAILURES_NAME)}")
     return "\n".join(lines)

@@ -7,13 +7,14 @@
                                              with --allow-shard-commands, see `check_entry`
 
 Training on a cluster then streams straight from a bucket or a shared filesystem without a copy step.
-Credentials come from the usual places of each library (environment, instance roles), never from URLs
-written to logs.
+Credentials come from the usual places of each library (environment, AWS config files, instance roles;
+AWS_ENDPOINT_URL for S3-compatible stores), never from URLs: a URL with user:secret@ is refused (`store.py`).
 
 Manifests and augmentation files are data, and data must not run commands: a `pipe:` entry runs in a shell
 on every node that reads it, and exotic fsspec schemes can do as much. Entries are therefore checked when a
 manifest is loaded (`check_entry`); and when a manifest lists a shard's sha256, the bytes read are checked
-against it before they are decoded (`tar_samples`).
+against it before they are decoded (`tar_samples`): by default for local files and object stores, the
+storage preprocessing writes to (`should_verify`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,11 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 # Where a manifest entry may point without an opt-in: paths and storage that can only be read.
 READ_SCHEMES = ("file", "s3", "gs", "gcs", "az", "abfs", "abfss", "http", "https", "hf")
 COMMANDS_OPTION = "--allow-shard-commands"
-VERIFY_MODES = ("local", "all", "none")  # which shards are checked against their recorded sha256
+# Which shards are checked against their recorded sha256: "stored" (default) local files and object stores (the
+# storage preprocessing writes to), "local" local files only, "all" also http(s)/hf, "none".
+VERIFY_MODES = ("stored", "local", "all", "none")
+DEFAULT_VERIFY = "stored"
+OBJECT_STORES = ("s3", "gs", "gcs", "az", "abfs", "abfss")
 
 
 class UnsafeEntryError(ValueError):
@@ -54,6 +59,10 @@ def check_entry(location: str, manifest: str, entry: str, allow_commands: bool =
     """Refuse a shard entry of `manifest` that is a `pipe:` command or a URL whose scheme is not in
     READ_SCHEMES, unless the user opted in (`allow_commands`, the command line's --allow-shard-commands)."""
     kind = scheme(location)
+    if kind not in (None, "pipe"):
+        from distsleep.store import check_no_credentials
+
+        check_no_credentials(location)  # a manifest is shared and logged: keys never go into one
     if kind is None or kind in READ_SCHEMES or allow_commands:
         return
     what = ("a pipe: command, which would run in a shell on every node that reads it" if kind == "pipe"
@@ -74,6 +83,10 @@ def open_binary(location: str) -> IO[bytes]:
             return wds.gopen(location, "rb")
         import fsspec
 
+        from distsleep.store import check_no_credentials
+
+        check_no_credentials(location)
+
         return fsspec.open(location, "rb").open()
     except ImportError as error:
         raise OSError(f"{location}: no filesystem for '{kind}://' URLs is installed ({error})") from error
@@ -89,11 +102,15 @@ def read_bytes(location: str) -> bytes:
 
 
 def should_verify(location: str, mode: str) -> bool:
-    """Whether a shard at `location` is checked against its sha256 in verify mode `mode` ("local": local
-    files only, the default; "all": URLs too, which reads each shard into memory first; "none")."""
+    """Whether a shard at `location` is checked against its sha256 in verify mode `mode`: "stored" (the default)
+    local files and object-store shards (s3://, gs://, ...), each read whole into memory and hashed before it
+    is decoded (a night is decoded whole anyway; hashing costs about 1 s per GB); "local" local files only;
+    "all" any URL (http(s) too); "none"."""
     if mode not in VERIFY_MODES:
         raise ValueError(f"shard verification must be one of {VERIFY_MODES}, not {mode!r}")
-    return mode == "all" or (mode == "local" and not is_remote(location))
+    kind = scheme(location)
+    return (mode == "all" or (mode in ("stored", "local") and not is_remote(location))
+            or (mode == "stored" and kind in OBJECT_STORES))
 
 
 def open_verified(location: str, sha256: str) -> IO[bytes]:
@@ -116,7 +133,7 @@ def _open_streams(samples: Iterable[dict[str, Any]], checksums: dict[str, str] |
 
 
 def tar_samples(samples: Iterable[dict[str, Any]], checksums: dict[str, str] | None = None,
-                verify: str = "local") -> Iterator[dict[str, Any]]:
+                verify: str = DEFAULT_VERIFY) -> Iterator[dict[str, Any]]:
     """webdataset pipeline stage: {'url': ...} items -> samples (like wds.tarfile_to_samples, but every
     location is opened by `open_binary`, so fsspec URLs work and errors name the shard). A url with an entry
     in `checksums` is verified first when `should_verify(url, verify)`."""

@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import tempfile
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
+from distsleep import store
 from distsleep.baselines.score import yasa_baseline
 from distsleep.cluster.preflight import ClusterCheckError, allow_pending, check_resources, resource_shortfall
 from distsleep.integrity import IntegrityError
@@ -206,10 +207,8 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, out_dir: str | Path 
 
 
 def _sweep_lock(experiment_dir: str, name: str):
-    """One launch of a sweep name at a time (a URL storage path cannot be locked here)."""
-    if "://" in experiment_dir:
-        return nullcontext()
-    return exclusive_lock(Path(experiment_dir) / ".launch.lock", f"sweep {name!r} ({experiment_dir})",
+    """One launch of a sweep name at a time (on s3:// storage a lease object, see locks.py)."""
+    return exclusive_lock(store.join(experiment_dir, ".launch.lock"), f"sweep {name!r} ({experiment_dir})",
                           "wait for that launch to end, or give this one another --name")
 
 

@@ -167,7 +167,9 @@ class RunLogger:
         """Wait until queued metrics are written (before artifacts and the end of the run)."""
         if not self.enabled:
             return
-        self._call("flush metrics", mlflow.flush_async_logging)
+        # This client's own store: mlflow.flush_async_logging() drains the store of the *global* tracking
+        # URI, which is another store (and queue) whenever this run's URI is not the process default.
+        self._call("flush metrics", self._client._tracking_client.store.flush_async_logging)
 
     def tags(self, tags: dict[str, str]) -> None:
         if not self.enabled:

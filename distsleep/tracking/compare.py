@@ -40,8 +40,10 @@ SELECTED = "selected (validation)"
 
 
 def selection_key(rows) -> str | None:
-    """The validation metric the runs were selected on ("val_best_macro_f1"...): the one every scored run has."""
+    """The validation metric the runs were selected on ("val_best_macro_f1"...): the one every run that has one
+    shares (failed runs without metrics do not count)."""
     keys = [{k for k in r.metrics if k.startswith(VALIDATION_PREFIX)} for r in rows if not r.baseline]
+    keys = [k for k in keys if k]
     common = set.intersection(*keys) if keys else set()
     return min(common) if common else None
 

@@ -51,6 +51,7 @@ def write_run_artifacts(directory: Path, *, cfg, model_cfg, ds_config, manifest,
     dump("data.json", {"manifest_config_hash": manifest.get("config_hash"), "manifest_code_version": manifest.get("code_version"),
                        "manifest_hash": manifest_hash(manifest),
                        "shards": cfg.shards, "channels": list(roles), "records": splits,
+                       "split_source": manifest.get("split"),  # stable hash + seed, or a published split file
                        "evaluated_test_records": sorted(predictions.labels),
                        # synthetic epochs: training stream only (never validation/test), with their provenance
                        "augmentation": {"manifests": list(cfg.augment_shards), "shards": list(augmented)},

@@ -38,7 +38,7 @@ class TrainConfig(ConfigBase, ClusterSection, TrackingSection):
     channels: list | None = None  # channel roles to feed the model (default: its preferred roles in the shards)
     augment_shards: list = field(default_factory=list)  # augmentation.json files whose shards join training only
     allow_shard_commands: bool = False  # accept pipe: commands / unlisted URL schemes in manifests (opt-in)
-    verify_shards: str = "local"  # check shards against the manifest's sha256: local | all | none
+    verify_shards: str = "stored"  # check shards against the manifest's sha256: stored | local | all | none
     # data
     seq_len: int = 21
     # Sequences per optimizer step in total, over all workers (the paper's 32 is 32 in total): each worker

@@ -18,7 +18,6 @@ in Ray's log files (ray-train-sys-*.log under the session's logs/train/) unless 
 
 from __future__ import annotations
 
-import json
 import logging
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -29,12 +28,14 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from distsleep import store
 from distsleep.cluster.preflight import ClusterCheckError, check_paths_visible, check_resources
 from distsleep.integrity import IntegrityError
 from distsleep.locks import LockHeld
 from distsleep.runtime import VERBOSE_ENV, connect_ray, verbose
 from distsleep.shards.loader import load_manifest
 from distsleep.shards.storage import UnsafeEntryError
+from distsleep.store import CredentialsInLocation, check_no_credentials
 from distsleep.tracking import BUNDLE_TAG, HTTP_ENV, RunLogger, client, find_or_create_run
 from distsleep.train.identity import RunMismatch, launch_guard
 from distsleep.train.step import device_of
@@ -74,12 +75,12 @@ def _describe(error: BaseException) -> str:
 
 
 def _last_checkpoint_step(storage: str) -> int | None:
-    if "://" in storage:
-        return None
-    states = sorted(Path(storage).glob("checkpoint_*/trainer_state.json"))
-    if not states:
-        return None
-    return json.loads(states[-1].read_text()).get("step")
+    for name in reversed(store.children(storage, "checkpoint_*")):
+        try:
+            return store.read_json(store.join(storage, name, "trainer_state.json")).get("step")
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def failure_message(cfg, error: BaseException, storage: str) -> str:
@@ -133,6 +134,10 @@ def cluster_preflight(cfg, tracking_uri: str, check_demand: bool = True, inputs=
 def run_storage(storage_path: str, name: str) -> str:
     """Where the run's checkpoints go (STORAGE/NAME); a local storage path is created first."""
     if "://" in storage_path:
+        try:
+            check_no_credentials(storage_path)
+        except CredentialsInLocation as error:
+            raise LaunchError(f"--storage-path: {error}") from error
         return f"{storage_path.rstrip('/')}/{name}"
     try:
         Path(storage_path).mkdir(parents=True, exist_ok=True)

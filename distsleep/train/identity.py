@@ -9,7 +9,7 @@ preprocessing) or another config is refused with what differs and how to start a
 only say how far or where to run (max steps, validation cadence, number of workers and their CPUs, tracking,
 storage) may change. The checkpoints found there are verified against their checksums before anything loads them, and
 the launch holds STORAGE/NAME/.launch.lock while it runs, so a second launch of the same name at once is
-refused (naming the first).
+refused (naming the first). STORAGE may be an s3:// prefix: the identity file and lock are objects there.
 
 `--init-from` / `--init-part` sources are identified the same way (a run's identity file, a bundle's
 "data", an MLflow run's data.json): a run whose validation or test records were training records of the
@@ -23,8 +23,7 @@ import json
 from contextlib import contextmanager
 from pathlib import Path
 
-from distsleep import bundle
-from distsleep.atomic import write_json_atomic
+from distsleep import bundle, store
 from distsleep.integrity import verify_checksums
 from distsleep.locks import exclusive_lock
 from distsleep.shards.manifest import canonical_hash, manifest_hash, split_records
@@ -75,16 +74,17 @@ def _differences(before: dict, now: dict) -> list[str]:
 
 
 def check_identity(storage: str, identity: dict) -> None:
-    """Record `identity` for a new run in STORAGE/NAME, or refuse a launch that is not the run stored there."""
-    path = Path(storage) / IDENTITY_FILE
+    """Record `identity` for a new run in STORAGE/NAME (a folder or an s3:// prefix), or refuse a launch that
+    is not the run stored there."""
+    path = store.join(storage, IDENTITY_FILE)
     name = identity["name"]
-    if not path.exists():
-        if any(Path(storage).glob("checkpoint_*")):
+    if not store.exists(path):
+        if store.children(storage, "checkpoint_*"):
             raise RunMismatch(f"{storage} holds checkpoints of run {name!r} but no {IDENTITY_FILE}, so this launch cannot "
                               f"be checked to be the same run; give a new --name to start a new run")
-        write_json_atomic(path, identity)
+        store.write_json(path, identity)
         return
-    before = json.loads(path.read_text())
+    before = store.read_json(path)
     differences = _differences(before, identity)
     if differences:
         raise RunMismatch(f"run {name!r} in {storage} was started with other " + "; other ".join(differences)
@@ -93,21 +93,21 @@ def check_identity(storage: str, identity: dict) -> None:
 
 
 def verify_checkpoints(storage: str) -> None:
-    """Every checkpoint under STORAGE/NAME matches the checksums its writers recorded (IntegrityError if not)."""
-    for checkpoint in sorted(Path(storage).glob("checkpoint_*")):
-        if checkpoint.is_dir():
-            verify_checksums(checkpoint, f"the checkpoint {checkpoint.name} of {storage}")
+    """Every checkpoint under STORAGE/NAME matches the checksums its writers recorded (IntegrityError if not).
+    In object storage only the file set is checked here (reading every checkpoint back would download it):
+    each worker checks the contents of the copy it downloads before loading it."""
+    remote = store.is_url(storage)
+    for name in store.children(storage, "checkpoint_*"):
+        checkpoint = store.join(storage, name)
+        if remote or Path(checkpoint).is_dir():
+            verify_checksums(checkpoint, f"the checkpoint {name} of {storage}", contents=not remote)
 
 
 @contextmanager
 def launch_guard(cfg, manifest: dict, storage: str, augmentations: list[dict] = ()):
-    """For the duration of a launch: the run's lock, its identity checked (or recorded) and its checkpoints
-    verified. Storage given as a URL (s3://...) cannot be locked or listed here; the workers still verify
-    each checkpoint before loading it."""
-    if "://" in storage:
-        yield
-        return
-    with exclusive_lock(Path(storage) / LOCK_FILE, f"run {cfg.name!r} ({storage})",
+    """For the duration of a launch: the run's lock (a lease object when the storage is s3://, see locks.py),
+    its identity checked (or recorded) and its checkpoints verified."""
+    with exclusive_lock(store.join(storage, LOCK_FILE), f"run {cfg.name!r} ({storage})",
                         "wait for that launch to end, or give this one another --name"):
         check_identity(storage, run_identity(cfg, manifest, augmentations))
         verify_checkpoints(storage)
