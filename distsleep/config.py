@@ -8,7 +8,9 @@ from dataclasses import asdict, dataclass, fields
 
 # 2: shards carry each channel's per-recording median and IQR (meta["channel_stats"]).
 SHARD_FORMAT_VERSION = 2
-SOURCES = ("shhs", "sleep-edf")
+# "nsrr": any NSRR cohort (EDF + NSRR/Profusion XML), its alias table chosen by `cohort` or the file names;
+# "shhs" is that reader with the cohort fixed to SHHS (what it has always been).
+SOURCES = ("shhs", "sleep-edf", "nsrr")
 SUBSETS = ("all", "shhs-5791", "shhs-5463")
 
 # Per-role zero-phase band-passes (Hz) of SynthSleepNet's SHHS preprocessing: EEG/EOG 0.5-40, ECG 3-30,
@@ -45,10 +47,24 @@ class PreprocessConfig:
     filter_recipe: str | None = None  # per-role band-passes (FILTER_RECIPES); overrides `bandpass` per role
     trim_wake_minutes: float | None = None  # keep this much wake around the sleep period
     epoch_seconds: float = 30.0
+    # source "nsrr" only: the cohort whose alias table applies (None: from each file's name, else unknown)
+    cohort: str | None = None
+    # (role, labels) from a luna alias file (distsleep.sources.channel_map.read_channel_map), tried first
+    channel_map: tuple[tuple[str, tuple[str, ...]], ...] | None = None
 
     def __post_init__(self):
+        from distsleep.sources.montages import NSRR_COHORTS, known_roles
+
         if self.source not in SOURCES:
             raise ValueError(f"unknown source {self.source!r}; choose one of {', '.join(SOURCES)}")
+        if self.cohort is not None and (self.source != "nsrr" or self.cohort not in NSRR_COHORTS):
+            raise ValueError(f"cohort {self.cohort!r} needs source 'nsrr' and one of {', '.join(NSRR_COHORTS)}")
+        if self.channel_map is not None:
+            entries = self.channel_map.items() if isinstance(self.channel_map, dict) else self.channel_map
+            object.__setattr__(self, "channel_map", tuple((role, tuple(labels)) for role, labels in entries))
+            unknown = [role for role, _ in self.channel_map if role not in known_roles()]
+            if unknown:
+                raise ValueError(f"channel map names unknown role(s) {unknown}")
         if self.bandpass is not None and not 0 < self.bandpass[0] < self.bandpass[1] < self.target_rate / 2:
             raise ValueError(f"band-pass {self.bandpass} must satisfy 0 < low < high < target_rate/2")
         if self.filter_recipe is not None and self.filter_recipe not in FILTER_RECIPES:
@@ -64,6 +80,12 @@ class PreprocessConfig:
         out = asdict(self)
         out["channels"] = list(self.channels)
         out["bandpass"] = list(self.bandpass) if self.bandpass else None
+        # Left out when unset, so configs (and shard hashes) from before these fields existed stay the same.
+        for name in ("cohort", "channel_map"):
+            if out[name] is None:
+                del out[name]
+        if self.channel_map is not None:
+            out["channel_map"] = {role: list(labels) for role, labels in self.channel_map}
         return out
 
     def content_hash(self) -> str:

@@ -41,13 +41,16 @@ def load_record(source: RecordSource, config: PreprocessConfig) -> Record:
     if source.annotation_path is None:
         raise AnnotationError(source.signal_path, "no annotation file found for this recording "
                               "(expected an NSRR/Profusion XML or a Sleep-EDF hypnogram beside it)")
-    if config.source == "shhs":
-        from distsleep.sources.shhs import load_shhs_record
+    if config.source in ("shhs", "nsrr"):
+        from distsleep.sources.shhs import load_nsrr_record
 
-        return load_shhs_record(source.signal_path, source.annotation_path, roles=config.channels, record_id=source.record_id)
+        cohort = "shhs" if config.source == "shhs" else config.cohort
+        return load_nsrr_record(source.signal_path, source.annotation_path, roles=config.channels,
+                                record_id=source.record_id, cohort=cohort, channel_map=config.channel_map)
     from distsleep.sources.sleepedf import load_sleepedf_record
 
-    return load_sleepedf_record(source.signal_path, source.annotation_path, roles=config.channels, record_id=source.record_id)
+    return load_sleepedf_record(source.signal_path, source.annotation_path, roles=config.channels,
+                                record_id=source.record_id, channel_map=config.channel_map)
 
 
 def wake_trim_range(stages: np.ndarray, minutes: float | None, epoch_seconds: float) -> tuple[int, int]:
