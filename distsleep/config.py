@@ -23,12 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from distsleep.sources.montages import NSRR_COHORTS, known_roles
+
 # 2: shards carry each channel's per-recording median and IQR (meta["channel_stats"]).
 SHARD_FORMAT_VERSION = 2
-SOURCES = ("shhs", "sleep-edf")
+# "nsrr": any NSRR cohort (EDF + NSRR/Profusion XML), its alias table chosen by `cohort` or the file names;
+# "shhs" is that reader with the cohort fixed to SHHS (what it has always been).
+SOURCES = ("shhs", "sleep-edf", "nsrr")
 SUBSETS = ("all", "shhs-5791", "shhs-5463")
 # The staging EEG each source's shards hold by default (SHHS C4-A1, Sleep-EDF Fpz-Cz).
-STAGING_EEG = {"shhs": "eeg_c4", "sleep-edf": "eeg_fpz_cz"}
+STAGING_EEG = {"shhs": "eeg_c4", "nsrr": "eeg_c4", "sleep-edf": "eeg_fpz_cz"}
 
 # Per-role zero-phase band-passes (Hz) of SynthSleepNet's SHHS preprocessing: EEG/EOG 0.5-40, ECG 3-30,
 # chin EMG 25-49, airflow 0.05-1. Applied to the continuous night at the native rate (the public parser
@@ -231,11 +235,23 @@ class PreprocessConfig(ConfigBase):
     filter_recipe: str | None = None  # per-role band-passes (FILTER_RECIPES); overrides `bandpass` per role
     trim_wake_minutes: float | None = None  # keep this much wake around the sleep period
     epoch_seconds: float = 30.0
+    # source "nsrr" only: the cohort whose alias table applies (None: from each file's name, else unknown)
+    cohort: str | None = None
+    # (role, labels) from a luna alias file (distsleep.sources.channel_map.read_channel_map), tried first
+    channel_map: tuple[tuple[str, tuple[str, ...]], ...] | None = None
 
     def __post_init__(self):
         if self.source not in SOURCES:
             raise ValueError(f"unknown source {self.source!r}; choose one of {', '.join(SOURCES)}")
         object.__setattr__(self, "channels", tuple(self.channels) or (STAGING_EEG[self.source],))
+        if self.cohort is not None and (self.source != "nsrr" or self.cohort not in NSRR_COHORTS):
+            raise ValueError(f"cohort {self.cohort!r} needs source 'nsrr' and one of {', '.join(NSRR_COHORTS)}")
+        if self.channel_map is not None:
+            entries = self.channel_map.items() if isinstance(self.channel_map, dict) else self.channel_map
+            object.__setattr__(self, "channel_map", tuple((role, tuple(labels)) for role, labels in entries))
+            unknown = [role for role, _ in self.channel_map if role not in known_roles()]
+            if unknown:
+                raise ValueError(f"channel map names unknown role(s) {unknown}")
         if self.bandpass is not None:
             object.__setattr__(self, "bandpass", tuple(self.bandpass))
             if not 0 < self.bandpass[0] < self.bandpass[1] < self.target_rate / 2:
@@ -254,6 +270,16 @@ class PreprocessConfig(ConfigBase):
         if self.filter_recipe is not None and role in FILTER_RECIPES[self.filter_recipe]:
             return FILTER_RECIPES[self.filter_recipe][role]
         return self.bandpass
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        # Left out when unset, so configs (and shard hashes) from before these fields existed stay the same.
+        for name in ("cohort", "channel_map"):
+            if out[name] is None:
+                del out[name]
+        if self.channel_map is not None:
+            out["channel_map"] = {role: list(labels) for role, labels in self.channel_map}
+        return out
 
     def content_hash(self) -> str:
         payload = {"format": SHARD_FORMAT_VERSION, **self.to_dict()}

@@ -152,3 +152,57 @@ def confusion_grid_png(items: list[tuple[str, list[list[int]]]], path: str | Pat
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def kappa_distribution_png(kappas, path: str | Path, title: str = "") -> Path:
+    """Per-night Cohen's kappa: every night as a dot over a box (median, IQR), plus a histogram."""
+    values = np.asarray([k for k in kappas if np.isfinite(k)], dtype=float)
+    fig, (box, hist) = plt.subplots(1, 2, figsize=(7.6, 3.4), dpi=120, gridspec_kw={"width_ratios": [1, 2]})
+    if values.size:
+        box.boxplot(values, widths=0.5, showfliers=False)
+        jitter = np.random.default_rng(0).uniform(-0.12, 0.12, values.size)  # fixed: same file every run
+        box.scatter(1 + jitter, values, s=10, alpha=0.6, color="tab:blue", zorder=3)
+        hist.hist(values, bins=min(20, max(5, values.size // 2)), color="tab:blue", alpha=0.8)
+        hist.axvline(np.median(values), color="black", lw=1, ls="--", label=f"median {np.median(values):.3f}")
+        hist.legend(fontsize=7)
+    box.set_xticks([1], [f"{values.size} nights"])
+    box.set_ylabel("Cohen's kappa")
+    hist.set_xlabel("Cohen's kappa")
+    hist.set_ylabel("nights")
+    fig.suptitle(title or "per-night agreement with the scorer", fontsize=9)
+    return _save(fig, path)
+
+
+def bland_altman_png(true, predicted, path: str | Path, name: str, unit: str = "") -> Path:
+    """Bland-Altman plot of one sleep statistic: difference (predicted - true) against the pair's mean, with
+    the mean bias and the 95 % limits of agreement (bias +- 1.96 SD of the differences)."""
+    true, predicted = np.asarray(true, dtype=float), np.asarray(predicted, dtype=float)
+    ok = np.isfinite(true) & np.isfinite(predicted)
+    mean, diff = (true[ok] + predicted[ok]) / 2, predicted[ok] - true[ok]
+    fig, ax = plt.subplots(figsize=(5.2, 4.0), dpi=120)
+    ax.scatter(mean, diff, s=12, alpha=0.7, color="tab:blue")
+    label = f"{name} ({unit})" if unit else name
+    if diff.size:
+        bias, sd = float(np.mean(diff)), float(np.std(diff, ddof=1)) if diff.size > 1 else 0.0
+        ax.axhline(bias, color="black", lw=1, label=f"bias {bias:+.1f}")
+        for limit in (bias - 1.96 * sd, bias + 1.96 * sd):
+            ax.axhline(limit, color="tab:red", lw=1, ls="--")
+        ax.plot([], [], color="tab:red", ls="--", label=f"95% limits {bias - 1.96 * sd:+.1f} .. {bias + 1.96 * sd:+.1f}")
+        ax.legend(fontsize=7)
+    ax.axhline(0, color="gray", lw=0.6)
+    ax.set_xlabel(f"mean of scorer and model, {label}")
+    ax.set_ylabel(f"model - scorer, {label}")
+    ax.set_title(f"Bland-Altman: {name}, {diff.size} nights", fontsize=9)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Write the figure under a temporary name and rename it into place (a half-written PNG never shows)."""
+    from distsleep.atomic import atomic_path
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
+    plt.close(fig)
+    return Path(path)

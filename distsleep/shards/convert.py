@@ -20,7 +20,7 @@ from distsleep.errors import AnnotationError
 from distsleep.shards.format import EVENT_COLUMNS, ShardSample, quantize, write_shard
 from distsleep.signal import percentiles_of_codes, resample
 from distsleep.sources.record import Event, Record
-from distsleep.sources.shhs import load_shhs_record
+from distsleep.sources.shhs import load_nsrr_record
 from distsleep.sources.sleepedf import load_sleepedf_record
 from distsleep.sources.subjects import subject_of
 from distsleep.stages import N1, N2, N3, REM, stage_counts
@@ -43,9 +43,12 @@ def load_record(source: RecordSource, config: PreprocessConfig) -> Record:
     if source.annotation_path is None:
         raise AnnotationError(source.signal_path, "no annotation file found for this recording "
                               "(expected an NSRR/Profusion XML or a Sleep-EDF hypnogram beside it)")
-    if config.source == "shhs":
-        return load_shhs_record(source.signal_path, source.annotation_path, roles=config.channels, record_id=source.record_id)
-    return load_sleepedf_record(source.signal_path, source.annotation_path, roles=config.channels, record_id=source.record_id)
+    if config.source in ("shhs", "nsrr"):
+        cohort = "shhs" if config.source == "shhs" else config.cohort
+        return load_nsrr_record(source.signal_path, source.annotation_path, roles=config.channels,
+                                record_id=source.record_id, cohort=cohort, channel_map=config.channel_map)
+    return load_sleepedf_record(source.signal_path, source.annotation_path, roles=config.channels,
+                                record_id=source.record_id, channel_map=config.channel_map)
 
 
 def wake_trim_range(stages: np.ndarray, minutes: float | None, epoch_seconds: float) -> tuple[int, int]:

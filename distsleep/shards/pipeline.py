@@ -60,14 +60,14 @@ class PreprocessResult:
 
 
 def discover(config: PreprocessConfig, root: str | Path, limit: int | None = None) -> list[RecordSource]:
-    if config.source == "shhs":
-        from distsleep.sources.shhs import find_shhs_pairs as find
+    if config.source in ("shhs", "nsrr"):
+        from distsleep.sources.shhs import find_nsrr_pairs as find
     else:
         from distsleep.sources.sleepedf import find_sleepedf_pairs as find
     sources = [RecordSource(rid, str(sig), str(ann) if ann else None) for rid, sig, ann in find(root)]
     if not sources:
         raise FileNotFoundError(f"{root}: no {config.source} recordings found (expected the "
-                                + ("NSRR polysomnography/edfs/... layout)" if config.source == "shhs" else "SC4*-PSG.edf files)"))
+                                + ("NSRR polysomnography/edfs/... layout)" if config.source != "sleep-edf" else "SC4*-PSG.edf files)"))
     return sources[:limit] if limit else sources
 
 

@@ -18,7 +18,8 @@ class ChannelRole:
     unit: str  # physical unit after reading (EEG/EOG/EMG/ECG are always converted to uV)
 
 
-def _norm(label: str) -> str:
+def norm_label(label: str) -> str:
+    """The form labels are compared in: upper case, single spaces, no surrounding whitespace."""
     return " ".join(label.strip().upper().split())
 
 
@@ -67,9 +68,9 @@ def role_by_name(source: str, name: str) -> ChannelRole:
 
 def role_of_label(source: str, label: str) -> ChannelRole | None:
     """The role whose aliases contain `label` exactly (after normalisation), or None."""
-    key = _norm(label)
+    key = norm_label(label)
     for role in ROLE_SETS[source]:
-        if any(_norm(alias) == key for alias in role.aliases):
+        if any(norm_label(alias) == key for alias in role.aliases):
             return role
     return None
 

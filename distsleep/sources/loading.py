@@ -1,7 +1,8 @@
 """Helpers shared by the per-source loaders: read channels by role, cut signals to whole epochs.
 
 Kept apart from edf.py so that the EDF reader stays role-agnostic (labels and physical units only) while
-every loader applies the same rules: exact-alias role resolution with no substitution, ExG in microvolts.
+every loader applies the same rules: exact-alias role resolution with no substitution (per cohort, with a
+user channel map first: distsleep.sources.channel_map), ExG in microvolts.
 """
 
 from __future__ import annotations
@@ -10,38 +11,34 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from distsleep.errors import MissingChannelError
-from distsleep.sources.channels import role_by_name, resolve_roles
+from distsleep.sources.channel_map import ChannelMap, resolve_labels
 from distsleep.sources.edf import EdfHeader, is_voltage_unit, read_signals, to_microvolts
+from distsleep.sources.montages import role_unit
 from distsleep.sources.record import Channel
 
 _EPSILON = 1e-6
 
 
-def resolve_required(header: EdfHeader, source: str, roles: Sequence[str]) -> dict[str, str]:
-    """role -> label for every requested role; a missing role raises MissingChannelError (no fallback)."""
-    wanted = [role_by_name(source, name) for name in roles]  # KeyError for a role the source lacks
-    found = resolve_roles(source, [s.label for s in header.signals if not s.is_annotation])
-    missing = [role for role in wanted if role.name not in found]
-    if missing:
-        present = ", ".join(repr(s.label) for s in header.signals if not s.is_annotation)
-        details = "; ".join(
-            f"{role.name} ({role.description}; accepted labels: {', '.join(repr(a) for a in role.aliases)})" for role in missing
-        )
-        raise MissingChannelError(header.path, f"missing channel role {details}; signals present: {present}")
-    return {role.name: found[role.name] for role in wanted}
+def resolve_required(header: EdfHeader, source: str | None, roles: Sequence[str],
+                     channel_map: ChannelMap | None = None) -> dict[str, str]:
+    """role -> label for every requested role of a `source` (cohort; None: unknown) recording, the channel map
+    first. A missing role raises MissingChannelError (no fallback), a role that only a cohort-dependent label
+    could carry AmbiguousChannelError (see distsleep.sources.channel_map)."""
+    labels = [s.label for s in header.signals if not s.is_annotation]
+    return resolve_labels(header.path, labels, roles, source, channel_map)
 
 
-def read_role_channels(header: EdfHeader, source: str, roles: Sequence[str]) -> tuple[dict[str, Channel], list[str]]:
+def read_role_channels(header: EdfHeader, source: str | None, roles: Sequence[str],
+                       channel_map: ChannelMap | None = None) -> tuple[dict[str, Channel], list[str]]:
     """Read the requested roles at their native rates. Returns (channels by role, problems noted)."""
-    labels = resolve_required(header, source, roles)
+    labels = resolve_required(header, source, roles, channel_map)
     data = read_signals(header.path, list(dict.fromkeys(labels.values())), header)
     channels: dict[str, Channel] = {}
     problems: list[str] = []
     for role_name, label in labels.items():
         signal = header.signal(label)
         samples, unit = data[label], signal.unit
-        if role_by_name(source, role_name).unit == "uV":
+        if role_unit(role_name) == "uV":
             if is_voltage_unit(unit):
                 samples, unit = to_microvolts(samples, unit), "uV"
             else:

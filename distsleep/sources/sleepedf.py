@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from distsleep.errors import AnnotationError
+from distsleep.sources.channel_map import ChannelMap
 from distsleep.sources.edf import EdfHeader, read_annotations, read_header
 from distsleep.sources.loading import read_role_channels, signal_epochs, slice_channels
 from distsleep.sources.nsrr import event_kind, stages_from_codes
@@ -172,8 +173,10 @@ def load_sleepedf_record(
     lights_on: ClockLike | None = None,
     trim_wake_minutes: float | None = None,
     record_id: str | None = None,
+    channel_map: ChannelMap | None = None,
 ) -> Record:
     """Read the requested roles at native rates with stages aligned to the PSG and truncated to it.
+    Roles come from `channel_map` first (a user's alias file), then the Sleep-EDF alias table.
 
     Trimming (lights-off/on, +-N minutes of wake around sleep) cuts signals, stages and events alike and
     is recorded in `record.metadata["kept_epochs"]` (indices into the untrimmed epoch grid) and
@@ -181,7 +184,7 @@ def load_sleepedf_record(
     """
     psg_path = Path(psg_path)
     header: EdfHeader = read_header(psg_path)
-    channels, problems = read_role_channels(header, SOURCE, roles)
+    channels, problems = read_role_channels(header, SOURCE, roles, channel_map)
     hypnogram = read_hypnogram(hypnogram_path, header.start_time)
     n_signal = signal_epochs(header.duration, EPOCH_SECONDS)
 

@@ -5,6 +5,7 @@ so that an interrupted run never leaves a half-written file under its final name
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -28,12 +29,16 @@ PROFUSION_NAME = {"obstructive_apnea": "Obstructive Apnea", "central_apnea": "Ce
                   "mixed_apnea": "Mixed Apnea", "hypopnea": "Hypopnea"}
 
 
-def write_edf(night: SyntheticNight, path: Path, start_clock: dt.time) -> None:
+def write_edf(night: SyntheticNight, path: Path, start_clock: dt.time,
+              labels: Mapping[str, str] | None = None) -> None:
+    """The night in the SHHS1 layout; `labels` (SHHS1 label -> label written) keeps only the signals it names,
+    relabelled, in its order: how tests write another cohort's montage (MESA's EEG1/EEG3, ...)."""
+    specs = SHHS1_SIGNALS if labels is None else [next(s for s in SHHS1_SIGNALS if s.label == k) for k in labels]
     signals = []
-    for spec in SHHS1_SIGNALS:
+    for spec in specs:
         data = np.clip(night.signals[spec.label].astype(np.float64), *spec.physical_range)
         signals.append(edfio.EdfSignal(
-            data, spec.rate, label=spec.label, transducer_type=spec.transducer,
+            data, spec.rate, label=spec.label if labels is None else labels[spec.label], transducer_type=spec.transducer,
             physical_dimension=spec.unit, physical_range=spec.physical_range, prefiltering=spec.prefiltering,
         ))
     edf = edfio.Edf(

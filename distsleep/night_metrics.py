@@ -1,0 +1,242 @@
+"""Per-night evaluation: how well a stager scores each night, and the sleep statistics it gets right.
+
+Sleep researchers judge a stager per night (one kappa per person-night, not one pooled figure) and by the
+clinical numbers derived from its hypnogram (TST, sleep efficiency, WASO, latencies, stage percentages).
+The sleep statistics are YASA's (`Hypnogram.sleep_statistics`, AASM definitions), not written again here.
+
+Choices (said once, here):
+* Epochs the scorer left unscored (-1) are unscored in the predicted hypnogram too, so true and predicted
+  statistics describe the same epochs (the model outputs a stage for every epoch).
+* REM latency is YASA's `Lat_REM`, minutes from the start of the hypnogram (not from sleep onset).
+* Confidence intervals are percentile bootstraps that resample SUBJECTS (all nights of a drawn subject come
+  along), because nights of one person are not independent; the seed is fixed so reruns give the same CI.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from distsleep.atomic import atomic_path, write_json_atomic, write_text_atomic
+from distsleep.metrics import staging_metrics
+from distsleep.stages import EPOCH_SECONDS, NUM_STAGES, STAGE_NAMES, UNSCORED
+
+# Our column name -> (YASA sleep_statistics key, unit).
+SLEEP_STATISTICS: dict[str, tuple[str, str]] = {
+    "tst_min": ("TST", "min"),
+    "se_pct": ("SE", "%"),
+    "waso_min": ("WASO", "min"),
+    "sol_min": ("SOL", "min"),
+    "rem_latency_min": ("Lat_REM", "min"),
+    "pct_n1": ("%N1", "%"),
+    "pct_n2": ("%N2", "%"),
+    "pct_n3": ("%N3", "%"),
+    "pct_rem": ("%REM", "%"),
+}
+PER_NIGHT_METRICS = ("accuracy", "kappa", "macro_f1")
+BLAND_ALTMAN = (("tst_min", "TST", "min"), ("waso_min", "WASO", "min"), ("se_pct", "sleep efficiency", "%"))
+CSV_COLUMNS = (("record", "subject", "epochs") + PER_NIGHT_METRICS + tuple(f"f1_{s}" for s in STAGE_NAMES)
+               + tuple(f"{name}_{side}" for name in SLEEP_STATISTICS for side in ("true", "pred")))
+# Our codes -> YASA's labels (Hypnogram.from_integers): unscored epochs are "Uns", outside sleep and TST.
+_YASA_MAPPING = {0: "W", 1: "N1", 2: "N2", 3: "N3", 4: "R", UNSCORED: "Uns"}
+
+
+@dataclass(frozen=True)
+class Night:
+    """One scored night: stage codes per epoch (W, N1, N2, N3, REM = 0..4; -1 unscored) from the scorer and
+    the model, same length."""
+
+    record: str
+    subject: str
+    true: np.ndarray
+    predicted: np.ndarray
+    epoch_seconds: float = EPOCH_SECONDS
+
+    def __post_init__(self):
+        if len(self.true) != len(self.predicted):
+            raise ValueError(f"{self.record}: {len(self.true)} true stages but {len(self.predicted)} predicted")
+
+
+def sleep_statistics(stages: np.ndarray, epoch_seconds: float = EPOCH_SECONDS) -> dict[str, float]:
+    """YASA's sleep statistics of one hypnogram, under our column names (NaN where undefined, e.g. no REM)."""
+    import yasa
+
+    hypnogram = yasa.Hypnogram.from_integers(np.asarray(stages, dtype=int), mapping=_YASA_MAPPING,
+                                             freq=f"{epoch_seconds:g}s")
+    stats = hypnogram.sleep_statistics()
+    return {name: float(stats.get(key, math.nan)) for name, (key, _) in SLEEP_STATISTICS.items()}
+
+
+def night_row(night: Night) -> dict:
+    """One per_night.csv row: agreement metrics over the scored epochs and true vs predicted statistics."""
+    true = np.asarray(night.true)
+    predicted = np.where(true == UNSCORED, UNSCORED, np.asarray(night.predicted))
+    metrics = staging_metrics(true, predicted) if (true >= 0).any() else None
+    row: dict = {"record": night.record, "subject": night.subject, "epochs": int((true >= 0).sum())}
+    for name in PER_NIGHT_METRICS:
+        row[name] = metrics[name] if metrics else math.nan
+    for stage in STAGE_NAMES:
+        row[f"f1_{stage}"] = metrics["f1"][stage] if metrics else math.nan
+    for side, stages in (("true", true), ("pred", predicted)):
+        for name, value in sleep_statistics(stages, night.epoch_seconds).items():
+            row[f"{name}_{side}"] = value
+    return row
+
+
+def _confusion(night: Night) -> np.ndarray:
+    true, predicted = np.asarray(night.true), np.asarray(night.predicted)
+    scored = true >= 0
+    matrix = np.zeros((NUM_STAGES, NUM_STAGES), dtype=np.int64)
+    np.add.at(matrix, (true[scored], predicted[scored]), 1)
+    return matrix
+
+
+def _confusion_metrics(matrices: np.ndarray) -> dict[str, np.ndarray]:
+    """Accuracy, kappa and macro-F1 of each (..., K, K) confusion matrix, as sklearn computes them."""
+    matrices = np.asarray(matrices, dtype=float)
+    n = matrices.sum(axis=(-2, -1))
+    diagonal = np.diagonal(matrices, axis1=-2, axis2=-1)
+    rows, cols = matrices.sum(axis=-1), matrices.sum(axis=-2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        observed = diagonal.sum(axis=-1) / n
+        expected = (rows * cols).sum(axis=-1) / n**2
+        kappa = (observed - expected) / (1 - expected)
+        f1 = np.where(rows + cols > 0, 2 * diagonal / (rows + cols), 0.0)
+    return {"accuracy": observed, "kappa": kappa, "macro_f1": f1.mean(axis=-1)}
+
+
+def _subject_weights(subjects: Sequence[str], n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(index of each night's subject, (n_boot, n_subjects) how often each subject is drawn per resample)."""
+    names = {name: i for i, name in enumerate(sorted(set(subjects)))}
+    index = np.asarray([names[s] for s in subjects])
+    draws = np.random.default_rng(seed).integers(0, len(names), size=(n_boot, len(names)))
+    weights = np.stack([np.bincount(row, minlength=len(names)) for row in draws]).astype(float)
+    return index, weights
+
+
+def _interval(samples: np.ndarray, level: float) -> list[float]:
+    finite = samples[np.isfinite(samples)]
+    if finite.size == 0:
+        return [math.nan, math.nan]
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail))]
+
+
+def _bootstrap_mean(values: np.ndarray, index: np.ndarray, weights: np.ndarray, level: float) -> list[float]:
+    """CI of the mean over nights when subjects are resampled (each drawn subject brings all its nights)."""
+    ok = np.isfinite(values)
+    n_subjects = weights.shape[1]
+    sums = np.bincount(index[ok], weights=values[ok], minlength=n_subjects)
+    counts = np.bincount(index[ok], minlength=n_subjects).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = (weights @ sums) / (weights @ counts)
+    return _interval(means, level)
+
+
+def _describe(values: np.ndarray) -> dict:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return {"n": 0, "mean": None, "sd": None, "median": None, "q25": None, "q75": None}
+    q25, median, q75 = np.percentile(finite, [25, 50, 75])
+    return {"n": int(finite.size), "mean": float(finite.mean()),
+            "sd": float(finite.std(ddof=1)) if finite.size > 1 else 0.0,
+            "median": float(median), "q25": float(q25), "q75": float(q75)}
+
+
+def summarize(nights: Sequence[Night], rows: Sequence[dict], n_boot: int = 2000, seed: int = 0,
+              level: float = 0.95) -> dict:
+    """summary.json: pooled metrics (with subject-bootstrap CIs), per-night median/IQR/mean with the CI of
+    the mean, and per sleep statistic the true/predicted distributions, bias and limits of agreement."""
+    if not nights:
+        raise ValueError("no nights to summarise")
+    subjects = [night.subject for night in nights]
+    index, weights = _subject_weights(subjects, n_boot, seed)
+    confusions = np.stack([_confusion(night) for night in nights])
+    true = np.concatenate([np.asarray(n.true) for n in nights])
+    predicted = np.concatenate([np.asarray(n.predicted) for n in nights])
+    pooled = staging_metrics(true, predicted)
+    per_subject = np.stack([confusions[index == i].sum(axis=0) for i in range(weights.shape[1])])
+    resampled = _confusion_metrics(np.einsum("bs,sij->bij", weights, per_subject))
+    pooled["ci"] = {name: _interval(resampled[name], level) for name in PER_NIGHT_METRICS}
+
+    per_night = {}
+    for name in PER_NIGHT_METRICS + tuple(f"f1_{s}" for s in STAGE_NAMES):
+        values = np.asarray([row[name] for row in rows], dtype=float)
+        per_night[name] = {**_describe(values), "ci_mean": _bootstrap_mean(values, index, weights, level)}
+    statistics = {}
+    for name, (_, unit) in SLEEP_STATISTICS.items():
+        t = np.asarray([row[f"{name}_true"] for row in rows], dtype=float)
+        p = np.asarray([row[f"{name}_pred"] for row in rows], dtype=float)
+        difference = _describe(p - t)
+        sd = difference["sd"] or 0.0
+        limits = [difference["mean"] - 1.96 * sd, difference["mean"] + 1.96 * sd] if difference["n"] else [None, None]
+        statistics[name] = {"unit": unit, "true": _describe(t), "predicted": _describe(p),
+                            "difference": {**difference, "ci_mean": _bootstrap_mean(p - t, index, weights, level),
+                                           "limits_of_agreement": limits}}
+    return {
+        "nights": len(nights),
+        "subjects": int(weights.shape[1]),
+        "epochs": int(pooled["n_epochs"]),
+        "pooled": pooled,
+        "per_night": per_night,
+        "sleep_statistics": statistics,
+        "bootstrap": {"unit": "subject", "resamples": n_boot, "seed": seed, "level": level,
+                      "method": "percentile"},
+    }
+
+
+def evaluate_nights(nights: Sequence[Night], n_boot: int = 2000, seed: int = 0, level: float = 0.95
+                    ) -> tuple[list[dict], dict]:
+    """(per-night rows, summary) for a set of nights."""
+    rows = [night_row(night) for night in nights]
+    return rows, summarize(nights, rows, n_boot, seed, level)
+
+
+def _jsonable(value):
+    """NaN/inf -> None (JSON has no NaN), recursively."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def per_night_csv_text(rows: Sequence[dict]) -> str:
+    """CSV text of the rows, columns CSV_COLUMNS; undefined values (NaN) are empty cells."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if isinstance(v, float) and not math.isfinite(v) else
+                         (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items() if k in CSV_COLUMNS})
+    return buffer.getvalue()
+
+
+def write_evaluation(out: str | Path, nights: Sequence[Night], rows: Sequence[dict], summary: dict) -> dict[str, Path]:
+    """per_night.csv, summary.json and the plots under `out`, each written atomically. Returns the paths."""
+    from distsleep.plots import bland_altman_png, confusion_png, kappa_distribution_png
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"per_night": out / "per_night.csv", "summary": out / "summary.json"}
+    write_text_atomic(paths["per_night"], per_night_csv_text(rows))
+    write_json_atomic(paths["summary"], _jsonable(summary))
+    paths["kappa_plot"] = kappa_distribution_png([row["kappa"] for row in rows], out / "per_night_kappa.png",
+                                                 title=f"per-night Cohen's kappa, {len(rows)} nights")
+    for name, title, unit in BLAND_ALTMAN:
+        paths[f"bland_altman_{name}"] = bland_altman_png(
+            [row[f"{name}_true"] for row in rows], [row[f"{name}_pred"] for row in rows],
+            out / f"bland_altman_{name}.png", title, unit)
+    paths["confusion_plot"] = out / "confusion_pooled.png"
+    with atomic_path(paths["confusion_plot"]) as tmp:
+        confusion_png(summary["pooled"]["confusion"], tmp,
+                      title=f"pooled confusion, {summary['nights']} nights (rows: true)")
+    return paths

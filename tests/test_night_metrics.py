@@ -1,0 +1,101 @@
+"""Per-night evaluation on generated nights: one row per night, sleep statistics equal to YASA's on the same
+hypnograms, subject-bootstrap CIs that narrow as nights are added, and the files a person looks at."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import yasa
+from sklearn.metrics import accuracy_score, cohen_kappa_score
+
+from distsleep.night_metrics import (CSV_COLUMNS, SLEEP_STATISTICS, Night, evaluate_nights, night_row,
+                                     write_evaluation)
+
+YASA_LABELS = np.array(["WAKE", "N1", "N2", "N3", "REM"])
+
+
+def _nights(n_subjects: int, nights_per_subject: int = 2, seed: int = 0, minutes: float = 240) -> list[Night]:
+    """Simulated hypnograms; each subject's 'model' errs at its own rate (5-40 % of epochs replaced)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in range(n_subjects):
+        error_rate = rng.uniform(0.05, 0.4)
+        for k in range(nights_per_subject):
+            true = yasa.simulate_hypnogram(tib=minutes, seed=int(rng.integers(1 << 30))).as_int().to_numpy()
+            true = true.astype(np.int8)
+            true[rng.random(true.size) < 0.02] = -1  # a few unscored epochs
+            predicted = true.copy()
+            wrong = rng.random(true.size) < error_rate
+            predicted[wrong] = rng.integers(0, 5, wrong.sum())
+            predicted[true == -1] = rng.integers(0, 5, (true == -1).sum())  # the model stages every epoch
+            out.append(Night(f"s{s:03d}-night{k}", f"s{s:03d}", true, predicted))
+    return out
+
+
+def _yasa_stats(stages: np.ndarray) -> dict:
+    """YASA's own statistics from its string labels (UNS for unscored), independently of our mapping."""
+    labels = np.where(stages < 0, "UNS", YASA_LABELS[np.clip(stages, 0, 4)])
+    return yasa.Hypnogram(list(labels), n_stages=5).sleep_statistics()
+
+
+def test_one_row_per_night_with_yasa_sleep_statistics():
+    nights = _nights(3)
+    rows, summary = evaluate_nights(nights, n_boot=200)
+    assert [r["record"] for r in rows] == [n.record for n in nights] and summary["nights"] == len(nights) == 6
+    for night, row in zip(nights, rows):
+        scored = night.true >= 0
+        assert row["subject"] == night.subject and row["epochs"] == int(scored.sum())
+        assert row["accuracy"] == pytest.approx(accuracy_score(night.true[scored], night.predicted[scored]))
+        assert row["kappa"] == pytest.approx(cohen_kappa_score(night.true[scored], night.predicted[scored]))
+        # The scorer's unscored epochs stay unscored in the predicted hypnogram (same epochs compared).
+        for side, stages in (("true", night.true), ("pred", np.where(scored, night.predicted, -1))):
+            expected = _yasa_stats(stages)
+            for name, (key, _) in SLEEP_STATISTICS.items():
+                assert row[f"{name}_{side}"] == pytest.approx(expected[key], nan_ok=True), (name, side)
+    assert rows[0]["tst_min_true"] != rows[0]["tst_min_pred"] or rows[0]["waso_min_true"] != rows[0]["waso_min_pred"]
+
+
+def test_night_without_rem_has_undefined_rem_latency():
+    true = np.array([0] * 10 + [2] * 50 + [0] * 5, dtype=np.int8)
+    row = night_row(Night("r", "s", true, true.copy()))
+    assert np.isnan(row["rem_latency_min_true"]) and row["tst_min_true"] == 25.0 and row["kappa"] == 1.0
+    with pytest.raises(ValueError, match="predicted"):
+        Night("r", "s", true, true[:-1])
+
+
+def test_bootstrap_ci_narrows_as_nights_are_added():
+    nights = _nights(48, 1, seed=1, minutes=120)
+    few, many = (evaluate_nights(nights[:n], n_boot=500)[1] for n in (6, 48))
+
+    def width(interval):
+        return interval[1] - interval[0]
+
+    for name in ("kappa", "accuracy"):
+        assert width(many["per_night"][name]["ci_mean"]) < 0.75 * width(few["per_night"][name]["ci_mean"])
+        assert width(many["pooled"]["ci"][name]) < 0.75 * width(few["pooled"]["ci"][name])
+        low, high = many["pooled"]["ci"][name]
+        assert low <= many["pooled"][name] <= high
+    assert width(many["sleep_statistics"]["tst_min"]["difference"]["ci_mean"]) < \
+        width(few["sleep_statistics"]["tst_min"]["difference"]["ci_mean"])
+    # Fixed seed: the same nights give the same intervals.
+    again = evaluate_nights(nights[:6], n_boot=500)[1]
+    assert again["per_night"]["kappa"]["ci_mean"] == few["per_night"]["kappa"]["ci_mean"]
+    assert few["bootstrap"]["unit"] == "subject" and few["subjects"] == 6
+
+
+def test_files_are_written(tmp_path):
+    nights = _nights(4)
+    rows, summary = evaluate_nights(nights, n_boot=100)
+    paths = write_evaluation(tmp_path / "eval", nights, rows, summary)
+    with open(paths["per_night"], newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == len(nights) and tuple(table[0]) == CSV_COLUMNS
+    assert float(table[0]["kappa"]) == pytest.approx(rows[0]["kappa"], rel=1e-5)
+    written = json.loads(paths["summary"].read_text())
+    assert written["nights"] == 8 and written["pooled"]["confusion"] == summary["pooled"]["confusion"]
+    for key in ("kappa_plot", "bland_altman_tst_min", "bland_altman_waso_min", "bland_altman_se_pct", "confusion_plot"):
+        assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", key
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir() if p.name.startswith(".")) == []  # no temporaries
