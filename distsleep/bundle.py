@@ -37,7 +37,7 @@ import torch
 
 from distsleep.config import default_tracking_uri
 from distsleep.errors import InputError
-from distsleep.models import build_model, model_normalization
+from distsleep.models import build_model, model_normalization, required_channels
 from distsleep.shards.manifest import manifest_hash, split_records
 from distsleep.stages import STAGE_NAMES
 from distsleep.tracking import client
@@ -299,3 +299,27 @@ def load_model(path: str | os.PathLike):
         raise BundleError(path, f"cannot build model {bundle['model']!r} from the bundle: {error}") from error
     model.eval()
     return model, bundle
+
+
+def map_roles(bundle: dict, available, where: str, source: str | os.PathLike = "model") -> tuple[tuple[str, ...], dict[str, str]]:
+    """The channel roles to read from inputs that hold the roles `available` (`where` names them in messages):
+    the bundle's own roles, or, for a role the inputs lack, another role filling the same model input slot
+    (cross-dataset use: a model trained on SHHS C4-A1 read through Sleep-EDF's Fpz-Cz). Returns (roles,
+    substituted {trained role: role read}); BundleError when a role has no stand-in."""
+    available = set(available)
+    slots = required_channels(bundle["model"])
+    roles: list[str] = []
+    substituted: dict[str, str] = {}
+    for role in bundle["channels"]:
+        if role in available:
+            roles.append(role)
+            continue
+        slot = next((s for s in slots if role in s), ())
+        alternative = next((r for r in slot if r in available and r not in roles), None)
+        if alternative is None:
+            raise BundleError(source, f"the model was trained on {bundle['preprocess'].get('source')} channel {role!r}, "
+                                      f"which {where} lack(s), and its input slot accepts none of the roles there "
+                                      f"(slot {list(slot)}; available {sorted(available)})")
+        roles.append(alternative)
+        substituted[role] = alternative
+    return tuple(roles), substituted

@@ -42,12 +42,11 @@ import numpy as np
 import torch
 
 from distsleep.atomic import atomic_path
-from distsleep.bundle import BundleError, load_model, resolve
+from distsleep.bundle import BundleError, load_model, map_roles, resolve
 from distsleep.config import PreprocessConfig
 from distsleep.errors import MissingChannelError
 from distsleep.inspection import UNKNOWN_SOURCE, detect_source
 from distsleep.metrics import format_values, staging_metrics
-from distsleep.models import required_channels
 from distsleep.plots import confusion_png, hypnogram_png
 from distsleep.shards.convert import RecordSource, load_record, record_to_sample
 from distsleep.shards.loader import robust_scaling, window_starts
@@ -177,27 +176,11 @@ class PredictionResult:
 
 def _resolve_roles_for(source: str, bundle: dict, bundle_path: Path) -> tuple[tuple[str, ...], list[str]]:
     """The roles to read from a `source` recording: the bundle's own roles, or (when the recording comes from
-    the other dataset) the role filling the same model input slot there. Returns (roles, warnings)."""
-    trained = tuple(bundle["channels"])
-    names = {r.name for r in ROLE_SETS[source]}
-    if all(role in names for role in trained):
-        return trained, []
-    slots = required_channels(bundle["model"])
-    roles, warnings = [], []
-    for role in trained:
-        if role in names:
-            roles.append(role)
-            continue
-        slot = next((s for s in slots if role in s), ())
-        alternative = next((r for r in slot if r in names and r not in roles), None)
-        if alternative is None:
-            raise BundleError(bundle_path,
-                              f"the model was trained on {bundle['preprocess'].get('source')} channel {role!r}, which a "
-                              f"{source} recording does not have, and its input slot accepts no {source} role ({list(slot)})")
-        roles.append(alternative)
-        warnings.append(f"model trained on {bundle['preprocess'].get('source')} role {role!r}; this {source} recording is "
-                        f"read through role {alternative!r}, which fills the same model input (cross-dataset use)")
-    return tuple(roles), warnings
+    another dataset) the role filling the same model input slot there. Returns (roles, warnings)."""
+    roles, substituted = map_roles(bundle, (r.name for r in ROLE_SETS[source]), f"a {source} recording", bundle_path)
+    trained_on = bundle["preprocess"].get("source")
+    return roles, [f"model trained on {trained_on} role {role!r}; this {source} recording is read through role "
+                   f"{used!r}, which fills the same model input (cross-dataset use)" for role, used in substituted.items()]
 
 
 def _check_channels(header, source: str, roles: Sequence[str], bundle: dict) -> None:

@@ -5,7 +5,8 @@
     distsleep preprocess  recordings -> WebDataset shards + manifest, one Ray task per recording
     distsleep pretrain    MC²SleepNet (or any registered model) on Ray Train + DeepSpeed, tracked in MLflow
     distsleep finetune    the fine-tuning stage from a pre-training run
-    distsleep predict     score a recording with a trained model bundle (stages, hypnogram, report)
+    distsleep predict     score recordings with a trained model bundle (stages, hypnogram, report, cohort summary)
+    distsleep evaluate    a trained model on a manifest's split, judged per night (metrics, sleep statistics, CIs)
     distsleep gan         Physio-GAN: minority-stage generator (Ray Train) and synthetic training shards
     distsleep sweep       Ray Tune sweep over the masking ratio (and other knobs): pre-train, fine-tune, test
     distsleep compare     Table-4-style comparison of a sweep's trials (or any runs) from MLflow, with plots
@@ -38,7 +39,8 @@ COMMANDS = {
     "gan": ("gan", "Physio-GAN: train a minority-stage generator, write synthetic training shards"),
     "compare": ("compare", "compare runs from MLflow: Table-4-style table (text, CSV, Markdown) and plots"),
     "submit": ("submit", "ray job submit, with cluster pitfalls checked before the upload"),
-    "predict": ("predict", "score a recording with a trained model: stages, hypnogram, input report"),
+    "predict": ("predict", "score recordings with a trained model: stages, hypnogram, input report, cohort summary"),
+    "evaluate": ("evaluate", "judge a trained model per night on a manifest's split: per-night metrics, sleep statistics, CIs"),
 }
 
 

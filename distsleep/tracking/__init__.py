@@ -24,10 +24,12 @@ log = logging.getLogger("distsleep.tracking")
 # Tags that tie runs together; sweeps, comparisons and the augmentation-effect job search by them.
 RUN_NAME_TAG = "distsleep.run_name"  # identifies a run across relaunches of its --name
 BUNDLE_TAG = "distsleep.bundle"  # set by the worker once the run's model (or generator) bundle is uploaded
-KIND_TAG = "distsleep.kind"  # "sweep", "trial", "stage" or "augmentation-effect"
+KIND_TAG = "distsleep.kind"  # "sweep", "trial", "stage", "augmentation-effect" or "evaluation"
 SWEEP_TAG = "distsleep.sweep"  # the sweep a run belongs to
 TRIAL_TAG = "distsleep.trial_id"  # the Tune trial a run belongs to
 ENDED_BY_TAG = "distsleep.ended_by"  # "scheduler" or "error": why a trial run did not finish
+MODEL_RUN_TAG = "distsleep.model_run"  # an evaluation run: the training run that logged the model it evaluated
+MODEL_SOURCE_TAG = "distsleep.model_source"  # an evaluation run: the model as the user named it (path, runs:/, models:/)
 INIT_SOURCES_TAG = "distsleep.init_sources"  # the --init-from/--init-part sources of a run and their data
 # Fail fast instead of retrying for minutes when a server is unreachable.
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
