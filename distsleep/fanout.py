@@ -38,14 +38,23 @@ def _reason(error: BaseException) -> str:
     return f"{type(cause).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+def _guarded(fn: Callable, item, *args) -> tuple[bool, Any]:
+    """(True, fn(item, *args)) or (False, the reason it raised). The reason travels as text: exceptions with their
+    own constructor arguments (InputError's path and problem) do not survive Ray's deserialisation."""
+    try:
+        return True, fn(item, *args)
+    except Exception as error:
+        return False, _reason(error)
+
+
 def run_each(fn: Callable, items: Sequence, *args, desc: str, progress: bool = True, use_gpu: bool | None = None
              ) -> list[Outcome]:
     """`fn(item, *args)` as one Ray task per item on the connected cluster, in item order. `use_gpu` None: one
     GPU per task when the cluster has GPUs. Large shared `args` are put in the object store once."""
     gpu = cluster_gpus() >= 1 if use_gpu is None else use_gpu
-    task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=0)(fn)
+    task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=0)(_guarded)
     shared = [ray.put(a) for a in args]
-    futures = {task.remote(item, *shared): i for i, item in enumerate(items)}
+    futures = {task.remote(fn, item, *shared): i for i, item in enumerate(items)}
     outcomes = [Outcome(item) for item in items]
     with tqdm(total=len(items), desc=desc, unit="night", disable=not progress) as bar:
         pending = list(futures)
@@ -53,8 +62,12 @@ def run_each(fn: Callable, items: Sequence, *args, desc: str, progress: bool = T
             ready, pending = ray.wait(pending, num_returns=1)
             outcome = outcomes[futures[ready[0]]]
             try:
-                outcome.result = ray.get(ready[0])
-            except Exception as error:  # the task's exception, a dead worker, ...: this item failed, others go on
-                outcome.error = _reason(error)
+                ok, value = ray.get(ready[0])
+            except Exception as error:  # a dead worker, ...: this item failed, the others go on
+                ok, value = False, _reason(error)
+            if ok:
+                outcome.result = value
+            else:
+                outcome.error = value
             bar.update(1)
     return outcomes

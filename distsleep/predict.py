@@ -18,7 +18,12 @@ What it guarantees, and why:
   since unpickling arbitrary objects can run code). A training checkpoint's bare weights are refused: they
   lack the preprocessing and channels the model was trained with.
 
-Unlabelled recordings: SHHS EDFs load without annotations (every epoch unscored). Sleep-EDF PSGs without a
+Which reader: Sleep-EDF PSGs are told by their labels; every other EDF is an NSRR night (SHHS, MESA, MrOS, ...)
+read through its cohort's alias table, the cohort given (`cohort`) or named by the file (`mesa-sleep-0001`);
+with neither, a label whose meaning differs between cohorts (MESA `EEG1` is Fz-Cz, SHHS `EEG1` C4-A1) is
+refused unless a channel map (`channel_map`, luna alias entries) names the channel.
+
+Unlabelled recordings: NSRR EDFs load without annotations (every epoch unscored). Sleep-EDF PSGs without a
 hypnogram are read from the PSG alone with the same channel rules (`_load_unlabelled`), so annotations
 are optional for both sources; metrics and the "true" hypnogram appear only when annotations are given.
 
@@ -30,6 +35,7 @@ only, Sleep-EDF wording), `_hypnogram.png`, `_input_report.json`, and with annot
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -50,11 +56,12 @@ from distsleep.metrics import format_values, staging_metrics
 from distsleep.plots import confusion_png, hypnogram_png
 from distsleep.shards.convert import RecordSource, load_record, record_to_sample
 from distsleep.shards.loader import robust_scaling, window_starts
-from distsleep.sources.channels import ROLE_SETS, resolve_roles, role_by_name
+from distsleep.sources.channels import resolve_roles, role_by_name
 from distsleep.sources.edf import is_voltage_unit, read_header, to_microvolts
 from distsleep.sources.loading import read_role_channels, signal_epochs, slice_channels
 from distsleep.sources.record import Record
-from distsleep.sources.shhs import load_shhs_record
+from distsleep.sources.montages import COHORT_ROLES, cohort_of_record
+from distsleep.sources.shhs import load_nsrr_record
 from distsleep.stages import EPOCH_SECONDS, NUM_STAGES, STAGE_NAMES, UNSCORED, stage_counts
 
 # Sleep-EDF hypnogram wording for the five AASM classes (N3 is written as R&K stage 3).
@@ -174,15 +181,6 @@ class PredictionResult:
         return {name: int(np.count_nonzero(self.stages == code)) for code, name in enumerate(STAGE_NAMES)}
 
 
-def _resolve_roles_for(source: str, bundle: dict, bundle_path: Path) -> tuple[tuple[str, ...], list[str]]:
-    """The roles to read from a `source` recording: the bundle's own roles, or (when the recording comes from
-    another dataset) the role filling the same model input slot there. Returns (roles, warnings)."""
-    roles, substituted = map_roles(bundle, (r.name for r in ROLE_SETS[source]), f"a {source} recording", bundle_path)
-    trained_on = bundle["preprocess"].get("source")
-    return roles, [f"model trained on {trained_on} role {role!r}; this {source} recording is read through role "
-                   f"{used!r}, which fills the same model input (cross-dataset use)" for role, used in substituted.items()]
-
-
 def _check_channels(header, source: str, roles: Sequence[str], bundle: dict) -> None:
     labels = [s.label for s in header.signals if not s.is_annotation]
     found = resolve_roles(source, labels)
@@ -196,10 +194,10 @@ def _check_channels(header, source: str, roles: Sequence[str], bundle: dict) -> 
             "recording cannot be scored by this model")
 
 
-def _load_unlabelled(edf: Path, source: str, roles: Sequence[str], record_id: str):
+def _load_unlabelled(edf: Path, source: str, roles: Sequence[str], record_id: str, channel_map=None):
     """A Record from the signal file alone: every whole 30-s epoch, all unscored."""
     header = read_header(edf)
-    channels, problems = read_role_channels(header, source, roles)
+    channels, problems = read_role_channels(header, source, roles, channel_map)
     n_epochs = signal_epochs(header.duration, EPOCH_SECONDS)
     problems.append("no annotation file: every epoch is unscored")
     return Record(record_id=record_id, source=source, channels=slice_channels(channels, 0.0, n_epochs * EPOCH_SECONDS),
@@ -371,26 +369,76 @@ def _write_outputs(result: PredictionResult, out_dir: Path, start, title: str) -
 # ------------------------------------------------------------------------------------------ entry point
 
 
-def predict_recording(bundle_source: str | os.PathLike, recording: str | os.PathLike,
+@dataclass
+class LoadedModel:
+    """A model bundle ready for inference: the model (eval mode, CPU), the bundle dict, and names for messages."""
+
+    model: torch.nn.Module
+    bundle: dict
+    path: str  # the local file (or a description of where the bytes came from), for error messages
+    source: str  # the model as the user named it (path, run id, runs:/ or models:/ URI)
+
+
+def load_for_prediction(source: str | os.PathLike, data: bytes | None = None, name: str | None = None) -> LoadedModel:
+    """The staging model named by `source` (`distsleep.bundle.resolve`), or read from the bundle bytes `data`
+    (a Ray task scoring nights on another node gets the bytes, not a path)."""
+    if data is None:
+        path = resolve(source).path
+        model, bundle = load_model(path)
+    else:
+        path = name or str(source)
+        model, bundle = load_model(io.BytesIO(data))
+    if bundle.get("task", "staging") != "staging":
+        raise BundleError(path, f"this model was trained for the {bundle['task']} task; `predict` writes "
+                                "hypnograms and only takes sleep-staging models")
+    return LoadedModel(model, bundle, str(path), str(source))
+
+
+def _reader_for(header, record_id: str, trained: PreprocessConfig, cohort: str | None, channel_map
+                ) -> tuple[str, str | None, str]:
+    """(reader: "sleep-edf" or "nsrr", NSRR cohort or None, how it was decided) for a recording.
+
+    Sleep-EDF files are told by their labels; everything else is read as an NSRR night through its cohort's
+    alias table (`cohort`, else the one its file name names), so a label whose meaning differs between
+    cohorts (MESA EEG1 = Fz-Cz, SHHS EEG1 = C4-A1) is refused unless the cohort or a channel map says which.
+    """
+    if cohort is not None:
+        return "nsrr", cohort, "--cohort"
+    named = cohort_of_record(record_id)
+    if named is not None:
+        return "nsrr", named, "file name"
+    detected = detect_source([s.label for s in header.signals if not s.is_annotation])
+    if detected == "sleep-edf" or (detected == UNKNOWN_SOURCE and trained.source == "sleep-edf" and channel_map is None):
+        return "sleep-edf", None, "channel labels" if detected == "sleep-edf" else "model bundle"
+    return "nsrr", None, "channel labels (NSRR cohort unknown: labels that differ between cohorts need --cohort or --channel-map)"
+
+
+def _available_roles(reader: str, cohort: str | None, channel_map) -> set[str]:
+    """The roles a recording read this way can supply (what model roles are matched against)."""
+    table = COHORT_ROLES["sleep-edf" if reader == "sleep-edf" else (cohort or "shhs")]
+    return {r.name for r in table} | {role for role, _ in (channel_map or ())}
+
+
+def predict_recording(bundle_source: str | os.PathLike | LoadedModel, recording: str | os.PathLike,
                       annotations: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
                       stride: int = DEFAULT_STRIDE, batch_size: int = DEFAULT_BATCH_SIZE,
-                      device: str | None = None) -> PredictionResult:
+                      device: str | None = None, cohort: str | None = None, channel_map=None) -> PredictionResult:
     """Score every 30-s epoch of `recording` with the model bundle named by `bundle_source` (see
-    `distsleep.bundle.resolve`: a model.pt, a folder holding one, an MLflow run id, runs:/ or models:/ URI).
+    `distsleep.bundle.resolve`: a model.pt, a folder holding one, an MLflow run id, runs:/ or models:/ URI), or
+    with an already loaded model.
 
-    With `annotations` (NSRR/Profusion XML for SHHS, *-Hypnogram.edf for Sleep-EDF) the true stages and
-    metrics come too. With `out_dir` the files listed in the module docstring are written there.
-    Raises MissingChannelError when the recording lacks a channel the model needs, BundleError for an
-    unusable bundle, PredictionError for a stride outside 1..seq_len.
+    With `annotations` (NSRR/Profusion XML for NSRR cohorts, *-Hypnogram.edf for Sleep-EDF) the true stages and
+    metrics come too. With `out_dir` the files listed in the module docstring are written there. NSRR nights are
+    read through their cohort's alias table (`cohort`, else the file name's) and `channel_map` (luna alias
+    entries, tried first). Raises MissingChannelError when the recording lacks a channel the model needs (or a
+    label is ambiguous between cohorts), BundleError for an unusable bundle, PredictionError for a stride
+    outside 1..seq_len.
     """
 
     recording = Path(recording)
     annotations = Path(annotations) if annotations is not None else None
-    bundle_path = resolve(bundle_source).path
-    model, bundle = load_model(bundle_path)
-    if bundle.get("task", "staging") != "staging":
-        raise BundleError(bundle_path, f"this model was trained for the {bundle['task']} task; `predict` writes "
-                                       "hypnograms and only takes sleep-staging models")
+    loaded = bundle_source if isinstance(bundle_source, LoadedModel) else load_for_prediction(bundle_source)
+    model, bundle, bundle_path = loaded.model, loaded.bundle, loaded.path
     seq_len = int(bundle["seq_len"])
     if batch_size < 1:
         raise PredictionError(f"batch_size must be >= 1, got {batch_size}")
@@ -398,27 +446,30 @@ def predict_recording(bundle_source: str | os.PathLike, recording: str | os.Path
 
     header = read_header(recording)
     trained = PreprocessConfig.from_dict(bundle["preprocess"])
-    labels_in_file = [s.label for s in header.signals if not s.is_annotation]
-    source = detect_source(labels_in_file)
-    detected_from = "channel labels"
-    if source == UNKNOWN_SOURCE:
-        source, detected_from = trained.source, "model bundle (channel labels match neither SHHS nor Sleep-EDF)"
-    roles, warnings = _resolve_roles_for(source, bundle, bundle_path)
-    _check_channels(header, source, roles, bundle)
-    config = replace(trained, source=source, channels=roles, trim_wake_minutes=None)
+    reader, cohort, detected_from = _reader_for(header, _record_id(recording, "nsrr"), trained, cohort, channel_map)
+    record_id = _record_id(recording, reader)
+    roles, substituted = map_roles(bundle, _available_roles(reader, cohort, channel_map),
+                                   f"a {cohort or reader} recording", bundle_path)
+    source = reader if reader == "sleep-edf" else (cohort or "nsrr")
+    warnings = [f"model trained on {trained.source} role {role!r}; this {source} recording is read through role "
+                f"{used!r}, which fills the same model input (cross-dataset use)" for role, used in substituted.items()]
+    if reader == "sleep-edf":
+        _check_channels(header, reader, roles, bundle)
+    config = replace(trained, source=reader, channels=roles, trim_wake_minutes=None, cohort=cohort,
+                     channel_map=channel_map)
     model_cfg = bundle["model_config"]
     per_epoch = int(round(config.epoch_seconds * config.target_rate))
     if model_cfg.get("epoch_samples", per_epoch) != per_epoch:
         raise BundleError(bundle_path, f"model expects {model_cfg['epoch_samples']} samples per epoch but the bundle's "
                                        f"preprocessing gives {per_epoch} ({config.epoch_seconds:g} s at {config.target_rate:g} Hz)")
 
-    record_id = _record_id(recording, source)
     if annotations is not None:
         record = load_record(RecordSource(record_id, str(recording), str(annotations)), config)
-    elif source == "shhs":
-        record = load_shhs_record(recording, None, roles=roles, record_id=record_id)
+    elif reader == "nsrr":
+        record = load_nsrr_record(recording, None, roles=roles, record_id=record_id, cohort=cohort,
+                                  channel_map=channel_map)
     else:
-        record = _load_unlabelled(recording, source, roles, record_id)
+        record = _load_unlabelled(recording, reader, roles, record_id, channel_map)
     sample = record_to_sample(record, config)
     signals = sample.physical()  # exactly what the training loader feeds: dequantised int16, uV
     if bundle.get("normalization", "uv") == "robust":
@@ -445,7 +496,7 @@ def predict_recording(bundle_source: str | os.PathLike, recording: str | os.Path
         else:
             warnings.append("the annotations score no epoch of this recording: no metrics")
     report = _input_report(recording=recording, annotations=annotations, bundle_path=bundle_path, bundle=bundle,
-                           model_source=str(bundle_source), header=header, source=source, detected_from=detected_from,
+                           model_source=loaded.source, header=header, source=source, detected_from=detected_from,
                            config=config, record=record, sample=sample, signals=signals, starts=starts, stride=stride,
                            warnings=warnings)
     result = PredictionResult(record_id=record_id, recording=recording, source=source, stages=stages,

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from distsleep.config import CHANNEL_SETS, FILTER_RECIPES, SOURCES, SUBSETS, PreprocessConfig, SplitConfig, field_defaults
 from distsleep.shards.pipeline import ClusterOptions, OutputConflict, format_summary, run_preprocess
+from distsleep.sources.channel_map import read_channel_map
+from distsleep.sources.montages import NSRR_COHORTS
 from distsleep.store import CredentialsInLocation
 
 DESCRIPTION = ("One Ray task per recording: read the chosen channels at native rates, optionally band-pass, resample to "
@@ -19,8 +21,15 @@ DESCRIPTION = ("One Ray task per recording: read the chosen channels at native r
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d, s, c = field_defaults(PreprocessConfig), field_defaults(SplitConfig), field_defaults(ClusterOptions)
-    p.add_argument("--source", choices=SOURCES, default=d["source"], help="dataset layout (default %(default)s)")
-    p.add_argument("--root", required=True, help="dataset folder (SHHS: holds polysomnography/; Sleep-EDF: the *-PSG.edf files)")
+    p.add_argument("--source", choices=SOURCES, default=d["source"],
+                   help="dataset layout (default %(default)s; nsrr: any NSRR cohort, EDF + NSRR/Profusion XML)")
+    p.add_argument("--root", required=True, help="dataset folder (NSRR: holds polysomnography/; Sleep-EDF: the *-PSG.edf files)")
+    p.add_argument("--cohort", choices=NSRR_COHORTS,
+                   help="--source nsrr: the cohort whose channel labels apply (default: from each file's name; a label "
+                        "that means different channels in different cohorts, such as MESA's EEG1, is refused without it)")
+    p.add_argument("--channel-map", metavar="FILE",
+                   help="luna-style alias file, lines 'role|label|label...' (e.g. eeg_c4|EEG3), tried before the cohort "
+                        "tables; part of the shards' config hash")
     p.add_argument("--out", required=True, help="output folder or object-store prefix (s3://bucket/prefix) for shards/, "
                    "records/, manifest.json, failures.jsonl")
     p.add_argument("--overwrite", action="store_true",
@@ -71,7 +80,8 @@ def preprocess_config(args: argparse.Namespace) -> PreprocessConfig:
     --filter-recipe says otherwise); without channels the source's staging EEG."""
     channels = tuple(c for part in args.channels for c in part.split(",") if c)
     options = dict(source=args.source, target_rate=args.target_rate,
-                   bandpass=tuple(args.bandpass) if args.bandpass else None, trim_wake_minutes=args.trim_wake)
+                   bandpass=tuple(args.bandpass) if args.bandpass else None, trim_wake_minutes=args.trim_wake,
+                   cohort=args.cohort, channel_map=read_channel_map(args.channel_map) if args.channel_map else None)
     if args.filter_recipe:
         options["filter_recipe"] = None if args.filter_recipe == "none" else args.filter_recipe
     if args.channel_set:
