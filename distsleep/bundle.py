@@ -234,6 +234,24 @@ def resolve(source: str | os.PathLike, kind: BundleKind = MODEL, *, weights: boo
                             "holding one, or the training run that logged it")
 
 
+def register_model(run_id: str, name: str, tracking_uri: str, aliases=()) -> str:
+    """Register the model bundle MLflow run `run_id` logged (its `model` folder) as a new version of the registered
+    model `name` (created when new), optionally under `aliases`; returns the version, which `resolve` then finds
+    as models:/NAME/VERSION or models:/NAME@ALIAS."""
+    _check_store(f"runs:/{run_id}", tracking_uri)
+    registry = client(tracking_uri)
+    try:
+        if not registry.search_registered_models(filter_string=f"name = '{name}'"):
+            registry.create_registered_model(name)
+        version = registry.create_model_version(name, f"runs:/{run_id}/{MODEL.folder}", run_id=run_id).version
+        for alias in aliases:
+            registry.set_registered_model_alias(name, alias, version)
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise BundleError(f"runs:/{run_id}", f"could not register its model as {name!r} in {tracking_uri}: {first}") from error
+    return str(version)
+
+
 # ------------------------------------------------------------------------------------------------ load
 
 

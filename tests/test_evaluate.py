@@ -29,11 +29,16 @@ YASA_LABELS = np.array(["WAKE", "N1", "N2", "N3", "REM"])
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory, ray_local) -> Path:
+def cohort(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("evaluate-cohort")
     generate_cohort(root, CohortConfig(n_records=5, hours=0.75, seed=11, workers=2), progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def shards(cohort, tmp_path_factory, ray_local) -> Path:
     out = tmp_path_factory.mktemp("evaluate-shards")
-    result = run_preprocess(root, out, PreprocessConfig(), SplitConfig(n_val=1, train_fraction=0.3), progress=False)
+    result = run_preprocess(cohort, out, PreprocessConfig(), SplitConfig(n_val=1, train_fraction=0.3), progress=False)
     assert result.manifest["totals"]["test"]["records"] >= 2
     return out / "manifest.json"
 
@@ -141,3 +146,32 @@ def test_a_registered_model_is_evaluated_by_models_uri(shards, tmp_path):
     [run] = client.search_runs([client.get_experiment_by_name("distsleep-evaluate").experiment_id])
     assert run.data.tags[MODEL_RUN_TAG] == run_id and run.data.tags[MODEL_SOURCE_TAG] == "models:/stager@best"
     assert json.loads((out / "summary.json").read_text())["model"]["run_id"] == run_id
+
+
+def test_training_registers_its_bundle_for_predict_and_evaluate(shards, cohort, tmp_path, monkeypatch, capsys):
+    """--register on a (very short) real training run; the registered version is then used by models:/ URI."""
+    uri = f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
+    status = cli_main(["pretrain", "--shards", str(shards), "--model-size", "small", "--seq-len", "5", "--batch-size", "8",
+                       "--max-steps", "4", "--val-every", "2", "--num-workers", "1", "--loader-workers", "0",
+                       "--storage-path", str(tmp_path / "runs"), "--name", "registered", "--tracking-uri", uri,
+                       "--experiment", "tests", "--register", "stager", "--alias", "candidate"])
+    console = capsys.readouterr().out
+    assert status == 0, console
+    assert "registered as models:/stager/1, models:/stager@candidate" in console
+    client = mlflow.MlflowClient(uri)
+    [training] = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    version = client.get_model_version_by_alias("stager", "candidate")
+    assert (str(version.version), version.run_id) == ("1", training.info.run_id)
+
+    out = tmp_path / "eval"
+    assert cli_main(["evaluate", "--model", "models:/stager/1", "--shards", str(shards), "--out", str(out),
+                     "--tracking-uri", uri, "--n-boot", "50", "--no-progress", "--stride", "5"]) == 0
+    [evaluation] = client.search_runs([client.get_experiment_by_name("distsleep-evaluate").experiment_id])
+    assert evaluation.data.tags[MODEL_RUN_TAG] == training.info.run_id
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # predict reads models:/ from the default store
+    edf = sorted(cohort.rglob("*.edf"))[0]
+    assert cli_main(["predict", "--model", "models:/stager@candidate", str(edf), "--out", str(tmp_path / "pred"),
+                     "--stride", "5"]) == 0
+    report = json.loads((tmp_path / "pred" / f"{edf.stem}_input_report.json").read_text())
+    assert report["model"]["requested"] == "models:/stager@candidate"

@@ -14,6 +14,7 @@ DESCRIPTION = f"{SUMMARY[0].upper() + SUMMARY[1:]}. {pretrain.DETAILS}"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_train_arguments(p, stage="finetune")
+    pretrain.add_register_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
