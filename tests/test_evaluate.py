@@ -12,46 +12,26 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-import torch
 import yasa
 
-from distsleep.bundle import MODEL, model_bundle
+from distsleep.bundle import MODEL
 from distsleep.cli import main as cli_main
-from distsleep.config import PreprocessConfig, SplitConfig
-from distsleep.models import build_model
-from distsleep.models.mc2sleepnet import MC2SleepNetConfig
 from distsleep.night_metrics import SLEEP_STATISTICS
-from distsleep.shards.pipeline import run_preprocess
-from distsleep.synth.cohort import CohortConfig, generate_cohort
 from distsleep.tracking import KIND_TAG, MODEL_RUN_TAG, MODEL_SOURCE_TAG
+
+from bundle_factory import write_bundle
 
 YASA_LABELS = np.array(["WAKE", "N1", "N2", "N3", "REM"])
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("evaluate-cohort")
-    generate_cohort(root, CohortConfig(n_records=5, hours=0.75, seed=11, workers=2), progress=False)
-    return root
+def cohort(staging_cohort) -> Path:
+    return staging_cohort
 
 
 @pytest.fixture(scope="module")
-def shards(cohort, tmp_path_factory, ray_local) -> Path:
-    out = tmp_path_factory.mktemp("evaluate-shards")
-    result = run_preprocess(cohort, out, PreprocessConfig(), SplitConfig(n_val=1, train_fraction=0.3), progress=False)
-    assert result.manifest["totals"]["test"]["records"] >= 2
-    return out / "manifest.json"
-
-
-def write_bundle(path: Path, source: str = "shhs", role: str = "eeg_c4") -> Path:
-    torch.manual_seed(0)
-    model_cfg = MC2SleepNetConfig.small()
-    model = build_model("mc2sleepnet", model_cfg)
-    manifest = {"config": {"preprocess": PreprocessConfig(source=source, channels=(role,)).to_dict()}, "records": {}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model_bundle(model="mc2sleepnet", model_config=model_cfg, weights=model.state_dict(), manifest=manifest,
-                            roles=[role], seq_len=model_cfg.seq_len, stage="finetune"), path)
-    return path
+def shards(staging_shards) -> Path:
+    return staging_shards
 
 
 def yasa_stats(stages: np.ndarray) -> dict:

@@ -12,18 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from distsleep.bundle import model_bundle
 from distsleep.cli import main as cli_main
-from distsleep.config import PreprocessConfig
-from distsleep.models import build_model
-from distsleep.models.mc2sleepnet import MC2SleepNetConfig
-from distsleep.synth.cohort import CohortConfig, generate_cohort
 from distsleep.synth.night import synthesize_night
 from distsleep.synth.writers import write_edf as write_synthetic_edf
 from distsleep.synth.writers import write_nsrr_xml
 
+from bundle_factory import write_bundle
 from edf_factory import signal, write_edf
 
 # MESA's montage: EEG1 Fz-Cz, EEG3 C4-M1 (the synthetic C3 stands in for Fz-Cz, C4 for C4-M1).
@@ -32,21 +27,7 @@ MESA_LABELS = {"EEG(sec)": "EEG1", "EEG": "EEG3", "EOG(L)": "EOG-L", "EMG": "EMG
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model_cfg = MC2SleepNetConfig.small()
-    model = build_model("mc2sleepnet", model_cfg)
-    manifest = {"config": {"preprocess": PreprocessConfig(source="shhs", channels=("eeg_c4",)).to_dict()}, "records": {}}
-    path = tmp_path_factory.mktemp("many-bundle") / "model.pt"
-    torch.save(model_bundle(model="mc2sleepnet", model_config=model_cfg, weights=model.state_dict(), manifest=manifest,
-                            roles=["eeg_c4"], seq_len=model_cfg.seq_len, stage="finetune"), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("many-cohort")
-    generate_cohort(root, CohortConfig(n_records=3, hours=0.25, seed=5, workers=1), progress=False)
-    return root
+    return write_bundle(tmp_path_factory.mktemp("many-bundle") / "model.pt")
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +45,8 @@ def mesa_folder(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
-def test_a_folder_of_nights_with_a_broken_one(cohort, bundle, tmp_path, ray_local, capsys):
+def test_a_folder_of_nights_with_a_broken_one(staging_cohort, bundle, tmp_path, ray_local, capsys):
+    cohort = staging_cohort
     broken = tmp_path / "more" / "shhs1-399999.edf"
     broken.parent.mkdir()
     write_edf(broken, [signal("EEG(sec)", 125, np.random.default_rng(0).normal(0, 20, 125 * 600))])
@@ -79,7 +61,7 @@ def test_a_folder_of_nights_with_a_broken_one(cohort, bundle, tmp_path, ray_loca
     assert sorted(r["record"] for r in rows) == sorted([*good, "shhs1-399999"])
     [failed] = [r for r in rows if r["status"] == "failed"]
     assert failed["recording"] == str(broken) and "eeg_c4" in failed["reason"] and "'EEG(sec)'" in failed["reason"]
-    assert f"FAILED {broken}" in console and "3 of 4 nights scored" in console
+    assert f"FAILED {broken}" in console and "5 of 6 nights scored" in console
     for row in (r for r in rows if r["status"] == "ok"):
         record = row["record"]
         assert row["annotations"].endswith(f"{record}-nsrr.xml")  # found in the NSRR layout beside the EDF
@@ -87,7 +69,7 @@ def test_a_folder_of_nights_with_a_broken_one(cohort, bundle, tmp_path, ray_loca
         assert files == sorted(f"{record}{s}" for s in ("_stages.csv", "_hypnogram.edf", "_hypnogram.png",
                                                         "_input_report.json", "_metrics.json", "_confusion.png"))
         stages = [r["stage"] for r in csv.DictReader(open(out / f"{record}_stages.csv"))]
-        assert int(row["epochs"]) == len(stages) == 30
+        assert int(row["epochs"]) == len(stages) == 90
         # YASA's TST: minutes of N1+N2+N3+REM in the predicted hypnogram.
         assert float(row["tst_min"]) == pytest.approx(0.5 * sum(s != "W" for s in stages))
         metrics = json.loads((out / f"{record}_metrics.json").read_text())

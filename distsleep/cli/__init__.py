@@ -7,6 +7,7 @@
     distsleep finetune    the fine-tuning stage from a pre-training run
     distsleep predict     score recordings with a trained model bundle (stages, hypnogram, report, cohort summary)
     distsleep evaluate    a trained model on a manifest's split, judged per night (metrics, sleep statistics, CIs)
+    distsleep export      a trained model as a checked TorchScript file
     distsleep gan         Physio-GAN: minority-stage generator (Ray Train) and synthetic training shards
     distsleep sweep       Ray Tune sweep over the masking ratio (and other knobs): pre-train, fine-tune, test
     distsleep compare     Table-4-style comparison of a sweep's trials (or any runs) from MLflow, with plots
@@ -41,6 +42,7 @@ COMMANDS = {
     "submit": ("submit", "ray job submit, with cluster pitfalls checked before the upload"),
     "predict": ("predict", "score recordings with a trained model: stages, hypnogram, input report, cohort summary"),
     "evaluate": ("evaluate", "judge a trained model per night on a manifest's split: per-night metrics, sleep statistics, CIs"),
+    "export": ("export", "write a trained model as a TorchScript file, checked against the PyTorch model"),
 }
 
 
