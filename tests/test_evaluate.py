@@ -149,6 +149,18 @@ def test_training_registers_its_bundle_for_predict_and_evaluate(shards, cohort, 
     [evaluation] = client.search_runs([client.get_experiment_by_name("distsleep-evaluate").experiment_id])
     assert evaluation.data.tags[MODEL_RUN_TAG] == training.info.run_id
 
+    # The training run's own test evaluation carries the same per-night files; compare shows kappa per night +- CI.
+    logged = {Path(a.path).name for a in client.list_artifacts(training.info.run_id, "per_night")}
+    assert {"per_night.csv", "summary.json", "per_night_kappa.png", "bland_altman_tst_min.png"} <= logged
+    assert cli_main(["compare", training.info.run_id, evaluation.info.run_id, "--tracking-uri", uri,
+                     "--out", str(tmp_path / "compare")]) == 0
+    assert "kappa/night [95% CI]" in (tmp_path / "compare" / "comparison.txt").read_text()
+    table = {row["run_id"]: row for row in csv.DictReader(open(tmp_path / "compare" / "comparison.csv"))}
+    evaluated = json.loads((out / "summary.json").read_text())["per_night"]["kappa"]
+    assert float(table[evaluation.info.run_id]["night_kappa_mean"]) == pytest.approx(evaluated["mean"])
+    assert float(table[evaluation.info.run_id]["night_kappa_ci_low"]) == pytest.approx(evaluated["ci_mean"][0])
+    assert table[training.info.run_id]["night_kappa_mean"] != ""
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # predict reads models:/ from the default store
     edf = sorted(cohort.rglob("*.edf"))[0]
     assert cli_main(["predict", "--model", "models:/stager@candidate", str(edf), "--out", str(tmp_path / "pred"),

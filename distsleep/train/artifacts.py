@@ -14,6 +14,7 @@ import ray
 import torch
 
 from distsleep.bundle import MODEL, model_bundle
+from distsleep.night_metrics import Night, evaluate_nights, write_evaluation
 from distsleep.plots import confusion_png, f1_table, hypnogram_png
 from distsleep.shards.manifest import code_version, manifest_hash
 from distsleep.tasks import class_names
@@ -23,6 +24,19 @@ def make_bundle(cfg, model_cfg, weights: dict, manifest: dict, roles) -> dict:
     """The run's model bundle (`distsleep.bundle`): its weights, preprocessing, channels and training data."""
     return model_bundle(model=cfg.model, model_config=model_cfg, weights=weights, manifest=manifest, roles=roles,
                         seq_len=cfg.seq_len, stage=cfg.stage, task=cfg.task)
+
+
+PER_NIGHT = "per_night"  # the artifact folder of the test set's per-night evaluation (as `distsleep evaluate` writes it)
+
+
+def per_night_files(directory: Path, predictions, manifest: dict, seed: int) -> list[Path]:
+    """The test records judged per night (distsleep.night_metrics): per_night.csv, summary.json (subject-bootstrap
+    CIs, 1000 resamples) and the plots, the same files `distsleep evaluate` writes."""
+    records = manifest["records"]
+    nights = [Night(rid, str(records.get(rid, {}).get("subject", rid)), predictions.labels[rid], predictions.predicted(rid))
+              for rid in sorted(predictions.labels)]
+    rows, summary = evaluate_nights(nights, n_boot=1000, seed=seed)
+    return list(write_evaluation(directory, nights, rows, summary).values())
 
 
 def _environment(world: int, cfg) -> dict:
@@ -72,6 +86,7 @@ def write_run_artifacts(directory: Path, *, cfg, model_cfg, ds_config, manifest,
                              true=predictions.labels[record_id], probabilities=predictions.probabilities[record_id],
                              title=f"{record_id}: true vs predicted ({cfg.model} {cfg.stage})")
         files.append((path, None))
+        files += [(path, PER_NIGHT) for path in per_night_files(directory / PER_NIGHT, predictions, manifest, cfg.seed)]
     bundle = directory / MODEL.file
     torch.save(make_bundle(cfg, model_cfg, weights, manifest, roles), bundle)
     files.append((bundle, MODEL.folder))
