@@ -146,6 +146,7 @@ def _track(cfg: EvaluateConfig, uri: str, located: Located, bundle: dict, result
         metrics[f"test_{name}"] = pooled[name]
         metrics[f"test_{name}_ci_low"], metrics[f"test_{name}_ci_high"] = pooled["ci"][name]
         metrics[f"night_{name}_median"] = summary["per_night"][name]["median"]
+    metrics.update({f"test_f1_{stage}": value for stage, value in pooled["f1"].items()})
     for name, stat in summary["sleep_statistics"].items():
         metrics[f"{name}_bias"] = stat["difference"]["mean"]
     logger.metrics({k: v for k, v in metrics.items() if v is not None and np.isfinite(v)}, step=0)
