@@ -1,10 +1,29 @@
-"""Typed configuration: dataclasses that print, serialize, hash, and flatten into MLflow params."""
+"""Typed configuration: one base for every config dataclass, the sections Ray Train jobs share, and the
+preprocessing and split configs.
+
+`ConfigBase` gives each config the same behaviour: `to_dict()` (JSON-safe: tuples become lists, nested
+configs dicts), `from_dict()` (the inverse; unknown keys are an error for model configs, ignored for run
+configs so that records written by older versions still load), named presets (`presets()`, `preset(name)`;
+classmethods marked with `@preset`, the class defaults being the first), and one flat `key = value` view,
+`params(prefix)`, which is both what `describe()` prints and what goes to MLflow as params. Configs that
+define a run's identity or a shard's bytes are compared through these dicts, so they are the single
+serialisation of every config.
+
+`ClusterSection` and `TrackingSection` are the fields every Ray Train job has (model training and the
+Physio-GAN): where and on how many workers it runs, and where it is tracked.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from distsleep.sources.montages import NSRR_COHORTS, known_roles
 
 # 2: shards carry each channel's per-recording median and IQR (meta["channel_stats"]).
 SHARD_FORMAT_VERSION = 2
@@ -12,6 +31,8 @@ SHARD_FORMAT_VERSION = 2
 # "shhs" is that reader with the cohort fixed to SHHS (what it has always been).
 SOURCES = ("shhs", "sleep-edf", "nsrr")
 SUBSETS = ("all", "shhs-5791", "shhs-5463")
+# The staging EEG each source's shards hold by default (SHHS C4-A1, Sleep-EDF Fpz-Cz).
+STAGING_EEG = {"shhs": "eeg_c4", "nsrr": "eeg_c4", "sleep-edf": "eeg_fpz_cz"}
 
 # Per-role zero-phase band-passes (Hz) of SynthSleepNet's SHHS preprocessing: EEG/EOG 0.5-40, ECG 3-30,
 # chin EMG 25-49, airflow 0.05-1. Applied to the continuous night at the native rate (the public parser
@@ -23,25 +44,192 @@ FILTER_RECIPES: dict[str, dict[str, tuple[float, float]]] = {
         "eeg_fpz_cz": (0.5, 40.0), "eeg_pz_oz": (0.5, 40.0), "eog": (0.5, 40.0),
     },
 }
-# Channel sets by name (`distsleep preprocess --channel-set NAME`).
+# Channel sets by name (`distsleep preprocess --channel-set NAME`), with the filter recipe they go with.
 CHANNEL_SETS: dict[str, dict[str, tuple[str, ...]]] = {
     "multimodal": {
         "shhs": ("eeg_c4", "eeg_c3", "eog_l", "eog_r", "emg", "ecg", "airflow"),
         "sleep-edf": ("eeg_fpz_cz", "eeg_pz_oz", "eog", "emg"),
     },
 }
+CHANNEL_SET_RECIPES = {"multimodal": "synthsleepnet"}
 
 
-def _canonical(obj) -> str:
+def canonical_json(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
+def plain(value):
+    """`value` as JSON-safe plain data: configs and dataclasses as dicts, tuples as lists."""
+    if isinstance(value, ConfigBase) or dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+def flatten(prefix: str, obj) -> dict[str, str]:
+    """Nested dict/config -> {"a.b.c": "value"} strings (MLflow params; what `describe` prints)."""
+    obj = plain(obj)
+    out: dict[str, str] = {}
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            out.update(flatten(f"{prefix}.{key}" if prefix else str(key), value))
+    else:
+        out[prefix] = canonical_json(obj) if isinstance(obj, list) else str(obj)
+    return out
+
+
+def field_defaults(cls) -> dict[str, Any]:
+    """The declared defaults of a dataclass's fields (before any __post_init__ normalises them), e.g. the
+    defaults a command line shows: "runs", not the absolute path a config makes of it."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def preset(method):
+    """Mark a config classmethod `(cls, **overrides) -> config` as a named preset (see `ConfigBase.presets`)."""
+    method.__config_preset__ = True
+    return classmethod(method)
+
+
+def fields_preset(doc: str, **fields):
+    """A preset that is the class defaults with `fields` changed (the caller's overrides go on top), e.g.
+    `small = fields_preset("A tiny model for CPU tests.", d_model=32, layers=1)` in a config class."""
+    def make(cls, **overrides):
+        return cls(**{**fields, **overrides})
+
+    make.__doc__ = doc
+    return preset(make)
+
+
+class ConfigBase:
+    """What every config dataclass shares (module docstring). Subclasses are dataclasses."""
+
+    DEFAULT_PRESET: ClassVar[str] = "default"  # the name of the class defaults as a preset
+    STRICT: ClassVar[bool] = False  # from_dict: refuse unknown keys (True) or drop them (False)
+
+    def to_dict(self) -> dict:
+        return plain(self)
+
+    @classmethod
+    def from_dict(cls, data) -> Any:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown and cls.STRICT:
+            raise ValueError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(known)}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def presets(cls) -> list[str]:
+        """The preset names: the class defaults first, then every `@preset` classmethod."""
+        marked = sorted({name for klass in cls.__mro__ for name, value in vars(klass).items()
+                         if isinstance(value, classmethod) and getattr(value.__func__, "__config_preset__", False)})
+        return [cls.DEFAULT_PRESET, *marked]
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> Any:
+        """The preset `name` with `overrides` applied; ValueError naming the presets for an unknown one."""
+        if name == cls.DEFAULT_PRESET:
+            return cls(**overrides)
+        if name not in cls.presets():
+            raise ValueError(f"{cls.__name__} has no preset {name!r}; presets: {', '.join(cls.presets())}")
+        return getattr(cls, name)(**overrides)
+
+    def replace(self, **changes) -> Any:
+        return dataclasses.replace(self, **changes)
+
+    def params(self, prefix: str = "") -> dict[str, str]:
+        """The config as flat `key: value` strings (MLflow params under `prefix`)."""
+        return flatten(prefix, self)
+
+    def describe(self) -> str:
+        """What the console prints for a config: the same keys and values MLflow gets as params."""
+        return "\n".join([f"{type(self).__name__}:", *(f"  {k} = {v}" for k, v in self.params().items())])
+
+
+def absolute(location: str) -> str:
+    """Local paths made absolute; URLs (s3://, gs://, file://, ...) unchanged."""
+    return location if "://" in location else str(Path(location).expanduser().resolve())
+
+
+def default_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else an absolute SQLite file in the working directory.
+
+    Absolute, because Ray workers run in other directories and a relative sqlite:///mlflow.db would
+    create one store per worker.
+    """
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def check_gpu_share(use_gpu: bool, gpus_per_worker: float) -> None:
+    """Refuse a fraction of a GPU per worker on GPU runs: every Ray Train worker is an NCCL rank, and NCCL gives
+    each rank its own device (two ranks on one GPU fail at their first collective, after start-up)."""
+    if use_gpu and gpus_per_worker < 1:
+        raise ValueError(f"gpus_per_worker {gpus_per_worker} < 1 with use_gpu: each Ray Train worker is an NCCL rank "
+                         "that needs a whole GPU; use --gpus-per-worker 1 (or more), or fewer --num-workers")
+
+
+@dataclass
+class TrackingSection:
+    """Where a Ray Train job is tracked (MLflow)."""
+
+    experiment: str = "distsleep"
+    tracking_uri: str | None = None  # default: default_tracking_uri()
+    parent_run_id: str | None = None  # set by sweeps and comparisons: this run is a child of that run
+    run_tags: dict = field(default_factory=dict)
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        return self.tracking_uri or default_tracking_uri()
+
+
+@dataclass
+class ClusterSection:
+    """Where and how a Ray Train job runs: its workers, their resources, its storage and name."""
+
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0
+    storage_path: str = "runs"  # checkpoints go to STORAGE/NAME
+    name: str = ""  # relaunching the same name resumes
+    max_failures: int = 0
+
+    def check_cluster(self, default_name: str) -> None:
+        """Refuse impossible resources; name the run; make a local storage path absolute (Ray workers run in
+        other directories)."""
+        if self.num_workers < 1:
+            raise ValueError(f"num_workers must be at least 1, got {self.num_workers}")
+        check_gpu_share(self.use_gpu, self.gpus_per_worker)
+        if not self.name:
+            self.name = default_name
+        self.storage_path = absolute(self.storage_path)
+
+    def demand(self) -> dict[str, float]:
+        """Resources the job's Ray Train worker group asks for."""
+        demand = {"CPU": self.num_workers * self.cpus_per_worker}
+        if self.use_gpu:
+            demand["GPU"] = self.num_workers * self.gpus_per_worker
+        return demand
+
+    def worker_resources(self) -> dict[str, float]:
+        """Resources of one Ray Train worker."""
+        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.use_gpu else {})}
+
+
 @dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessConfig(ConfigBase):
     """What goes into a shard. Everything here changes shard bytes, so all of it is in `content_hash`."""
 
     source: str = "shhs"
-    channels: tuple[str, ...] = ("eeg_c4",)  # channel roles (see distsleep.sources.channels)
+    channels: tuple[str, ...] = ()  # channel roles (distsleep.sources.channels); empty: the source's staging EEG
     target_rate: float = 100.0
     bandpass: tuple[float, float] | None = None  # zero-phase band-pass (Hz) before resampling, every channel
     filter_recipe: str | None = None  # per-role band-passes (FILTER_RECIPES); overrides `bandpass` per role
@@ -53,10 +241,9 @@ class PreprocessConfig:
     channel_map: tuple[tuple[str, tuple[str, ...]], ...] | None = None
 
     def __post_init__(self):
-        from distsleep.sources.montages import NSRR_COHORTS, known_roles
-
         if self.source not in SOURCES:
             raise ValueError(f"unknown source {self.source!r}; choose one of {', '.join(SOURCES)}")
+        object.__setattr__(self, "channels", tuple(self.channels) or (STAGING_EEG[self.source],))
         if self.cohort is not None and (self.source != "nsrr" or self.cohort not in NSRR_COHORTS):
             raise ValueError(f"cohort {self.cohort!r} needs source 'nsrr' and one of {', '.join(NSRR_COHORTS)}")
         if self.channel_map is not None:
@@ -65,10 +252,18 @@ class PreprocessConfig:
             unknown = [role for role, _ in self.channel_map if role not in known_roles()]
             if unknown:
                 raise ValueError(f"channel map names unknown role(s) {unknown}")
-        if self.bandpass is not None and not 0 < self.bandpass[0] < self.bandpass[1] < self.target_rate / 2:
-            raise ValueError(f"band-pass {self.bandpass} must satisfy 0 < low < high < target_rate/2")
+        if self.bandpass is not None:
+            object.__setattr__(self, "bandpass", tuple(self.bandpass))
+            if not 0 < self.bandpass[0] < self.bandpass[1] < self.target_rate / 2:
+                raise ValueError(f"band-pass {self.bandpass} must satisfy 0 < low < high < target_rate/2")
         if self.filter_recipe is not None and self.filter_recipe not in FILTER_RECIPES:
             raise ValueError(f"unknown filter recipe {self.filter_recipe!r}; choose one of {', '.join(FILTER_RECIPES)}")
+
+    @preset
+    def multimodal(cls, source: str = "shhs", **overrides) -> PreprocessConfig:
+        """SynthSleepNet's channel set of `source`, band-passed per modality (its filter recipe)."""
+        return cls(**{"source": source, "channels": CHANNEL_SETS["multimodal"][source],
+                      "filter_recipe": CHANNEL_SET_RECIPES["multimodal"], **overrides})
 
     def band_for(self, role: str) -> tuple[float, float] | None:
         """The band-pass applied to channel `role`: the recipe's band for it, else `bandpass` (or None)."""
@@ -77,9 +272,7 @@ class PreprocessConfig:
         return self.bandpass
 
     def to_dict(self) -> dict:
-        out = asdict(self)
-        out["channels"] = list(self.channels)
-        out["bandpass"] = list(self.bandpass) if self.bandpass else None
+        out = super().to_dict()
         # Left out when unset, so configs (and shard hashes) from before these fields existed stay the same.
         for name in ("cohort", "channel_map"):
             if out[name] is None:
@@ -90,20 +283,11 @@ class PreprocessConfig:
 
     def content_hash(self) -> str:
         payload = {"format": SHARD_FORMAT_VERSION, **self.to_dict()}
-        return hashlib.sha256(_canonical(payload).encode()).hexdigest()[:16]
-
-    @classmethod
-    def from_dict(cls, data: dict) -> PreprocessConfig:
-        known = {f.name for f in fields(cls)}
-        data = {k: v for k, v in data.items() if k in known}
-        data["channels"] = tuple(data.get("channels", ("eeg_c4",)))
-        if data.get("bandpass") is not None:
-            data["bandpass"] = tuple(data["bandpass"])
-        return cls(**data)
+        return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
-class SplitConfig:
+class SplitConfig(ConfigBase):
     """Which records form the cohort, and how its subjects (people) are split into train/val/test.
 
     The SHHS papers use 100 validation subjects and 70:30 train:test for the others. Each subject's side
@@ -132,21 +316,3 @@ class SplitConfig:
             raise ValueError(f"train_fraction must lie in (0, 1), got {self.train_fraction}")
         if self.n_val < 0:
             raise ValueError(f"n_val must be >= 0, got {self.n_val}")
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["visits"] = list(self.visits)
-        return out
-
-
-def flatten(prefix: str, obj) -> dict[str, str]:
-    """Nested dict/dataclass -> {"a.b.c": "value"} strings (MLflow params)."""
-    if hasattr(obj, "to_dict"):
-        obj = obj.to_dict()
-    out: dict[str, str] = {}
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            out.update(flatten(f"{prefix}.{key}" if prefix else str(key), value))
-    else:
-        out[prefix] = _canonical(obj) if isinstance(obj, (list, tuple)) else str(obj)
-    return out

@@ -32,3 +32,10 @@ def format_confusion(confusion: list[list[int]]) -> str:
     for name, row in zip(STAGE_NAMES, confusion):
         lines.append(f"{name:<9}" + "".join(f"{v:>{width}}" for v in row))
     return "\n".join(lines)
+
+
+def format_values(values, spec: str = "") -> str:
+    """A row of named figures for the console, "W 231  N1 59  N2 784": every summary line prints them this way.
+    `values` is a mapping or (name, value) pairs; `spec` formats each value (".3f", ".2%" ...)."""
+    pairs = values.items() if hasattr(values, "items") else values
+    return "  ".join(f"{name} {value:{spec}}" for name, value in pairs)

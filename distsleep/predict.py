@@ -13,10 +13,17 @@ What it guarantees, and why:
   `stride` epochs (plus one window aligned to the end of the night); each epoch's class probabilities are
   the mean over all windows that contain it (up to `seq_len` of them at stride 1). A night shorter than
   `seq_len` is zero-padded, as in evaluation, and the padding is never scored.
-* Bundles are loaded with `torch.load(weights_only=True)`: a file holding anything but tensors and plain
-  Python values is refused, since unpickling arbitrary objects can run code.
+* Bundles are found and loaded by `distsleep.bundle` (a file, a folder, an MLflow run or a registered model;
+  `torch.load(weights_only=True)`: a file holding anything but tensors and plain Python values is refused,
+  since unpickling arbitrary objects can run code). A training checkpoint's bare weights are refused: they
+  lack the preprocessing and channels the model was trained with.
 
-Unlabelled recordings: SHHS EDFs load without annotations (every epoch unscored). Sleep-EDF PSGs without a
+Which reader: Sleep-EDF PSGs are told by their labels; every other EDF is an NSRR night (SHHS, MESA, MrOS, ...)
+read through its cohort's alias table, the cohort given (`cohort`) or named by the file (`mesa-sleep-0001`);
+with neither, a label whose meaning differs between cohorts (MESA `EEG1` is Fz-Cz, SHHS `EEG1` C4-A1) is
+refused unless a channel map (`channel_map`, luna alias entries) names the channel.
+
+Unlabelled recordings: NSRR EDFs load without annotations (every epoch unscored). Sleep-EDF PSGs without a
 hypnogram are read from the PSG alone with the same channel rules (`_load_unlabelled`), so annotations
 are optional for both sources; metrics and the "true" hypnogram appear only when annotations are given.
 
@@ -28,25 +35,35 @@ only, Sleep-EDF wording), `_hypnogram.png`, `_input_report.json`, and with annot
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
-import re
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import edfio
 import numpy as np
+import torch
 
 from distsleep.atomic import atomic_path
-from distsleep.errors import InputError, MissingChannelError
-from distsleep.shards.loader import window_starts
+from distsleep.bundle import BundleError, load_model, map_roles, resolve
+from distsleep.config import PreprocessConfig
+from distsleep.errors import MissingChannelError
+from distsleep.inspection import UNKNOWN_SOURCE, detect_source
+from distsleep.metrics import format_values, staging_metrics
+from distsleep.plots import confusion_png, hypnogram_png
+from distsleep.shards.convert import RecordSource, load_record, record_to_sample
+from distsleep.shards.loader import robust_scaling, window_starts
+from distsleep.sources.channels import resolve_roles, role_by_name
+from distsleep.sources.edf import is_voltage_unit, read_header, to_microvolts
+from distsleep.sources.loading import read_role_channels, signal_epochs, slice_channels
+from distsleep.sources.record import Record
+from distsleep.sources.montages import COHORT_ROLES, cohort_of_record
+from distsleep.sources.shhs import load_nsrr_record
 from distsleep.stages import EPOCH_SECONDS, NUM_STAGES, STAGE_NAMES, UNSCORED, stage_counts
 
-BUNDLE_NAME = "model.pt"
-BUNDLE_ARTIFACT = "model/model.pt"  # where training logs the bundle in its MLflow run
-CHECKPOINT_WEIGHTS = "best_model.pt"
-REQUIRED_BUNDLE_KEYS = ("format", "model", "model_config", "state_dict", "preprocess", "channels", "stages", "seq_len")
 # Sleep-EDF hypnogram wording for the five AASM classes (N3 is written as R&K stage 3).
 HYPNOGRAM_TEXT: dict[int, str] = {0: "Sleep stage W", 1: "Sleep stage 1", 2: "Sleep stage 2", 3: "Sleep stage 3", 4: "Sleep stage R"}
 # Plausibility bounds for scalp EEG/EOG after preprocessing, used when the bundle records no training range.
@@ -54,136 +71,12 @@ LOW_AMPLITUDE_UV = 5.0  # p99 of |x| below this: flat, disconnected, or a unit e
 HIGH_AMPLITUDE_UV = 500.0  # p99 of |x| above this: artefact-dominated or a unit error (uV read as mV)
 FLAT_EPOCH_STD_UV = 0.5
 CLIPPED_FRACTION_WARN = 0.001
-_RUN_ID = re.compile(r"^[0-9a-fA-F]{32}$")
-_RUNS_URI = re.compile(r"^runs:/(?P<run>[^/]+)/?(?P<path>.*)$")
-
-
-class BundleError(InputError):
-    """A model bundle is missing, unreadable, unsafe to load, or inconsistent."""
+DEFAULT_STRIDE = 1  # epochs between windows: every window, each epoch averaged over up to seq_len of them
+DEFAULT_BATCH_SIZE = 64  # windows per forward pass
 
 
 class PredictionError(ValueError):
     """Inference options that cannot work with this bundle (e.g. a stride longer than the window)."""
-
-
-# ---------------------------------------------------------------------------------------------- bundle
-
-
-def _tracking_uri() -> str:
-    from distsleep.train.config import default_tracking_uri
-
-    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
-
-
-def _download_from_run(source: str, run_id: str, artifact_path: str) -> Path:
-    uri = _tracking_uri()
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        if not db.is_file():
-            # MLflow would silently create an empty store here and then report "run not found".
-            raise BundleError(source, f"looks like an MLflow run id, but there is no MLflow store at {db} "
-                                      "(set MLFLOW_TRACKING_URI to the store of the training run)")
-    import mlflow
-
-    try:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, tracking_uri=uri)
-    except Exception as error:  # MlflowException, OSError, ... all mean "not there" to the user
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise BundleError(source, f"could not download {artifact_path!r} of MLflow run {run_id} from {uri}: {first}") from error
-    path = Path(local)
-    if path.is_dir():
-        path = path / BUNDLE_NAME
-    if not path.is_file():
-        raise BundleError(source, f"MLflow run {run_id} in {uri} has no model bundle at {artifact_path!r}")
-    return path
-
-
-def resolve_bundle(source: str | os.PathLike) -> Path:
-    """A local path to a model bundle (`model.pt`), from any of the ways a user names one:
-
-    * a `model.pt` file;
-    * a folder holding `model.pt` or `model/model.pt` (e.g. a downloaded MLflow artifact folder);
-    * an MLflow run id or a `runs:/<run_id>[/<artifact path>]` URI: `model/model.pt` of that run is downloaded
-      from MLFLOW_TRACKING_URI (default: `distsleep.train.config.default_tracking_uri()`).
-
-    A training checkpoint folder (only `best_model.pt`) is refused: it has the weights but not the
-    preprocessing and channels the model was trained with, so inference could not reproduce its inputs.
-    """
-    text = str(source)
-    path = Path(text).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
-        for candidate in (path / BUNDLE_NAME, path / "model" / BUNDLE_NAME):
-            if candidate.is_file():
-                return candidate
-        if (path / CHECKPOINT_WEIGHTS).is_file():
-            raise BundleError(path, f"this is a training checkpoint ({CHECKPOINT_WEIGHTS} holds weights only, without the "
-                                    "preprocessing and channels the model was trained with); use the run's model bundle "
-                                    "instead: the MLflow run id, runs:/<run_id>/model/model.pt, or the model.pt it logged")
-        raise BundleError(path, f"no model bundle in this folder (looked for {BUNDLE_NAME} and model/{BUNDLE_NAME})")
-    match = _RUNS_URI.match(text)
-    if match:
-        artifact = match["path"].strip("/")
-        if not artifact or artifact == "model":
-            artifact = BUNDLE_ARTIFACT
-        elif not artifact.endswith(".pt"):
-            artifact = f"{artifact}/{BUNDLE_NAME}"
-        return _download_from_run(text, match["run"], artifact)
-    if _RUN_ID.match(text):
-        return _download_from_run(text, text, BUNDLE_ARTIFACT)
-    raise BundleError(text, "no such file or folder, and not an MLflow run id (32 hex digits) or runs:/<run_id>/... URI; "
-                            "expected a model bundle (model.pt), a folder holding one, or the training run that logged it")
-
-
-def _looks_like_state_dict(blob) -> bool:
-    import torch
-
-    return isinstance(blob, dict) and bool(blob) and all(isinstance(v, torch.Tensor) for v in blob.values())
-
-
-def load_bundle(path: str | os.PathLike):
-    """(model in eval mode on the CPU, bundle dict) from a bundle file, loaded with weights_only=True."""
-    import pickle
-
-    import torch
-
-    from distsleep.models import build_model
-    from distsleep.train.artifacts import BUNDLE_FORMAT
-
-    path = Path(path)
-    try:
-        bundle = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        detail = str(error).strip().splitlines()
-        raise BundleError(path, "refused: the file holds Python objects other than tensors and plain values, and "
-                                "loading those can run arbitrary code (torch.load weights_only=True: "
-                                f"{detail[0] if detail else type(error).__name__}); a distsleep model bundle never does") from error
-    except Exception as error:  # truncated zip, not a torch file at all, ...
-        raise BundleError(path, f"cannot be read as a model bundle ({type(error).__name__}: {error})") from error
-    if not isinstance(bundle, dict) or "format" not in bundle:
-        if _looks_like_state_dict(bundle):
-            raise BundleError(path, "holds bare weights (a training checkpoint's best_model.pt?), not a model bundle with its "
-                                    "preprocessing and channels; use the run's model bundle (runs:/<run_id>/model/model.pt)")
-        raise BundleError(path, f"not a distsleep model bundle (expected a dict with format {BUNDLE_FORMAT!r})")
-    if bundle["format"] != BUNDLE_FORMAT:
-        raise BundleError(path, f"bundle format {bundle['format']!r} is not supported (this distsleep reads {BUNDLE_FORMAT!r})")
-    missing = [k for k in REQUIRED_BUNDLE_KEYS if k not in bundle]
-    if missing:
-        raise BundleError(path, f"model bundle lacks {missing}")
-    if list(bundle["stages"]) != list(STAGE_NAMES):
-        raise BundleError(path, f"bundle predicts stages {bundle['stages']}, this distsleep uses {list(STAGE_NAMES)}")
-    config = dict(bundle["model_config"])
-    expected = config.get("input_channels")
-    if expected is not None and expected != len(bundle["channels"]):
-        raise BundleError(path, f"model has {expected} input channel(s) but the bundle lists channels {bundle['channels']}")
-    try:
-        model = build_model(bundle["model"], config)
-        model.load_state_dict(bundle["state_dict"], strict=True)
-    except (LookupError, ValueError, TypeError, RuntimeError) as error:
-        raise BundleError(path, f"cannot build model {bundle['model']!r} from the bundle: {error}") from error
-    model.eval()
-    return model, bundle
 
 
 # ------------------------------------------------------------------------------------------ windowing
@@ -239,8 +132,6 @@ def score_windows(model, signals: np.ndarray, starts: Sequence[int], seq_len: in
     `signals` is the night in uV, (n_epochs, n_channels, samples_per_epoch); windows running past its
     end are zero-padded, as in evaluation.
     """
-    import torch
-
     n_epochs = len(signals)
     out = []
     with torch.no_grad():
@@ -290,37 +181,7 @@ class PredictionResult:
         return {name: int(np.count_nonzero(self.stages == code)) for code, name in enumerate(STAGE_NAMES)}
 
 
-def _resolve_roles_for(source: str, bundle: dict, bundle_path: Path) -> tuple[tuple[str, ...], list[str]]:
-    """The roles to read from a `source` recording: the bundle's own roles, or (when the recording comes from
-    the other dataset) the role filling the same model input slot there. Returns (roles, warnings)."""
-    from distsleep.models import required_channels
-    from distsleep.sources.channels import ROLE_SETS
-
-    trained = tuple(bundle["channels"])
-    names = {r.name for r in ROLE_SETS[source]}
-    if all(role in names for role in trained):
-        return trained, []
-    slots = required_channels(bundle["model"])
-    roles, warnings = [], []
-    for role in trained:
-        if role in names:
-            roles.append(role)
-            continue
-        slot = next((s for s in slots if role in s), ())
-        alternative = next((r for r in slot if r in names and r not in roles), None)
-        if alternative is None:
-            raise BundleError(bundle_path,
-                              f"the model was trained on {bundle['preprocess'].get('source')} channel {role!r}, which a "
-                              f"{source} recording does not have, and its input slot accepts no {source} role ({list(slot)})")
-        roles.append(alternative)
-        warnings.append(f"model trained on {bundle['preprocess'].get('source')} role {role!r}; this {source} recording is "
-                        f"read through role {alternative!r}, which fills the same model input (cross-dataset use)")
-    return tuple(roles), warnings
-
-
 def _check_channels(header, source: str, roles: Sequence[str], bundle: dict) -> None:
-    from distsleep.sources.channels import resolve_roles, role_by_name
-
     labels = [s.label for s in header.signals if not s.is_annotation]
     found = resolve_roles(source, labels)
     missing = [role_by_name(source, r) for r in roles if r not in found]
@@ -333,14 +194,10 @@ def _check_channels(header, source: str, roles: Sequence[str], bundle: dict) -> 
             "recording cannot be scored by this model")
 
 
-def _load_unlabelled(edf: Path, source: str, roles: Sequence[str], record_id: str):
+def _load_unlabelled(edf: Path, source: str, roles: Sequence[str], record_id: str, channel_map=None):
     """A Record from the signal file alone: every whole 30-s epoch, all unscored."""
-    from distsleep.sources.edf import read_header
-    from distsleep.sources.loading import read_role_channels, signal_epochs, slice_channels
-    from distsleep.sources.record import Record
-
     header = read_header(edf)
-    channels, problems = read_role_channels(header, source, roles)
+    channels, problems = read_role_channels(header, source, roles, channel_map)
     n_epochs = signal_epochs(header.duration, EPOCH_SECONDS)
     problems.append("no annotation file: every epoch is unscored")
     return Record(record_id=record_id, source=source, channels=slice_channels(channels, 0.0, n_epochs * EPOCH_SECONDS),
@@ -365,8 +222,6 @@ def _amplitude(x: np.ndarray) -> dict:
 
 
 def _clipped_fraction(channel, signal_header) -> float | None:
-    from distsleep.sources.edf import is_voltage_unit, to_microvolts
-
     bounds = np.array([signal_header.physical_min, signal_header.physical_max], dtype=np.float64)
     step = abs(signal_header.gain)
     if channel.unit == "uV" and is_voltage_unit(signal_header.unit):
@@ -475,8 +330,6 @@ def _write_csv(result: PredictionResult, path: Path) -> Path:
 def _hypnogram_edf(stages: Sequence[int], start, epoch_seconds: float):
     """An EDF+ file with no signals and one annotation per epoch ("Sleep stage W/1/2/3/R", Sleep-EDF wording),
     starting at `start` (datetime), so it reads like a Sleep-EDF hypnogram (edfio writes annotation-only EDF+)."""
-    import edfio
-
     annotations = [edfio.EdfAnnotation(i * epoch_seconds, epoch_seconds, HYPNOGRAM_TEXT[int(s)]) for i, s in enumerate(stages)]
     return edfio.Edf([], starttime=start.time(), recording=edfio.Recording(startdate=start.date(), equipment_code="distsleep"),
                      annotations=annotations)
@@ -492,8 +345,6 @@ def _write_outputs(result: PredictionResult, out_dir: Path, start, title: str) -
     is written are the record's outputs of an earlier prediction that this one does not replace (metrics of a
     run with annotations, say) removed and the new files renamed into place. So the folder never holds a
     half-written file or a mix of two predictions of the record."""
-    from distsleep.plots import confusion_png, hypnogram_png
-
     out_dir.mkdir(parents=True, exist_ok=True)
     keys = [k for k in OUTPUT_SUFFIXES if result.metrics is not None or k not in ("metrics", "confusion_png")]
     files = {k: out_dir / f"{result.record_id}{OUTPUT_SUFFIXES[k]}" for k in keys}
@@ -518,31 +369,76 @@ def _write_outputs(result: PredictionResult, out_dir: Path, start, title: str) -
 # ------------------------------------------------------------------------------------------ entry point
 
 
-def predict_recording(bundle_source: str | os.PathLike, recording: str | os.PathLike,
-                      annotations: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
-                      stride: int = 1, batch_size: int = 64, device: str | None = None) -> PredictionResult:
-    """Score every 30-s epoch of `recording` with the model bundle named by `bundle_source` (see resolve_bundle).
+@dataclass
+class LoadedModel:
+    """A model bundle ready for inference: the model (eval mode, CPU), the bundle dict, and names for messages."""
 
-    With `annotations` (NSRR/Profusion XML for SHHS, *-Hypnogram.edf for Sleep-EDF) the true stages and
-    metrics come too. With `out_dir` the files listed in the module docstring are written there.
-    Raises MissingChannelError when the recording lacks a channel the model needs, BundleError for an
-    unusable bundle, PredictionError for a stride outside 1..seq_len.
+    model: torch.nn.Module
+    bundle: dict
+    path: str  # the local file (or a description of where the bytes came from), for error messages
+    source: str  # the model as the user named it (path, run id, runs:/ or models:/ URI)
+
+
+def load_for_prediction(source: str | os.PathLike, data: bytes | None = None, name: str | None = None) -> LoadedModel:
+    """The staging model named by `source` (`distsleep.bundle.resolve`), or read from the bundle bytes `data`
+    (a Ray task scoring nights on another node gets the bytes, not a path)."""
+    if data is None:
+        path = resolve(source).path
+        model, bundle = load_model(path)
+    else:
+        path = name or str(source)
+        model, bundle = load_model(io.BytesIO(data))
+    if bundle.get("task", "staging") != "staging":
+        raise BundleError(path, f"this model was trained for the {bundle['task']} task; `predict` writes "
+                                "hypnograms and only takes sleep-staging models")
+    return LoadedModel(model, bundle, str(path), str(source))
+
+
+def _reader_for(header, record_id: str, trained: PreprocessConfig, cohort: str | None, channel_map
+                ) -> tuple[str, str | None, str]:
+    """(reader: "sleep-edf" or "nsrr", NSRR cohort or None, how it was decided) for a recording.
+
+    Sleep-EDF files are told by their labels; everything else is read as an NSRR night through its cohort's
+    alias table (`cohort`, else the one its file name names), so a label whose meaning differs between
+    cohorts (MESA EEG1 = Fz-Cz, SHHS EEG1 = C4-A1) is refused unless the cohort or a channel map says which.
     """
-    import torch
+    if cohort is not None:
+        return "nsrr", cohort, "--cohort"
+    named = cohort_of_record(record_id)
+    if named is not None:
+        return "nsrr", named, "file name"
+    detected = detect_source([s.label for s in header.signals if not s.is_annotation])
+    if detected == "sleep-edf" or (detected == UNKNOWN_SOURCE and trained.source == "sleep-edf" and channel_map is None):
+        return "sleep-edf", None, "channel labels" if detected == "sleep-edf" else "model bundle"
+    return "nsrr", None, "channel labels (NSRR cohort unknown: labels that differ between cohorts need --cohort or --channel-map)"
 
-    from distsleep.config import PreprocessConfig
-    from distsleep.inspection import UNKNOWN_SOURCE, detect_source
-    from distsleep.metrics import staging_metrics
-    from distsleep.shards.convert import RecordSource, load_record, record_to_sample
-    from distsleep.sources.edf import read_header
+
+def _available_roles(reader: str, cohort: str | None, channel_map) -> set[str]:
+    """The roles a recording read this way can supply (what model roles are matched against)."""
+    table = COHORT_ROLES["sleep-edf" if reader == "sleep-edf" else (cohort or "shhs")]
+    return {r.name for r in table} | {role for role, _ in (channel_map or ())}
+
+
+def predict_recording(bundle_source: str | os.PathLike | LoadedModel, recording: str | os.PathLike,
+                      annotations: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
+                      stride: int = DEFAULT_STRIDE, batch_size: int = DEFAULT_BATCH_SIZE,
+                      device: str | None = None, cohort: str | None = None, channel_map=None) -> PredictionResult:
+    """Score every 30-s epoch of `recording` with the model bundle named by `bundle_source` (see
+    `distsleep.bundle.resolve`: a model.pt, a folder holding one, an MLflow run id, runs:/ or models:/ URI), or
+    with an already loaded model.
+
+    With `annotations` (NSRR/Profusion XML for NSRR cohorts, *-Hypnogram.edf for Sleep-EDF) the true stages and
+    metrics come too. With `out_dir` the files listed in the module docstring are written there. NSRR nights are
+    read through their cohort's alias table (`cohort`, else the file name's) and `channel_map` (luna alias
+    entries, tried first). Raises MissingChannelError when the recording lacks a channel the model needs (or a
+    label is ambiguous between cohorts), BundleError for an unusable bundle, PredictionError for a stride
+    outside 1..seq_len.
+    """
 
     recording = Path(recording)
     annotations = Path(annotations) if annotations is not None else None
-    bundle_path = resolve_bundle(bundle_source)
-    model, bundle = load_bundle(bundle_path)
-    if bundle.get("task", "staging") != "staging":
-        raise BundleError(bundle_path, f"this model was trained for the {bundle['task']} task; `predict` writes "
-                                       "hypnograms and only takes sleep-staging models")
+    loaded = bundle_source if isinstance(bundle_source, LoadedModel) else load_for_prediction(bundle_source)
+    model, bundle, bundle_path = loaded.model, loaded.bundle, loaded.path
     seq_len = int(bundle["seq_len"])
     if batch_size < 1:
         raise PredictionError(f"batch_size must be >= 1, got {batch_size}")
@@ -550,35 +446,34 @@ def predict_recording(bundle_source: str | os.PathLike, recording: str | os.Path
 
     header = read_header(recording)
     trained = PreprocessConfig.from_dict(bundle["preprocess"])
-    labels_in_file = [s.label for s in header.signals if not s.is_annotation]
-    source = detect_source(labels_in_file)
-    detected_from = "channel labels"
-    if source == UNKNOWN_SOURCE:
-        source, detected_from = trained.source, "model bundle (channel labels match neither SHHS nor Sleep-EDF)"
-    roles, warnings = _resolve_roles_for(source, bundle, bundle_path)
-    _check_channels(header, source, roles, bundle)
-    config = replace(trained, source=source, channels=roles, trim_wake_minutes=None)
+    reader, cohort, detected_from = _reader_for(header, _record_id(recording, "nsrr"), trained, cohort, channel_map)
+    record_id = _record_id(recording, reader)
+    roles, substituted = map_roles(bundle, _available_roles(reader, cohort, channel_map),
+                                   f"a {cohort or reader} recording", bundle_path)
+    source = reader if reader == "sleep-edf" else (cohort or "nsrr")
+    warnings = [f"model trained on {trained.source} role {role!r}; this {source} recording is read through role "
+                f"{used!r}, which fills the same model input (cross-dataset use)" for role, used in substituted.items()]
+    if reader == "sleep-edf":
+        _check_channels(header, reader, roles, bundle)
+    config = replace(trained, source=reader, channels=roles, trim_wake_minutes=None, cohort=cohort,
+                     channel_map=channel_map)
     model_cfg = bundle["model_config"]
     per_epoch = int(round(config.epoch_seconds * config.target_rate))
     if model_cfg.get("epoch_samples", per_epoch) != per_epoch:
         raise BundleError(bundle_path, f"model expects {model_cfg['epoch_samples']} samples per epoch but the bundle's "
                                        f"preprocessing gives {per_epoch} ({config.epoch_seconds:g} s at {config.target_rate:g} Hz)")
 
-    record_id = _record_id(recording, source)
     if annotations is not None:
         record = load_record(RecordSource(record_id, str(recording), str(annotations)), config)
-    elif source == "shhs":
-        from distsleep.sources.shhs import load_shhs_record
-
-        record = load_shhs_record(recording, None, roles=roles, record_id=record_id)
+    elif reader == "nsrr":
+        record = load_nsrr_record(recording, None, roles=roles, record_id=record_id, cohort=cohort,
+                                  channel_map=channel_map)
     else:
-        record = _load_unlabelled(recording, source, roles, record_id)
+        record = _load_unlabelled(recording, reader, roles, record_id, channel_map)
     sample = record_to_sample(record, config)
     signals = sample.physical()  # exactly what the training loader feeds: dequantised int16, uV
     if bundle.get("normalization", "uv") == "robust":
         # The loader's robust scaling: this night's own per-channel median and IQR (from preprocessing).
-        from distsleep.shards.loader import robust_scaling
-
         multiplier, offset = robust_scaling(sample.meta, list(range(signals.shape[1])), str(recording))
         signals = signals * multiplier[None, :, None] + offset[None, :, None]
     n_epochs = len(signals)
@@ -601,7 +496,7 @@ def predict_recording(bundle_source: str | os.PathLike, recording: str | os.Path
         else:
             warnings.append("the annotations score no epoch of this recording: no metrics")
     report = _input_report(recording=recording, annotations=annotations, bundle_path=bundle_path, bundle=bundle,
-                           model_source=str(bundle_source), header=header, source=source, detected_from=detected_from,
+                           model_source=loaded.source, header=header, source=source, detected_from=detected_from,
                            config=config, record=record, sample=sample, signals=signals, starts=starts, stride=stride,
                            warnings=warnings)
     result = PredictionResult(record_id=record_id, recording=recording, source=source, stages=stages,
@@ -620,7 +515,7 @@ def format_summary(result: PredictionResult) -> str:
     lines = [f"{result.record_id} ({result.source}): {result.n_epochs} epochs ({minutes:.0f} min) scored by "
              f"{result.report['model']['name']} ({result.report['model']['stage']}), mean confidence "
              f"{float(result.confidence.mean()):.2f}",
-             "predicted epochs per stage: " + "  ".join(f"{k} {v}" for k, v in counts.items())]
+             "predicted epochs per stage: " + format_values(counts)]
     if result.metrics is not None:
         m = result.metrics
         lines.append(f"vs annotations ({m['n_epochs']} scored epochs): accuracy {m['accuracy']:.3f}  macro-F1 "

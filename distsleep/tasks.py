@@ -12,8 +12,10 @@ unscorable are left out of the respiratory tasks too, as they are from staging.
 from __future__ import annotations
 
 import numpy as np
+from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, f1_score, roc_auc_score
 
 from distsleep.metrics import staging_metrics
+from distsleep.stages import STAGE_NAMES
 
 # Column of the event flags (distsleep.shards.format.EVENT_COLUMNS) each binary task reads.
 EVENT_TASKS = {"apnea": 0, "hypopnea": 1}
@@ -31,8 +33,6 @@ def n_classes(task: str) -> int:
 
 
 def class_names(task: str) -> list[str]:
-    from distsleep.stages import STAGE_NAMES
-
     return list(STAGE_NAMES) if check_task(task) == "staging" else ["none", task]
 
 
@@ -50,8 +50,6 @@ def targets(task: str, labels, events):
 
 def binary_metrics(y_true: np.ndarray, p_positive: np.ndarray, names: list[str], threshold: float = 0.5) -> dict:
     """Accuracy, positive-class F1, AUROC (None when only one class occurs), macro-F1, κ, confusion."""
-    from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, f1_score, roc_auc_score
-
     y_true, p_positive = np.asarray(y_true), np.asarray(p_positive, dtype=np.float64)
     scored = y_true >= 0
     t, p = y_true[scored], p_positive[scored]

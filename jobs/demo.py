@@ -9,9 +9,10 @@
 
 Everything lands under --workdir; MLflow writes to $MLFLOW_TRACKING_URI or WORKDIR/mlflow.db. The model
 is the small preset so the job finishes in a few minutes on a laptop CPU; on a GPU cluster use
-jobs/pretrain.py with the paper-size model.
+jobs/pretrain.py with the paper-size model. The console shows our progress and figures; Ray Train's,
+DeepSpeed's and MLflow's own messages stay in Ray's log files unless --verbose.
 
-    python jobs/demo.py [--workdir demo] [--n-records 6] [--hours 2] [--steps 150]
+    python jobs/demo.py [--workdir demo] [--n-records 6] [--hours 2] [--steps 150] [--verbose]
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from distsleep.runtime import secure_local_ray  # noqa: E402
+from distsleep.runtime import configure_console, secure_local_ray  # noqa: E402
 
 secure_local_ray()  # the embedded cluster: token auth on, servers on 127.0.0.1
 
 from distsleep.config import PreprocessConfig, SplitConfig  # noqa: E402
 from distsleep.inspection import inspect_recording  # noqa: E402
+from distsleep.metrics import format_values  # noqa: E402
 from distsleep.predict import predict_recording  # noqa: E402
 from distsleep.shards.pipeline import format_summary, run_preprocess  # noqa: E402
 from distsleep.sources.shhs import find_shhs_pairs, load_shhs_record  # noqa: E402
@@ -47,7 +49,7 @@ def _step(n: int, text: str) -> None:
 
 def _report(outcome, label: str) -> None:
     m = outcome.metrics
-    f1 = "  ".join(f"{s} {m.get(f'test_f1_{s}', float('nan')):.2f}" for s in STAGE_NAMES)
+    f1 = format_values([(s, m.get(f"test_f1_{s}", float("nan"))) for s in STAGE_NAMES], ".2f")
     print(f"{label}: test accuracy {m['test_accuracy']:.3f}  macro-F1 {m['test_macro_f1']:.3f}  "
           f"kappa {m['test_kappa']:.3f}  |  F1 {f1}")
 
@@ -60,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=150, help="pre-training steps (fine-tuning runs 40%% of that)")
     parser.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", action="store_true", help="also show the frameworks' console output")
     args = parser.parse_args(argv)
+    configure_console(args.verbose)
 
     workdir = Path(args.workdir).resolve()
     cohort, shards, runs = workdir / "cohort", workdir / "shards", workdir / "runs"

@@ -12,7 +12,7 @@ subcommand lists every option.
 
 import sys
 
-from distsleep.gan.cli import main
+from distsleep.cli.gan import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:], prog="jobs/gan.py"))

@@ -153,3 +153,26 @@ def gan_augmentation(physio_gan, multimodal_shards, tmp_path_factory) -> Path:
     result = run_augment(AugmentConfig(generator=outcome.run_id, tracking_uri=cfg.tracking_uri,
                                        shards=str(multimodal_shards), out=str(out), n_epochs=60, epochs_per_record=10))
     return result.path
+
+
+@pytest.fixture(scope="session")
+def staging_cohort(tmp_path_factory) -> Path:
+    """A small synthetic SHHS1 cohort (5 nights x 45 min) in the NSRR layout, for evaluate/predict/export tests."""
+    from distsleep.synth.cohort import CohortConfig, generate_cohort
+
+    root = tmp_path_factory.mktemp("staging-cohort")
+    generate_cohort(root, CohortConfig(n_records=5, hours=0.75, seed=11, workers=2), progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def staging_shards(staging_cohort, tmp_path_factory, ray_local) -> Path:
+    """`staging_cohort` as C4-A1 shards, split 2 train / 1 val / 2+ test; yields the manifest path."""
+    from distsleep.config import PreprocessConfig, SplitConfig
+    from distsleep.shards.pipeline import run_preprocess
+
+    out = tmp_path_factory.mktemp("staging-shards")
+    result = run_preprocess(staging_cohort, out, PreprocessConfig(), SplitConfig(n_val=1, train_fraction=0.3),
+                            progress=False)
+    assert result.manifest["totals"]["test"]["records"] >= 2
+    return out / "manifest.json"

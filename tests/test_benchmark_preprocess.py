@@ -1,4 +1,4 @@
-"""`jobs/benchmark.py preprocess` on two short nights, so that the benchmark cannot rot.
+"""`jobs/benchmark.py preprocess` (`distsleep.bench.preprocess`) on two short nights, so that the benchmark cannot rot.
 
 Only the single-process routes run here (`--no-ray`): the session's `ray_local` cluster already holds
 the one `ray.init` a pytest process may make, and the 1 vs 2 workers comparison needs clusters of its own.
@@ -6,25 +6,18 @@ the one `ray.init` a pytest process may make, and the 1 vs 2 workers comparison 
 
 from __future__ import annotations
 
-import importlib.util
+import argparse
 import json
-from pathlib import Path
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "jobs" / "benchmark.py"
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("distsleep_jobs_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from distsleep.bench import preprocess as benchmark
 
 
 def test_preprocess_benchmark_reports_every_figure(tmp_path, capsys):
-    benchmark = load_benchmark()
     out = tmp_path / "figures.json"
-    code = benchmark.main(["preprocess", "--hours", "0.5", "--n-records", "2", "--naive-records", "1",
-                           "--repeats", "1", "--workers", "1", "--no-ray", "--json", str(out)])
+    parser = argparse.ArgumentParser()
+    benchmark.add_arguments(parser)
+    code = benchmark.run(parser.parse_args(["--hours", "0.5", "--n-records", "2", "--naive-records", "1",
+                                            "--repeats", "1", "--workers", "1", "--no-ray", "--json", str(out)]))
     assert code == 0  # figures are reported, not asserted, without --check
     result = json.loads(out.read_text())
 
@@ -52,7 +45,6 @@ def test_preprocess_benchmark_routes_agree_on_the_epochs(tmp_path):
     from distsleep.shards.pipeline import discover
     from distsleep.synth.cohort import CohortConfig, generate_cohort
 
-    benchmark = load_benchmark()
     generate_cohort(tmp_path / "cohort", CohortConfig(n_records=1, hours=0.5, seed=3), progress=False)
     config = PreprocessConfig()
     (source,) = discover(config, tmp_path / "cohort")

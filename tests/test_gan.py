@@ -16,9 +16,10 @@ import torch
 import webdataset as wds
 
 from distsleep.gan import model as gm
-from distsleep.gan.augment import AugmentationError, augmented_train_urls, epochs_needed, load_generator
+from distsleep.gan.augment import epochs_needed, load_generator
+from distsleep.shards.augmented import AugmentationError, augmented_train_urls
 from distsleep.cli import main as distsleep_main
-from distsleep.gan.cli import main as gan_main
+from distsleep.cli.gan import main as gan_main
 from distsleep.gan.config import GanTrainConfig
 from distsleep.gan.data import GanDataError, assign_records, read_training_epochs
 from distsleep.gan.psd import compare_psd
@@ -27,8 +28,9 @@ from distsleep.shards.storage import ShardChecksumError
 from distsleep.shards.format import decode_sample, read_shard, write_shard
 from distsleep.shards.loader import LoaderConfig, eval_sequences, load_manifest, shard_urls, train_dataset
 from distsleep.train.config import TrainConfig
-from distsleep.train.launch import LaunchError, run_training
-from distsleep.train.loop import stream_urls
+from distsleep.train.driver import LaunchError
+from distsleep.train.launch import run_training
+from distsleep.train.inputs import stream_urls
 
 CHANNELS = ("eeg_c3", "eog_l", "eeg_c4")
 
@@ -112,7 +114,7 @@ def test_effect_summary_pairs_arms_by_seed(tmp_path):
     assert augmented.run_tags == {"team": "x", "augmentation": "augmented"} and real.parent_run_id == "parent"
     # the training CLI passes augmentation manifests through
     from distsleep.cli import build_parser
-    from distsleep.train.cli_args import config_from_args
+    from distsleep.cli.common import config_from_args
 
     args = build_parser().parse_args(["pretrain", "--shards", "m.json", "--augment-shards", "a/augmentation.json", "b"])
     assert [Path(a).name for a in config_from_args(args).augment_shards] == ["augmentation.json", "b"]

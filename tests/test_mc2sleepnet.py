@@ -269,9 +269,10 @@ def test_loss_composition_eq18_eq19_hand_computed():
 
 def test_table3_ablations_are_model_settings_selectable_with_set():
     """Each of Table 3's variants is a --set of the training CLI, and each changes the graph as it says."""
-    from distsleep.train.cli_args import add_train_arguments, config_from_args
-    from distsleep.train.loop import model_config
     import argparse
+
+    from distsleep.cli.common import add_train_arguments, config_from_args
+    from distsleep.train.inputs import model_config
 
     def built(*items: str) -> MC2SleepNet:
         parser = argparse.ArgumentParser()

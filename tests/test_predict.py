@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,19 +19,11 @@ from distsleep.config import PreprocessConfig
 from distsleep.errors import MissingChannelError
 from distsleep.models import build_model
 from distsleep.models.mc2sleepnet import MC2SleepNetConfig
-from distsleep.predict import (
-    BundleError,
-    PredictionError,
-    average_windows,
-    load_bundle,
-    plan_windows,
-    predict_recording,
-    resolve_bundle,
-)
+from distsleep.bundle import BundleError, load_model, model_bundle, resolve
+from distsleep.predict import PredictionError, average_windows, plan_windows, predict_recording
 from distsleep.sources.edf import read_annotations, read_header
 from distsleep.stages import STAGE_NAMES
 from distsleep.synth.cohort import CohortConfig, generate_cohort, record_paths
-from distsleep.train.artifacts import make_bundle
 
 from edf_factory import signal, write_edf
 
@@ -58,10 +49,10 @@ def bundle_path(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model_cfg = MC2SleepNetConfig.small()
     model = build_model("mc2sleepnet", model_cfg)
-    cfg = SimpleNamespace(model="mc2sleepnet", seq_len=model_cfg.seq_len, stage="finetune")
     manifest = {"config": {"preprocess": PreprocessConfig(source="shhs", channels=("eeg_c4",)).to_dict()}}
     path = tmp_path_factory.mktemp("bundle") / "model.pt"
-    torch.save(make_bundle(cfg, model_cfg, model.state_dict(), manifest, ["eeg_c4"]), path)
+    torch.save(model_bundle(model="mc2sleepnet", model_config=model_cfg, weights=model.state_dict(), manifest=manifest,
+                            roles=["eeg_c4"], seq_len=model_cfg.seq_len, stage="finetune"), path)
     return path
 
 
@@ -195,7 +186,7 @@ def test_bundle_with_pickled_object_is_refused(tmp_path, bundle_path):
     evil = tmp_path / "model.pt"
     torch.save(bundle, evil)
     with pytest.raises(BundleError, match="weights_only") as caught:
-        load_bundle(evil)
+        load_model(evil)
     assert str(evil) in str(caught.value)
 
 
@@ -203,11 +194,11 @@ def test_training_checkpoint_is_refused(tmp_path, bundle_path):
     weights = torch.load(bundle_path, weights_only=True)["state_dict"]
     torch.save(weights, tmp_path / "best_model.pt")
     with pytest.raises(BundleError, match="model bundle"):
-        resolve_bundle(tmp_path)
+        resolve(tmp_path)
     with pytest.raises(BundleError, match="bare weights"):
-        load_bundle(tmp_path / "best_model.pt")
+        load_model(tmp_path / "best_model.pt")
     with pytest.raises(BundleError, match="no such file"):
-        resolve_bundle(str(tmp_path / "absent.pt"))
+        resolve(str(tmp_path / "absent.pt"))
 
 
 def test_recording_without_c4_is_refused(tmp_path, bundle_path, capsys):
@@ -250,13 +241,13 @@ def test_resolve_bundle_from_mlflow_run(tmp_path, bundle_path, monkeypatch):
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     for source in (run_id, f"runs:/{run_id}/model/model.pt", f"runs:/{run_id}"):
-        path = resolve_bundle(source)
+        path = resolve(source).path
         assert path.read_bytes() == bundle_path.read_bytes(), source
-    model, bundle = load_bundle(resolve_bundle(run_id))
+    model, bundle = load_model(resolve(run_id).path)
     assert bundle["channels"] == ["eeg_c4"] and not model.training
 
     with pytest.raises(BundleError, match="0123456789abcdef0123456789abcdef"):
-        resolve_bundle("0123456789abcdef0123456789abcdef")
+        resolve("0123456789abcdef0123456789abcdef")
 
 
 def test_outputs_replace_an_earlier_prediction_as_a_whole(night, bundle_path, tmp_path):

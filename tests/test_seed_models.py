@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from distsleep.sweep import compare
+from distsleep.tracking import compare
 from distsleep.train.config import TrainConfig
-from distsleep.train.launch import LaunchError, run_training
+from distsleep.train.launch import run_training
 
 pytestmark = pytest.mark.slow
 
@@ -160,7 +160,7 @@ def test_synthsleepnet_fusion_and_downstream_tasks(multimodal_shards, store):
 def test_neuronet_mask_ratio_sweep(multimodal_shards, store):
     from distsleep.sweep.config import SweepConfig
     from distsleep.sweep.run import run_sweep
-    from distsleep.sweep.trial import KIND_TAG, SWEEP_TAG
+    from distsleep.tracking import KIND_TAG, SWEEP_TAG
 
     train = cfg(multimodal_shards, store, model="neuronet", seq_len=5, batch_size=16, max_steps=10, val_every=10)
     outcome = run_sweep(SweepConfig(name="neuronet-mask", train=train, mask_ratios=(0.5, 0.8), finetune=False,

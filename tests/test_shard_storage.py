@@ -110,7 +110,7 @@ def _manifest_with(folder: Path, shard_dir: Path, entry: str) -> Path:
 
 
 def test_manifest_entries_cannot_run_commands(shard_dir, tmp_path, capsys):
-    from distsleep.gan.augment import AugmentationError, load_augmentation
+    from distsleep.shards.augmented import AugmentationError, load_augmentation
     from distsleep.shards.storage import UnsafeEntryError
 
     marker = tmp_path / "the-manifest-ran-this"

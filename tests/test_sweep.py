@@ -19,11 +19,11 @@ from distsleep.config import PreprocessConfig, SplitConfig
 from distsleep.shards.pipeline import run_preprocess
 from distsleep.sweep.config import SweepConfig
 from distsleep.sweep.run import run_sweep
-from distsleep.sweep.trial import KIND_TAG, SWEEP_TAG
+from distsleep.tracking import KIND_TAG, SWEEP_TAG
 from distsleep.synth.cohort import CohortConfig, generate_cohort
 from distsleep.tracking import TrackingUnavailable
 from distsleep.train.config import TrainConfig
-from distsleep.train.launch import LaunchError
+from distsleep.train.driver import LaunchError
 from tests.test_train import _train_workers
 
 pytestmark = pytest.mark.slow

@@ -22,7 +22,8 @@ from distsleep.predict import predict_recording
 from distsleep.synth.cohort import CohortConfig, generate_cohort, record_paths
 from distsleep.tracking import TrackingUnavailable
 from distsleep.train.config import TrainConfig
-from distsleep.train.launch import LaunchError, run_training
+from distsleep.train.driver import LaunchError
+from distsleep.train.launch import run_training
 from session_processes import session_processes
 
 pytestmark = pytest.mark.slow
@@ -252,7 +253,7 @@ def bundle_lost(shards, tmp_path_factory, ray_local) -> dict:
     uploaded. While it runs, a second launch of the same name is tried."""
     import threading
 
-    from distsleep.train.launch import TrainingFailed
+    from distsleep.train.driver import TrainingFailed
 
     tmp = tmp_path_factory.mktemp("bundle-lost")
     server, uri = _mlflow_server(tmp / "server")

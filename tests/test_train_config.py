@@ -47,12 +47,28 @@ def test_paths_become_absolute_and_urls_stay(tmp_path, monkeypatch):
     assert remote.shards.startswith("s3://") and remote.storage_path == "s3://bucket/runs"
 
 
-def test_mask_ratio_shorthand_and_round_trip():
-    cfg = TrainConfig(shards="m", mask_ratio=0.25, model_overrides={"infonce_temperature": 0.07})
+def test_mask_ratio_lives_in_the_model_config_and_round_trips():
+    """--mask-ratio is the model config's field (its one home); a config written with the old copy of it
+    (`mask_ratio` beside `model_overrides`) still loads, into the model config."""
+    import argparse
+
+    from distsleep.cli.common import add_train_arguments, config_from_args
+    from distsleep.train.inputs import model_config
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    args = parser.parse_args(["--shards", "m", "--mask-ratio", "0.25", "--set", "infonce_temperature=0.07"])
+    cfg = config_from_args(args)
     assert cfg.model_overrides == {"infonce_temperature": 0.07, "mask_ratio": 0.25}
+    assert not hasattr(cfg, "mask_ratio") and model_config(cfg).mask_ratio == 0.25
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     params = flatten("train", cfg)
     assert params["train.model_overrides.mask_ratio"] == "0.25" and params["train.betas"] == "[0.9,0.999]"
+    assert cfg.params("train") == params and cfg.describe().splitlines()[1:] == [f"  {k[6:]} = {v}" for k, v in params.items()]
+    old = {**TrainConfig(shards="m").to_dict(), "mask_ratio": 0.6}
+    assert TrainConfig.from_dict(old).model_overrides == {"mask_ratio": 0.6}
+    with pytest.raises(ValueError, match=r"mask_ratio must lie in \[0, 1\), got 1.5"):
+        model_config(TrainConfig(shards="m", model_overrides={"mask_ratio": 1.5}))
 
 
 def test_warmup_and_cosine_schedule():
@@ -77,7 +93,7 @@ def test_early_stopping_bookkeeping():
 def test_failure_message_says_what_happened_and_how_to_resume(tmp_path):
     import json
 
-    from distsleep.train.launch import failure_message
+    from distsleep.train.driver import failure_message
 
     cfg = TrainConfig(shards="/x", name="night-run", storage_path=str(tmp_path))
     storage = tmp_path / "night-run"
@@ -95,7 +111,7 @@ def test_failure_message_says_what_happened_and_how_to_resume(tmp_path):
 def test_failure_message_lists_each_ranks_cause():
     from ray.train.v2.api.exceptions import WorkerGroupError
 
-    from distsleep.train.launch import failure_message
+    from distsleep.train.driver import failure_message
 
     error = WorkerGroupError("2 workers failed", {1: RuntimeError("gloo: Connection closed by peer [10.0.0.3]:4242\nmore"),
                                                  0: ValueError("shard x.tar: bad")})
@@ -148,8 +164,9 @@ def test_step_metrics_keep_every_step_and_read_once():
 
 def test_global_batch_is_split_over_workers_with_an_explicit_lr_rule(tmp_path):
     """--batch-size is the batch of one optimizer step in total (the paper's 32 means 32), split evenly."""
-    from distsleep.train.cli_args import add_train_arguments, config_from_args
     import argparse
+
+    from distsleep.cli.common import add_train_arguments, config_from_args
 
     one, two = TrainConfig(shards="m", batch_size=32, num_workers=1), TrainConfig(shards="m", batch_size=32, num_workers=2)
     assert (one.per_worker_batch, two.per_worker_batch) == (32, 16)

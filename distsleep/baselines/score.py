@@ -8,18 +8,18 @@ as the models' test metrics are (DESIGN.md §7).
 from __future__ import annotations
 
 import numpy as np
+import ray
+import webdataset as wds
 
+from distsleep.baselines.yasa_stager import yasa_predict_shard
 from distsleep.metrics import staging_metrics
+from distsleep.shards.format import decode_sample
+from distsleep.shards.loader import load_manifest, shard_urls
+from distsleep.shards.storage import tar_samples
 
 
 def score_shard(url: str) -> dict:
     """YASA's predictions for one shard: {'record_id', 'labels', 'predicted'} (int lists)."""
-    from distsleep.baselines.yasa_stager import yasa_predict_shard
-    import webdataset as wds
-
-    from distsleep.shards.format import decode_sample
-    from distsleep.shards.storage import tar_samples
-
     for raw in wds.DataPipeline(wds.SimpleShardList([url]), tar_samples):
         sample = decode_sample(raw)
         roles = [c["role"] for c in sample.meta["channels"]]
@@ -30,10 +30,6 @@ def score_shard(url: str) -> dict:
 
 def yasa_baseline(manifest_path: str, split: str = "test") -> dict:
     """Pooled staging metrics of YASA on a split, plus per-record accuracy; runs on the connected Ray cluster."""
-    import ray
-
-    from distsleep.shards.loader import load_manifest, shard_urls
-
     manifest, base = load_manifest(manifest_path)
     urls = shard_urls(manifest, split, base)
     if not urls:

@@ -8,6 +8,8 @@ of every model comparison.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from distsleep.signal import resample
@@ -20,9 +22,7 @@ EPOCH_SECONDS = 30
 def yasa_stage(eeg: np.ndarray, eog: np.ndarray | None = None, emg: np.ndarray | None = None,
                rate: float = YASA_RATE) -> np.ndarray:
     """Predicted AASM stage (0..4) per 30-s epoch of continuous signals in uV sampled at `rate`."""
-    import warnings
-
-    import mne  # heavy imports only when the baseline is used
+    import mne  # heavy (seconds), and needed only when the YASA baseline is scored
     import yasa
 
     named = [(name, kind, x) for name, kind, x in (("EEG", "eeg", eeg), ("EOG", "eog", eog), ("EMG", "emg", emg))

@@ -32,14 +32,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.profiler import ProfilerActivity, profile
 
-from distsleep.tasks import targets
 from distsleep.shards.loader import (batches_per_epoch, endless_batches, load_manifest, make_train_loader,
                                      shard_checksums)
+from distsleep.tasks import targets
 from distsleep.train.config import TrainConfig, lr_lambda
-from distsleep.train.loop import _model_and_config, input_roles, loader_config, stream_urls
-from distsleep.train.step import (StepMetrics, batch_to_device, build_engine, compile_in_place, device_of,
-                                  train_step)
+from distsleep.train.evaluate import evaluate
+from distsleep.train.inputs import input_roles, loader_config, model_and_config, stream_urls
+from distsleep.train.step import (DS_TAG, StepMetrics, batch_to_device, build_engine, compile_in_place, device_of,
+                                  full_fp32_state, train_step)
 
 PAPER_S_PER_1000_STEPS = 1005.0  # MC²SleepNet Table 2: 1,000 training steps at batch 32 (L = 21) on one RTX 3090
 PAPER_STEP_SETTING = {"model_size": "paper", "batch_size": 32, "seq_len": 21}
@@ -82,7 +85,7 @@ def open_stream(cfg: TrainConfig, pin_memory: bool = False) -> Stream:
         raise ValueError(f"the single-process benchmarks run one worker; got num_workers={cfg.num_workers}")
     torch.manual_seed(cfg.seed)
     manifest, base = load_manifest(cfg.shards, allow_commands=cfg.allow_shard_commands)
-    model, model_cfg = _model_and_config(cfg)
+    model, model_cfg = model_and_config(cfg)
     roles = input_roles(cfg, manifest, model_cfg)
     lcfg = loader_config(cfg, roles, shard_checksums(manifest, base))
     streams = stream_urls(cfg, manifest, base, roles)
@@ -168,8 +171,6 @@ def measure_plain(cfg: TrainConfig, steps: int, warmup: int) -> dict:
 
 def _init_single_rank(device: torch.device) -> None:
     """A one-rank process group (NCCL on GPU, gloo on CPU), as Ray Train would set up for one worker."""
-    import torch.distributed as dist
-
     if dist.is_initialized():
         return
     with socket.socket() as s:  # a free port on loopback
@@ -191,8 +192,6 @@ def measure_engine(cfg: TrainConfig, steps: int, warmup: int, *, fixed_batch: bo
     validation pass, a checkpoint round trip and a strict load of the saved weights into a fresh model;
     `profile_steps` > 0 runs that many more steps under the PyTorch profiler and returns its top operators.
     """
-    import torch.distributed as dist
-
     device = device_of(cfg.use_gpu)
     _init_single_rank(device)
     stream = open_stream(cfg, pin_memory=device.type == "cuda")
@@ -238,8 +237,6 @@ def measure_engine(cfg: TrainConfig, steps: int, warmup: int, *, fixed_batch: bo
 
 def _profile(step, n: int, device: torch.device, top: int = 25) -> list[dict]:
     """The `top` operators by self time (device time on GPU) over `n` calls of `step`."""
-    from torch.profiler import ProfilerActivity, profile
-
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for _ in range(n):
@@ -254,16 +251,13 @@ def _profile(step, n: int, device: torch.device, top: int = 25) -> list[dict]:
 
 def _full_checks(cfg: TrainConfig, trainer, stream: Stream, device: torch.device) -> dict:
     """Validation pass, checkpoint save -> perturb -> load round trip, strict load into a fresh model."""
-    from distsleep.train.evaluate import evaluate
-    from distsleep.train.loop import DS_TAG, _full_fp32_state
-
     out = {}
     autocast_dtype = torch.bfloat16 if cfg.resolved_precision == "bf16" else None
     t0 = time.perf_counter()
     metrics, _ = evaluate(trainer.module, stream.val_urls, stream.loader_cfg, 1, 0, device, autocast_dtype, cfg.task,
                           batch_size=cfg.resolved_eval_batch_size)
     out.update(eval_s=time.perf_counter() - t0, val_accuracy=metrics["accuracy"], val_macro_f1=metrics["macro_f1"])
-    weights = _full_fp32_state(trainer.engine)
+    weights = full_fp32_state(trainer.engine)
     with tempfile.TemporaryDirectory() as directory:
         t0 = time.perf_counter()
         trainer.engine.save_checkpoint(directory, tag=DS_TAG)
@@ -274,7 +268,7 @@ def _full_checks(cfg: TrainConfig, trainer, stream: Stream, device: torch.device
         out["checkpoint_roundtrip_s"] = time.perf_counter() - t0
     after = trainer.module.state_dict()
     out["checkpoint_roundtrip_exact"] = all(torch.equal(after[n].float().cpu(), w.float()) for n, w in weights.items())
-    fresh, _ = _model_and_config(cfg)
+    fresh, _ = model_and_config(cfg)
     try:
         fresh.load_state_dict(weights, strict=True)
         out["strict_load"] = "ok"

@@ -6,12 +6,17 @@ The same shards are read both ways: they are made locally (`make_train_shards`),
 files) or, by default, an S3 server started on 127.0.0.1 for the run (moto, `cluster/objectstore.py`): a
 stand-in that shows the client's costs (request round trips, reading whole shards to hash them), not a real
 store's bandwidth or latency. Each measurement runs in a fresh process (`engine.run_isolated`).
+
+`run` is the subcommand (`add_arguments` its options).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +24,9 @@ from distsleep import store
 from distsleep.bench.engine import run_isolated
 from distsleep.bench.load import busy_cores
 from distsleep.bench.train import bench_train_config, make_train_shards
+from distsleep.cluster.objectstore import client_env, create_bucket, start_s3_server, stop_s3_server, write_aws_files
+from distsleep.shards.loader import load_manifest, shard_urls
+from distsleep.shards.storage import read_bytes
 
 VERIFY = ("stored", "none")
 
@@ -34,9 +42,6 @@ def copy_dataset(folder: Path, prefix: str) -> str:
 
 def read_rate(manifest: str) -> dict:
     """Every shard of `manifest` read whole once: MB/s and ms per shard."""
-    from distsleep.shards.loader import load_manifest, shard_urls
-    from distsleep.shards.storage import read_bytes
-
     loaded, base = load_manifest(manifest)
     urls = [u for split in ("train", "val", "test") for u in shard_urls(loaded, split, base)]
     t0 = time.perf_counter()
@@ -48,8 +53,6 @@ def read_rate(manifest: str) -> dict:
 def _local_server(scratch: Path) -> tuple[object, str]:
     """An S3 server on 127.0.0.1 with a bucket, and this process's AWS variables pointed at it (the measuring
     processes inherit them)."""
-    from distsleep.cluster.objectstore import client_env, create_bucket, start_s3_server, write_aws_files
-
     server = start_s3_server(log=scratch / "s3-server.log")
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         os.environ.pop(key, None)
@@ -60,8 +63,6 @@ def _local_server(scratch: Path) -> tuple[object, str]:
 
 def measure_storage(scratch: str | Path, *, bucket: str | None, n_records: int, hours: float, seed: int,
                     loader_workers: int, batch_size: int, seq_len: int, steps: int, warmup: int) -> dict:
-    from distsleep.cluster.objectstore import stop_s3_server
-
     scratch = Path(scratch)
     local = make_train_shards(scratch, n_records, hours, seed, workers=min(4, os.cpu_count() or 1))
     server = None
@@ -103,3 +104,28 @@ def format_storage(result: dict) -> str:
     if result.get("busy_cores") is not None:
         lines.append(f"other load on the machine: {result['busy_cores']:.1f} busy cores")
     return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="distsleep-bench-loader-") as scratch:
+        result = measure_storage(scratch, bucket=args.bucket, n_records=args.n_records, hours=args.hours, seed=args.seed,
+                                 loader_workers=args.loader_workers, batch_size=args.batch_size, seq_len=args.seq_len,
+                                 steps=args.steps, warmup=args.warmup)
+    print(format_storage(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 1 if any("error" in row for row in result["rows"]) else 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bucket", metavar="S3_URL", help="an s3:// bucket or prefix to copy the shards to (credentials and "
+                   "endpoint from the AWS variables/files; default: an S3 server started on 127.0.0.1 for the run)")
+    p.add_argument("--n-records", type=int, default=8, help="nights to generate (default 8)")
+    p.add_argument("--hours", type=float, default=4.0, help="hours per night (default 4)")
+    p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--loader-workers", type=int, default=2, help="DataLoader workers (default 2)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=21, help="epochs per window (default 21, MC²SleepNet's L)")
+    p.add_argument("--steps", type=int, default=100, help="timed batches (default 100)")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--json", help="also write the figures to this JSON file")

@@ -13,9 +13,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from distsleep.bench.engine import (GOAL_GPU_SPEEDUP, PAPER_S_PER_1000_STEPS, PAPER_STEP_SETTING, run_isolated,
-                                    measure_plain, step_figures)
+import ray
+import torch
+
+from distsleep.bench.engine import (GOAL_GPU_SPEEDUP, PAPER_S_PER_1000_STEPS, PAPER_STEP_SETTING, measure_plain,
+                                    run_isolated, step_figures)
 from distsleep.bench.load import busy_cores
+from distsleep.config import PreprocessConfig, SplitConfig
+from distsleep.models import build_model, get_spec, list_models
+from distsleep.shards.convert import convert_record
+from distsleep.shards.pipeline import discover, run_preprocess
+from distsleep.synth.cohort import CohortConfig, generate_cohort
+from distsleep.tracking import client
+from distsleep.train.config import TrainConfig
+from distsleep.train.launch import run_training
 
 GOAL_TRAIN_OVERHEAD = 0.10  # 1 - (Ray Train + DeepSpeed epochs/s) / (plain PyTorch loop epochs/s), 1 worker
 
@@ -26,18 +37,10 @@ def make_train_shards(scratch: Path, n_records: int, hours: float, seed: int, wo
 
     The records are converted in this process, so run_preprocess finds them all done and only splits them
     and writes the manifest: no Ray cluster is started before the timings."""
-    from distsleep.config import PreprocessConfig, SplitConfig
-    from distsleep.shards.convert import convert_record
-    from distsleep.shards.pipeline import discover, run_preprocess
-    from distsleep.synth.cohort import CohortConfig, generate_cohort
-
     root, out = scratch / "cohort", (scratch / "shards").resolve()
     generate_cohort(root, CohortConfig(n_records=n_records, hours=hours, seed=seed, workers=workers), progress=False)
     (out / "shards").mkdir(parents=True, exist_ok=True)
-    from distsleep.config import CHANNEL_SETS
-
-    config = (PreprocessConfig(channels=CHANNEL_SETS["multimodal"]["shhs"], filter_recipe="synthsleepnet") if multimodal
-              else PreprocessConfig())
+    config = PreprocessConfig.preset("multimodal" if multimodal else "default")
     for source in discover(config, root):
         convert_record(source, config, out)
     result = run_preprocess(root, out, config, SplitConfig(), progress=False)
@@ -55,8 +58,6 @@ def bench_train_config(shards: str | Path, scratch: Path, *, workers: int, model
     steps, and validation only once, after the last step (val_every > max_steps), so that no evaluation falls
     inside the timed steps. `log_every` (the trainer's default) is how often losses are read from the device
     and sent to MLflow, inside the timed steps."""
-    from distsleep.train.config import TrainConfig
-
     return TrainConfig(  # batch_size is per worker here (weak scaling); the trainer's is the global batch
         shards=str(shards), model=model, model_size=model_size, seq_len=seq_len, batch_size=batch_size * workers,
         loader_workers=loader_workers, precision=precision, compile=compile,
@@ -72,9 +73,6 @@ def time_ray_path(cfg, warmup: int) -> dict:
     (all ranks together, averaged over those steps; batch fetch and the logging itself included); windows
     that hold a warm-up step are left out, and so are worker start-up and the final validation/test.
     Peak RSS is the loop's `peak_rss_mb` (the largest over the workers)."""
-    from distsleep.tracking import client
-    from distsleep.train.launch import run_training
-
     t0 = time.perf_counter()
     outcome = run_training(cfg)
     wall = time.perf_counter() - t0
@@ -122,8 +120,6 @@ def measure_train(shards: str | Path, scratch: str | Path, *, model_size: str, b
 
     Each repeat runs the plain loop, then the Ray path at each worker count (interleaved, so that slow
     drifts of the machine hit every path alike); each row is the median over the repeats."""
-    import torch
-
     scratch = Path(scratch)
     gpus = torch.cuda.device_count() if use_gpu else 0
     result: dict = {
@@ -152,11 +148,8 @@ def measure_train(shards: str | Path, scratch: str | Path, *, model_size: str, b
     background: dict[str, list] = {"plain": [], **{f"ray{n}": [] for n in workers}}
     runs: dict[str, list] = {"plain": [], **{str(n): [] for n in workers}}
 
-    ray = None
+    started = bool(workers) and not ray.is_initialized()
     if workers:
-        import ray
-
-        started = not ray.is_initialized()
         if started:  # the Ray Train V2 controller needs the dashboard's state API: keep it (loopback only)
             ray.init(log_to_driver=False, configure_logging=False)
     try:
@@ -168,7 +161,7 @@ def measure_train(shards: str | Path, scratch: str | Path, *, model_size: str, b
                 cfg = bench_train_config(shards, scratch, workers=n, name=f"benchmark-train-{n}w-{repeat}", **common)
                 runs[str(n)].append(time_ray_path(cfg, warmup))
     finally:
-        if ray is not None and started:
+        if started:
             ray.shutdown()
     result["background_busy_cores"] = background
     result["plain"] = _combine(runs.pop("plain"))
@@ -206,13 +199,10 @@ def measure_models(shards: str | Path, scratch: str | Path, models: list[str], *
     """Throughput and memory of each model on the real path (Ray Train + DeepSpeed, `run_training`), at each
     worker count: epochs/s, s/step, peak RSS per worker, parameters. Models are trained from scratch in
     the pretrain stage (SynthSleepNet without its unimodal parts: the compute is the same)."""
-    from distsleep.models import build_model, model_config_class
-    from distsleep.train.loop import model_preset
-
     rows = []
     for model in models:
         seq_len, batch = MODEL_BENCH_SHAPES.get(model, (5, 32))
-        params = sum(p.numel() for p in build_model(model, model_preset(model_config_class(model), model_size)).parameters())
+        params = sum(p.numel() for p in build_model(model, get_spec(model).make_config(model_size)).parameters())
         for n in workers:
             cfg = bench_train_config(shards, Path(scratch), workers=n, model=model, model_size=model_size, seq_len=seq_len,
                                      batch_size=batch, steps=steps, warmup=warmup, loader_workers=loader_workers,
@@ -345,8 +335,6 @@ def format_train(result: dict) -> str:
 
 
 def _models_arg(text: str) -> list[str]:
-    from distsleep.models import list_models
-
     if not text:
         return []
     names = list_models() if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
@@ -356,7 +344,7 @@ def _models_arg(text: str) -> list[str]:
     return names
 
 
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-size", choices=("small", "paper"), default="small", help="MC²SleepNet preset (default small)")
     p.add_argument("--batch-size", type=int, default=32, help="sequences per worker per step (default 32)")
     p.add_argument("--seq-len", type=int, help="epochs per sequence (default 21 at paper size, 5 at small)")
@@ -382,9 +370,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check", action="store_true", help="exit 1 when any goal fails")
 
 
-def train(args: argparse.Namespace) -> int:
-    import torch
-
+def run(args: argparse.Namespace) -> int:
     seq_len = args.seq_len or (21 if args.model_size == "paper" else 5)
     workers = list(dict.fromkeys(int(n) for n in args.workers.split(",") if n.strip())) if args.workers else []
     if args.use_gpu and not torch.cuda.is_available():
@@ -405,8 +391,6 @@ def train(args: argparse.Namespace) -> int:
                                precision=args.precision, compile=args.compile)
         if models:
             ray_started = False
-            import ray
-
             if not ray.is_initialized():
                 ray.init(log_to_driver=False, configure_logging=False)
                 ray_started = True

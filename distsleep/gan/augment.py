@@ -18,13 +18,13 @@ inside it.
 
 `augmentation.json` says where the epochs come from (source preprocessing manifest and its config hash,
 generator, seed), what they are (channels, stages, counts) and lists every shard with its sha256;
-"split" is always "train". `augmented_train_urls` validates it against the training manifest of a run and
-returns the shard URLs to add to the *training* stream only.
+"split" is always "train". Training runs read and check it with `distsleep.shards.augmented` (augmented shards
+are shards), which adds them to the *training* stream only.
 
 Reruns: generation is seeded per pseudo-record and runs on CPU in float32, so the same arguments give
 byte-identical shards and manifest with the same torch build and CPU (checked equal for 1, 2 and 4 torch
-threads; another CPU instruction set may round differently). A rerun whose manifest already matches the request and whose shards still have the recorded
-sha256 writes nothing. Otherwise the old manifest is removed first, shards are written atomically
+threads; another CPU instruction set may round differently). A rerun whose manifest already matches the
+request and whose shards still have the recorded sha256 writes nothing. Otherwise the old manifest is removed first, shards are written atomically
 (temporary name, then rename), stale `aug-*.tar` from an earlier request are deleted, and the manifest is
 written last: a directory without `augmentation.json` is incomplete, whatever shards it holds.
 """
@@ -33,26 +33,26 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from distsleep.atomic import write_json_atomic
+from distsleep.bundle import GENERATOR, read, resolve
+from distsleep.config import ConfigBase
 from distsleep.gan.data import channel_stats as channel_stats_of
+from distsleep.gan.model import Generator, PhysioGanConfig
 from distsleep.integrity import sha256_file
+from distsleep.shards.augmented import AUGMENTATION_FORMAT, AUGMENTATION_NAME, AugmentationError, check_fits
 from distsleep.shards.format import EVENT_COLUMNS, ShardSample, quantize, write_shard
+from distsleep.shards.loader import load_manifest
+from distsleep.shards.manifest import code_version
 from distsleep.stages import STAGE_NAMES
 
-AUGMENTATION_FORMAT = "distsleep-augmentation/1"
-AUGMENTATION_NAME = "augmentation.json"
 KEY_PREFIX = "aug-"
 CHANNEL_STATS = ("training-nights", "pseudo-record")
-
-
-class AugmentationError(ValueError):
-    """An augmentation cannot be produced or used as asked; the message names the file and the problem."""
 
 
 # ------------------------------------------------------------------------------------------------ generator
@@ -75,70 +75,17 @@ class GeneratorBundle:
         return list(self.bundle["stages"])
 
 
-def resolve_generator(source: str) -> Path | str:
-    """A local generator bundle, or the MLflow run id to download it from.
-
-    `source`: a generator.pt file, a folder holding generator.pt (a training checkpoint or a downloaded
-    artifact folder), a run directory STORAGE/NAME (its latest checkpoint), or an MLflow run id /
-    runs:/<id> URI (its artifact generator/generator.pt).
-    """
-    from distsleep.gan.train import GENERATOR_FILE
-
-    path = Path(str(source)).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
-        # latest checkpoint of a run directory last: checkpoint_<timestamp> names sort by time
-        for candidate in (path / GENERATOR_FILE, path / "generator" / GENERATOR_FILE,
-                          *sorted(path.glob(f"checkpoint_*/{GENERATOR_FILE}"), reverse=True)):
-            if candidate.is_file():
-                return candidate
-        raise AugmentationError(f"{path}: no generator bundle in this folder (looked for {GENERATOR_FILE}, "
-                                f"generator/{GENERATOR_FILE} and checkpoint_*/{GENERATOR_FILE})")
-    match = re.fullmatch(r"(?:runs:/)?([0-9a-f]{32})(?:/.*)?", str(source))
-    if not match:
-        raise AugmentationError(f"{source}: not a file, a folder or an MLflow run id")
-    return match.group(1)
-
-
 def load_generator(source: str, tracking_uri: str | None = None) -> GeneratorBundle:
-    """The generator of a bundle (path, folder or MLflow run id, see `resolve_generator`), ready on CPU."""
-    import tempfile
-
-    import torch
-
-    from distsleep.gan.model import Generator, PhysioGanConfig
-    from distsleep.gan.train import BUNDLE_FORMAT, GENERATOR_ARTIFACT
-
-    resolved = resolve_generator(source)
-    with tempfile.TemporaryDirectory(prefix="distsleep-gan-") as scratch:
-        if isinstance(resolved, Path):
-            path, run_id, name = resolved, None, str(resolved.resolve())
-        else:
-            from distsleep.tracking import client
-            from distsleep.train.config import default_tracking_uri
-
-            uri = tracking_uri or default_tracking_uri()
-            run_id, name = resolved, f"runs:/{resolved}/{GENERATOR_ARTIFACT}"
-            try:
-                path = Path(client(uri).download_artifacts(run_id, GENERATOR_ARTIFACT, scratch))
-            except Exception as error:
-                raise AugmentationError(f"run {run_id} in {uri}: cannot download {GENERATOR_ARTIFACT} "
-                                        f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from error
-        try:
-            bundle = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            first = next((line for line in str(error).splitlines() if line.strip()), "")[:200]
-            raise AugmentationError(f"{name}: not a loadable generator bundle ({type(error).__name__}: {first})") from error
-        digest = sha256_file(path)
-    if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
-        raise AugmentationError(f"{name}: not a Physio-GAN generator bundle (format "
-                                f"{bundle.get('format') if isinstance(bundle, dict) else type(bundle).__name__!r}, "
-                                f"expected {BUNDLE_FORMAT!r})")
+    """The generator of a bundle, ready on CPU. `source`: a generator.pt file, a folder holding it (a training
+    checkpoint, a downloaded artifact folder, or a run directory STORAGE/NAME: its latest checkpoint), or an
+    MLflow run id / runs:/<id> URI (its artifact generator/generator.pt); see `distsleep.bundle.resolve`."""
+    located = resolve(source, GENERATOR, tracking_uri=tracking_uri)
+    bundle = read(located.path, GENERATOR)
     generator = Generator(PhysioGanConfig.from_dict(bundle["model_config"]))
     generator.load_state_dict(bundle["state_dict"])
     generator.eval()
-    return GeneratorBundle(generator, bundle, name, digest, run_id or bundle.get("mlflow_run_id"))
+    name = located.name if located.run_id else str(located.path.resolve())
+    return GeneratorBundle(generator, bundle, name, sha256_file(located.path), located.run_id or bundle.get("mlflow_run_id"))
 
 
 def generate(bundle: GeneratorBundle, n: int, stage: str, seed) -> np.ndarray:
@@ -146,8 +93,6 @@ def generate(bundle: GeneratorBundle, n: int, stage: str, seed) -> np.ndarray:
 
     Runs on CPU in float32 so the bytes do not depend on an accelerator being present.
     """
-    import torch
-
     if stage not in bundle.stages:
         raise AugmentationError(f"{bundle.path}: this generator was trained for {bundle.stages}, not {stage!r}")
     cfg = bundle.generator.cfg
@@ -165,7 +110,7 @@ def generate(bundle: GeneratorBundle, n: int, stage: str, seed) -> np.ndarray:
 
 
 @dataclass
-class AugmentConfig:
+class AugmentConfig(ConfigBase):
     generator: str  # generator.pt, a folder holding it, or an MLflow run id
     shards: str  # the training run's preprocessing manifest (its training counts set the fraction)
     out: str  # output directory
@@ -250,34 +195,8 @@ def pseudo_record(bundle: GeneratorBundle, stage: str, index: int, n: int, seed:
                        events=np.zeros((n, len(EVENT_COLUMNS)), dtype=np.uint8), meta=meta)
 
 
-def check_fits(manifest: dict, manifest_name: str, *, where: str, source_hash, channels, train_records,
-               source: str = "") -> None:
-    """Raise AugmentationError (naming `where`) unless epochs of a generator may join the training data of
-    `manifest`: trained on shards of the same preprocessing config (`source_hash`), producing channels the
-    manifest has, and on no recording that is a validation/test record there (that would leak it).
-
-    Checked for a generator bundle before `augment` writes anything, and for an augmentation manifest before a
-    training run uses it.
-    """
-    if source_hash != manifest.get("config_hash"):
-        raise AugmentationError(
-            f"{where}: made for shards with preprocessing config hash {source_hash}{f' ({source})' if source else ''}, "
-            f"but {manifest_name} has {manifest.get('config_hash')}; its epochs would not match these shards "
-            "(filters, rate, channels): use a generator trained on these shards")
-    absent = [c for c in channels if c not in manifest.get("channels", [])]
-    if absent:
-        raise AugmentationError(f"{where}: channel(s) {absent} are not in {manifest_name} ({manifest.get('channels')})")
-    leaked = sorted(r for r in train_records if manifest["records"].get(r, {}).get("split", "train") != "train")
-    if leaked:
-        raise AugmentationError(f"{where}: its generator was trained on record(s) {leaked[:5]}"
-                                f"{' ...' if len(leaked) > 5 else ''} that are validation/test records in {manifest_name}")
-
-
 def run_augment(cfg: AugmentConfig) -> AugmentResult:
     """Generate, write and list the synthetic shards (see the module docstring)."""
-    from distsleep.shards.loader import load_manifest
-    from distsleep.shards.manifest import code_version
-
     bundle = load_generator(cfg.generator, cfg.tracking_uri)
     manifest, _ = load_manifest(cfg.shards)
     check_fits(manifest, cfg.shards, where=f"the generator {bundle.path}", source_hash=bundle.bundle.get("source_config_hash"),
@@ -358,62 +277,3 @@ def _complete_existing(manifest_path: Path, request: dict) -> dict | None:
         if not path.is_file() or path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
             return None
     return existing
-
-
-# ------------------------------------------------------------------------------------------- consumption
-
-
-def load_augmentation(path_or_url, allow_commands: bool = False) -> tuple[dict, str]:
-    """An augmentation manifest and the base its relative shard paths resolve against (its folder).
-
-    `path_or_url`: augmentation.json, its folder, or an fsspec URL of either (read like a shard manifest, so a
-    pipe: entry is refused unless `allow_commands`).
-    """
-    from distsleep.shards.loader import load_manifest
-    from distsleep.shards.storage import UnsafeEntryError
-
-    try:
-        return load_manifest(path_or_url, AUGMENTATION_NAME, allow_commands)
-    except UnsafeEntryError as error:
-        raise AugmentationError(str(error)) from error
-    except FileNotFoundError as error:
-        raise AugmentationError(f"{path_or_url}: no augmentation manifest ({AUGMENTATION_NAME} is written last, so an "
-                                "augmentation job that did not finish leaves none; rerun it)") from error
-    except json.JSONDecodeError as error:
-        raise AugmentationError(f"{path_or_url}: not a JSON augmentation manifest ({error})") from error
-
-
-def augmented_train_urls(augmentation_manifest, training: dict, channels=None, allow_commands: bool = False) -> list[str]:
-    """URLs of the synthetic shards to add to a run's *training* stream, after checking they fit its data.
-
-    augmentation_manifest: augmentation.json, its folder or a URL (relative shard paths resolve against its
-        own folder).
-    training: the run's preprocessing manifest.
-    channels: channel roles the run reads (default: all of the augmentation's). Each must be generated.
-
-    Raises AugmentationError naming the file and the problem: another format, a split other than train,
-    a different preprocessing config hash, channels missing, a generator that saw recordings that are
-    validation/test records in the training manifest, or (local paths) a listed shard that is missing.
-    """
-    from distsleep.shards.loader import resolve_shard
-
-    augmentation, base = load_augmentation(augmentation_manifest, allow_commands)
-    where = str(augmentation_manifest)
-    if augmentation.get("format") != AUGMENTATION_FORMAT:
-        raise AugmentationError(f"{where}: format {augmentation.get('format')!r} is not {AUGMENTATION_FORMAT!r}")
-    if augmentation.get("split") != "train":
-        raise AugmentationError(f"{where}: split {augmentation.get('split')!r}; synthetic epochs are for training only")
-    generated = list(augmentation.get("channels", []))
-    wanted = list(channels) if channels is not None else generated
-    missing = [c for c in wanted if c not in generated]
-    if missing:
-        raise AugmentationError(f"{where}: has no channel(s) {missing} (it generated {generated}); train the GAN "
-                                "with those --channels or read fewer channels")
-    check_fits(training, "the training manifest", where=where, source_hash=augmentation.get("source_config_hash"),
-               channels=generated, train_records=augmentation.get("generator", {}).get("train_records", []),
-               source=augmentation.get("source_manifest", ""))
-    urls = [resolve_shard(str(entry["shard"]), base) for entry in augmentation.get("shards", [])]
-    missing_files = [u for u in urls if "://" not in u and not Path(u).is_file()]
-    if missing_files:
-        raise AugmentationError(f"{where}: {len(missing_files)} listed shard(s) do not exist, e.g. {missing_files[0]}")
-    return urls

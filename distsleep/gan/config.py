@@ -1,30 +1,26 @@
-"""Configuration of one Physio-GAN training run: data, loss weights, optimisation, cluster, tracking.
+"""Configuration of one Physio-GAN training run: data, loss weights, optimisation, and the cluster and
+tracking sections it shares with model training (`distsleep.config`).
 
-It prints (dataclass repr), serialises (`to_dict` / `from_dict`, JSON-safe) and flattens into MLflow params
-(`distsleep.config.flatten("gan", cfg)`). Architecture lives in `PhysioGanConfig` (`model_size` picks its
-preset, `model_overrides` changes single fields).
+Like every config it prints and logs through `distsleep.config.ConfigBase` (`describe()`, `params("gan")`).
+Architecture lives in `PhysioGanConfig` (`model_size` picks its preset, `model_overrides` changes single
+fields).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field, fields
 
+from distsleep.config import ClusterSection, ConfigBase, TrackingSection, absolute
 from distsleep.gan.model import ADVERSARIAL_LOSSES, PhysioGanConfig
 from distsleep.stages import STAGE_NAMES
-from distsleep.train.config import check_gpu_share
 
 # The ISATSleepNet inputs, in its order: EEG(sec) = C3-A2, EOG(L), EEG = C4-A1.
 DEFAULT_CHANNELS = ("eeg_c3", "eog_l", "eeg_c4")
 
 
-def _absolute(location: str) -> str:
-    return location if "://" in location else str(Path(location).expanduser().resolve())
-
-
 @dataclass
-class GanTrainConfig:
+class GanTrainConfig(ConfigBase, ClusterSection, TrackingSection):
     # data
     shards: str = ""  # manifest.json of a preprocessing run; only its training records are read
     stages: tuple[str, ...] = ("N1",)  # stages to synthesise (one conditional generator for all of them)
@@ -54,17 +50,8 @@ class GanTrainConfig:
     # evaluation at the end of training
     psd_epochs: int = 512  # real epochs (per stage) for the PSD comparison; as many are generated
     psd_band: tuple[float, float] = (0.5, 40.0)  # Hz, band of the PSD distance
-    # cluster
-    num_workers: int = 2
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 1.0
-    storage_path: str = "runs"
-    name: str = ""  # default gan-<stages>; relaunching the same name resumes
-    max_failures: int = 0
-    # tracking
+    # tracking (the rest of the cluster and tracking sections as in model training)
     experiment: str = "distsleep-gan"
-    tracking_uri: str | None = None
 
     def __post_init__(self) -> None:
         self.stages = tuple(self.stages)
@@ -79,10 +66,10 @@ class GanTrainConfig:
             raise ValueError(f"channels must be distinct channel roles, got {list(self.channels)}")
         if self.adversarial not in ADVERSARIAL_LOSSES:
             raise ValueError(f"adversarial must be one of {ADVERSARIAL_LOSSES}, got {self.adversarial!r}")
-        if self.model_size not in ("paper", "small"):
-            raise ValueError(f"model_size must be 'paper' or 'small', got {self.model_size!r}")
-        for name in ("batch_size", "n_critic", "max_steps", "checkpoint_every", "log_every", "num_workers",
-                     "max_real_epochs", "psd_epochs"):
+        if self.model_size not in PhysioGanConfig.presets():
+            raise ValueError(f"model_size must be one of {PhysioGanConfig.presets()}, got {self.model_size!r}")
+        for name in ("batch_size", "n_critic", "max_steps", "checkpoint_every", "log_every", "max_real_epochs",
+                     "psd_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.psd_epochs < 4:
@@ -91,18 +78,15 @@ class GanTrainConfig:
             low, high = getattr(self, name)
             if not 0 <= low < high:
                 raise ValueError(f"{name} must be (low, high) Hz with 0 <= low < high, got {getattr(self, name)}")
-        check_gpu_share(self.use_gpu, self.gpus_per_worker)
         self.model_config()  # validates the overrides
-        if not self.name:
-            self.name = "gan-" + "-".join(self.stages)
+        self.check_cluster(default_name="gan-" + "-".join(self.stages))
         # Ray workers run in other directories: local paths are made absolute on the driver.
-        self.storage_path = _absolute(self.storage_path)
-        self.shards = _absolute(self.shards) if self.shards else self.shards
+        self.shards = absolute(self.shards) if self.shards else self.shards
 
     def model_config(self, band_limit_hz: tuple[float, ...] = (), sample_rate: float = 100.0) -> PhysioGanConfig:
         """The architecture: preset + overrides, sized for these channels and stages. The data-dependent
         fields (band limits and rate, from the manifest) apply unless overridden."""
-        base = PhysioGanConfig.small() if self.model_size == "small" else PhysioGanConfig()
+        base = PhysioGanConfig.preset(self.model_size)
         known = {f.name for f in fields(PhysioGanConfig)}
         unknown = set(self.model_overrides) - known
         if unknown:
@@ -110,11 +94,3 @@ class GanTrainConfig:
         data = {"band_limit_hz": tuple(band_limit_hz), "sample_rate": float(sample_rate)}
         overrides = {**data, **{k: v for k, v in self.model_overrides.items() if k not in ("n_channels", "n_stages")}}
         return dataclasses.replace(base, **overrides, n_channels=len(self.channels), n_stages=len(self.stages))
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> GanTrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from distsleep.shards.convert import robust_stats
+from distsleep.shards.loader import _read_nights, shard_checksums, shard_urls
 from distsleep.stages import STAGE_NAMES
 
 
@@ -163,8 +164,6 @@ class _Reservoir:
 def read_training_epochs(manifest: dict, base: str, channels, stages, rank: int, world_size: int,
                          max_per_stage: int, seed: int, source: str = "manifest") -> RealEpochs:
     """This rank's share of the target-stage epochs of the training records (see the module docstring)."""
-    from distsleep.shards.loader import _read_nights, shard_checksums, shard_urls
-
     counts = check_training_data(manifest, stages, channels, source)
     per_rank, mode = assign_records(counts, list(stages), world_size)
     mine = per_rank[rank]

@@ -24,10 +24,16 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from distsleep.plots import plt
+from distsleep.shards.augmented import load_augmentation
 from distsleep.stages import STAGE_NAMES
+from distsleep.tracking import KIND_TAG, RunLogger, check_reachable, compare, find_or_create_run, find_run
+from distsleep.train.launch import run_training
 
 ARMS = ("real", "augmented")
-KIND = "augmentation-effect"  # value of the sweep module's KIND_TAG on the parent run
+KIND = "augmentation-effect"  # value of KIND_TAG on the parent run
 METRICS = ("test_f1_N1", "test_macro_f1", "test_accuracy", "test_kappa", *(f"test_f1_{s}" for s in STAGE_NAMES if s != "N1"))
 
 log = logging.getLogger("distsleep.gan")
@@ -39,6 +45,11 @@ class EffectResult:
     runs: dict  # (seed, arm) -> MLflow run id
     summary: dict  # see `summarise`
     files: dict  # name -> path
+
+
+def default_name(model: str) -> str:
+    """The name an effect comparison of `model` runs under unless given one (its arms add -s<seed>-<arm>)."""
+    return f"gan-effect-{model}"
 
 
 def arm_config(base, augmentation: str, arm: str, seed: int, parent_run_id: str | None = None):
@@ -84,10 +95,6 @@ def format_summary(summary: dict) -> str:
 
 def per_class_png(summary: dict, metrics: dict, path: str | Path, title: str = "") -> Path:
     """Per-class test F1 of both arms: bars = mean over seeds, dots = single seeds."""
-    import numpy as np
-
-    from distsleep.plots import plt
-
     keys = [f"test_f1_{s}" for s in STAGE_NAMES] + ["test_macro_f1"]
     labels = [*STAGE_NAMES, "macro"]
     x = np.arange(len(keys))
@@ -113,14 +120,7 @@ def per_class_png(summary: dict, metrics: dict, path: str | Path, title: str = "
 def run_effect(base, augmentation: str, seeds, out_dir: str | Path | None = None,
                address: str | None = None) -> EffectResult:
     """Train both arms for every seed (finished arm runs are reused), then summarise and log (module docstring)."""
-    from distsleep.gan.augment import load_augmentation
-    from distsleep.sweep import compare
-    from distsleep.sweep.trial import KIND_TAG
-    from distsleep.tracking import RunLogger, check_reachable, find_or_create_run, find_run
-    from distsleep.train.config import default_tracking_uri
-    from distsleep.train.launch import run_training
-
-    uri = base.tracking_uri or default_tracking_uri()
+    uri = base.resolved_tracking_uri
     check_reachable(uri)
     base = dataclasses.replace(base, tracking_uri=uri)
     load_augmentation(augmentation)  # a missing or incomplete augmentation fails before anything trains

@@ -72,18 +72,22 @@ Size (3 channels, 1 stage): full size 1,196,899 generator + 1,078,593 critic par
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distsleep.config import ConfigBase, fields_preset
+
 ADVERSARIAL_LOSSES = ("wgan-gp", "nonsaturating")
 
 
 @dataclass(frozen=True)
-class PhysioGanConfig:
+class PhysioGanConfig(ConfigBase):
     """Architecture of the generator and the critic. Defaults are our full size (the paper gives none)."""
+
+    DEFAULT_PRESET = "paper"
 
     n_channels: int = 3
     n_stages: int = 1  # conditional classes; 1 = an unconditional generator for one stage
@@ -117,21 +121,9 @@ class PhysioGanConfig:
         if min(self.n_channels, self.n_stages, self.latent_dim) < 1:
             raise ValueError("n_channels, n_stages and latent_dim must be at least 1")
 
-    @classmethod
-    def small(cls, **changes) -> PhysioGanConfig:
-        """CPU-test size (a few ms per step on one thread)."""
-        base = dict(latent_dim=16, gen_widths=(32, 16, 16, 8), gen_kernel=7, critic_widths=(8, 16, 16, 32),
-                    critic_kernel=15)
-        return cls(**{**base, **changes})
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> PhysioGanConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+    small = fields_preset(
+        "CPU-test size (a few ms per step on one thread).",
+        latent_dim=16, gen_widths=(32, 16, 16, 8), gen_kernel=7, critic_widths=(8, 16, 16, 32), critic_kernel=15)
 
 
 def band_limit_filters(cfg: PhysioGanConfig) -> torch.Tensor | None:

@@ -17,14 +17,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from scipy.signal import welch
 
 from distsleep.plots import plt  # Agg backend set there
 
 
 def welch_psd(x: np.ndarray, fs: float = 100.0, seconds: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
     """(freqs (F,), psd (N, C, F)) in uV^2/Hz of epochs (N, C, T) in uV."""
-    from scipy.signal import welch
-
     nperseg = min(int(round(seconds * fs)), x.shape[-1])
     freqs, psd = welch(np.asarray(x, dtype=np.float64), fs=fs, nperseg=nperseg, noverlap=nperseg // 2, axis=-1)
     return freqs, psd

@@ -18,7 +18,7 @@ keeps every rank's weights identical.
 
 Checkpoint (every `checkpoint_every` generator steps and at the end, written by rank 0):
     gan_state.pt        generator, critic, both optimizers, step (torch.load(weights_only=True))
-    generator.pt        the generator bundle (see `make_bundle`), so a checkpoint can feed `augment`
+    generator.pt        the generator bundle (`distsleep.bundle.generator_bundle`), so a checkpoint can feed `augment`
     trainer_state.json  step and resume count
 
 MLflow (rank 0): the config as params; per logged step loss_critic, loss_generator, loss_adversarial,
@@ -37,12 +37,24 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from distsleep.gan.config import GanTrainConfig
+import numpy as np
+import ray.train
+import torch
+import torch.distributed as dist
+from ray.train import CheckpointConfig
 
-BUNDLE_FORMAT = "distsleep-gan/1"
+from distsleep.bundle import GENERATOR, generator_bundle, load_file
+from distsleep.gan import model as gm
+from distsleep.gan.config import GanTrainConfig
+from distsleep.gan.data import GanDataError, check_training_data, read_training_epochs, scaling_from_stats, source_band_limits
+from distsleep.gan.psd import compare_psd, psd_png
+from distsleep.integrity import verify_checksums, write_checksums
+from distsleep.metrics import format_values
+from distsleep.shards.loader import load_manifest
+from distsleep.tracking import BUNDLE_TAG, check_reachable
+from distsleep.train.driver import LaunchError, launch, open_manifest, worker_context
+
 STATE_FILE = "gan_state.pt"
-GENERATOR_FILE = "generator.pt"
-GENERATOR_ARTIFACT = "generator/generator.pt"
 LOSS_NAMES = ("loss_critic", "loss_generator", "loss_adversarial", "loss_spectral", "loss_moment",
               "gradient_penalty", "wasserstein_estimate")
 
@@ -59,41 +71,11 @@ class GanOutcome:
     storage: str
 
 
-def make_bundle(generator_state: dict, cfg: GanTrainConfig, model_cfg, scaling: dict, manifest: dict,
-                step: int, run_id: str | None, real_counts: dict[str, int]) -> dict:
-    """The generator as one file: weights plus what is needed to produce uV epochs and trace their origin.
-
-    Only tensors and plain Python values, so it loads with torch.load(weights_only=True).
-    """
-    return {
-        "format": BUNDLE_FORMAT,
-        "model_config": model_cfg.to_dict(),
-        "state_dict": {k: v.detach().float().cpu() for k, v in generator_state.items()},
-        "gan_config": cfg.to_dict(),
-        "channels": list(cfg.channels),
-        "stages": list(cfg.stages),
-        "center_uv": list(scaling["center_uv"]),
-        "scale_uv": list(scaling["scale_uv"]),
-        "night_stats": list(scaling["night_stats"]),
-        "sample_rate": float(manifest["config"]["preprocess"]["target_rate"]),
-        "source_manifest": cfg.shards,
-        "source_config_hash": manifest.get("config_hash", ""),
-        "preprocess": manifest["config"]["preprocess"],
-        "train_records": list(scaling["records"]),
-        "real_epochs": dict(real_counts),
-        "step": int(step),
-        "mlflow_run_id": run_id,
-    }
-
-
 # -------------------------------------------------------------------------------------------------- driver
 
 
 def preflight(cfg: GanTrainConfig) -> dict:
     """The manifest, or a LaunchError that says what is wrong before any worker starts."""
-    from distsleep.gan.data import GanDataError, check_training_data
-    from distsleep.train.launch import LaunchError, open_manifest
-
     manifest = open_manifest(cfg.shards)
     try:
         check_training_data(manifest, cfg.stages, cfg.channels, cfg.shards)
@@ -102,63 +84,28 @@ def preflight(cfg: GanTrainConfig) -> dict:
     return manifest
 
 
-def build_trainer(cfg: GanTrainConfig, run_id: str, tracking_uri: str, new_run: bool = True):
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from distsleep.train.launch import worker_env
-
-    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})}
-    return TorchTrainer(
-        gan_loop_per_worker,
-        train_loop_config={"gan": cfg.to_dict(), "mlflow_run_id": run_id, "tracking_uri": tracking_uri,
-                           "mlflow_new_run": new_run},
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(
-            name=cfg.name, storage_path=cfg.storage_path,
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            worker_runtime_env={"env_vars": worker_env(cfg, tracking_uri)},
-        ),
-    )
-
-
 def run_gan_training(cfg: GanTrainConfig, address: str | None = None, check_cluster: bool = True) -> GanOutcome:
     """Preflight, the MLflow run, then `TorchTrainer.fit()`; raises LaunchError / TrainingFailed with advice.
 
-    The same driver steps as a model's training run (`distsleep.train.launch`): resources and shared paths
-    checked against the cluster, STORAGE/NAME resumed when it holds checkpoints, the MLflow run of that
+    The same driver steps as a model's training run (`distsleep.train.driver.launch`): resources and shared
+    paths checked against the cluster, STORAGE/NAME resumed when it holds checkpoints, the MLflow run of that
     name reused while unfinished.
     """
-    from distsleep.runtime import connect_ray
-    from distsleep.tracking import check_reachable, find_or_create_run
-    from distsleep.train.config import default_tracking_uri
-    from distsleep.train.launch import cluster_preflight, fit_tracked, guarded_launch, run_storage
-
-    tracking_uri = cfg.tracking_uri or default_tracking_uri()
+    tracking_uri = cfg.resolved_tracking_uri
     check_reachable(tracking_uri)
     manifest = preflight(cfg)
-    connect_ray(address)
-    if check_cluster:
-        cluster_preflight(cfg, tracking_uri)  # reads only fields GanTrainConfig shares with TrainConfig
-    storage = run_storage(cfg.storage_path, cfg.name)
-    tags = {"job": "physio-gan", "stages": ",".join(cfg.stages), "channels": ",".join(cfg.channels)}
-    with guarded_launch(cfg, manifest, storage):  # one launch per name, the same run, verified checkpoints
-        run_id, resumed = find_or_create_run(tracking_uri, cfg.experiment, cfg.name, tags=tags)
-        trainer = build_trainer(cfg, run_id, tracking_uri, new_run=not resumed)
-        result, logged = fit_tracked(trainer, cfg, run_id, tracking_uri, storage)
-    return GanOutcome(run_id=run_id, tracking_uri=tracking_uri, resumed=resumed,
-                      metrics={**dict(result.metrics or {}), **logged},
-                      checkpoint=result.checkpoint.path if result.checkpoint else None, storage=storage)
+    tags = {"job": "physio-gan", "stages": ",".join(cfg.stages), "channels": ",".join(cfg.channels),
+            **{k: str(v) for k, v in cfg.run_tags.items()}}
+    run = launch(cfg, manifest, gan_loop_per_worker, "gan", tracking_uri=tracking_uri, tags=tags, address=address,
+                 check_cluster=check_cluster, checkpoint_config=CheckpointConfig(num_to_keep=2))
+    return GanOutcome(run_id=run.run_id, tracking_uri=tracking_uri, resumed=run.resumed, metrics=run.metrics,
+                      checkpoint=run.checkpoint, storage=run.storage)
 
 
 # ------------------------------------------------------------------------------------------------- workers
 
 
 def _all_gather(obj, world: int) -> list:
-    import torch.distributed as dist
-
     if world == 1:
         return [obj]
     out = [None] * world
@@ -168,9 +115,6 @@ def _all_gather(obj, world: int) -> list:
 
 def _average_gradients(module, world: int) -> None:
     """Mean of the gradients over ranks, one flat all-reduce (missing gradients count as zeros)."""
-    import torch
-    import torch.distributed as dist
-
     if world == 1:
         return
     params = list(module.parameters())
@@ -185,28 +129,12 @@ def _average_gradients(module, world: int) -> None:
 
 
 def _broadcast_parameters(module, world: int) -> None:
-    import torch.distributed as dist
-
     if world > 1:
         for tensor in module.state_dict().values():
             dist.broadcast(tensor, src=0)
 
 
 def gan_loop_per_worker(config: dict) -> None:
-    import numpy as np
-    import ray.train
-    import torch
-    import torch.distributed as dist
-
-    from distsleep.config import flatten
-    from distsleep.gan import model as gm
-    from distsleep.gan.data import GanDataError, read_training_epochs, scaling_from_stats, source_band_limits
-    from distsleep.gan.psd import compare_psd, psd_png
-    from distsleep.integrity import verify_checksums, write_checksums
-    from distsleep.tracking import BUNDLE_TAG
-    from distsleep.shards.loader import load_manifest
-    from distsleep.train.loop import worker_context
-
     cfg = GanTrainConfig.from_dict(config["gan"])
     run_id = config["mlflow_run_id"]
     rank, world, device, tracker = worker_context(config, cfg.use_gpu)
@@ -237,7 +165,7 @@ def gan_loop_per_worker(config: dict) -> None:
     if checkpoint:
         with checkpoint.as_directory() as directory:
             verify_checksums(directory, "the checkpoint to resume from")
-            saved = torch.load(Path(directory) / STATE_FILE, map_location=device, weights_only=True)
+            saved = load_file(Path(directory) / STATE_FILE, map_location=device)
         generator.load_state_dict(saved["generator"])
         critic.load_state_dict(saved["critic"])
         opt_g.load_state_dict(saved["opt_generator"])
@@ -251,7 +179,7 @@ def gan_loop_per_worker(config: dict) -> None:
     if rank == 0 and config.get("mlflow_new_run", checkpoint is None):
         # Params once per MLflow run, as in model training: a relaunch after a finished run gets a new run
         # (find_or_create_run), which needs them too; an interrupted run keeps its own (MLflow refuses changed values).
-        tracker.params({**flatten("gan", cfg), **flatten("model", model_cfg), "world_size": str(world),
+        tracker.params({**cfg.params("gan"), **model_cfg.params("model"), "world_size": str(world),
                         "data.manifest_hash": manifest.get("config_hash", ""), "data.mode": real.mode,
                         **{f"data.real_epochs.{s}": str(n) for s, n in real_counts.items()},
                         **{f"data.scale_uv.{c}": f"{v:.4g}" for c, v in zip(cfg.channels, scaling["scale_uv"])}})
@@ -309,7 +237,8 @@ def gan_loop_per_worker(config: dict) -> None:
         return [loss_d.detach(), loss_g.detach(), adv.detach(), spec.detach(), mom.detach(), gp.detach(), wasserstein]
 
     def bundle() -> dict:
-        return make_bundle(generator.state_dict(), cfg, model_cfg, scaling, manifest, state["step"], run_id, real_counts)
+        return generator_bundle(weights=generator.state_dict(), gan_config=cfg, model_config=model_cfg, scaling=scaling,
+                                manifest=manifest, step=state["step"], run_id=run_id, real_counts=real_counts)
 
     def save_checkpoint(metrics: dict) -> None:
         with tempfile.TemporaryDirectory() as directory:
@@ -317,7 +246,7 @@ def gan_loop_per_worker(config: dict) -> None:
                 torch.save({"generator": generator.state_dict(), "critic": critic.state_dict(),
                             "opt_generator": opt_g.state_dict(), "opt_critic": opt_d.state_dict(),
                             "step": state["step"], "resumes": state["resumes"]}, Path(directory) / STATE_FILE)
-                torch.save(bundle(), Path(directory) / GENERATOR_FILE)
+                torch.save(bundle(), Path(directory) / GENERATOR.file)
                 (Path(directory) / "trainer_state.json").write_text(json.dumps(state))
                 write_checksums(directory)
             ray.train.report({"step": state["step"], **metrics},
@@ -341,7 +270,7 @@ def gan_loop_per_worker(config: dict) -> None:
             tracker.metrics({**last, "steps_per_s": (step - tick_step) / max(now - tick, 1e-9)}, step)
             tick, tick_step = now, step
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            say(f"step {step}: " + "  ".join(f"{k} {v:.4g}" for k, v in last.items()))
+            say(f"step {step}: " + format_values(last, ".4g"))
             save_checkpoint(last)
 
     # PSD comparison: each rank contributes a random subset of its real epochs; rank 0 compares.
@@ -390,9 +319,9 @@ def gan_loop_per_worker(config: dict) -> None:
                 psd_png(comparisons, folder / "psd_comparison.png",
                         title=f"Physio-GAN {cfg.name} step {state['step']}: Welch PSD, mean ± 1 SD over epochs")
                 tracker.artifact(folder / "psd_comparison.png")
-            torch.save(bundle(), folder / GENERATOR_FILE)
-            if tracker.artifact(folder / GENERATOR_FILE, "generator"):
-                tracker.tags({BUNDLE_TAG: f"generator/{GENERATOR_FILE}"})
+            torch.save(bundle(), folder / GENERATOR.file)
+            if tracker.artifact(folder / GENERATOR.file, GENERATOR.folder):
+                tracker.tags({BUNDLE_TAG: GENERATOR.artifact})
         tracker.tags({"final_step": str(state["step"])})
         tracker.flush()
     holder = [summary]

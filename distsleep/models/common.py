@@ -10,6 +10,9 @@ from torch import nn
 from torch.nn import functional as F
 
 
+FINETUNE_MODES: tuple[str, ...] = ("linear", "full")  # linear probing, or fine-tuning what the model says
+
+
 def sinusoidal_positional_encoding(length: int, dim: int, *, device=None, dtype=None) -> torch.Tensor:
     """(length, dim) fixed sin/cos encoding of "Attention is all you need" (odd dims handled)."""
     position = torch.arange(length, dtype=torch.float32, device=device)[:, None]
@@ -18,6 +21,18 @@ def sinusoidal_positional_encoding(length: int, dim: int, *, device=None, dtype=
     pe[:, 0::2] = torch.sin(position * div)
     pe[:, 1::2] = torch.cos(position * div[: dim // 2])
     return pe if dtype is None else pe.to(dtype)
+
+
+def check_mask_ratio(ratio: float) -> None:
+    """The one range check of a masking ratio (the fraction of a sample's units a pre-training view masks),
+    made by every model config that has one; sweeps and the CLI reach it through the model config."""
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"mask_ratio must lie in [0, 1), got {ratio}")
+
+
+def check_finetune_mode(mode: str) -> None:
+    if mode not in FINETUNE_MODES:
+        raise ValueError(f"finetune mode must be one of {FINETUNE_MODES}, got {mode!r}")
 
 
 def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
@@ -107,6 +122,12 @@ class FreezableModel(nn.Module):
         for module in self._frozen:
             module.eval()
         return self
+
+    def prepare_finetune(self, mode: str) -> None:
+        """What fine-tuning trains: "linear" only the final `classifier` (everything else frozen and kept in eval
+        mode), "full" all of it. Models with other heads (MC²SleepNet, NeuroNet, SynthSleepNet) override this."""
+        check_finetune_mode(mode)
+        self._set_trainable((self.classifier,) if mode == "linear" else tuple(self.children()))
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:

@@ -67,27 +67,30 @@ publishes no count. `small()` has 85,859.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from distsleep.config import ConfigBase, fields_preset
 from distsleep.models.common import FreezableModel, masked_cross_entropy, sinusoidal_positional_encoding
 from distsleep.models.registry import register
 from distsleep.spectrogram import HOP_LENGTH, N_FFT, WIN_LENGTH, n_frames, torch_spectrogram
 
 Stage = Literal["pretrain", "finetune", "eval"]
 STAGES: tuple[str, ...] = ("pretrain", "finetune", "eval")
-FINETUNE_MODES: tuple[str, ...] = ("linear", "full")
 # Each slot: the SHHS role first, then Sleep-EDF's.
 DEFAULT_CHANNEL_SLOTS: tuple[tuple[str, ...], ...] = (("eeg_c4", "eeg_fpz_cz"), ("eog_l", "eog"), ("emg",))
 
 
 @dataclass(frozen=True)
-class CrossFusionSleepNetConfig:
+class CrossFusionSleepNetConfig(ConfigBase):
     """Hyper-parameters; defaults are our paper-size reading (module docstring). `small()`: CPU tests."""
+
+    STRICT = True  # a bundle or override with an unknown field is refused
+    DEFAULT_PRESET = "paper"
 
     # data
     seq_len: int = 10
@@ -152,31 +155,10 @@ class CrossFusionSleepNetConfig:
     def freq_tokens(self) -> int:
         return n_frames(self.epoch_samples)
 
-    @classmethod
-    def small(cls, **overrides) -> CrossFusionSleepNetConfig:
-        """A tiny model for CPU tests (86 k parameters, same graph)."""
-        base = dict(
-            seq_len=5,
-            d_model=32,
-            heads=4,
-            ff_dim=64,
-            time_stem_channels=8,
-            time_widths=(8, 16, 24, 32),
-            freq_widths=(4, 8, 8),
-            time_layers=1,
-            freq_layers=1,
-            cross_layers=1,
-            fusion_layers=1,
-            context_layers=1,
-        )
-        base.update(overrides)
-        return cls(**base)
-
-    def with_(self, **changes) -> CrossFusionSleepNetConfig:
-        return replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    small = fields_preset(
+        "A tiny model for CPU tests (86 k parameters, same graph).",
+        seq_len=5, d_model=32, heads=4, ff_dim=64, time_stem_channels=8, time_widths=(8, 16, 24, 32),
+        freq_widths=(4, 8, 8), time_layers=1, freq_layers=1, cross_layers=1, fusion_layers=1, context_layers=1)
 
 
 def time_encoding(centres_s: torch.Tensor, dim: int) -> torch.Tensor:
@@ -369,12 +351,6 @@ class CrossFusionSleepNet(FreezableModel):
         self.classifier = nn.Linear(cfg.d_model, cfg.n_classes)
 
     # ---- fine-tuning support
-
-    def prepare_finetune(self, mode: str) -> None:
-        """"linear": train only `classifier` (everything else frozen and kept in eval mode); "full": all."""
-        if mode not in FINETUNE_MODES:
-            raise ValueError(f"finetune mode must be one of {FINETUNE_MODES}, got {mode!r}")
-        self._set_trainable((self.classifier,) if mode == "linear" else tuple(self.children()))
 
     # ---- pieces (public so tests and analysis can call them)
 

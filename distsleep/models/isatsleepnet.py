@@ -68,19 +68,19 @@ projection 49.3 k, BiLSTM 659.5 k, self-attention 263.7 k, rectifier 1.3 k, MLP 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from distsleep.config import ConfigBase, fields_preset
 from distsleep.models.common import FreezableModel, masked_cross_entropy
 from distsleep.models.registry import register
 
 Stage = Literal["pretrain", "finetune", "eval"]
 STAGES: tuple[str, ...] = ("pretrain", "finetune", "eval")
-FINETUNE_MODES: tuple[str, ...] = ("linear", "full")
 # Slot order is the public code's [EEG(sec), EOG(L), EEG]; each slot lists the SHHS role, then Sleep-EDF's.
 ISAT_CHANNEL_SLOTS: tuple[tuple[str, ...], ...] = (
     ("eeg_c3", "eeg_pz_oz"),
@@ -90,8 +90,11 @@ ISAT_CHANNEL_SLOTS: tuple[tuple[str, ...], ...] = (
 
 
 @dataclass(frozen=True)
-class ISATSleepNetConfig:
+class ISATSleepNetConfig(ConfigBase):
     """Hyper-parameters; defaults are the public code's (paper size). `small()` is a CPU-test preset."""
+
+    STRICT = True  # a bundle or override with an unknown field is refused
+    DEFAULT_PRESET = "paper"
 
     # data
     seq_len: int = 1  # epochs per input sample; each epoch is classified independently
@@ -150,29 +153,10 @@ class ISATSleepNetConfig:
         if self.min_temperature <= 0:
             raise ValueError("min_temperature must be > 0")
 
-    @classmethod
-    def small(cls, **overrides) -> ISATSleepNetConfig:
-        """A tiny model for CPU tests (86 k parameters, same graph)."""
-        base = dict(
-            eeg_scale_channels=8,
-            eeg_mid_channels=16,
-            eog_channels=16,
-            eog_res_kernel=15,
-            feature_dim=32,
-            state_dim=16,
-            d_model=32,
-            lstm_layers=1,
-            attn_heads=4,
-            head_hidden=32,
-        )
-        base.update(overrides)
-        return cls(**base)
-
-    def with_(self, **changes) -> ISATSleepNetConfig:
-        return replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    small = fields_preset(
+        "A tiny model for CPU tests (86 k parameters, same graph).",
+        eeg_scale_channels=8, eeg_mid_channels=16, eog_channels=16, eog_res_kernel=15, feature_dim=32, state_dim=16,
+        d_model=32, lstm_layers=1, attn_heads=4, head_hidden=32)
 
 
 # --------------------------------------------------------------------------------------------- extractors
@@ -391,12 +375,6 @@ class ISATSleepNet(FreezableModel):
         self.classifier = nn.Linear(cfg.head_hidden, cfg.n_classes)
 
     # ---- fine-tuning support
-
-    def prepare_finetune(self, mode: str) -> None:
-        """"linear": train only `classifier` (everything else frozen and kept in eval mode); "full": all."""
-        if mode not in FINETUNE_MODES:
-            raise ValueError(f"finetune mode must be one of {FINETUNE_MODES}, got {mode!r}")
-        self._set_trainable((self.classifier,) if mode == "linear" else tuple(self.children()))
 
     # ---- pieces
 

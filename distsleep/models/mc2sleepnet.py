@@ -92,7 +92,7 @@ adds no parameters.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -100,7 +100,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from distsleep.augment import RawAugmentConfig, augment_raw, augment_spectrogram
-from distsleep.models.common import FreezableModel, masked_cross_entropy, sinusoidal_positional_encoding
+from distsleep.config import ConfigBase, fields_preset
+from distsleep.models.common import (FreezableModel, check_finetune_mode, check_mask_ratio, masked_cross_entropy,
+                                     sinusoidal_positional_encoding)
 from distsleep.models.registry import register
 from distsleep.spectrogram import N_FFT, n_frames, torch_spectrogram
 
@@ -112,8 +114,11 @@ STAGING_EEG_ROLES: tuple[str, ...] = ("eeg_c4", "eeg_fpz_cz")  # SHHS C4-A1, Sle
 
 
 @dataclass(frozen=True)
-class MC2SleepNetConfig:
+class MC2SleepNetConfig(ConfigBase):
     """Hyper-parameters; defaults are the paper's (DESIGN §5). `small()` is a CPU-test preset."""
+
+    STRICT = True  # a bundle or override with an unknown field is refused
+    DEFAULT_PRESET = "paper"
 
     # data
     seq_len: int = 21
@@ -178,8 +183,7 @@ class MC2SleepNetConfig:
         for name in ("sequence_level", "contrastive", "cross_attention", "augment"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        check_mask_ratio(self.mask_ratio)
         if len(self.raw_widths) != len(self.raw_convs_per_block) or len(self.raw_widths) < 1:
             raise ValueError("raw_widths and raw_convs_per_block must have the same (non-zero) length")
         if self.d_model % self.spec_heads or self.d_model % self.seq_heads:
@@ -191,32 +195,11 @@ class MC2SleepNetConfig:
         if self.input_channels < 1 or self.seq_len < 1:
             raise ValueError("input_channels and seq_len must be >= 1")
 
-    @classmethod
-    def small(cls, **overrides) -> MC2SleepNetConfig:
-        """A tiny model for CPU tests and the demo (~0.1 M parameters, same graph)."""
-        base = dict(
-            seq_len=5,
-            raw_widths=(8, 16, 24, 32, 32),
-            se_reduction=4,
-            d_model=32,
-            spec_layers=1,
-            spec_heads=4,
-            spec_ff=64,
-            attention_dim=32,
-            proj_dim=32,
-            seq_layers=2,
-            seq_heads=4,
-            seq_ff=64,
-            head_hidden=32,
-        )
-        base.update(overrides)
-        return cls(**base)
+    small = fields_preset(
+        "A tiny model for CPU tests and the demo (~0.1 M parameters, same graph).",
+        seq_len=5, raw_widths=(8, 16, 24, 32, 32), se_reduction=4, d_model=32, spec_layers=1, spec_heads=4,
+        spec_ff=64, attention_dim=32, proj_dim=32, seq_layers=2, seq_heads=4, seq_ff=64, head_hidden=32)
 
-    def with_(self, **changes) -> MC2SleepNetConfig:
-        return replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @property
     def uses_raw(self) -> bool:
@@ -500,8 +483,7 @@ class MC2SleepNet(FreezableModel):
         if mode == "full":
             self.freeze_backbones()
             return
-        if mode != "linear":
-            raise ValueError(f"fine-tuning mode must be 'full' or 'linear', got {mode!r}")
+        check_finetune_mode(mode)
         head = getattr(self, self.inference_head)
         self._frozen = tuple(m for name, m in self.named_children() if name != self.inference_head) + (head[:-1],)
         for module in self._frozen:
@@ -685,6 +667,7 @@ class MC2SleepNet(FreezableModel):
     config_class=MC2SleepNetConfig,
     channels=[STAGING_EEG_ROLES],
     description="MC²SleepNet: raw-EEG CNN + spectrogram Transformer, InfoNCE, cross-masked sequence Transformer",
+    masked_count=lambda cfg: n_masked(cfg.seq_len, cfg.mask_ratio),  # epochs of a sequence's masked view
 )
 def build_mc2sleepnet(config: MC2SleepNetConfig) -> MC2SleepNet:
     return MC2SleepNet(config)

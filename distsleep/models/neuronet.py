@@ -86,21 +86,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from distsleep.models.common import FreezableModel, masked_cross_entropy, sinusoidal_positional_encoding
+from distsleep.config import ConfigBase, fields_preset, preset
+from distsleep.models.common import (FreezableModel, check_finetune_mode, check_mask_ratio, masked_cross_entropy,
+                                     sinusoidal_positional_encoding)
 from distsleep.models.mamba import MambaContext
 from distsleep.models.registry import register
 
 Stage = Literal["pretrain", "finetune", "eval"]
 STAGES: tuple[str, ...] = ("pretrain", "finetune", "eval")
 HEAD_MODES: tuple[str, ...] = ("probe", "linear", "full")
-FINETUNE_MODES: tuple[str, ...] = ("linear", "full")
 STAGING_EEG_ROLES: tuple[str, ...] = ("eeg_c4", "eeg_fpz_cz")  # SHHS C4-A1, Sleep-EDF Fpz-Cz
 
 
@@ -129,25 +130,18 @@ def _tuple_fields(obj: Any, names: Sequence[str]) -> None:
 
 
 @dataclass(frozen=True)
-class NeuroNetConfig:
-    """Hyper-parameters; defaults are NeuroNet-B (public repository), `small()` is a CPU-test preset."""
+class MaskedEncoderConfig(ConfigBase):
+    """The fields NeuroNet and SynthSleepNet share (`MaskedEncoderModel`): the window and classes, the Transformer
+    that encodes (NeuroNet's encoder, SynthSleepNet's fusion encoder) and its decoder, the self-supervised
+    objective, and the downstream temporal-context head. Defaults are NeuroNet-B's; SynthSleepNetConfig sets its own
+    where they differ."""
+
+    STRICT = True  # a bundle or override with an unknown field is refused
+    DEFAULT_PRESET = "paper"
 
     # data / training-loop fields
     seq_len: int = 20  # epochs per sequence (the downstream temporal context; paper 20)
     n_classes: int = 5
-    channel_roles: tuple[str, ...] = STAGING_EEG_ROLES  # roles acceptable for the one input slot
-    epoch_samples: int = 3000
-    sample_rate: float = 100.0
-    frame_seconds: float = 3.0
-    frame_step_seconds: float = 0.375
-    # frame CNN
-    frame_stem: int = 16
-    frame_widths: tuple[int, ...] = (32, 32, 48, 64)
-    frame_strides: tuple[int, ...] = (1, 1, 2, 2)
-    frame_kernels: tuple[int, ...] = (3, 5, 7)
-    frame_pool: tuple[int, ...] = (4, 3, 1)  # pooled positions per kernel branch
-    frame_se_reduction: int = 0  # 0 = no squeeze-excitation
-    frame_dim: int = 256
     # encoder
     d_model: int = 768
     heads: int = 8
@@ -160,7 +154,6 @@ class NeuroNetConfig:
     decoder_layers: int = 3
     # self-supervision
     mask_ratio: float = 0.8
-    detach_target: bool = True
     projection_dims: tuple[int, ...] = (1024, 512)
     temperature: float = 0.05
     recon_weight: float = 1.0
@@ -174,32 +167,50 @@ class NeuroNetConfig:
     context_bidirectional: bool = False
     context_backend: str = "auto"
     head_dropout: float = 0.5
+
+    def _check_shared(self) -> None:
+        """Normalise (configs come back from JSON / MLflow with lists) and check the shared fields."""
+        _tuple_fields(self, ("projection_dims",))
+        check_mask_ratio(self.mask_ratio)
+        if self.d_model % self.heads or self.decoder_dim % self.decoder_heads:
+            raise ValueError("d_model / decoder_dim must be divisible by heads / decoder_heads")
+        if self.temperature <= 0 or not self.projection_dims:
+            raise ValueError("temperature must be > 0 and projection_dims non-empty")
+        if self.seq_len < 1 or self.n_classes < 2 or self.context_layers < 1:
+            raise ValueError("seq_len >= 1, n_classes >= 2 and context_layers >= 1 are required")
+
+
+@dataclass(frozen=True)
+class NeuroNetConfig(MaskedEncoderConfig):
+    """Hyper-parameters; defaults are NeuroNet-B (public repository), `small()` is a CPU-test preset."""
+
+    channel_roles: tuple[str, ...] = STAGING_EEG_ROLES  # roles acceptable for the one input slot
+    epoch_samples: int = 3000
+    sample_rate: float = 100.0
+    frame_seconds: float = 3.0
+    frame_step_seconds: float = 0.375
+    # frame CNN
+    frame_stem: int = 16
+    frame_widths: tuple[int, ...] = (32, 32, 48, 64)
+    frame_strides: tuple[int, ...] = (1, 1, 2, 2)
+    frame_kernels: tuple[int, ...] = (3, 5, 7)
+    frame_pool: tuple[int, ...] = (4, 3, 1)  # pooled positions per kernel branch
+    frame_se_reduction: int = 0  # 0 = no squeeze-excitation
+    frame_dim: int = 256
+    detach_target: bool = True  # reconstruction targets: the frame features, stop-gradient
     finetune_encoder: bool = True
 
     def __post_init__(self) -> None:
-        # Configs come back from JSON / MLflow with lists: normalise them.
-        _tuple_fields(self, ("channel_roles", "frame_widths", "frame_strides", "frame_kernels", "frame_pool",
-                             "projection_dims"))
+        self._check_shared()
+        _tuple_fields(self, ("channel_roles", "frame_widths", "frame_strides", "frame_kernels", "frame_pool"))
         if not self.channel_roles or not all(isinstance(r, str) and r for r in self.channel_roles):
             raise ValueError(f"channel_roles must be a non-empty tuple of role names, got {self.channel_roles!r}")
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if len(self.frame_widths) != len(self.frame_strides) or not self.frame_widths:
             raise ValueError("frame_widths and frame_strides must have the same (non-zero) length")
         if len(self.frame_pool) != len(self.frame_kernels) or not self.frame_kernels:
             raise ValueError("frame_pool needs one entry per frame kernel")
         if any(k % 2 == 0 for k in self.frame_kernels):
             raise ValueError(f"frame_kernels must be odd ('same' padding), got {self.frame_kernels}")
-        if self.d_model % self.heads or self.decoder_dim % self.decoder_heads:
-            raise ValueError("d_model / decoder_dim must be divisible by heads / decoder_heads")
-        if self.temperature <= 0:
-            raise ValueError("temperature must be > 0")
-        if not self.projection_dims:
-            raise ValueError("projection_dims must not be empty")
-        if self.seq_len < 1 or self.n_classes < 2:
-            raise ValueError("seq_len must be >= 1 and n_classes >= 2")
-        if self.context_layers < 1:
-            raise ValueError("context_layers must be >= 1")
         frame_starts(self.epoch_samples, self.frame_samples, self.frame_step_samples)  # validates framing
 
     # ---- derived sizes
@@ -222,30 +233,14 @@ class NeuroNetConfig:
 
     # ---- presets
 
-    @classmethod
-    def small(cls, **overrides) -> NeuroNetConfig:
-        """A tiny model for CPU tests (same graph; non-overlapping 3-s frames → 10 tokens, to stay fast:
-        the frame CNN's backward dominates CPU time)."""
-        base = dict(
-            seq_len=5,
-            frame_step_seconds=3.0,
-            frame_stem=4,
-            frame_widths=(4, 4, 8, 8),
-            frame_pool=(2, 1, 1),
-            frame_dim=16,
-            d_model=32,
-            heads=2,
-            layers=1,
-            decoder_dim=16,
-            decoder_heads=2,
-            decoder_layers=1,
-            projection_dims=(32, 16),
-            context_expand=1,
-        )
-        base.update(overrides)
-        return cls(**base)
+    small = fields_preset(
+        "A tiny model for CPU tests (same graph; non-overlapping 3-s frames → 10 tokens, to stay fast: the "
+        "frame CNN's backward dominates CPU time).",
+        seq_len=5, frame_step_seconds=3.0, frame_stem=4, frame_widths=(4, 4, 8, 8), frame_pool=(2, 1, 1),
+        frame_dim=16, d_model=32, heads=2, layers=1, decoder_dim=16, decoder_heads=2, decoder_layers=1,
+        projection_dims=(32, 16), context_expand=1)
 
-    @classmethod
+    @preset
     def synthsleepnet_unimodal(cls, *, small: bool = False, **overrides) -> NeuroNetConfig:
         """The per-modality encoder of SynthSleepNet: NeuroNet-B (or `small()`) on 4-s frames every 1 s
         (27 tokens). Pre-train one NeuroNet per modality with this config (`channel_roles=(role,)`) and
@@ -254,24 +249,10 @@ class NeuroNetConfig:
         base.update(overrides)
         return cls.small(**base) if small else cls(**base)
 
-    @classmethod
+    @preset
     def synthsleepnet_unimodal_small(cls, **overrides) -> NeuroNetConfig:
         """`synthsleepnet_unimodal(small=True)`: the encoder of `SynthSleepNetConfig.small()`."""
         return cls.synthsleepnet_unimodal(small=True, **overrides)
-
-    def with_(self, **changes) -> NeuroNetConfig:
-        return replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> NeuroNetConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown NeuroNetConfig fields {unknown}")
-        return cls(**dict(data))
 
 
 def _as_config(cls, config):
@@ -545,17 +526,24 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 # ------------------------------------------------------------------------------------------- model
 
 
-class NeuroNet(FreezableModel):
-    """The full model; see the module docstring. `forward(x, labels, stage)` returns a dict of tensors."""
+class MaskedEncoderModel(FreezableModel):
+    """What NeuroNet and SynthSleepNet share around their encoders (module docstring, "Heads and stages"):
 
-    def __init__(self, cfg: NeuroNetConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        d = cfg.d_model
-        self.encoder = NeuroNetEncoder(cfg)
-        self.decoder = MaskedDecoder(d, cfg.decoder_dim, cfg.decoder_heads, cfg.decoder_layers, cfg.n_frames,
-                                     cfg.frame_dim, cfg.mlp_ratio, cfg.dropout)
-        self.projector = projection_head(d, cfg.projection_dims)
+    * the three classifiers on the per-epoch feature, selected by the `head_mode` buffer: "probe" (the
+      online probe of pre-training), "linear" (linear probing) and "full" (Mamba temporal context +
+      Dropout + Linear), and `prepare_finetune(mode)`, which picks one and freezes what the mode keeps fixed;
+    * masked pre-training: in training mode the model's masked objective (`_masked_objective`: the
+      reconstruction and contrastive losses, the fraction really masked, the probe's no-grad feature)
+      weighted by `recon_weight` / `contrastive_weight`, plus the probe's CE; outside training only the probe;
+    * the masked count: `sample_visible` keeps T − n_masked(T, mask_ratio) of T tokens per row.
+
+    Subclasses build their encoder, call `_build_heads(d)`, and provide `_check_input`, `_flatten`,
+    `_features` (the unmasked per-epoch feature), `_features_need_grad`, `_masked_objective` and
+    `_finetune_trainable(mode)`.
+    """
+
+    def _build_heads(self, d: int) -> None:
+        cfg = self.cfg
         self.probe = nn.Linear(d, cfg.n_classes)
         self.linear_head = nn.Linear(d, cfg.n_classes)
         self.context = MambaContext(d, n_layers=cfg.context_layers, d_state=cfg.context_d_state,
@@ -566,55 +554,38 @@ class NeuroNet(FreezableModel):
         self.head = nn.Linear(d, cfg.n_classes)
         # Which classifier produces "logits" outside pre-training; a buffer so it survives state_dict save/load.
         self.register_buffer("head_mode", torch.zeros((), dtype=torch.long))
-        self._set_trainable((self.encoder, self.decoder, self.projector, self.probe))
-
-    # ---- heads and freezing
 
     @property
     def active_head(self) -> str:
         return HEAD_MODES[int(self.head_mode)]
 
     def prepare_finetune(self, mode: str) -> None:
-        """"linear": only `linear_head` trains (linear probing on the CLS feature); "full": the encoder
-        (if `finetune_encoder`) + Mamba context + head. Sets `head_mode`; call after loading pre-trained weights."""
-        if mode not in FINETUNE_MODES:
-            raise ValueError(f"mode must be one of {FINETUNE_MODES}, got {mode!r}")
+        """"linear": linear probing (only `linear_head` trains); "full": what `_finetune_trainable("full")` names.
+        Sets `head_mode`; call after loading the pre-trained weights."""
+        check_finetune_mode(mode)
         self.head_mode.fill_(HEAD_MODES.index(mode))
-        if mode == "linear":
-            self._set_trainable((self.linear_head,))
-        else:
-            parts = (self.context, self.head_dropout, self.head) + ((self.encoder,) if self.cfg.finetune_encoder else ())
-            self._set_trainable(parts)
+        self._finetune_trainable(mode)
 
-    def _encoder_trainable(self) -> bool:
-        return any(p.requires_grad for p in self.encoder.parameters())
-
-    # ---- forward
-
-    def _check_input(self, x: torch.Tensor, stage: str) -> None:
-        if stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-        if x.dim() != 4 or x.shape[2] != 1 or x.shape[3] != self.cfg.epoch_samples:
-            raise ValueError(f"x must be (B, L, 1, {self.cfg.epoch_samples}), got {tuple(x.shape)}")
-
-    def sample_mask(self, n: int, device: torch.device, generator: torch.Generator | None = None):
-        t = self.cfg.n_frames
+    def sample_visible(self, n: int, t: int, device: torch.device, generator: torch.Generator | None = None):
+        """(ids_keep, mask) of `n` rows of `t` tokens with n_masked(t, mask_ratio) tokens masked in each."""
         return random_keep(n, t, t - n_masked(t, self.cfg.mask_ratio), device, generator)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, stage: Stage = "eval") -> dict[str, torch.Tensor]:
-        self._check_input(x, stage)
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        self._check_input(x)
         b, l = x.shape[:2]
         if labels is not None and labels.shape != (b, l):
             raise ValueError(f"labels must be (B, L) = {(b, l)}, got {tuple(labels.shape)}")
-        flat = x.reshape(b * l, x.shape[-1]).to(self.encoder.cls_token.dtype)
+        flat = self._flatten(x)
         if stage == "pretrain":
             return self._forward_pretrain(flat, labels, b, l)
         mode = self.active_head
         if stage == "finetune" and mode == "probe":
             raise RuntimeError("stage 'finetune' needs prepare_finetune('linear' | 'full') first "
                                "(call it after loading the pre-trained weights)")
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self._encoder_trainable()):
-            cls = self.encoder(flat)[:, 0].reshape(b, l, -1)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self._features_need_grad()):
+            cls = self._features(flat).reshape(b, l, -1)
         if mode == "probe":
             logits = self.probe(cls)
         elif mode == "linear":
@@ -632,25 +603,12 @@ class NeuroNet(FreezableModel):
         out: dict[str, torch.Tensor] = {}
         loss = None
         if self.training:
-            feats = self.encoder.frame_features(flat)
-            target = feats.detach() if cfg.detach_target else feats
-            recon, cls = [], []
-            for _ in range(2):  # two independently masked views of every epoch
-                ids_keep, mask = self.sample_mask(flat.shape[0], flat.device)
-                latent = self.encoder.encode(feats, ids_keep)
-                pred = self.decoder(latent[:, 1:], ids_keep)
-                recon.append(masked_mse(pred, target, mask))
-                cls.append(latent[:, 0])
-            loss_recon = 0.5 * (recon[0] + recon[1])
-            loss_contrastive = nt_xent(self.projector(cls[0]), self.projector(cls[1]), cfg.temperature)
+            loss_recon, loss_contrastive, effective, probe_in = self._masked_objective(flat)
             loss = cfg.recon_weight * loss_recon + cfg.contrastive_weight * loss_contrastive
-            out.update(loss_recon=loss_recon, loss_contrastive=loss_contrastive,
-                       mask_ratio_effective=mask.float().mean().detach())
-            with torch.no_grad():  # online probe input: never part of the encoder's graph
-                probe_in = self.encoder.encode(feats.detach())[:, 0]
+            out.update(loss_recon=loss_recon, loss_contrastive=loss_contrastive, mask_ratio_effective=effective)
         else:
             with torch.no_grad():
-                probe_in = self.encoder(flat)[:, 0]
+                probe_in = self._features(flat)
         logits = self.probe(probe_in.detach()).reshape(b, l, -1)
         out["logits"] = logits
         if labels is not None:
@@ -660,6 +618,64 @@ class NeuroNet(FreezableModel):
         if loss is not None:
             out["loss"] = loss
         return out
+
+
+class NeuroNet(MaskedEncoderModel):
+    """The full model; see the module docstring. `forward(x, labels, stage)` returns a dict of tensors."""
+
+    def __init__(self, cfg: NeuroNetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.encoder = NeuroNetEncoder(cfg)
+        self.decoder = MaskedDecoder(d, cfg.decoder_dim, cfg.decoder_heads, cfg.decoder_layers, cfg.n_frames,
+                                     cfg.frame_dim, cfg.mlp_ratio, cfg.dropout)
+        self.projector = projection_head(d, cfg.projection_dims)
+        self._build_heads(d)
+        self._set_trainable((self.encoder, self.decoder, self.projector, self.probe))
+
+    def _finetune_trainable(self, mode: str) -> None:
+        """"linear": only `linear_head`; "full": the encoder (if `finetune_encoder`) + Mamba context + head."""
+        if mode == "linear":
+            self._set_trainable((self.linear_head,))
+        else:
+            parts = (self.context, self.head_dropout, self.head) + ((self.encoder,) if self.cfg.finetune_encoder else ())
+            self._set_trainable(parts)
+
+    def _features_need_grad(self) -> bool:
+        return any(p.requires_grad for p in self.encoder.parameters())
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[2] != 1 or x.shape[3] != self.cfg.epoch_samples:
+            raise ValueError(f"x must be (B, L, 1, {self.cfg.epoch_samples}), got {tuple(x.shape)}")
+
+    def _flatten(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0] * x.shape[1], x.shape[-1]).to(self.encoder.cls_token.dtype)
+
+    def sample_mask(self, n: int, device: torch.device, generator: torch.Generator | None = None):
+        return self.sample_visible(n, self.cfg.n_frames, device, generator)
+
+    def _features(self, flat: torch.Tensor) -> torch.Tensor:
+        return self.encoder(flat)[:, 0]
+
+    def _masked_objective(self, flat: torch.Tensor):
+        """Two independently masked views of every epoch: masked frame-feature MSE (mean of the views) and NT-Xent
+        between their projected CLS tokens; the probe reads the CLS of an unmasked no-grad pass."""
+        feats = self.encoder.frame_features(flat)
+        target = feats.detach() if self.cfg.detach_target else feats
+        recon, cls = [], []
+        for _ in range(2):  # two independently masked views of every epoch
+            ids_keep, mask = self.sample_mask(flat.shape[0], flat.device)
+            latent = self.encoder.encode(feats, ids_keep)
+            pred = self.decoder(latent[:, 1:], ids_keep)
+            recon.append(masked_mse(pred, target, mask))
+            cls.append(latent[:, 0])
+        loss_recon = 0.5 * (recon[0] + recon[1])
+        loss_contrastive = nt_xent(self.projector(cls[0]), self.projector(cls[1]), self.cfg.temperature)
+        with torch.no_grad():  # online probe input: never part of the encoder's graph
+            probe_in = self.encoder.encode(feats.detach())[:, 0]
+        return loss_recon, loss_contrastive, mask.float().mean().detach(), probe_in
+
 
 def neuronet_slots(config: NeuroNetConfig | Mapping | None) -> list[tuple[str, ...]]:
     """One input slot, filled by any of `config.channel_roles` (the lead's TrainConfig chooses the role)."""
@@ -672,6 +688,7 @@ def neuronet_slots(config: NeuroNetConfig | Mapping | None) -> list[tuple[str, .
     channels=neuronet_slots,
     description="NeuroNet: single-channel masked frame-feature prediction + NT-Xent, Mamba temporal context",
     normalization="robust",
+    masked_count=lambda cfg: n_masked(cfg.n_frames, cfg.mask_ratio),  # frame tokens of an epoch's view
 )
 def build_neuronet(config: NeuroNetConfig) -> NeuroNet:
     return NeuroNet(config)

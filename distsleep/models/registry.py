@@ -10,6 +10,12 @@ config (SynthSleepNet's modality list) registers a function `config -> slots` in
 turns a shard manifest's channel list into the roles to load (for LoaderConfig.channels), or raises a
 clear error.
 
+Capabilities are declared with the model, never probed on its object: `trained_in_parts` (parts pre-trained
+in separate runs and loaded with `model.load_part(part, state_dict)`, SynthSleepNet's unimodal encoders)
+and `masked_count` (`config -> units a pre-training view masks per sample`, from the config's
+`mask_ratio`; None for models that do not mask). Presets are the config class's (`small`, ..., "paper"
+being the class defaults): `make_config(preset, overrides)` builds the config a run trains.
+
 `normalization` says what input scale a model is built for: "uv" (physical µV, as MC²SleepNet's fixed
 raw scale and dB spectrogram expect) or "robust" (each channel of each recording centred on its median
 and divided by its inter-quartile range, as SynthSleepNet's preprocessing does). Shards always hold µV
@@ -19,7 +25,7 @@ plus each recording's per-channel median and IQR, so one shard set serves both k
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any
 
 from torch import nn
@@ -67,6 +73,20 @@ class ModelSpec:
     channels: ChannelSlots | SlotsFn
     description: str = ""
     normalization: str = "uv"
+    trained_in_parts: bool = False  # parts come from separate runs through model.load_part(part, state_dict)
+    masked_count: Callable[[Any], int] | None = None  # config -> units a pre-training view masks; None: no masking
+
+    def make_config(self, preset: str = "paper", overrides: Mapping[str, Any] | None = None,
+                    fitted: Mapping[str, Any] | None = None) -> Any:
+        """The config of preset `preset`, with the run's `fitted` fields (seq_len, n_classes: applied where the
+        class has them) and then `overrides` (each must be a field of the class)."""
+        overrides = dict(overrides or {})
+        known = {f.name for f in fields(self.config_class)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"model {self.name} has no config fields {unknown}; known: {sorted(known)}")
+        changes = {k: v for k, v in {**(fitted or {}), **overrides}.items() if k in known}
+        return replace(self.config_class.preset(preset), **changes)
 
     def slots_for(self, config: Any | None = None) -> ChannelSlots:
         """The channel slots of this model, for `config` when they depend on it (default config if None)."""
@@ -93,11 +113,13 @@ def register(
     channels: Sequence[Sequence[str]] | SlotsFn,
     description: str = "",
     normalization: str = "uv",
+    trained_in_parts: bool = False,
+    masked_count: Callable[[Any], int] | None = None,
 ) -> Callable[[Builder], Builder]:
     """Decorator registering `builder(config) -> nn.Module` under `name` (lower-case, unique).
 
     `channels`: the slots, or a function `config -> slots` for models whose inputs are configurable.
-    `normalization`: "uv" or "robust" (see the module docstring).
+    `normalization`: "uv" or "robust"; `trained_in_parts`, `masked_count`: capabilities (module docstring).
     """
     if not is_dataclass(config_class):
         raise TypeError(f"config_class for {name!r} must be a dataclass, got {config_class!r}")
@@ -110,7 +132,8 @@ def register(
         if existing is not None and existing.builder.__qualname__ != builder.__qualname__:
             raise ValueError(f"model name {name!r} is already registered by {existing.builder.__module__}")
         slots = channels if callable(channels) else ChannelSlots(tuple(tuple(s) for s in channels))
-        _REGISTRY[key] = ModelSpec(key, builder, config_class, slots, description, normalization)
+        _REGISTRY[key] = ModelSpec(key, builder, config_class, slots, description, normalization, trained_in_parts,
+                                   masked_count)
         return builder
 
     return decorate
@@ -154,8 +177,6 @@ def build_model(name: str, config: Any | None = None, **overrides: Any) -> nn.Mo
     elif not isinstance(config, cls):
         raise TypeError(f"model {name!r} takes a {cls.__name__}, got {type(config).__name__}")
     elif overrides:
-        from dataclasses import replace
-
         config = replace(config, **overrides)
     return spec.builder(config)
 

@@ -85,23 +85,19 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from distsleep.models.common import FreezableModel, masked_cross_entropy
-from distsleep.models.mamba import MambaContext
+from distsleep.config import fields_preset
 from distsleep.models.neuronet import (
-    FINETUNE_MODES,
-    HEAD_MODES,
-    STAGES,
     Block,
     MaskedDecoder,
+    MaskedEncoderConfig,
+    MaskedEncoderModel,
     NeuroNetConfig,
     NeuroNetEncoder,
-    Stage,
     _as_config,
     _tuple_fields,
     gather_tokens,
@@ -111,7 +107,6 @@ from distsleep.models.neuronet import (
     n_masked,
     nt_xent,
     projection_head,
-    random_keep,
 )
 from distsleep.models.registry import register
 
@@ -120,34 +115,21 @@ DEFAULT_LORA_TARGETS: tuple[str, ...] = ("attn.qkv", "attn.proj", "mlp.fc1", "ml
 
 
 @dataclass(frozen=True)
-class SynthSleepNetConfig:
+class SynthSleepNetConfig(MaskedEncoderConfig):
     """Hyper-parameters; defaults are the public SynthSleepNet scripts'. `small()` is a CPU-test preset.
 
-    `unimodal` is the config of every per-modality encoder; it must be the config the NeuroNet runs whose
-    weights `load_part` receives were trained with (shapes are checked there).
+    The fields shared with NeuroNet (`MaskedEncoderConfig`) describe the fusion encoder, the per-modality decoders,
+    the self-supervision and the downstream head. `unimodal` is the config of every per-modality encoder; it must
+    be the config the NeuroNet runs whose weights `load_part` receives were trained with (shapes are checked there).
     """
 
-    # data / training-loop fields
-    seq_len: int = 20
-    n_classes: int = 5
     modalities: tuple[str, ...] = DEFAULT_MODALITIES  # one input channel (slot) per modality, in this order
     unimodal: NeuroNetConfig = field(default_factory=NeuroNetConfig.synthsleepnet_unimodal)
-    # fusion encoder
+    # fusion encoder and self-supervision, where they differ from NeuroNet's
     d_model: int = 512
-    heads: int = 8
-    layers: int = 4
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
-    # per-modality decoders
-    decoder_dim: int = 256
-    decoder_heads: int = 8
-    decoder_layers: int = 3
-    # self-supervision
     mask_ratio: float = 0.4
     projection_dims: tuple[int, ...] = (512, 256)
     temperature: float = 0.1
-    recon_weight: float = 1.0
-    contrastive_weight: float = 1.0
     # LoRA on the unimodal encoders
     lora_rank: int = 4  # 0 = no adapters
     lora_alpha: float = 8.0
@@ -155,18 +137,10 @@ class SynthSleepNetConfig:
     lora_rslora: bool = True
     lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS  # module-name suffixes inside a NeuroNetEncoder
     lora_in_fusion: bool = False  # also train the adapters during fusion pre-training (public script)
-    # downstream
-    context_layers: int = 1
-    context_d_state: int = 16
-    context_d_conv: int = 4
-    context_expand: int = 2
-    context_dropout: float = 0.1
-    context_bidirectional: bool = False
-    context_backend: str = "auto"
-    head_dropout: float = 0.5
 
     def __post_init__(self) -> None:
-        _tuple_fields(self, ("modalities", "projection_dims", "lora_targets"))
+        self._check_shared()
+        _tuple_fields(self, ("modalities", "lora_targets"))
         if isinstance(self.unimodal, Mapping):
             object.__setattr__(self, "unimodal", NeuroNetConfig.from_dict(self.unimodal))
         if not isinstance(self.unimodal, NeuroNetConfig):
@@ -175,16 +149,8 @@ class SynthSleepNetConfig:
             raise ValueError(f"modalities must be non-empty and unique, got {self.modalities!r}")
         if any(not isinstance(m, str) or not m or "." in m for m in self.modalities):
             raise ValueError(f"modalities must be role names without dots, got {self.modalities!r}")
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
-        if self.d_model % self.heads or self.decoder_dim % self.decoder_heads:
-            raise ValueError("d_model / decoder_dim must be divisible by heads / decoder_heads")
-        if self.temperature <= 0 or not self.projection_dims:
-            raise ValueError("temperature must be > 0 and projection_dims non-empty")
         if self.lora_rank < 0 or (self.lora_rank > 0 and not self.lora_targets):
             raise ValueError("lora_rank must be >= 0, and lora_targets non-empty when it is > 0")
-        if self.seq_len < 1 or self.n_classes < 2 or self.context_layers < 1:
-            raise ValueError("seq_len >= 1, n_classes >= 2 and context_layers >= 1 are required")
 
     @property
     def input_channels(self) -> int:
@@ -199,39 +165,11 @@ class SynthSleepNetConfig:
         """Tokens per modality and epoch (the unimodal encoder's frames)."""
         return self.unimodal.n_frames
 
-    @classmethod
-    def small(cls, **overrides) -> SynthSleepNetConfig:
-        """A tiny model for CPU tests (same graph; small unimodal encoders on non-overlapping 4-s frames)."""
-        base = dict(
-            seq_len=5,
-            unimodal=NeuroNetConfig.synthsleepnet_unimodal_small(),
-            d_model=32,
-            heads=2,
-            layers=1,
-            decoder_dim=16,
-            decoder_heads=2,
-            decoder_layers=1,
-            projection_dims=(32, 16),
-            lora_rank=2,
-            lora_alpha=4.0,
-            context_expand=1,
-        )
-        base.update(overrides)
-        return cls(**base)
-
-    def with_(self, **changes) -> SynthSleepNetConfig:
-        return replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SynthSleepNetConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown SynthSleepNetConfig fields {unknown}")
-        return cls(**dict(data))
+    small = fields_preset(
+        "A tiny model for CPU tests (same graph; small unimodal encoders on non-overlapping 4-s frames).",
+        seq_len=5, unimodal=NeuroNetConfig.synthsleepnet_unimodal_small(), d_model=32, heads=2, layers=1,
+        decoder_dim=16, decoder_heads=2, decoder_layers=1, projection_dims=(32, 16), lora_rank=2, lora_alpha=4.0,
+        context_expand=1)
 
 
 # ------------------------------------------------------------------------------------------- LoRA
@@ -313,7 +251,7 @@ def split_modalities(fused: torch.Tensor, counts: Sequence[int]) -> list[torch.T
 # ------------------------------------------------------------------------------------------- model
 
 
-class SynthSleepNet(FreezableModel):
+class SynthSleepNet(MaskedEncoderModel):
     """The full model; see the module docstring. `forward(x, labels, stage)` returns a dict of tensors."""
 
     def __init__(self, cfg: SynthSleepNetConfig) -> None:
@@ -334,15 +272,7 @@ class SynthSleepNet(FreezableModel):
         self.fusion_projector = projection_head(d, cfg.projection_dims)
         self.unimodal_projectors = nn.ModuleDict({role: projection_head(uc.d_model, cfg.projection_dims)
                                                   for role in cfg.modalities})
-        self.probe = nn.Linear(d, cfg.n_classes)
-        self.linear_head = nn.Linear(d, cfg.n_classes)
-        self.context = MambaContext(d, n_layers=cfg.context_layers, d_state=cfg.context_d_state,
-                                    d_conv=cfg.context_d_conv, expand=cfg.context_expand,
-                                    dropout=cfg.context_dropout, bidirectional=cfg.context_bidirectional,
-                                    backend=cfg.context_backend)
-        self.head_dropout = nn.Dropout(cfg.head_dropout)
-        self.head = nn.Linear(d, cfg.n_classes)
-        self.register_buffer("head_mode", torch.zeros((), dtype=torch.long))
+        self._build_heads(d)
         self.register_buffer("parts_loaded", torch.zeros(len(cfg.modalities), dtype=torch.bool))
         self._lora_trainable = False
         self._warned_missing = False
@@ -407,10 +337,6 @@ class SynthSleepNet(FreezableModel):
 
     # ---- heads and freezing
 
-    @property
-    def active_head(self) -> str:
-        return HEAD_MODES[int(self.head_mode)]
-
     def lora_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.unimodal.named_parameters() if is_lora_key(n)]
 
@@ -424,12 +350,8 @@ class SynthSleepNet(FreezableModel):
         self._lora_trainable = lora
         self.train(self.training)
 
-    def prepare_finetune(self, mode: str) -> None:
-        """"linear": only `linear_head` trains; "full": LoRA adapters + fusion encoder + Mamba context + head.
-        Sets `head_mode`; call after loading the pre-trained weights."""
-        if mode not in FINETUNE_MODES:
-            raise ValueError(f"mode must be one of {FINETUNE_MODES}, got {mode!r}")
-        self.head_mode.fill_(HEAD_MODES.index(mode))
+    def _finetune_trainable(self, mode: str) -> None:
+        """"linear": only `linear_head`; "full": LoRA adapters + fusion encoder + Mamba context + head."""
         if mode == "linear":
             self._set_trainable((self.linear_head,), lora=False)
         else:
@@ -459,85 +381,54 @@ class SynthSleepNet(FreezableModel):
         return out
 
     def sample_masks(self, n: int, device: torch.device, generator: torch.Generator | None = None):
-        t = self.cfg.n_tokens
-        keep = t - n_masked(t, self.cfg.mask_ratio)
-        return [random_keep(n, t, keep, device, generator) for _ in self.cfg.modalities]
+        return [self.sample_visible(n, self.cfg.n_tokens, device, generator) for _ in self.cfg.modalities]
 
     # ---- forward
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, stage: Stage = "eval") -> dict[str, torch.Tensor]:
+    def _check_input(self, x: torch.Tensor) -> None:
         cfg = self.cfg
-        if stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         if x.dim() != 4 or x.shape[2] != cfg.input_channels or x.shape[3] != cfg.epoch_samples:
             raise ValueError(f"x must be (B, L, {cfg.input_channels}, {cfg.epoch_samples}) with channels "
                              f"{list(cfg.modalities)}, got {tuple(x.shape)}")
-        b, l = x.shape[:2]
-        if labels is not None and labels.shape != (b, l):
-            raise ValueError(f"labels must be (B, L) = {(b, l)}, got {tuple(labels.shape)}")
-        flat = x.reshape(b * l, cfg.input_channels, cfg.epoch_samples).to(self.fusion.cls_token.dtype)
-        if stage == "pretrain":
-            return self._forward_pretrain(flat, labels, b, l)
-        mode = self.active_head
-        if stage == "finetune" and mode == "probe":
-            raise RuntimeError("stage 'finetune' needs prepare_finetune('linear' | 'full') first "
-                               "(call it after loading the pre-trained weights)")
-        fusion_grad = torch.is_grad_enabled() and (self._lora_trainable or any(p.requires_grad for p in self.fusion.parameters()))
-        with torch.set_grad_enabled(fusion_grad):
-            tokens = [t[:, 1:] for t in self.unimodal_tokens(flat)]
-            cls = self.fusion(tokens, [None] * len(tokens))[0][:, 0].reshape(b, l, -1)
-        if mode == "probe":
-            logits = self.probe(cls)
-        elif mode == "linear":
-            logits = self.linear_head(cls)
-        else:
-            logits = self.head(self.head_dropout(self.context(cls)))
-        out: dict[str, torch.Tensor] = {"logits": logits}
-        if labels is not None:
-            loss = masked_cross_entropy(logits, labels)
-            out.update(loss=loss, loss_ce=loss)
-        return out
 
-    def _forward_pretrain(self, flat: torch.Tensor, labels: torch.Tensor | None, b: int, l: int) -> dict[str, torch.Tensor]:
+    def _flatten(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
-        out: dict[str, torch.Tensor] = {}
-        loss = None
-        if self.training:
-            if self.missing_parts and not self._warned_missing:
-                warnings.warn(f"SynthSleepNet fusion pre-training with unimodal encoders that were never loaded "
-                              f"(load_part): {self.missing_parts}", stacklevel=3)
-                self._warned_missing = True
-            encoded = self.unimodal_tokens(flat)
-            tokens = [t[:, 1:] for t in encoded]
-            masks = self.sample_masks(flat.shape[0], flat.device)
-            fused, counts = self.fusion(tokens, [ids for ids, _ in masks])
-            recon = []
-            for role, visible, (ids, mask), target in zip(cfg.modalities, split_modalities(fused, counts), masks, tokens):
-                pred = self.decoders[role](visible, ids)
-                recon.append(masked_mse(pred, target.detach(), mask))
-            loss_recon = torch.stack(recon).mean()
-            z_fused = self.fusion_projector(fused[:, 0])
-            contrast = [nt_xent(z_fused, self.unimodal_projectors[role](t[:, 0]), cfg.temperature)
-                        for role, t in zip(cfg.modalities, encoded)]
-            loss_contrastive = torch.stack(contrast).mean()
-            loss = cfg.recon_weight * loss_recon + cfg.contrastive_weight * loss_contrastive
-            out.update(loss_recon=loss_recon, loss_contrastive=loss_contrastive,
-                       mask_ratio_effective=torch.stack([m.float().mean() for _, m in masks]).mean().detach())
-            with torch.no_grad():  # online probe input: never part of the trained graph
-                probe_in = self.fusion([t.detach() for t in tokens], [None] * len(tokens))[0][:, 0]
-        else:
-            with torch.no_grad():
-                tokens = [t[:, 1:] for t in self.unimodal_tokens(flat)]
-                probe_in = self.fusion(tokens, [None] * len(tokens))[0][:, 0]
-        logits = self.probe(probe_in.detach()).reshape(b, l, -1)
-        out["logits"] = logits
-        if labels is not None:
-            loss_probe = masked_cross_entropy(logits, labels)
-            out["loss_probe"] = loss_probe
-            loss = loss_probe if loss is None else loss + loss_probe
-        if loss is not None:
-            out["loss"] = loss
-        return out
+        return x.reshape(x.shape[0] * x.shape[1], cfg.input_channels, cfg.epoch_samples).to(self.fusion.cls_token.dtype)
+
+    def _features_need_grad(self) -> bool:
+        return self._lora_trainable or any(p.requires_grad for p in self.fusion.parameters())
+
+    def _features(self, flat: torch.Tensor) -> torch.Tensor:
+        tokens = [t[:, 1:] for t in self.unimodal_tokens(flat)]
+        return self.fusion(tokens, [None] * len(tokens))[0][:, 0]
+
+    def _masked_objective(self, flat: torch.Tensor):
+        """Per-modality masked reconstruction of the frozen encoders' tokens from the fused visible tokens (mean
+        over modalities) and NT-Xent between the fused CLS and each modality's CLS; the probe reads the fusion CLS
+        of an unmasked no-grad pass."""
+        cfg = self.cfg
+        if self.missing_parts and not self._warned_missing:
+            warnings.warn(f"SynthSleepNet fusion pre-training with unimodal encoders that were never loaded "
+                          f"(load_part): {self.missing_parts}", stacklevel=4)
+            self._warned_missing = True
+        encoded = self.unimodal_tokens(flat)
+        tokens = [t[:, 1:] for t in encoded]
+        masks = self.sample_masks(flat.shape[0], flat.device)
+        fused, counts = self.fusion(tokens, [ids for ids, _ in masks])
+        recon = []
+        for role, visible, (ids, mask), target in zip(cfg.modalities, split_modalities(fused, counts), masks, tokens):
+            pred = self.decoders[role](visible, ids)
+            recon.append(masked_mse(pred, target.detach(), mask))
+        loss_recon = torch.stack(recon).mean()
+        z_fused = self.fusion_projector(fused[:, 0])
+        contrast = [nt_xent(z_fused, self.unimodal_projectors[role](t[:, 0]), cfg.temperature)
+                    for role, t in zip(cfg.modalities, encoded)]
+        loss_contrastive = torch.stack(contrast).mean()
+        effective = torch.stack([m.float().mean() for _, m in masks]).mean().detach()
+        with torch.no_grad():  # online probe input: never part of the trained graph
+            probe_in = self.fusion([t.detach() for t in tokens], [None] * len(tokens))[0][:, 0]
+        return loss_recon, loss_contrastive, effective, probe_in
+
 
 def synthsleepnet_slots(config: SynthSleepNetConfig | Mapping | None) -> list[tuple[str, ...]]:
     """One slot per modality, filled by exactly that role."""
@@ -550,6 +441,8 @@ def synthsleepnet_slots(config: SynthSleepNetConfig | Mapping | None) -> list[tu
     channels=synthsleepnet_slots,
     description="SynthSleepNet: per-modality NeuroNet encoders, masked fusion Transformer + NT-Xent, LoRA + Mamba head",
     normalization="robust",
+    trained_in_parts=True,  # its unimodal encoders come from NeuroNet runs (load_part)
+    masked_count=lambda cfg: n_masked(cfg.n_tokens, cfg.mask_ratio),  # tokens of each modality of an epoch
 )
 def build_synthsleepnet(config: SynthSleepNetConfig) -> SynthSleepNet:
     return SynthSleepNet(config)

@@ -20,6 +20,8 @@ from distsleep.errors import AnnotationError
 from distsleep.shards.format import EVENT_COLUMNS, ShardSample, quantize, write_shard
 from distsleep.signal import percentiles_of_codes, resample
 from distsleep.sources.record import Event, Record
+from distsleep.sources.shhs import load_nsrr_record
+from distsleep.sources.sleepedf import load_sleepedf_record
 from distsleep.sources.subjects import subject_of
 from distsleep.stages import N1, N2, N3, REM, stage_counts
 from distsleep.store import join, read_json, sha256, size, write_json
@@ -42,13 +44,9 @@ def load_record(source: RecordSource, config: PreprocessConfig) -> Record:
         raise AnnotationError(source.signal_path, "no annotation file found for this recording "
                               "(expected an NSRR/Profusion XML or a Sleep-EDF hypnogram beside it)")
     if config.source in ("shhs", "nsrr"):
-        from distsleep.sources.shhs import load_nsrr_record
-
         cohort = "shhs" if config.source == "shhs" else config.cohort
         return load_nsrr_record(source.signal_path, source.annotation_path, roles=config.channels,
                                 record_id=source.record_id, cohort=cohort, channel_map=config.channel_map)
-    from distsleep.sources.sleepedf import load_sleepedf_record
-
     return load_sleepedf_record(source.signal_path, source.annotation_path, roles=config.channels,
                                 record_id=source.record_id, channel_map=config.channel_map)
 

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from distsleep.errors import MissingChannelError
 from distsleep.shards.format import decode_sample
-from distsleep.shards.storage import check_entry, is_remote, read_bytes, scheme, tar_samples
+from distsleep.shards.storage import VERIFY_MODES, check_entry, is_remote, read_bytes, scheme, tar_samples
 
 SPLITS = ("train", "val", "test")
 MANIFEST_NAME = "manifest.json"
@@ -186,8 +186,6 @@ class LoaderConfig:
     verify: str = "stored"
 
     def __post_init__(self) -> None:
-        from distsleep.shards.storage import VERIFY_MODES
-
         if self.verify not in VERIFY_MODES:
             raise ValueError(f"LoaderConfig.verify must be one of {VERIFY_MODES}, not {self.verify!r}")
         if self.normalization not in ("uv", "robust"):

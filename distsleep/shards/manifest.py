@@ -9,6 +9,8 @@ the assignment came from (stable hash with its seed, or a published file with it
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 from pathlib import Path
 
@@ -119,3 +121,21 @@ def build_manifest(summaries: list[dict], failures: list[dict], preprocess: Prep
         "records": records,
         "excluded": sorted(excluded, key=lambda e: e["record_id"]),
     }
+
+
+def split_records(manifest: dict) -> dict[str, list[str]]:
+    """Record ids per split ("train", "val", "test"), sorted."""
+    return {s: sorted(r for r, e in manifest.get("records", {}).items() if e.get("split") == s) for s in ("train", "val", "test")}
+
+
+def manifest_hash(manifest: dict) -> str:
+    """Hash of the data a manifest describes: its preprocessing config and, per record, split and shard sha256
+    (not its location or the code version that wrote it). Augmentation manifests hash their shard list."""
+    records = {rid: {"split": e.get("split"), "sha256": e.get("sha256")} for rid, e in manifest.get("records", {}).items()}
+    shards = [e.get("sha256") for e in manifest.get("shards", [])]
+    return canonical_hash({"config_hash": manifest.get("config_hash"), "records": records, "shards": shards})
+
+
+def canonical_hash(payload) -> str:
+    """16 hex digits of the sha256 of `payload` as sorted JSON."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

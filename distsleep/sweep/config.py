@@ -1,12 +1,19 @@
-"""Configuration of a sweep: the base training run, the grid (or search space), and how trials run."""
+"""Configuration of a sweep: the base training run, the grid (or search space), and how trials run.
+
+The masking ratio is a field of the model's config: a trial's ratio goes there (`trial_train_config`), and the
+model config's own range check refuses a bad one when the sweep is configured.
+"""
 
 from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
+from distsleep.config import ConfigBase
+from distsleep.models import get_spec
 from distsleep.train.config import TrainConfig
+from distsleep.train.inputs import model_config
 
 # MC²SleepNet Table 4: the masking ratios the paper compares.
 PAPER_MASK_RATIOS = (0.0, 0.15, 0.25, 0.30, 0.40, 0.50, 0.60, 0.70, 0.75, 0.85)
@@ -19,9 +26,9 @@ def _train_fields() -> set[str]:
 
 
 @dataclass
-class SweepConfig:
-    name: str
-    train: TrainConfig  # the pre-training run every trial starts from; the swept knobs override it
+class SweepConfig(ConfigBase):
+    name: str = "mask-ratio-sweep"  # relaunching the same name resumes the sweep
+    train: TrainConfig = field(default_factory=TrainConfig)  # the pre-training run every trial starts from
     mask_ratios: tuple[float, ...] = PAPER_MASK_RATIOS
     # Other knobs crossed with the ratios: a TrainConfig field (lr, seed, batch_size ...) or a field of
     # the model's config (infonce_temperature ...), each with its list of values.
@@ -41,8 +48,7 @@ class SweepConfig:
     def __post_init__(self):
         if isinstance(self.train, dict):
             self.train = TrainConfig.from_dict(self.train)
-        if not self.name:
-            raise ValueError("a sweep needs a name (relaunching the same name resumes it)")
+        self.name = self.name or "mask-ratio-sweep"
         if "/" in self.name or self.name.startswith("."):
             raise ValueError(f"sweep name {self.name!r}: use letters, digits, '-' and '_'")
         if self.search not in SEARCHES:
@@ -53,9 +59,6 @@ class SweepConfig:
             raise ValueError("a sweep's base run is the pre-training stage (fine-tuning follows per trial)")
         self.mask_ratios = tuple(float(r) for r in self.mask_ratios)
         self.mask_ratio_range = tuple(float(r) for r in self.mask_ratio_range)
-        bad = [r for r in (*self.mask_ratios, *self.mask_ratio_range) if not 0.0 <= r < 1.0]
-        if bad:
-            raise ValueError(f"masking ratios must lie in [0, 1), got {bad}")
         if not self.mask_ratios and self.search == "grid":
             raise ValueError("no masking ratios to sweep")
         self.knobs = {k: list(v) for k, v in self.knobs.items()}
@@ -66,9 +69,10 @@ class SweepConfig:
             raise ValueError(f"knobs without values: {empty}")
         if self.num_samples < 1:
             raise ValueError("num_samples must be >= 1")
-        if self.search == "grid":  # a knob value the training config refuses (an uneven batch split ...) fails now
-            for point in self.grid_points():
-                self.trial_train_config(point, "pretrain")
+        # A value the training or model config refuses (an uneven batch split, a ratio outside [0, 1) ...) fails now.
+        points = self.grid_points() if self.search == "grid" else [{"mask_ratio": r} for r in self.mask_ratio_range]
+        for point in points:
+            model_config(self.trial_train_config(point, "pretrain"))
 
     # ---- the trials -------------------------------------------------------------------------------
     def grid_points(self) -> list[dict]:
@@ -87,9 +91,7 @@ class SweepConfig:
         base = self.train.to_dict()
         overrides = dict(base["model_overrides"])
         for key, value in point.items():
-            if key == "mask_ratio":
-                base["mask_ratio"] = value
-            elif key in train_fields:
+            if key in train_fields:
                 base[key] = value
             else:
                 overrides[key] = value
@@ -102,29 +104,17 @@ class SweepConfig:
         return TrainConfig.from_dict(base)
 
     def indistinct_ratios(self) -> list[tuple[tuple[float, ...], int]]:
-        """Groups of swept ratios that mask the same number of epochs per sequence at this seq_len (for
-        MC²SleepNet: L − int(L·(1−r)), the authors' count); such trials differ only by chance, so the sweep warns."""
-        if self.train.model != "mc2sleepnet" or self.search != "grid":
+        """Groups of swept ratios under which the model masks the same number of units per sample (its spec's
+        `masked_count`; MC²SleepNet: L − int(L·(1−r)) epochs of a sequence, the authors' count); such trials
+        differ only by chance, so the sweep warns."""
+        spec = get_spec(self.train.model)
+        if spec.masked_count is None or self.search != "grid":
             return []
-        from distsleep.models.mc2sleepnet import n_masked
-
         groups: dict[int, list[float]] = {}
         for ratio in self.mask_ratios:
-            groups.setdefault(n_masked(self.train.seq_len, ratio), []).append(ratio)
+            count = spec.masked_count(model_config(self.trial_train_config({"mask_ratio": ratio}, "pretrain")))
+            groups.setdefault(count, []).append(ratio)
         return [(tuple(r), n) for n, r in sorted(groups.items()) if len(r) > 1]
-
-    # ---- serialisation ----------------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["train"] = self.train.to_dict()
-        out["mask_ratios"] = list(self.mask_ratios)
-        out["mask_ratio_range"] = list(self.mask_ratio_range)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict) -> SweepConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
     def identity(self) -> dict:
         """What must not change when a sweep is relaunched under the same name (else it is another sweep)."""
@@ -136,11 +126,3 @@ class SweepConfig:
             train.pop(key, None)
         return json.loads(json.dumps(out, sort_keys=True, default=str))
 
-
-def point_label(point: dict) -> str:
-    """Short human name of a trial, e.g. 'mask=0.50 lr=0.001'."""
-    parts = []
-    for key, value in point.items():
-        shown = f"{value:.2f}" if key == "mask_ratio" else (f"{value:g}" if isinstance(value, float) else str(value))
-        parts.append(f"{'mask' if key == 'mask_ratio' else key}={shown}")
-    return " ".join(parts)

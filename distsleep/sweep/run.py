@@ -20,8 +20,24 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distsleep.sweep.config import SweepConfig, point_label
-from distsleep.sweep.trial import KIND_TAG, SWEEP_TAG, TRIAL_TAG, sweep_trial
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+
+from distsleep import store
+from distsleep.baselines.score import yasa_baseline
+from distsleep.cluster.preflight import ClusterCheckError, allow_pending, check_resources, resource_shortfall
+from distsleep.integrity import IntegrityError
+from distsleep.locks import LockHeld, exclusive_lock
+from distsleep.runtime import connect_ray
+from distsleep.sweep.config import SweepConfig
+from distsleep.sweep.state import StateChecksums, verify_tune_state
+from distsleep.sweep.trial import sweep_trial
+from distsleep.tracking import (ENDED_BY_TAG, KIND_TAG, RUN_NAME_TAG, SWEEP_TAG, TRIAL_TAG, RunLogger, check_reachable,
+                                client, compare, experiment_id, find_run, tag_filter, with_tag)
+from distsleep.tracking.compare import BASELINE_PREFIX, point_label
+from distsleep.train.driver import LaunchError, cluster_preflight
+from distsleep.train.launch import preflight
 
 log = logging.getLogger("distsleep.sweep")
 TRIAL_DRIVER_MEMORY = 256 * 2**20  # bytes reserved for each trial's driver process
@@ -45,10 +61,7 @@ def concurrency(cfg: SweepConfig, capacity: dict[str, float]) -> int:
     Raises LaunchError when one trial alone needs more than the whole cluster has: its trainer would
     wait for resources forever (unless an autoscaler may add nodes: DISTSLEEP_ALLOW_PENDING=1).
     """
-    from distsleep.cluster.preflight import ClusterCheckError, allow_pending, check_resources, resource_shortfall
-    from distsleep.train.launch import LaunchError, run_demand
-
-    demand = run_demand(cfg.train)
+    demand = cfg.train.demand()
     if allow_pending() and resource_shortfall(demand, capacity):
         return cfg.max_concurrent_trials or 1
     try:
@@ -69,8 +82,6 @@ def reports_per_trial(cfg: SweepConfig) -> int:
 
 
 def param_space(cfg: SweepConfig) -> dict:
-    from ray import tune
-
     if cfg.search == "grid":
         space = {"mask_ratio": tune.grid_search(list(cfg.mask_ratios))}
         space.update({k: tune.grid_search(v) for k, v in cfg.knobs.items()})
@@ -86,17 +97,12 @@ def identity_hash(cfg: SweepConfig) -> str:
 
 def _parent_run(cfg: SweepConfig, uri: str) -> tuple[str, bool]:
     """The sweep's MLflow run: the existing one for this name (any status), else a new one."""
-    from distsleep.config import flatten
-    from distsleep.tracking import RUN_NAME_TAG, RunLogger, client, experiment_id, find_run
-
     run_name = f"sweep/{cfg.name}"
     existing = find_run(uri, cfg.train.experiment, run_name)
     digest = identity_hash(cfg)
     if existing is not None:
         logged = existing.data.params.get("sweep.identity")
         if logged and logged != digest:
-            from distsleep.train.launch import LaunchError
-
             raise LaunchError(f"a sweep named {cfg.name!r} already exists with a different grid or training config "
                               f"(MLflow run {existing.info.run_id}); relaunch it unchanged to resume, or pick a new --name")
         client(uri).update_run(existing.info.run_id, status="RUNNING")
@@ -110,17 +116,13 @@ def _parent_run(cfg: SweepConfig, uri: str) -> tuple[str, bool]:
         "sweep.knob_names": json.dumps(sorted(cfg.knobs)), "sweep.knobs": json.dumps(cfg.knobs, sort_keys=True),
         "sweep.search": cfg.search, "sweep.num_samples": cfg.num_samples, "sweep.n_trials": cfg.n_trials,
         "sweep.scheduler": cfg.scheduler, "sweep.finetune": cfg.finetune, "sweep.finetune_steps": cfg.finetune_steps,
-        "sweep.finetune_lr": cfg.finetune_lr, **flatten("train", cfg.train),
+        "sweep.finetune_lr": cfg.finetune_lr, **cfg.train.params("train"),
     })
     return run.info.run_id, False
 
 
 def _log_baseline(cfg: SweepConfig, uri: str, parent_run_id: str) -> None:
     """Score YASA on the sweep's test records once per sweep (kept on the parent run)."""
-    from distsleep.baselines.score import yasa_baseline
-    from distsleep.sweep.compare import BASELINE_PREFIX
-    from distsleep.tracking import RunLogger, client
-
     if any(k.startswith(BASELINE_PREFIX) for k in client(uri).get_run(parent_run_id).data.metrics):
         return
     try:
@@ -141,8 +143,6 @@ def _log_baseline(cfg: SweepConfig, uri: str, parent_run_id: str) -> None:
 
 def _close_unfinished_trials(uri: str, experiment: str, sweep: str, states: dict[str, str]) -> None:
     """Trial and stage runs left RUNNING by trials Tune stopped or that failed: mark them KILLED/FAILED."""
-    from distsleep.tracking import client, tag_filter, with_tag
-
     c = client(uri)
     exp = c.get_experiment_by_name(experiment)
     runs = with_tag(c.search_runs([exp.experiment_id], filter_string=f"{tag_filter(SWEEP_TAG, sweep)} and attributes.status = 'RUNNING'",
@@ -152,7 +152,7 @@ def _close_unfinished_trials(uri: str, experiment: str, sweep: str, states: dict
         state = states.get(trial)
         if state in (None, "completed") or run.data.tags.get(KIND_TAG) == "sweep":
             continue
-        c.set_tag(run.info.run_id, "distsleep.ended_by", "scheduler" if state == "stopped" else "error")
+        c.set_tag(run.info.run_id, ENDED_BY_TAG, "scheduler" if state == "stopped" else "error")
         c.set_terminated(run.info.run_id, "KILLED" if state == "stopped" else "FAILED")
 
 
@@ -171,8 +171,6 @@ def _trial_states(results, tune_metric: str) -> list[dict]:
 def record_selection(logger, rows) -> None:
     """Tag the parent run with the trial chosen on validation (never on test) and log its metrics as
     selected_*: its validation value and the test metrics it is reported with."""
-    from distsleep.sweep import compare
-
     chosen = compare.selected_run(rows)
     if chosen is None:
         logger.tags({"selected_by": "none: no trial has a validation metric"})
@@ -183,21 +181,15 @@ def record_selection(logger, rows) -> None:
 
 
 def run_sweep(cfg: SweepConfig, address: str | None = None, out_dir: str | Path | None = None) -> SweepOutcome:
-    from distsleep.locks import LockHeld
-    from distsleep.runtime import connect_ray
-    from distsleep.tracking import check_reachable
-    from distsleep.train.config import default_tracking_uri
-    from distsleep.train.launch import LaunchError, _preflight, cluster_preflight
-
-    uri = cfg.train.tracking_uri or default_tracking_uri()
+    uri = cfg.train.resolved_tracking_uri
     cfg.train.tracking_uri = uri
     for ratios, n in cfg.indistinct_ratios():
-        log.warning("masking ratios %s all mask %d of %d epochs per sequence: their trials differ only by chance "
-                    "(a longer --seq-len separates them)", ", ".join(f"{r:g}" for r in ratios), n, cfg.train.seq_len)
+        log.warning("masking ratios %s all make %s mask %d units per sample (MC²SleepNet: epochs of a sequence of "
+                    "%d): their trials differ only by chance (a longer --seq-len separates them)",
+                    ", ".join(f"{r:g}" for r in ratios), cfg.train.model, n, cfg.train.seq_len)
     check_reachable(uri)
-    _preflight(cfg.train)
+    preflight(cfg.train)
     connect_ray(address)
-    import ray
 
     max_concurrent = concurrency(cfg, ray.cluster_resources())  # also refuses a trial larger than the cluster
     cluster_preflight(cfg.train, uri, check_demand=False)
@@ -216,20 +208,13 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, out_dir: str | Path 
 
 def _sweep_lock(experiment_dir: str, name: str):
     """One launch of a sweep name at a time (on s3:// storage a lease object, see locks.py)."""
-    from distsleep.locks import exclusive_lock
-    from distsleep.store import join
-
-    return exclusive_lock(join(experiment_dir, ".launch.lock"), f"sweep {name!r} ({experiment_dir})",
+    return exclusive_lock(store.join(experiment_dir, ".launch.lock"), f"sweep {name!r} ({experiment_dir})",
                           "wait for that launch to end, or give this one another --name")
 
 
 def _verify_tune_state(experiment_dir: str) -> None:
     """The Tune state a restore would unpickle matches the checksums recorded when Tune wrote it (LaunchError
     if not). A URL storage path is not listed here."""
-    from distsleep.integrity import IntegrityError
-    from distsleep.sweep.state import verify_tune_state
-    from distsleep.train.launch import LaunchError
-
     if "://" not in experiment_dir:
         try:
             verify_tune_state(experiment_dir)
@@ -238,12 +223,6 @@ def _verify_tune_state(experiment_dir: str) -> None:
 
 
 def _run_locked(cfg: SweepConfig, uri: str, max_concurrent: int, experiment_dir: str, out_dir) -> SweepOutcome:
-    from ray import tune
-
-    from distsleep.sweep import compare
-    from distsleep.sweep.state import StateChecksums
-    from distsleep.tracking import RunLogger
-
     restoring = tune.Tuner.can_restore(experiment_dir)
     if restoring:
         _verify_tune_state(experiment_dir)  # before anything is unpickled or changed
@@ -264,8 +243,6 @@ def _run_locked(cfg: SweepConfig, uri: str, max_concurrent: int, experiment_dir:
     else:
         scheduler = None
         if cfg.scheduler == "asha":
-            from ray.tune.schedulers import ASHAScheduler
-
             scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=cfg.asha_grace,
                                       reduction_factor=cfg.asha_reduction, max_t=reports_per_trial(cfg))
         tuner = tune.Tuner(

@@ -18,14 +18,15 @@ import logging
 import tempfile
 from pathlib import Path
 
-from distsleep.sweep.config import SweepConfig, point_label
+import ray.tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from distsleep.sweep.config import SweepConfig
+from distsleep.tracking import KIND_TAG, SWEEP_TAG, TRIAL_TAG, RunLogger, download_json, find_or_create_run, find_run
+from distsleep.tracking.compare import point_label
+from distsleep.train.launch import run_training
 
 log = logging.getLogger("distsleep.sweep")
-
-SWEEP_TAG = "distsleep.sweep"
-KIND_TAG = "distsleep.kind"
-TRIAL_TAG = "distsleep.trial_id"
-STAGE_METRICS = ("accuracy", "macro_f1", "kappa")
 
 
 def trial_run_name(sweep: str, trial_id: str) -> str:
@@ -46,11 +47,6 @@ def _test_metrics(metrics: dict, prefix: str = "") -> dict:
 
 def _run_stage(sweep: SweepConfig, point: dict, stage: str, trial_id: str, parent_run_id: str, **changes) -> tuple[str, dict]:
     """(MLflow run id, its metrics) of one stage, training it unless its run already FINISHED."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from distsleep.tracking import find_run
-    from distsleep.train.launch import run_training
-
     name = stage_run_name(sweep.name, trial_id, stage)
     cfg = sweep.trial_train_config(point, stage, name=name, storage_path=trial_storage(sweep),
                                    parent_run_id=parent_run_id, tracking_uri=sweep.train.tracking_uri,
@@ -65,8 +61,6 @@ def _run_stage(sweep: SweepConfig, point: dict, stage: str, trial_id: str, paren
 
 
 def _confusion(tracking_uri: str, run_id: str) -> list | None:
-    from distsleep.tracking import download_json
-
     metrics = download_json(tracking_uri, run_id, "test_metrics.json")
     if metrics is None:  # an artifact store that went away must not fail a finished trial
         log.warning("no test confusion matrix for run %s", run_id)
@@ -76,11 +70,6 @@ def _confusion(tracking_uri: str, run_id: str) -> list | None:
 
 def sweep_trial(point: dict, *, sweep: dict, parent_run_id: str) -> None:
     """The Tune function: `point` is the trial's knobs (mask_ratio, ...) chosen by Tune."""
-    import ray.tune
-
-    from distsleep.config import flatten
-    from distsleep.tracking import RunLogger, find_or_create_run, find_run
-
     cfg = SweepConfig.from_dict(sweep)
     uri, experiment = cfg.train.tracking_uri, cfg.train.experiment
     trial_id = ray.tune.get_context().get_trial_id()
@@ -100,7 +89,7 @@ def sweep_trial(point: dict, *, sweep: dict, parent_run_id: str) -> None:
     tracker = RunLogger(uri, run_id)
     if not resumed:
         tracker.params({**{k: str(v) for k, v in point.items()}, "sweep": cfg.name, "trial_id": trial_id,
-                        **flatten("train", cfg.trial_train_config(point, "pretrain"))})
+                        **cfg.trial_train_config(point, "pretrain").params("train")})
 
     pre_id, pre = _run_stage(cfg, point, "pretrain", trial_id, run_id)
     summary = _test_metrics(pre, "pretrain_")

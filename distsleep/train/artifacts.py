@@ -6,50 +6,43 @@ from __future__ import annotations
 import json
 import platform
 import sys
-from dataclasses import asdict
+from importlib.metadata import version
 from pathlib import Path
 
-from distsleep.plots import confusion_png, f1_table, hypnogram_png
-from distsleep.stages import STAGE_NAMES
+import mlflow
+import ray
+import torch
 
-BUNDLE_FORMAT = "distsleep-model/1"
+from distsleep.bundle import MODEL, model_bundle
+from distsleep.night_metrics import Night, evaluate_nights, write_evaluation
+from distsleep.plots import confusion_png, f1_table, hypnogram_png
+from distsleep.shards.manifest import code_version, manifest_hash
+from distsleep.tasks import class_names
 
 
 def make_bundle(cfg, model_cfg, weights: dict, manifest: dict, roles) -> dict:
-    """The trained model as one file: fp32 weights plus what inference needs to reproduce the inputs.
+    """The run's model bundle (`distsleep.bundle`): its weights, preprocessing, channels and training data."""
+    return model_bundle(model=cfg.model, model_config=model_cfg, weights=weights, manifest=manifest, roles=roles,
+                        seq_len=cfg.seq_len, stage=cfg.stage, task=cfg.task)
 
-    Only tensors and plain Python values, so it loads with torch.load(weights_only=True).
-    """
-    from distsleep.models import model_normalization
-    from distsleep.train.identity import bundle_data
 
-    return {
-        "format": BUNDLE_FORMAT,
-        "model": cfg.model,
-        "model_config": model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else asdict(model_cfg),
-        "state_dict": {k: v.float() if v.is_floating_point() else v for k, v in weights.items()},
-        "preprocess": manifest["config"]["preprocess"],
-        "channels": list(roles),
-        "stages": list(STAGE_NAMES),
-        "seq_len": cfg.seq_len,
-        "stage": cfg.stage,
-        "task": getattr(cfg, "task", "staging"),
-        "normalization": model_normalization(cfg.model),
-        "data": bundle_data(manifest),  # what it was trained on: a run starting from it checks its splits against this
-    }
+PER_NIGHT = "per_night"  # the artifact folder of the test set's per-night evaluation (as `distsleep evaluate` writes it)
+
+
+def per_night_files(directory: Path, predictions, manifest: dict, seed: int) -> list[Path]:
+    """The test records judged per night (distsleep.night_metrics): per_night.csv, summary.json (subject-bootstrap
+    CIs, 1000 resamples) and the plots, the same files `distsleep evaluate` writes."""
+    records = manifest["records"]
+    nights = [Night(rid, str(records.get(rid, {}).get("subject", rid)), predictions.labels[rid], predictions.predicted(rid))
+              for rid in sorted(predictions.labels)]
+    rows, summary = evaluate_nights(nights, n_boot=1000, seed=seed)
+    return list(write_evaluation(directory, nights, rows, summary).values())
 
 
 def _environment(world: int, cfg) -> dict:
-    import deepspeed
-    import mlflow
-    import ray
-    import torch
-
-    from distsleep.shards.manifest import code_version
-
     return {
         "python": sys.version.split()[0], "platform": platform.platform(), "host": platform.node(),
-        "torch": torch.__version__, "ray": ray.__version__, "deepspeed": deepspeed.__version__,
+        "torch": torch.__version__, "ray": ray.__version__, "deepspeed": version("deepspeed"),
         "mlflow": mlflow.__version__, "distsleep": code_version(), "world_size": world,
         "seed": cfg.seed, "worker_seeds": [cfg.seed + r for r in range(world)],
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
@@ -59,8 +52,6 @@ def _environment(world: int, cfg) -> dict:
 def write_run_artifacts(directory: Path, *, cfg, model_cfg, ds_config, manifest, roles, test_metrics, predictions,
                         state, weights, world, augmented=()) -> list[tuple[Path, str | None]]:
     """Write the run's artifacts into `directory`; returns (file, MLflow artifact folder) pairs."""
-    import torch
-
     files: list[tuple[Path, str | None]] = []
 
     def dump(name: str, payload, folder: str | None = None) -> None:
@@ -71,8 +62,6 @@ def write_run_artifacts(directory: Path, *, cfg, model_cfg, ds_config, manifest,
     dump("config.json", {"train": cfg.to_dict(), "model": model_cfg.to_dict(), "deepspeed": ds_config})
     dump("environment.json", _environment(world, cfg))
     splits = {s: sorted(r for r, e in manifest["records"].items() if e["split"] == s) for s in ("train", "val", "test")}
-    from distsleep.train.identity import manifest_hash
-
     dump("data.json", {"manifest_config_hash": manifest.get("config_hash"), "manifest_code_version": manifest.get("code_version"),
                        "manifest_hash": manifest_hash(manifest),
                        "shards": cfg.shards, "channels": list(roles), "records": splits,
@@ -88,8 +77,6 @@ def write_run_artifacts(directory: Path, *, cfg, model_cfg, ds_config, manifest,
     table = directory / "per_class_f1.md"
     table.write_text(f1_table(test_metrics) + "\n")
     files.append((table, None))
-    from distsleep.tasks import class_names
-
     files.append((confusion_png(test_metrics["confusion"], directory / "confusion_matrix.png",
                                 title=f"{cfg.model} {cfg.stage} {cfg.task}: test confusion (rows: true)",
                                 names=class_names(cfg.task)), None))
@@ -99,7 +86,8 @@ def write_run_artifacts(directory: Path, *, cfg, model_cfg, ds_config, manifest,
                              true=predictions.labels[record_id], probabilities=predictions.probabilities[record_id],
                              title=f"{record_id}: true vs predicted ({cfg.model} {cfg.stage})")
         files.append((path, None))
-    bundle = directory / "model.pt"
+        files += [(path, PER_NIGHT) for path in per_night_files(directory / PER_NIGHT, predictions, manifest, cfg.seed)]
+    bundle = directory / MODEL.file
     torch.save(make_bundle(cfg, model_cfg, weights, manifest, roles), bundle)
-    files.append((bundle, "model"))
+    files.append((bundle, MODEL.folder))
     return files

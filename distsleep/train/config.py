@@ -1,12 +1,19 @@
-"""Configuration of one training run (pre-training or fine-tuning), and the DeepSpeed config built from it."""
+"""Configuration of one training run (pre-training or fine-tuning), and the DeepSpeed config built from it.
+
+`TrainConfig` is what to train on which data, with its optimisation settings, plus the cluster and tracking
+sections every Ray Train job shares (`distsleep.config`). The model's own settings (the masking ratio among
+them) live in the model's config class: `model_size` picks its preset and `model_overrides` changes fields.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from distsleep.config import ClusterSection, ConfigBase, TrackingSection, absolute
+from distsleep.tasks import check_task
 
 STAGES = ("pretrain", "finetune")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -15,28 +22,14 @@ LR_SCALINGS = ("none", "linear", "sqrt")  # how the learning rate follows the gl
 SELECT_METRICS = ("macro_f1", "accuracy", "kappa", "auroc", "f1_positive")
 
 
-def _absolute(location: str) -> str:
-    """Local paths made absolute; URLs (s3://, gs://, file://, ...) unchanged."""
-    return location if "://" in location else str(Path(location).expanduser().resolve())
-
-
-def check_gpu_share(use_gpu: bool, gpus_per_worker: float) -> None:
-    """Refuse a fraction of a GPU per worker on GPU runs: every Ray Train worker is an NCCL rank, and NCCL gives
-    each rank its own device (two ranks on one GPU fail at their first collective, after start-up)."""
-    if use_gpu and gpus_per_worker < 1:
-        raise ValueError(f"gpus_per_worker {gpus_per_worker} < 1 with use_gpu: each Ray Train worker is an NCCL rank "
-                         "that needs a whole GPU; use --gpus-per-worker 1 (or more), or fewer --num-workers")
-
-
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigBase, ClusterSection, TrackingSection):
     # what to train
     shards: str = ""  # manifest.json (path or URL) of a preprocessing run
     model: str = "mc2sleepnet"
     model_size: str = "paper"  # a preset of the model's config class: "paper" or "small"
     model_overrides: dict = field(default_factory=dict)  # any field of the model's config class
     stage: str = "pretrain"
-    mask_ratio: float | None = None  # shorthand for model_overrides["mask_ratio"]
     init_from: str | None = None  # checkpoint dir, model bundle, or MLflow run id to start from
     init_parts: dict = field(default_factory=dict)  # part -> weights source (SynthSleepNet: role -> NeuroNet run)
     task: str = "staging"  # staging | apnea | hypopnea (distsleep.tasks)
@@ -77,19 +70,6 @@ class TrainConfig:
     seed: int = 0
     deepspeed_config: str | None = None  # JSON file; the options above override its values
     log_every: int = 10  # losses are read from the device (a sync) every N steps; every step's values are logged
-    # cluster
-    num_workers: int = 2
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 1.0
-    storage_path: str = "runs"
-    name: str = ""
-    max_failures: int = 0
-    # tracking
-    experiment: str = "distsleep"
-    tracking_uri: str | None = None
-    parent_run_id: str | None = None  # set by sweeps: this run is a child of that run
-    run_tags: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -100,8 +80,6 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if not 0 <= self.zero_stage <= 2:
             raise ValueError("zero_stage must be 0, 1 or 2")
-        from distsleep.tasks import check_task
-
         check_task(self.task)
         if self.finetune_mode not in FINETUNE_MODES:
             raise ValueError(f"finetune_mode must be one of {FINETUNE_MODES}, got {self.finetune_mode!r}")
@@ -109,28 +87,23 @@ class TrainConfig:
             raise ValueError(f"select_metric must be one of {SELECT_METRICS}, got {self.select_metric!r}")
         if self.select_metric in ("auroc", "f1_positive") and self.task == "staging":
             raise ValueError(f"select_metric {self.select_metric!r} is for the binary tasks (apnea, hypopnea)")
-        check_gpu_share(self.use_gpu, self.gpus_per_worker)
         if self.lr_scaling not in LR_SCALINGS:
             raise ValueError(f"lr_scaling must be one of {LR_SCALINGS}, got {self.lr_scaling!r}")
-        if self.batch_size < 1 or self.lr_reference_batch < 1 or self.num_workers < 1:
-            raise ValueError("batch_size, lr_reference_batch and num_workers must be >= 1")
+        if self.batch_size < 1 or self.lr_reference_batch < 1:
+            raise ValueError("batch_size and lr_reference_batch must be >= 1")
         if not 0 < self.label_fraction <= 1:
             raise ValueError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
         if self.channels is not None:
             self.channels = [str(c) for c in self.channels]
         self.betas = tuple(self.betas)
-        if self.mask_ratio is not None:
-            self.model_overrides = {**self.model_overrides, "mask_ratio": self.mask_ratio}
-        if not self.name:
-            self.name = f"{self.model}-{self.stage}"
+        self.check_cluster(default_name=f"{self.model}-{self.stage}")
         # Ray workers run in other directories: local paths are made absolute on the driver.
-        self.storage_path = _absolute(self.storage_path)
-        self.shards = _absolute(self.shards) if self.shards else self.shards
-        self.deepspeed_config = _absolute(self.deepspeed_config) if self.deepspeed_config else None
-        self.augment_shards = [_absolute(str(a)) for a in self.augment_shards]
-        self.init_parts = {k: _absolute(v) if Path(v).exists() else v for k, v in self.init_parts.items()}
+        self.shards = absolute(self.shards) if self.shards else self.shards
+        self.deepspeed_config = absolute(self.deepspeed_config) if self.deepspeed_config else None
+        self.augment_shards = [absolute(str(a)) for a in self.augment_shards]
+        self.init_parts = {k: absolute(v) if Path(v).exists() else v for k, v in self.init_parts.items()}
         if self.init_from and Path(self.init_from).exists():
-            self.init_from = _absolute(self.init_from)
+            self.init_from = absolute(self.init_from)
         split_batch(self.batch_size, self.num_workers, self.gradient_accumulation)  # refuse an uneven split now
 
     @property
@@ -160,15 +133,12 @@ class TrainConfig:
     def resolved_precision(self) -> str:
         return ("bf16" if self.use_gpu else "fp32") if self.precision == "auto" else self.precision
 
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["betas"] = list(self.betas)
-        return out
-
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        data = dict(data)
+        if data.get("mask_ratio") is not None:  # written by versions that kept a copy of the ratio here
+            data["model_overrides"] = {**data.get("model_overrides", {}), "mask_ratio": data.pop("mask_ratio")}
+        return super().from_dict(data)
 
 
 def split_batch(global_batch: int, workers: int, accumulation: int = 1) -> int:
@@ -224,12 +194,3 @@ def lr_lambda(config: TrainConfig):
         return 1.0
 
     return factor
-
-
-def default_tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else an absolute SQLite file in the working directory.
-
-    Absolute, because Ray workers run in other directories and a relative sqlite:///mlflow.db would
-    create one store per worker.
-    """
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from distsleep.shards.loader import LoaderConfig, make_eval_loader, physical_values
 from distsleep.tasks import targets, task_metrics
@@ -101,8 +102,6 @@ def evaluate(model: torch.nn.Module, urls: list[str], cfg: LoaderConfig, world_s
     `batch_size`: sequences per forward pass (default cfg.batch_size)."""
     rows = score_windows(model, urls, cfg, world_size, rank, device, autocast_dtype, task, batch_size=batch_size)
     if world_size > 1:
-        import torch.distributed as dist
-
         gathered: list = [None] * world_size
         dist.all_gather_object(gathered, rows)
         rows = [row for part in gathered for row in part]

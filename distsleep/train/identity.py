@@ -19,10 +19,15 @@ source is refused, since its scores would measure memorisation.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from contextlib import contextmanager
 from pathlib import Path
+
+from distsleep import bundle, store
+from distsleep.integrity import verify_checksums
+from distsleep.locks import exclusive_lock
+from distsleep.shards.manifest import canonical_hash, manifest_hash, split_records
+from distsleep.tracking import download_json
 
 IDENTITY_FILE = "run_identity.json"
 LOCK_FILE = ".launch.lock"
@@ -41,22 +46,6 @@ class RunMismatch(RuntimeError):
     """A launch is not the run its --name holds, or may not start from its --init-from source."""
 
 
-def _canonical_hash(payload) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def manifest_hash(manifest: dict) -> str:
-    """Hash of the data a manifest describes: its preprocessing config and, per record, split and shard sha256
-    (not its location or the code version that wrote it)."""
-    records = {rid: {"split": e.get("split"), "sha256": e.get("sha256")} for rid, e in manifest.get("records", {}).items()}
-    shards = [e.get("sha256") for e in manifest.get("shards", [])]  # augmentation manifests
-    return _canonical_hash({"config_hash": manifest.get("config_hash"), "records": records, "shards": shards})
-
-
-def split_records(manifest: dict) -> dict[str, list[str]]:
-    return {s: sorted(r for r, e in manifest.get("records", {}).items() if e.get("split") == s) for s in ("train", "val", "test")}
-
-
 def identity_config(cfg) -> dict:
     """The config fields that define what the run computes."""
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in OPERATIONAL_FIELDS}
@@ -64,9 +53,9 @@ def identity_config(cfg) -> dict:
 
 def run_identity(cfg, manifest: dict, augmentations: list[dict] = ()) -> dict:
     config = json.loads(json.dumps(identity_config(cfg), default=str))
-    return {"format": IDENTITY_FORMAT, "name": cfg.name, "config": config, "config_hash": _canonical_hash(config),
+    return {"format": IDENTITY_FORMAT, "name": cfg.name, "config": config, "config_hash": canonical_hash(config),
             "manifest": str(cfg.shards), "manifest_hash": manifest_hash(manifest),
-            "augmentation_hash": _canonical_hash([manifest_hash(a) for a in augmentations]),
+            "augmentation_hash": canonical_hash([manifest_hash(a) for a in augmentations]),
             "records": split_records(manifest)}
 
 
@@ -87,8 +76,6 @@ def _differences(before: dict, now: dict) -> list[str]:
 def check_identity(storage: str, identity: dict) -> None:
     """Record `identity` for a new run in STORAGE/NAME (a folder or an s3:// prefix), or refuse a launch that
     is not the run stored there."""
-    from distsleep import store
-
     path = store.join(storage, IDENTITY_FILE)
     name = identity["name"]
     if not store.exists(path):
@@ -109,9 +96,6 @@ def verify_checkpoints(storage: str) -> None:
     """Every checkpoint under STORAGE/NAME matches the checksums its writers recorded (IntegrityError if not).
     In object storage only the file set is checked here (reading every checkpoint back would download it):
     each worker checks the contents of the copy it downloads before loading it."""
-    from distsleep import store
-    from distsleep.integrity import verify_checksums
-
     remote = store.is_url(storage)
     for name in store.children(storage, "checkpoint_*"):
         checkpoint = store.join(storage, name)
@@ -123,9 +107,6 @@ def verify_checkpoints(storage: str) -> None:
 def launch_guard(cfg, manifest: dict, storage: str, augmentations: list[dict] = ()):
     """For the duration of a launch: the run's lock (a lease object when the storage is s3://, see locks.py),
     its identity checked (or recorded) and its checkpoints verified."""
-    from distsleep import store
-    from distsleep.locks import exclusive_lock
-
     with exclusive_lock(store.join(storage, LOCK_FILE), f"run {cfg.name!r} ({storage})",
                         "wait for that launch to end, or give this one another --name"):
         check_identity(storage, run_identity(cfg, manifest, augmentations))
@@ -145,29 +126,22 @@ def _identity_near(path: Path) -> dict | None:
 
 def source_data(source: str, tracking_uri: str) -> dict | None:
     """{"manifest_hash", "records": {split: ids}} of the run or bundle a run starts from, or None if unknown."""
-    import torch
-
     path = Path(source)
     if path.is_dir():
         identity = _identity_near(path)
-        if identity is not None or not any((path / n).is_file() for n in ("model.pt", "model/model.pt")):
+        if identity is not None:
             return identity
-        from distsleep.predict import resolve_bundle
-
-        path = resolve_bundle(path)  # a folder holding a bundle (e.g. a downloaded MLflow artifact folder)
-    if path.is_file():
-        bundle = torch.load(path, map_location="cpu", weights_only=True)
-        return bundle.get("data") if isinstance(bundle, dict) else None
-    if source.startswith("runs:/") or "/" in source:
-        from distsleep.predict import resolve_bundle
-
-        return source_data(str(resolve_bundle(source)), tracking_uri)
-    from distsleep.tracking import download_json
-
-    data = download_json(tracking_uri, source, "data.json")  # an MLflow run id
-    if data is None or "records" not in data:
-        return None
-    return {"manifest_hash": data.get("manifest_hash"), "records": data["records"]}
+    elif not path.exists() and bundle.RUN_ID.match(source):  # an MLflow run id: the data.json its training logged
+        data = download_json(tracking_uri, source, "data.json")
+        if data is None or "records" not in data:
+            return None
+        return {"manifest_hash": data.get("manifest_hash"), "records": data["records"]}
+    try:
+        located = bundle.resolve(source, bundle.MODEL, tracking_uri=tracking_uri)
+    except bundle.BundleError:
+        return None  # a checkpoint folder without an identity file, or nothing usable: unknown
+    blob = bundle.load_file(located.path)
+    return blob.get("data") if isinstance(blob, dict) else None
 
 
 def check_init_sources(cfg, manifest: dict, tracking_uri: str) -> dict[str, dict]:
@@ -194,13 +168,3 @@ def check_init_sources(cfg, manifest: dict, tracking_uri: str) -> dict[str, dict
                                   "--split-seed and records) or start from a run that never saw them")
         found[str(source)] = {"manifest_hash": data.get("manifest_hash"), "train_records": len(trained)}
     return found
-
-
-def source_tags(found: dict[str, dict]) -> dict[str, str]:
-    """MLflow tags recording the --init-from sources' manifests (what the new run built on)."""
-    return {"distsleep.init_sources": json.dumps(found, sort_keys=True)} if found else {}
-
-
-def bundle_data(manifest: dict) -> dict:
-    """What a model bundle records about its training data (read back by `source_data`)."""
-    return {"manifest_hash": manifest_hash(manifest), "records": {"train": split_records(manifest)["train"]}}

@@ -18,19 +18,32 @@ import json
 import logging
 import math
 import platform
+import resource
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-DS_TAG = "ds"
+import ray.train
+import ray.util
+import torch
+import torch.distributed as dist
 
+from distsleep import bundle
+from distsleep.integrity import verify_checksums, write_checksums
+from distsleep.shards.augmented import augmentation_checksums
+from distsleep.shards.loader import batches_per_epoch, endless_batches, load_manifest, make_train_loader, shard_checksums
+from distsleep.tasks import SCALAR_METRICS
+from distsleep.tracking import BUNDLE_TAG
+from distsleep.train import artifacts
+from distsleep.train.config import TrainConfig
+from distsleep.train.driver import worker_context
+from distsleep.train.evaluate import evaluate
+from distsleep.train.inputs import check_parts, input_roles, loader_config, model_and_config, stream_urls
+from distsleep.train.step import DS_TAG, StepMetrics, build_engine, full_fp32_state, plain_state_keys, train_step
 
 def _node() -> str:
     """This worker's node: its IP (distinct per node, also on one machine) and host name."""
     try:
-        import ray.util
-
         return f"{ray.util.get_node_ip_address()} ({platform.node()})"
     except Exception:
         return platform.node()
@@ -43,65 +56,11 @@ def _log(rank: int, message: str) -> None:
         logging.getLogger("distsleep.train").info("[rank 0 @ %s] %s", _node(), message)
 
 
-def model_preset(cls, size: str):
-    """The model config preset `size`: "paper" (the class defaults) or a classmethod of the config class
-    (every model has `small`; NeuroNet also has the SynthSleepNet unimodal encoder presets)."""
-    if size == "paper":
-        return cls()
-    preset = getattr(cls, size, None)
-    if size.startswith("_") or not callable(preset) or not isinstance(cls.__dict__.get(size), classmethod):
-        presets = ["paper"] + sorted(n for n, v in vars(cls).items() if isinstance(v, classmethod) and not n.startswith("_")
-                                     and n not in ("from_dict",))
-        raise ValueError(f"{cls.__name__} has no preset {size!r}; presets: {', '.join(presets)}")
-    return preset()
-
-
-def model_config(cfg):
-    """The model's config dataclass for this run: the preset, then seq_len/n_classes, then --set overrides."""
-    import dataclasses
-
-    from distsleep.models import model_config_class
-    from distsleep.tasks import n_classes
-
-    cls = model_config_class(cfg.model)
-    base = model_preset(cls, cfg.model_size)
-    known = {f.name for f in dataclasses.fields(cls)}
-    forced = {"seq_len": cfg.seq_len, "n_classes": n_classes(cfg.task)}
-    overrides = {k: v for k, v in {**forced, **cfg.model_overrides}.items() if k in known}
-    unknown = set(cfg.model_overrides) - known
-    if unknown:
-        raise ValueError(f"model {cfg.model} has no config fields {sorted(unknown)}; known: {sorted(known)}")
-    return dataclasses.replace(base, **overrides)
-
-
-def _model_and_config(cfg):
-    from distsleep.models import build_model
-
-    model_cfg = model_config(cfg)
-    return build_model(cfg.model, model_cfg), model_cfg
-
-
 def load_weights(source: str) -> dict:
-    """fp32 state dict from a model bundle, a training checkpoint directory, a run's storage directory
-    (STORAGE/NAME: its latest checkpoint, which carries the best weights so far) or an MLflow run id."""
-    import torch
-
-    path = Path(source)
-    if path.is_dir():
-        checkpoints = sorted(c for c in path.glob("checkpoint_*") if (c / "best_model.pt").exists())
-        if not (path / "best_model.pt").exists() and checkpoints:
-            path = checkpoints[-1]
-        if not (path / "best_model.pt").exists():
-            raise FileNotFoundError(f"{source}: no best_model.pt here or in a checkpoint_* folder of it")
-        path = path / "best_model.pt"
-    elif not path.exists():
-        from distsleep.predict import resolve_bundle
-
-        path = resolve_bundle(source)
-    from distsleep.train.step import plain_state_keys
-
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    return plain_state_keys(blob["state_dict"] if "state_dict" in blob else blob)
+    """fp32 state dict to start from: a model bundle, a training checkpoint's weights, a run's storage folder
+    (STORAGE/NAME: its latest checkpoint, which carries the best weights so far), or an MLflow run
+    (`distsleep.bundle.resolve` with weights=True)."""
+    return plain_state_keys(bundle.weights(bundle.resolve(source, bundle.MODEL, weights=True)))
 
 
 def check_init_overlap(model, weights: dict, source: str) -> None:
@@ -144,47 +103,7 @@ def record_validation(state: dict, value: float, step: int, patience: int) -> tu
     return improved, stop
 
 
-def _full_fp32_state(engine) -> dict:
-    """fp32 weights gathered from DeepSpeed's (possibly partitioned) master copy; a collective."""
-    import deepspeed
-
-    # Start from state_dict (persistent buffers included, non-persistent ones excluded) and replace each
-    # trainable parameter by its fp32 master copy.
-    state = {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()}
-    for name, param in engine.module.named_parameters():
-        full = deepspeed.utils.safe_get_full_fp32_param(param) if param.requires_grad else None
-        if name in state:
-            state[name] = (full if full is not None else param.detach()).float().cpu().clone()
-    return state
-
-
-def worker_context(config: dict, use_gpu: bool):
-    """(rank, world size, torch device, rank-0 MLflow logger) of a Ray Train worker; `config` carries the
-    MLflow run id and tracking URI (workers log with an explicit URI, so they need no environment of their own)."""
-    import ray.train
-
-    from distsleep.tracking import RunLogger
-    from distsleep.train.step import device_of
-
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    return rank, world, device_of(use_gpu), RunLogger(config["tracking_uri"], config["mlflow_run_id"], enabled=rank == 0)
-
-
 def train_loop_per_worker(config: dict) -> None:
-    import ray.train
-    import torch
-
-    from distsleep.config import flatten
-    from distsleep.integrity import verify_checksums, write_checksums
-    from distsleep.shards.loader import batches_per_epoch, endless_batches, load_manifest, make_train_loader, shard_checksums
-    from distsleep.tasks import SCALAR_METRICS
-    from distsleep.tracking import BUNDLE_TAG
-    from distsleep.train import artifacts
-    from distsleep.train.config import TrainConfig
-    from distsleep.train.evaluate import evaluate
-    from distsleep.train.step import StepMetrics, build_engine, train_step
-
     cfg = TrainConfig.from_dict(config["train"])
     rank, world, device, tracker = worker_context(config, cfg.use_gpu)
     torch.manual_seed(cfg.seed + rank)
@@ -193,9 +112,10 @@ def train_loop_per_worker(config: dict) -> None:
     batch = cfg.per_worker_batch  # this worker's share of the global batch --batch-size
 
     manifest, base = load_manifest(cfg.shards, allow_commands=cfg.allow_shard_commands)
-    model, model_cfg = _model_and_config(cfg)
+    model, model_cfg = model_and_config(cfg)
     roles = input_roles(cfg, manifest, model_cfg)
-    loader_cfg = loader_config(cfg, roles, {**shard_checksums(manifest, base), **augmentation_checksums(cfg)})
+    loader_cfg = loader_config(cfg, roles, {**shard_checksums(manifest, base),
+                                            **augmentation_checksums(cfg.augment_shards, cfg.allow_shard_commands)})
     streams = stream_urls(cfg, manifest, base, roles)
     train_urls, augmented, val_urls, test_urls = streams.train, streams.augmented, streams.val, streams.test
     per_epoch = batches_per_epoch(manifest, world, batch, seq_len=cfg.seq_len, records=streams.labelled)
@@ -208,13 +128,12 @@ def train_loop_per_worker(config: dict) -> None:
         missing, unexpected = model.load_state_dict(weights, strict=False)
         _log(rank, f"initialised from {cfg.init_from} (missing {len(missing)}, unexpected {len(unexpected)} keys"
                    f"{f'; not loaded, shape differs: {sorted(skipped)}' if skipped else ''})")
+    check_parts(cfg)
     for part, source in sorted(cfg.init_parts.items()):
-        if not hasattr(model, "load_part"):
-            raise ValueError(f"model {cfg.model} has no separately trained parts; drop init_parts {sorted(cfg.init_parts)}")
         model.load_part(part, load_weights(source))
         _log(rank, f"part {part} initialised from {source}")
     if cfg.stage == "finetune":
-        prepare_finetune(model, cfg.finetune_mode)
+        model.prepare_finetune(cfg.finetune_mode)  # what fine-tuning ("full") or linear probing ("linear") keeps fixed
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trainer = build_engine(cfg, model, device, world)
@@ -230,14 +149,14 @@ def train_loop_per_worker(config: dict) -> None:
             engine.load_checkpoint(directory, tag=DS_TAG)
             state = json.loads((Path(directory) / "trainer_state.json").read_text())
             state["resumes"] = state.get("resumes", 0) + 1
-            if rank == 0 and (Path(directory) / "best_model.pt").exists():
-                best_weights = torch.load(Path(directory) / "best_model.pt", map_location="cpu", weights_only=True)
+            if rank == 0 and (Path(directory) / bundle.MODEL.checkpoint_weights).exists():
+                best_weights = bundle.load_file(Path(directory) / bundle.MODEL.checkpoint_weights)
         _log(rank, f"resumed from checkpoint at step {state['step']} (resume #{state['resumes']})")
         tracker.metrics({"resumes": state["resumes"]}, state["step"])
     # Params go to each MLflow run once: a relaunch of an interrupted run reuses its run (already has them);
     # continuing a finished run (e.g. with a larger --max-steps) opens a new run, which needs them.
     if rank == 0 and config.get("mlflow_new_run", checkpoint is None):
-        tracker.params({**flatten("train", cfg), **flatten("model", model_cfg.to_dict()), "deepspeed": json.dumps(ds_config),
+        tracker.params({**cfg.params("train"), **model_cfg.params("model"), "deepspeed": json.dumps(ds_config),
                         "data.manifest_hash": manifest.get("config_hash", ""), "world_size": str(world),
                         "data.channels": ",".join(roles), "data.labelled_records": str(len(train_urls)),
                         "data.augmentation_shards": str(len(augmented)), "batch.global": str(cfg.batch_size),
@@ -264,7 +183,7 @@ def train_loop_per_worker(config: dict) -> None:
         improved, stop = record_validation(state, value if math.isfinite(value) else -math.inf, step,
                                            cfg.early_stop_patience)
         if improved:
-            weights = _full_fp32_state(engine)  # collective: every rank calls it
+            weights = full_fp32_state(engine)  # collective: every rank calls it
             if rank == 0:
                 best_weights = weights
         val = {f"val_{k}": metrics[k] for k in scalars}
@@ -277,7 +196,7 @@ def train_loop_per_worker(config: dict) -> None:
             if rank == 0:
                 (Path(directory) / "trainer_state.json").write_text(json.dumps(state))
                 if best_weights is not None:
-                    torch.save(best_weights, Path(directory) / "best_model.pt")
+                    torch.save(best_weights, Path(directory) / bundle.MODEL.checkpoint_weights)
             write_checksums(directory, f"checksums-rank{rank}.json")
             ray.train.report({"step": step, "stage": cfg.stage, **val, "val_best_" + cfg.select_metric: state["best_metric"]},
                              checkpoint=ray.train.Checkpoint.from_directory(directory))
@@ -316,8 +235,6 @@ def train_loop_per_worker(config: dict) -> None:
             tick, tick_step = time.perf_counter(), step  # validation time is not training throughput
 
     # Test evaluation with the best validation weights (rank 0 holds them; broadcast to all ranks).
-    import torch.distributed as dist
-
     holder = [best_weights]
     if world > 1:
         dist.broadcast_object_list(holder, src=0)
@@ -326,8 +243,6 @@ def train_loop_per_worker(config: dict) -> None:
     test_metrics, predictions = evaluate(engine.module, test_urls, loader_cfg, world, rank, device, autocast_dtype,
                                          cfg.task, batch_size=cfg.resolved_eval_batch_size)
     # Peak memory of the worker processes (their DataLoader workers not counted): the largest over ranks.
-    import resource
-
     peak = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]  # Linux: KiB -> MiB
     if device.type == "cuda":
         peak.append(torch.cuda.max_memory_allocated(device) / 2**20)
@@ -356,88 +271,6 @@ def train_loop_per_worker(config: dict) -> None:
     # The best validation value rides along so that a Tune scheduler watching it sees it in every result.
     ray.train.report({"step": state["step"], "stage": cfg.stage, "val_best_" + cfg.select_metric: state["best_metric"],
                       **{f"test_{k}": test_metrics[k] for k in scalars}})
-
-
-def loader_config(cfg, roles, checksums: dict[str, str] | None = None):
-    """The loader settings of a run: its window, batch, shuffle and worker options on the channels `roles`,
-    scaled the way the model expects, each shard checked against `checksums` as --verify-shards says."""
-    from distsleep.models import model_normalization
-    from distsleep.shards.loader import LoaderConfig
-
-    return LoaderConfig(seq_len=cfg.seq_len, batch_size=cfg.per_worker_batch, shuffle_buffer=cfg.shuffle_buffer,
-                        num_workers=cfg.loader_workers, seed=cfg.seed, channels=list(roles), stride=cfg.val_stride,
-                        normalization=model_normalization(cfg.model), verify=cfg.verify_shards, checksums=checksums)
-
-
-def input_roles(cfg, manifest: dict, model_cfg) -> tuple[str, ...]:
-    """Channel roles fed to the model: `cfg.channels` when given (checked against the shards and the model's
-    input count), else the model's preferred roles among the shard's channels."""
-    from distsleep.models import required_channels, resolve_channels
-
-    if cfg.channels is None:
-        return resolve_channels(cfg.model, manifest["channels"], model_cfg)
-    slots = required_channels(cfg.model, model_cfg)
-    held = [str(c["role"]) if isinstance(c, dict) else str(c) for c in manifest["channels"]]
-    missing = [r for r in cfg.channels if r not in held]
-    if missing:
-        raise ValueError(f"channels {missing} are not in the shards, which hold {held}; rebuild them with those "
-                         "roles (distsleep preprocess --channels / --channel-set multimodal)")
-    if len(cfg.channels) != len(slots):
-        raise ValueError(f"{cfg.model} takes {len(slots)} input channel(s) {list(slots)}, got channels {cfg.channels}")
-    return tuple(cfg.channels)
-
-
-def augmented_urls(cfg, manifest: dict, roles) -> list[str]:
-    """Synthetic shards of the augmentation manifests in `cfg.augment_shards`, each checked against the run's
-    shard manifest (config hash, no generator trained on its val/test records) and its channel roles."""
-    if not cfg.augment_shards:
-        return []
-    from distsleep.gan.augment import augmented_train_urls
-
-    return [url for path in cfg.augment_shards
-            for url in augmented_train_urls(path, manifest, channels=roles, allow_commands=cfg.allow_shard_commands)]
-
-
-def augmentation_checksums(cfg) -> dict[str, str]:
-    """Shard location -> sha256 of the synthetic shards of `cfg.augment_shards` (verified like real ones)."""
-    from distsleep.gan.augment import load_augmentation
-    from distsleep.shards.loader import shard_checksums
-
-    return {url: sha for path in cfg.augment_shards
-            for url, sha in shard_checksums(*load_augmentation(path, cfg.allow_shard_commands)).items()}
-
-
-@dataclass(frozen=True)
-class Streams:
-    """Shard URLs of a run's three streams. `training` = the labelled real training records + augmentation;
-    validation and test come from the manifest's own splits only, so synthetic epochs can never reach them."""
-
-    train: list[str]
-    augmented: list[str]
-    val: list[str]
-    test: list[str]
-    labelled: list[str] | None  # training record ids whose labels are used (None: all)
-
-    @property
-    def training(self) -> list[str]:
-        return self.train + self.augmented
-
-
-def stream_urls(cfg, manifest: dict, base: str, roles) -> Streams:
-    from distsleep.shards.loader import labelled_records, shard_urls
-
-    # Semi-supervised runs see the labels of a fixed subset of the training records only.
-    labelled = labelled_records(manifest, cfg.label_fraction, cfg.seed) if cfg.label_fraction < 1 else None
-    return Streams(train=shard_urls(manifest, "train", base, records=labelled),
-                   augmented=augmented_urls(cfg, manifest, roles),
-                   val=shard_urls(manifest, "val", base), test=shard_urls(manifest, "test", base), labelled=labelled)
-
-
-def prepare_finetune(model, mode: str) -> None:
-    """Freeze what fine-tuning (`mode` "full") or linear probing (`mode` "linear") keeps fixed."""
-    if not hasattr(model, "prepare_finetune"):
-        raise ValueError(f"{type(model).__name__} cannot be fine-tuned: it has no prepare_finetune(mode) method")
-    model.prepare_finetune(mode)
 
 
 def _cpu_state(engine) -> dict:

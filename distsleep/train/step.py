@@ -24,11 +24,13 @@ from typing import Any
 
 import torch
 
+from distsleep.runtime import framework_output
 from distsleep.shards.loader import TrainBatch
 from distsleep.tasks import targets
 from distsleep.train.config import TrainConfig, deepspeed_config, lr_lambda
 
 LOGGED_OUTPUTS = ("mask_ratio_effective",)  # model outputs logged besides every "loss*" entry
+DS_TAG = "ds"  # the DeepSpeed checkpoint tag (its folder in every checkpoint)
 
 
 def device_of(use_gpu: bool) -> torch.device:
@@ -89,8 +91,9 @@ def build_engine(cfg: TrainConfig, model: torch.nn.Module, device: torch.device,
     ds_config = deepspeed_config(cfg)
     if own_clipping:
         ds_config["gradient_clipping"] = 0.0  # clipped in train_step instead (see the module docstring)
-    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                                           config=ds_config, dist_init_required=False)
+    with framework_output():  # DeepSpeed prints its CPU ops' build lines; the console stays ours
+        engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                               config=ds_config, dist_init_required=False)
     if world_size == 1 and cfg.zero_stage == 0:
         engine.enable_backward_allreduce = False  # one rank: the all-reduce would only copy every gradient twice
     return Engine(engine, optimizer, scheduler, ds_config, clip=parameters if own_clipping else None,
@@ -112,6 +115,20 @@ def train_step(engine: Engine, batch: TrainBatch, cfg: TrainConfig) -> dict[str,
         torch.nn.utils.clip_grad_norm_(engine.clip, engine.grad_clip, foreach=True)
     engine.engine.step()
     return {k: v.detach() for k, v in out.items() if k.startswith("loss") or k in LOGGED_OUTPUTS}
+
+
+def full_fp32_state(engine) -> dict:
+    """fp32 weights gathered from DeepSpeed's (possibly partitioned) master copy; a collective."""
+    import deepspeed  # heavy, and it probes for accelerators: imported where an engine exists (see build_engine)
+
+    # Start from state_dict (persistent buffers included, non-persistent ones excluded) and replace each
+    # trainable parameter by its fp32 master copy.
+    state = {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()}
+    for name, param in engine.module.named_parameters():
+        full = deepspeed.utils.safe_get_full_fp32_param(param) if param.requires_grad else None
+        if name in state:
+            state[name] = (full if full is not None else param.detach()).float().cpu().clone()
+    return state
 
 
 class StepMetrics:

@@ -1,16 +1,21 @@
-"""Command-line options of the training jobs (shared by `distsleep pretrain|finetune`, jobs/pretrain.py
-and the sweep job), mapped onto TrainConfig."""
+"""What several subcommands share: KEY=VALUE parsing, the exit status of a job, the shard-safety options, and
+the training options (`distsleep pretrain|finetune|sweep`, `distsleep gan effect`, jobs/pretrain.py) mapped
+onto TrainConfig, whose field defaults are the options' defaults."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from types import SimpleNamespace
 
+from distsleep.config import field_defaults
+from distsleep.models import get_spec, list_models
+from distsleep.shards.storage import COMMANDS_OPTION, READ_SCHEMES, VERIFY_MODES
 from distsleep.tasks import TASKS
-from distsleep.train.config import FINETUNE_MODES, LR_SCALINGS, SELECT_METRICS, TrainConfig
-
-_DEFAULTS = TrainConfig()
+from distsleep.tracking import TrackingUnavailable
+from distsleep.train.config import FINETUNE_MODES, LR_SCALINGS, PRECISIONS, SELECT_METRICS, STAGES, TrainConfig
+from distsleep.train.driver import LaunchError, TrainingFailed
 
 
 def parse_value(text: str):
@@ -34,9 +39,6 @@ def parse_set(items: list[str], option: str = "--set", parse=parse_value) -> dic
 def run_job(command: str, job, refused: tuple = ()):
     """(job(), 0), or (None, exit status) after printing "COMMAND: error: ..." to stderr: 2 when the job was
     refused before it started (LaunchError, TrackingUnavailable or one of `refused`), 1 when training failed."""
-    from distsleep.tracking import TrackingUnavailable
-    from distsleep.train.launch import LaunchError, TrainingFailed
-
     try:
         return job(), 0
     except (LaunchError, TrackingUnavailable, *refused) as error:
@@ -49,26 +51,24 @@ def run_job(command: str, job, refused: tuple = ()):
 
 def add_shard_safety_arguments(g) -> None:
     """--allow-shard-commands and --verify-shards, shared by every job that reads shards."""
-    from distsleep.shards.storage import COMMANDS_OPTION, DEFAULT_VERIFY, READ_SCHEMES, VERIFY_MODES
-
     g.add_argument(COMMANDS_OPTION, action="store_true",
                    help="accept manifest/augmentation entries that are pipe: commands or URLs outside the allow-list "
                         f"({', '.join(READ_SCHEMES)}); they run or open whatever the file says, so only for files you trust")
-    g.add_argument("--verify-shards", choices=VERIFY_MODES, default=DEFAULT_VERIFY,
+    g.add_argument("--verify-shards", choices=VERIFY_MODES, default=field_defaults(TrainConfig)["verify_shards"],
                    help="check shards against the sha256 in their manifest before decoding: stored (default: local "
                         "files and object stores such as s3://), local (local files only), all (http(s) too) or none")
 
 
 def add_train_arguments(p: argparse.ArgumentParser, stage: str | None = None) -> None:
-    d = _DEFAULTS
+    d = SimpleNamespace(**field_defaults(TrainConfig))
     g = p.add_argument_group("what to train")
     g.add_argument("--shards", required=True, help="manifest.json of a preprocessing run (path or URL)")
     g.add_argument("--model", default=d.model, help=f"registered model name (default {d.model})")
+    presets = "; ".join(f"{name}: {', '.join(get_spec(name).config_class.presets())}" for name in list_models())
     g.add_argument("--model-size", default=d.model_size,
-                   help="model preset: paper (default), small, or another preset of the model's config class "
-                        "(neuronet: synthsleepnet_unimodal, synthsleepnet_unimodal_small)")
+                   help=f"model preset (default {d.model_size}), from the model registry: {presets}")
     if stage is None:
-        g.add_argument("--stage", default=d.stage, choices=("pretrain", "finetune"), help="training stage (default pretrain)")
+        g.add_argument("--stage", default=d.stage, choices=STAGES, help="training stage (default pretrain)")
     g.add_argument("--mask-ratio", type=float, help="masking ratio r of the cross-masking pre-training (model default 0.5)")
     g.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override model config fields, e.g. infonce_temperature=0.07")
     g.add_argument("--init-from", help="start from a checkpoint dir, a model bundle (model.pt) or an MLflow run id")
@@ -109,7 +109,7 @@ def add_train_arguments(p: argparse.ArgumentParser, stage: str | None = None) ->
     g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
     g.add_argument("--grad-clip", type=float, default=d.grad_clip)
     g.add_argument("--zero-stage", type=int, default=d.zero_stage, choices=(0, 1, 2))
-    g.add_argument("--precision", default=d.precision, choices=("auto", "fp32", "bf16"), help="auto: bf16 on GPU, fp32 on CPU")
+    g.add_argument("--precision", default=d.precision, choices=PRECISIONS, help="auto: bf16 on GPU, fp32 on CPU")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (weights keep their plain names)")
     g.add_argument("--compile-backend", default=d.compile_backend, help="torch.compile backend (default %(default)s)")
     g.add_argument("--deepspeed-config", help="DeepSpeed JSON config; the options above override its values")
@@ -130,9 +130,12 @@ def add_train_arguments(p: argparse.ArgumentParser, stage: str | None = None) ->
 
 
 def config_from_args(args: argparse.Namespace, stage: str | None = None) -> TrainConfig:
+    overrides = parse_set(args.set)
+    if args.mask_ratio is not None:  # the model config's mask_ratio, its one home
+        overrides["mask_ratio"] = args.mask_ratio
     return TrainConfig(
-        shards=args.shards, model=args.model, model_size=args.model_size, model_overrides=parse_set(args.set),
-        stage=stage or args.stage, mask_ratio=args.mask_ratio, init_from=args.init_from, seq_len=args.seq_len,
+        shards=args.shards, model=args.model, model_size=args.model_size, model_overrides=overrides,
+        stage=stage or args.stage, init_from=args.init_from, seq_len=args.seq_len,
         init_parts=parse_set(args.init_part, "--init-part", str), task=args.task, finetune_mode=args.finetune_mode,
         label_fraction=args.label_fraction, channels=args.channels,
         batch_size=args.batch_size, loader_workers=args.loader_workers, shuffle_buffer=args.shuffle_buffer,

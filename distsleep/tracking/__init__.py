@@ -1,4 +1,5 @@
-"""MLflow helpers: reachability checks, one run per training run, and logging that never kills training.
+"""Everything MLflow: reachability checks, one run per training run, logging that never kills training, the
+tags that tie runs together, and (`compare.py`) the comparison of runs read back from MLflow.
 
 The driver creates (or, on a relaunch, finds) the MLflow run before training starts and hands its id
 to the workers; rank 0 logs through `RunLogger`, which uses the client API with an explicit run id (no
@@ -8,15 +9,28 @@ metrics, not the run.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+
 log = logging.getLogger("distsleep.tracking")
 
-RUN_NAME_TAG = "distsleep.run_name"
+# Tags that tie runs together; sweeps, comparisons and the augmentation-effect job search by them.
+RUN_NAME_TAG = "distsleep.run_name"  # identifies a run across relaunches of its --name
 BUNDLE_TAG = "distsleep.bundle"  # set by the worker once the run's model (or generator) bundle is uploaded
+KIND_TAG = "distsleep.kind"  # "sweep", "trial", "stage", "augmentation-effect" or "evaluation"
+SWEEP_TAG = "distsleep.sweep"  # the sweep a run belongs to
+TRIAL_TAG = "distsleep.trial_id"  # the Tune trial a run belongs to
+ENDED_BY_TAG = "distsleep.ended_by"  # "scheduler" or "error": why a trial run did not finish
+MODEL_RUN_TAG = "distsleep.model_run"  # an evaluation run: the training run that logged the model it evaluated
+MODEL_SOURCE_TAG = "distsleep.model_source"  # an evaluation run: the model as the user named it (path, runs:/, models:/)
+INIT_SOURCES_TAG = "distsleep.init_sources"  # the --init-from/--init-part sources of a run and their data
 # Fail fast instead of retrying for minutes when a server is unreachable.
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -29,8 +43,6 @@ class TrackingUnavailable(RuntimeError):
 
 
 def client(uri: str):
-    import mlflow
-
     for key, value in HTTP_ENV.items():
         os.environ.setdefault(key, value)
     return mlflow.MlflowClient(tracking_uri=uri)
@@ -111,9 +123,6 @@ def find_run(uri: str, experiment: str, run_name: str, status: str | None = None
 
 def download_json(uri: str, run_id: str, artifact: str) -> dict | None:
     """A JSON artifact of a run, or None when it cannot be fetched (missing, store gone)."""
-    import json
-    import tempfile
-
     try:
         with tempfile.TemporaryDirectory() as directory:
             return json.loads(Path(client(uri).download_artifacts(run_id, artifact, directory)).read_text())
@@ -143,8 +152,6 @@ class RunLogger:
     def params(self, params: dict[str, str]) -> None:
         if not self.enabled:
             return
-        from mlflow.entities import Param
-
         items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):
             self._call("log params", self._client.log_batch, self.run_id, params=items[i:i + 100])
@@ -152,8 +159,6 @@ class RunLogger:
     def metrics(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:
             return
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
         # Queued to MLflow's background logging thread: a per-step write to a SQLite file or a remote
@@ -171,8 +176,6 @@ class RunLogger:
     def tags(self, tags: dict[str, str]) -> None:
         if not self.enabled:
             return
-        from mlflow.entities import RunTag
-
         self._call("set tags", self._client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def artifact(self, path: str | Path, artifact_path: str | None = None) -> bool:

@@ -1,18 +1,36 @@
-"""Command line of the Physio-GAN jobs: `train` (Ray Train) and `augment` (synthetic training shards).
+"""`distsleep gan` (jobs/gan.py): the Physio-GAN jobs, `train` (Ray Train), `augment` (synthetic training shards)
+and `effect` (a model with vs without them).
 
-`build_parser()` / `main(argv)` serve jobs/gan.py; `add_gan_commands(subparsers)` adds the same two
-subcommands under another parser (for `distsleep gan ...`).
+`add_arguments(parser)` / `run(args)` serve `distsleep gan ...`; `main(argv, prog)` serves jobs/gan.py. Option
+defaults are GanTrainConfig's and AugmentConfig's.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from types import SimpleNamespace
 
+from distsleep.cli import add_verbose_argument
+from distsleep.cli.common import add_train_arguments as add_model_train_arguments
+from distsleep.cli.common import config_from_args, parse_set, run_job
+from distsleep.config import field_defaults
+from distsleep.gan.augment import CHANNEL_STATS, AugmentConfig, run_augment
 from distsleep.gan.config import DEFAULT_CHANNELS, GanTrainConfig
-from distsleep.train.cli_args import parse_set, run_job
+from distsleep.gan.effect import default_name, format_summary, run_effect
+from distsleep.gan.model import ADVERSARIAL_LOSSES, PhysioGanConfig
+from distsleep.gan.train import run_gan_training
+from distsleep.metrics import format_values
+from distsleep.runtime import configure_console
+from distsleep.shards.augmented import AugmentationError
 
-_D = GanTrainConfig()
+_D = SimpleNamespace(**field_defaults(GanTrainConfig))
+SUBCOMMANDS_TAKE_VERBOSE = True  # --verbose goes to train/augment/effect, after the subcommand
+DESCRIPTION = ("ISATSleepNet's Physio-GAN. `gan train` learns the target stage(s) (N1 by default) from the training "
+               "records of a manifest on Ray Train (spectral and amplitude constraints, PSD comparison logged to MLflow); "
+               "`gan augment` writes generated epochs as marked shards plus augmentation.json, which "
+               "`pretrain/finetune --augment-shards` add to the training stream only; `gan effect` trains a model with "
+               "and without them and compares per-class F1.")
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -28,9 +46,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "the ISATSleepNet inputs)")
     g.add_argument("--max-real-epochs", type=int, default=_D.max_real_epochs, help="cap per stage on real epochs held in memory")
     g = p.add_argument_group("model and losses")
-    g.add_argument("--model-size", choices=("paper", "small"), default=_D.model_size, help="architecture preset (default paper)")
+    g.add_argument("--model-size", choices=PhysioGanConfig.presets(), default=_D.model_size,
+                   help="architecture preset (default paper)")
     g.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override architecture fields, e.g. latent_dim=64")
-    g.add_argument("--adversarial", choices=("wgan-gp", "nonsaturating"), default=_D.adversarial,
+    g.add_argument("--adversarial", choices=ADVERSARIAL_LOSSES, default=_D.adversarial,
                    help="adversarial loss (default wgan-gp)")
     g.add_argument("--adversarial-weight", type=float, default=_D.adversarial_weight)
     g.add_argument("--spectral-weight", type=float, default=_D.spectral_weight, help="weight of the log-FFT-magnitude loss")
@@ -50,7 +69,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-workers", type=int, default=_D.num_workers, help="Ray Train workers")
     g.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL")
     g.add_argument("--cpus-per-worker", type=float, default=_D.cpus_per_worker)
-    g.add_argument("--storage-path", default="runs", help="checkpoints go to STORAGE/NAME")
+    g.add_argument("--storage-path", default=_D.storage_path, help="checkpoints go to STORAGE/NAME")
     g.add_argument("--name", default="", help="run name; relaunching the same name resumes (default gan-STAGES)")
     g.add_argument("--max-failures", type=int, default=_D.max_failures, help="worker-group restarts from the last checkpoint")
     g.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else a local cluster)")
@@ -73,6 +92,7 @@ def train_config_from_args(args: argparse.Namespace) -> GanTrainConfig:
 
 
 def add_augment_arguments(p: argparse.ArgumentParser) -> None:
+    d = field_defaults(AugmentConfig)
     p.add_argument("--generator", required=True,
                    help="generator bundle: generator.pt, a folder holding it (e.g. a checkpoint), or the MLflow run id of `train`")
     p.add_argument("--shards", required=True, help="preprocessing manifest.json of the training run to augment")
@@ -82,9 +102,10 @@ def add_augment_arguments(p: argparse.ArgumentParser) -> None:
     how.add_argument("--target-fraction", type=float,
                      help="generate enough epochs to bring each stage to this fraction of the training epochs, e.g. 0.1")
     p.add_argument("--stages", type=_csv, help="stages to generate (default: all stages of the generator)")
-    p.add_argument("--seed", type=int, default=0, help="same seed and arguments give byte-identical output")
-    p.add_argument("--epochs-per-record", type=int, default=100, help="epochs per synthetic pseudo-record (= per shard)")
-    p.add_argument("--channel-stats", choices=("training-nights", "pseudo-record"), default="training-nights",
+    p.add_argument("--seed", type=int, default=d["seed"], help="same seed and arguments give byte-identical output")
+    p.add_argument("--epochs-per-record", type=int, default=d["epochs_per_record"],
+                   help="epochs per synthetic pseudo-record (= per shard)")
+    p.add_argument("--channel-stats", choices=CHANNEL_STATS, default=d["channel_stats"],
                    help="median/IQR stored for robust input scaling: the generator's typical whole-night values "
                         "(default; real epochs are scaled by their whole night's statistics) or those of the "
                         "generated epochs themselves")
@@ -92,11 +113,9 @@ def add_augment_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from distsleep.gan.train import run_gan_training
-
     def job():
         cfg = train_config_from_args(args)
-        print(cfg)
+        print(cfg.describe())
         return run_gan_training(cfg, args.address)
 
     outcome, status = run_job("gan train", job, refused=(ValueError, argparse.ArgumentTypeError))
@@ -113,8 +132,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_augment(args: argparse.Namespace) -> int:
-    from distsleep.gan.augment import AugmentationError, AugmentConfig, run_augment
-
     try:
         cfg = AugmentConfig(generator=args.generator, shards=args.shards, out=args.out, stages=args.stages,
                             n_epochs=args.n_epochs, target_fraction=args.target_fraction, seed=args.seed,
@@ -128,30 +145,24 @@ def cmd_augment(args: argparse.Namespace) -> int:
     state = "already complete, nothing written" if result.written == 0 and m["shards"] else f"{result.written} shard(s) written"
     print(f"{result.path}: {m['n_epochs']} synthetic epochs {m['counts']['generated']} in {len(m['shards'])} shard(s) "
           f"({state})")
-    print("training fraction after augmentation: " + "  ".join(f"{s} {v:.3f}" for s, v in m["counts"]["fraction_after"].items()))
+    print("training fraction after augmentation: " + format_values(m["counts"]["fraction_after"], ".3f"))
     return 0
 
 
 def add_effect_arguments(p: argparse.ArgumentParser) -> None:
-    from distsleep.train.cli_args import add_train_arguments
-
     g = p.add_argument_group("comparison")
     g.add_argument("--augmentation", required=True, help="augmentation.json (or its folder) written by `augment`")
     g.add_argument("--seeds", type=int, nargs="+", default=[0], help="one pair of runs (real, augmented) per seed")
     g.add_argument("--out", help="folder for effect.json, the comparison table and plots (default: MLflow only)")
-    add_train_arguments(p, stage="pretrain")
+    add_model_train_arguments(p, stage="pretrain")
 
 
 def cmd_effect(args: argparse.Namespace) -> int:
-    from distsleep.gan.augment import AugmentationError
-    from distsleep.gan.effect import format_summary, run_effect
-    from distsleep.train.cli_args import config_from_args
-
     if args.augment_shards:
         print("gan effect: error: --augment-shards is set per arm; give the augmentation with --augmentation",
               file=sys.stderr)
         return 2
-    args.name = args.name or f"gan-effect-{args.model}"
+    args.name = args.name or default_name(args.model)
     result, status = run_job("gan effect", lambda: run_effect(config_from_args(args, stage="pretrain"), args.augmentation,
                                                               args.seeds, args.out, args.address),
                              refused=(AugmentationError, ValueError))
@@ -163,39 +174,39 @@ def cmd_effect(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_gan_commands(subparsers) -> None:
-    """`train` and `augment` under an existing subparsers object."""
-    p = subparsers.add_parser("train", help="train Physio-GAN on a manifest's training epochs (Ray Train, MLflow)",
-                              description="Train Physio-GAN on the target-stage epochs of the training records of a "
-                                          "preprocessing manifest. Relaunching the same --name resumes.")
-    add_train_arguments(p)
-    p.set_defaults(func=cmd_train)
-    p = subparsers.add_parser("augment", help="write synthetic epochs as marked training shards",
-                              description="Generate synthetic epochs with a trained generator and write them as extra "
-                                          "training shards (meta augmented=true) plus augmentation.json.")
-    add_augment_arguments(p)
-    p.set_defaults(func=cmd_augment)
-    p = subparsers.add_parser("effect", help="train a model with and without an augmentation and compare per-class F1",
-                              description="The same training run (Ray Train + DeepSpeed, MLflow) with and without the "
-                                          "synthetic epochs of --augmentation, for each --seeds value; prints per-class "
-                                          "test F1 (N1 first) of both arms and their paired difference, and logs a parent "
-                                          "MLflow run with the table and plots. Finished arm runs are reused on relaunch.")
-    add_effect_arguments(p)
-    p.set_defaults(func=cmd_effect)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`train`, `augment` and `effect` as subcommands of `p`, each with --verbose."""
+    subparsers = p.add_subparsers(dest="gan_command", required=True, metavar="{train,augment,effect}")
+    commands = [
+        ("train", "train Physio-GAN on a manifest's training epochs (Ray Train, MLflow)",
+         "Train Physio-GAN on the target-stage epochs of the training records of a preprocessing manifest. "
+         "Relaunching the same --name resumes.", add_train_arguments, cmd_train),
+        ("augment", "write synthetic epochs as marked training shards",
+         "Generate synthetic epochs with a trained generator and write them as extra training shards (meta "
+         "augmented=true) plus augmentation.json.", add_augment_arguments, cmd_augment),
+        ("effect", "train a model with and without an augmentation and compare per-class F1",
+         "The same training run (Ray Train + DeepSpeed, MLflow) with and without the synthetic epochs of "
+         "--augmentation, for each --seeds value; prints per-class test F1 (N1 first) of both arms and their paired "
+         "difference, and logs a parent MLflow run with the table and plots. Finished arm runs are reused on "
+         "relaunch.", add_effect_arguments, cmd_effect),
+    ]
+    for name, summary, description, add, func in commands:
+        sub = subparsers.add_parser(name, help=summary, description=description)
+        add(sub)
+        add_verbose_argument(sub)
+        sub.set_defaults(gan_func=func)
 
 
-def build_parser(prog: str = "gan") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Physio-GAN (ISATSleepNet): synthesise minority-stage epochs (N1 by default) "
-                               "with spectral and amplitude constraints, and add them to training as marked shards.")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{train,augment,effect}")
-    add_gan_commands(subparsers)
-    return parser
+def run(args: argparse.Namespace) -> int:
+    return args.gan_func(args)
 
 
 def main(argv: list[str] | None = None, prog: str = "gan") -> int:
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = build_parser(prog).parse_args(argv)
-    return args.func(args)
+    """jobs/gan.py: `train`, `augment` or `effect` with their options."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Physio-GAN (ISATSleepNet): synthesise minority-stage epochs (N1 by default) "
+                               "with spectral and amplitude constraints, and add them to training as marked shards.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    configure_console(args.verbose)
+    return run(args)

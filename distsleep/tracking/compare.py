@@ -19,8 +19,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distsleep.plots import confusion_grid_png, metric_curves_png
 from distsleep.stages import STAGE_NAMES
-from distsleep.tracking import download_json
+from distsleep.tracking import ENDED_BY_TAG, KIND_TAG, SWEEP_TAG, client, download_json, tag_filter, with_tag
 
 BASELINE_PREFIX = "baseline_yasa_"
 COLUMNS = [  # (header, metric key); accuracies and F1 shown in %, kappa as is (as in the paper)
@@ -30,6 +31,10 @@ COLUMNS = [  # (header, metric key); accuracies and F1 shown in %, kappa as is (
     ("kappa", "test_kappa"),
     *[(f"F1 {name}", f"test_f1_{name}") for name in STAGE_NAMES],
 ]
+# Per-night kappa: mean over nights and its 95 % subject-bootstrap CI, from the run's per-night summary.json
+# (a training run's per_night/ artifacts, an evaluation run's evaluation/); shown when some row has one.
+NIGHT_SUMMARIES = ("per_night/summary.json", "evaluation/summary.json")
+NIGHT_COLUMN = "kappa/night [95% CI]"
 # Shown only when some row has them: the binary tasks (apnea, hypopnea).
 EVENT_COLUMNS = [("F1 event", "test_f1_positive"), ("AUROC", "test_auroc"), ("majority acc", "test_majority_accuracy")]
 
@@ -65,6 +70,14 @@ class Row:
     baseline: bool = False
     confusion: list | None = None
     extra: dict = field(default_factory=dict)
+    night_kappa: dict | None = None  # {"mean", "ci_mean": [low, high]} over the test nights
+
+    def night_cells(self) -> tuple[str, ...]:
+        """(mean, CI low, CI high) as CSV values, empty without a per-night summary."""
+        if not self.night_kappa or self.night_kappa.get("mean") is None:
+            return "", "", ""
+        low, high = self.night_kappa["ci_mean"]
+        return tuple("" if v is None else repr(float(v)) for v in (self.night_kappa["mean"], low, high))
 
     @property
     def mask_ratio(self) -> float | None:
@@ -86,19 +99,34 @@ def _knob_params(run, sweep_params: set[str]) -> dict:
     return {k: run.data.params[k] for k in names if k in run.data.params}
 
 
-def _trial_row(tracking_uri: str, run, knobs: set[str], with_confusion: bool) -> Row:
-    from distsleep.sweep.config import point_label
+def point_label(point: dict) -> str:
+    """Short human name of a trial, e.g. 'mask=0.50 lr=0.001'."""
+    parts = []
+    for key, value in point.items():
+        shown = f"{value:.2f}" if key == "mask_ratio" else (f"{value:g}" if isinstance(value, float) else str(value))
+        parts.append(f"{'mask' if key == 'mask_ratio' else key}={shown}")
+    return " ".join(parts)
 
+
+def _trial_row(tracking_uri: str, run, knobs: set[str], with_confusion: bool) -> Row:
     params = _knob_params(run, knobs | {"mask_ratio"})
     confusion = None
     if with_confusion:
         summary = download_json(tracking_uri, run.info.run_id, "trial_summary.json") or {}
         confusion = (summary.get("confusion") or {}).get("final") or (summary.get("confusion") or {}).get("pretrain")
     label = point_label({k: (float(v) if k == "mask_ratio" else v) for k, v in params.items()}) or run.info.run_name
-    ended_by = run.data.tags.get("distsleep.ended_by")
+    ended_by = run.data.tags.get(ENDED_BY_TAG)
     status = "stopped by scheduler" if ended_by == "scheduler" else run.info.status
     return Row(label=label, run_id=run.info.run_id, model=run.data.tags.get("model", "?"), params=params,
                metrics=dict(run.data.metrics), status=status, confusion=confusion, task=run.data.tags.get("task", "staging"))
+
+
+def _night_kappa(tracking_uri: str, run_id: str) -> dict | None:
+    for artifact in NIGHT_SUMMARIES:
+        summary = download_json(tracking_uri, run_id, artifact)
+        if summary:
+            return (summary.get("per_night") or {}).get("kappa")
+    return None
 
 
 def _plain_row(tracking_uri: str, run, with_confusion: bool) -> Row:
@@ -109,7 +137,8 @@ def _plain_row(tracking_uri: str, run, with_confusion: bool) -> Row:
         params["mask_ratio"] = ratio
     return Row(label=run.info.run_name or run.info.run_id[:8], run_id=run.info.run_id, model=run.data.tags.get("model", "?"),
                params=params, metrics=dict(run.data.metrics), status=run.info.status, confusion=confusion,
-               task=run.data.tags.get("task", "staging"))
+               task=run.data.tags.get("task", "staging"),
+               night_kappa=_night_kappa(tracking_uri, run.info.run_id) if with_confusion else None)
 
 
 def _baseline_row(tracking_uri: str, parent, with_confusion: bool) -> Row | None:
@@ -124,9 +153,6 @@ def _baseline_row(tracking_uri: str, parent, with_confusion: bool) -> Row | None
 def collect(tracking_uri: str, *, sweep: str | None = None, experiment: str | None = None,
             run_ids: list[str] | None = None, with_confusion: bool = True) -> list[Row]:
     """Rows for a sweep (its trials + baseline), an experiment (every run with test metrics), or run ids."""
-    from distsleep.sweep.trial import KIND_TAG, SWEEP_TAG
-    from distsleep.tracking import client, tag_filter, with_tag
-
     c = client(tracking_uri)
     rows: list[Row] = []
     if sweep:
@@ -205,7 +231,8 @@ def mask_cell(row: Row) -> str:
 def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     """Header and cells; the best model value of each column carries a '*'."""
     cols = columns(rows)
-    header = ["run", "model", "task", "mask", *(h for h, _ in cols), "status"]
+    nightly = any(r.night_kappa for r in rows)
+    header = ["run", "model", "task", "mask", *(h for h, _ in cols), *([NIGHT_COLUMN] if nightly else []), "status"]
     chosen = selected_run(rows)
     best = {}
     for _, key in cols:  # best per column among rows of the same task (an apnea accuracy is not a staging one)
@@ -223,6 +250,9 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
             if value is not None and not row.baseline and top is not None and value == top and len(rows) > 1:
                 text += "*"
             line.append(text)
+        if nightly:
+            mean, low, high = (float(v) if v else None for v in row.night_cells())
+            line.append("-" if mean is None else f"{mean:.3f} [{low:.3f}, {high:.3f}]")
         line.append("baseline" if row.baseline else (f"{row.status}, {SELECTED}" if row is chosen else row.status))
         cells.append(line)
     return header, cells
@@ -258,22 +288,23 @@ def format_markdown(rows: list[Row]) -> str:
 def write_csv(rows: list[Row], path: Path) -> Path:
     keys = [k for _, k in columns(rows)]
     knob_names = sorted({k for r in rows for k in r.params})
+    nightly = any(r.night_kappa for r in rows)
+    night_keys = ["night_kappa_mean", "night_kappa_ci_low", "night_kappa_ci_high"] if nightly else []
     with open(path, "w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(["label", "run_id", "model", "task", "baseline", "status", "selected_on_validation",
-                         *knob_names, *keys])
+                         *knob_names, *keys, *night_keys])
         chosen = selected_run(rows)
         for r in rows:
             writer.writerow([r.label, r.run_id, r.model, r.task, int(r.baseline), r.status, int(r is chosen),
                              *(r.params.get(k, "") for k in knob_names),
-                             *("" if r.metrics.get(k) is None else repr(float(r.metrics[k])) for k in keys)])
+                             *("" if r.metrics.get(k) is None else repr(float(r.metrics[k])) for k in keys),
+                             *(r.night_cells() if nightly else ())])
     return path
 
 
 def write_comparison(rows: list[Row], out_dir: str | Path, title: str = "") -> dict[str, Path]:
     """comparison.txt/.csv/.md and the plots in `out_dir`; returns name -> path."""
-    from distsleep.plots import confusion_grid_png, metric_curves_png
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"text": out / "comparison.txt", "csv": out / "comparison.csv", "markdown": out / "comparison.md"}

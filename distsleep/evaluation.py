@@ -1,0 +1,232 @@
+"""`distsleep evaluate`: a trained model on every night of a manifest's split, judged per night.
+
+    result = run_evaluation(EvaluateConfig(model="models:/stager@best", shards="shards/manifest.json", out="eval"))
+
+One Ray task per record (`distsleep.fanout`: a GPU task when the cluster has GPUs) reads the record's shard
+through the training loader's evaluation pass, scores every window (stride 1 by default: each epoch's
+probabilities averaged over every window holding it, as `predict` does) and returns the night's labels and
+probabilities. The driver then writes, under `out`:
+
+* `per_night.csv`, `summary.json` and the plots of `distsleep.night_metrics` (per-night kappa, Bland-Altman
+  for TST/WASO/SE, pooled confusion), the summary extended with the model, the data, the channel roles read
+  (and which were substituted) and the records that failed;
+* `probabilities/<record>.npz`: labels, probabilities and predicted stage per epoch;
+
+and logs an MLflow run (tag `distsleep.kind` = evaluation) naming the model's training run
+(`distsleep.model_run`) and source, with the pooled metrics and the files as artifacts.
+
+Cross-dataset: the bundle's channel roles are looked up among the manifest's; a role the shards lack is read
+through the role filling the same model input (`bundle.map_roles`, e.g. SHHS C4-A1 -> Sleep-EDF Fpz-Cz), and
+summary.json / the console say so. Shards must give the model the samples per epoch it was built for.
+A failing record is listed in summary.json (`failed`, `complete: false`); the others are still evaluated.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distsleep.atomic import atomic_path
+from distsleep.bundle import BundleError, Located, load_model, map_roles, resolve
+from distsleep.config import ConfigBase, default_tracking_uri
+from distsleep.errors import InputError
+from distsleep.fanout import run_each
+from distsleep.night_metrics import Night, evaluate_nights, write_evaluation
+from distsleep.runtime import connect_ray
+from distsleep.shards.loader import LoaderConfig, load_manifest, shard_checksums, shard_urls
+from distsleep.shards.manifest import manifest_hash
+from distsleep.tracking import (KIND_TAG, MODEL_RUN_TAG, MODEL_SOURCE_TAG, RunLogger, check_reachable, client,
+                                experiment_id)
+from distsleep.train.evaluate import aggregate, score_windows
+
+log = logging.getLogger("distsleep.evaluation")
+
+PROBABILITIES = "probabilities"  # the folder of per-record .npz files under `out`
+# Preprocessing settings that change what the model sees; a difference is reported, not refused.
+COMPARED_SETTINGS = ("bandpass", "filter_recipe")
+
+
+class EvaluationError(InputError):
+    """The evaluation cannot run (no records in the split, every record failed, ...)."""
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(ConfigBase):
+    model: str  # any source bundle.resolve accepts: file, folder, run id, runs:/, models:/NAME/VERSION or @alias
+    shards: str  # manifest.json (or its folder / URL)
+    out: str
+    split: str = "test"
+    stride: int = 1  # epochs between windows: 1 = every window (each epoch averaged over up to seq_len windows)
+    batch_size: int = 64  # windows per forward pass
+    n_boot: int = 2000  # bootstrap resamples (over subjects) for the confidence intervals
+    seed: int = 0
+    experiment: str = "distsleep-evaluate"
+    tracking_uri: str | None = None  # default MLFLOW_TRACKING_URI, else ./mlflow.db
+    track: bool = True
+    address: str | None = None  # Ray cluster (default $RAY_ADDRESS, else a local one)
+    verify_shards: str = "stored"
+    allow_shard_commands: bool = False
+    progress: bool = True
+
+
+@dataclass
+class EvaluationResult:
+    out: Path
+    rows: list[dict]
+    summary: dict
+    files: dict[str, Path]
+    failed: list[dict]
+    substituted: dict[str, str]
+    run_id: str | None = None
+    probabilities: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed
+
+
+def score_record(url: str, bundle_bytes: bytes, loader: LoaderConfig) -> dict:
+    """Labels and averaged probabilities of the one night in shard `url` (runs as a Ray task)."""
+    model, _ = load_model(io.BytesIO(bundle_bytes))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    predictions = aggregate(score_windows(model, [url], loader, 1, 0, device, num_workers=0))
+    if len(predictions.labels) != 1:
+        raise ValueError(f"{url}: expected one night in the shard, found {len(predictions.labels)}")
+    [(record_id, labels)] = predictions.labels.items()
+    return {"record_id": record_id, "labels": labels, "probabilities": predictions.probabilities[record_id]}
+
+
+def preprocessing_notes(bundle: dict, manifest: dict, where: str) -> list[str]:
+    """Differences between the bundle's preprocessing and the shards'; a different epoch length or rate is
+    refused (the model is built for its samples per epoch)."""
+    trained, shards = bundle["preprocess"], manifest["config"]["preprocess"]
+    for key in ("target_rate", "epoch_seconds"):
+        if float(trained.get(key, 0)) != float(shards.get(key, 0)):
+            raise BundleError(where, f"the shards have {key} {shards.get(key)} but the model was trained with "
+                                     f"{trained.get(key)}; preprocess the recordings with the model's settings")
+    return [f"{key}: model trained with {trained.get(key)!r}, shards have {shards.get(key)!r}"
+            for key in COMPARED_SETTINGS if trained.get(key) != shards.get(key)]
+
+
+def _write_probabilities(folder: Path, nights: dict[str, dict]) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for record_id, night in nights.items():
+        paths[record_id] = folder / f"{record_id}.npz"
+        with atomic_path(paths[record_id]) as tmp, open(tmp, "wb") as stream:
+            np.savez_compressed(stream, labels=night["labels"], probabilities=night["probabilities"],
+                                predicted=night["probabilities"].argmax(axis=1))
+    for stale in folder.glob("*.npz"):  # an earlier evaluation's records that are not part of this one
+        if stale not in paths.values():
+            stale.unlink()
+    return paths
+
+
+def _track(cfg: EvaluateConfig, uri: str, located: Located, bundle: dict, result: EvaluationResult) -> str:
+    """The MLflow evaluation run: tags naming the model run and source, metrics, and the written files."""
+    tags = {KIND_TAG: "evaluation", MODEL_SOURCE_TAG: located.name, "model": bundle["model"]}
+    if located.run_id:
+        tags[MODEL_RUN_TAG] = located.run_id
+    run_id = client(uri).create_run(experiment_id(uri, cfg.experiment), run_name=f"evaluate-{bundle['model']}-{cfg.split}",
+                                    tags=tags).info.run_id
+    logger = RunLogger(uri, run_id)
+    summary = result.summary
+    logger.params({"model_source": located.name, "shards": cfg.shards, "split": cfg.split, "stride": cfg.stride,
+                   "n_boot": cfg.n_boot, "seed": cfg.seed, "channels_read": ",".join(summary["channels"]["read"]),
+                   "substituted": ",".join(f"{a}->{b}" for a, b in result.substituted.items()) or "none"})
+    pooled = summary["pooled"]
+    metrics = {"nights": summary["nights"], "failed_nights": len(result.failed)}
+    for name in ("accuracy", "kappa", "macro_f1"):
+        metrics[f"test_{name}"] = pooled[name]
+        metrics[f"test_{name}_ci_low"], metrics[f"test_{name}_ci_high"] = pooled["ci"][name]
+        metrics[f"night_{name}_median"] = summary["per_night"][name]["median"]
+    metrics.update({f"test_f1_{stage}": value for stage, value in pooled["f1"].items()})
+    for name, stat in summary["sleep_statistics"].items():
+        metrics[f"{name}_bias"] = stat["difference"]["mean"]
+    logger.metrics({k: v for k, v in metrics.items() if v is not None and np.isfinite(v)}, step=0)
+    for path in result.files.values():
+        logger.artifact(path, "evaluation")
+    for path in result.probabilities.values():
+        logger.artifact(path, f"evaluation/{PROBABILITIES}")
+    logger.finish("FINISHED" if result.complete else "FAILED")
+    return run_id
+
+
+def run_evaluation(cfg: EvaluateConfig) -> EvaluationResult:
+    """Evaluate the model `cfg.model` on split `cfg.split` of `cfg.shards` (module docstring)."""
+    uri = cfg.tracking_uri or default_tracking_uri()
+    located = resolve(cfg.model, tracking_uri=uri)
+    _, bundle = load_model(located.path)  # refuses an unusable bundle before any task starts
+    if bundle.get("task", "staging") != "staging":
+        raise BundleError(located.name, f"this model was trained for the {bundle['task']} task; `evaluate` judges "
+                                        "sleep staging")
+    manifest, base = load_manifest(cfg.shards, allow_commands=cfg.allow_shard_commands)
+    urls = shard_urls(manifest, cfg.split, base)
+    if not urls:
+        raise EvaluationError(cfg.shards, f"the manifest has no {cfg.split} records")
+    shard_roles = manifest.get("channels") or manifest["config"]["preprocess"]["channels"]
+    roles, substituted = map_roles(bundle, shard_roles, f"the shards of {cfg.shards}", located.name)
+    notes = preprocessing_notes(bundle, manifest, cfg.shards)
+    if cfg.track:
+        check_reachable(uri)  # before the cluster spends time scoring
+    loader = LoaderConfig(seq_len=int(bundle["seq_len"]), batch_size=cfg.batch_size, num_workers=0, channels=list(roles),
+                          stride=cfg.stride, normalization=bundle.get("normalization", "uv"),
+                          checksums=shard_checksums(manifest, base), verify=cfg.verify_shards)
+
+    connect_ray(cfg.address)
+    outcomes = run_each(score_record, urls, located.path.read_bytes(), loader, desc="evaluate", progress=cfg.progress)
+    scored = {o.result["record_id"]: o.result for o in outcomes if o.ok}
+    failed = [{"shard": o.item, "reason": o.error} for o in outcomes if not o.ok]
+    if not scored:
+        raise EvaluationError(cfg.shards, "every record failed: " + "; ".join(f"{f['shard']}: {f['reason']}" for f in failed))
+    records = manifest["records"]
+    nights = [Night(rid, str(records.get(rid, {}).get("subject", rid)), night["labels"], night["probabilities"].argmax(axis=1))
+              for rid, night in sorted(scored.items())]
+    rows, summary = evaluate_nights(nights, n_boot=cfg.n_boot, seed=cfg.seed)
+    summary.update({
+        "complete": not failed,
+        "failed": failed,
+        "model": {"source": located.name, "run_id": located.run_id, "name": bundle["model"], "stage": bundle.get("stage"),
+                  "trained_on": bundle["preprocess"].get("source")},
+        "data": {"manifest": cfg.shards, "manifest_hash": manifest_hash(manifest), "split": cfg.split,
+                 "source": manifest["config"]["preprocess"].get("source")},
+        "channels": {"model": list(bundle["channels"]), "read": list(roles), "substituted": substituted},
+        "preprocessing_differences": notes,
+        "windows": {"seq_len": int(bundle["seq_len"]), "stride": cfg.stride},
+    })
+    out = Path(cfg.out)
+    result = EvaluationResult(out, rows, summary, {}, failed, substituted)
+    result.probabilities = _write_probabilities(out / PROBABILITIES, scored)
+    result.files = write_evaluation(out, nights, rows, summary)
+    if cfg.track:
+        result.run_id = _track(cfg, uri, located, bundle, result)
+    return result
+
+
+def format_summary(result: EvaluationResult) -> str:
+    """A few lines for the terminal."""
+    s = result.summary
+    pooled, night = s["pooled"], s["per_night"]["kappa"]
+    lines = [f"{s['nights']} nights of {s['subjects']} subjects ({s['epochs']} scored epochs), model "
+             f"{s['model']['name']} ({s['model']['source']})",
+             f"pooled: accuracy {pooled['accuracy']:.3f}  kappa {pooled['kappa']:.3f} (95% CI {pooled['ci']['kappa'][0]:.3f}"
+             f"..{pooled['ci']['kappa'][1]:.3f})  macro-F1 {pooled['macro_f1']:.3f}"]
+    if night["median"] is not None:
+        lines.append(f"per-night kappa: median {night['median']:.3f} (IQR {night['q25']:.3f}..{night['q75']:.3f})")
+    for role, used in result.substituted.items():
+        lines.append(f"channel substituted: the model's {role} was read from the shards' {used} (cross-dataset)")
+    for note in s["preprocessing_differences"]:
+        lines.append(f"preprocessing differs: {note}")
+    for failure in result.failed:
+        lines.append(f"FAILED {failure['shard']}: {failure['reason']}")
+    lines.append(f"files in {result.out.resolve()}: " + ", ".join(p.name for p in result.files.values())
+                 + f", {PROBABILITIES}/*.npz ({len(result.probabilities)})")
+    if result.run_id:
+        lines.append(f"MLflow evaluation run {result.run_id}")
+    return "\n".join(lines)

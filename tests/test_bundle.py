@@ -1,0 +1,90 @@
+"""`distsleep.bundle`: every way of naming a model or generator bundle resolves to the same file, from real
+files, folders, checkpoints and a real local MLflow store (runs:/ and a registered models:/ version)."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+import torch
+
+from distsleep import bundle
+from distsleep.bundle import GENERATOR, MODEL, BundleError, load_model, resolve
+from distsleep.config import PreprocessConfig
+from distsleep.models import build_model
+from distsleep.models.mc2sleepnet import MC2SleepNetConfig
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    config = MC2SleepNetConfig.small()
+    weights = build_model("mc2sleepnet", config).state_dict()
+    manifest = {"config": {"preprocess": PreprocessConfig().to_dict()}, "config_hash": "h",
+                "records": {"r1": {"split": "train", "sha256": "a"}, "r2": {"split": "test", "sha256": "b"}}}
+    path = tmp_path_factory.mktemp("bundle") / MODEL.file
+    torch.save(bundle.model_bundle(model="mc2sleepnet", model_config=config, weights=weights, manifest=manifest,
+                                   roles=["eeg_c4"], seq_len=config.seq_len, stage="pretrain"), path)
+    return path
+
+
+def test_files_folders_and_checkpoints(model_file, tmp_path):
+    assert resolve(model_file).path == model_file
+    assert resolve(model_file.parent).path == model_file
+    artifacts = tmp_path / "download" / MODEL.folder
+    artifacts.mkdir(parents=True)
+    (artifacts / MODEL.file).write_bytes(model_file.read_bytes())
+    assert resolve(tmp_path / "download").path == artifacts / MODEL.file  # a downloaded artifact folder
+
+    run = tmp_path / "runs" / "pre"  # a run's storage folder: only checkpoints' weights
+    for stamp, value in (("2026-01-01_00-00-00", 1.0), ("2026-01-02_00-00-00", 2.0)):
+        (run / f"checkpoint_{stamp}").mkdir(parents=True)
+        torch.save({"w": torch.full((2,), value)}, run / f"checkpoint_{stamp}" / MODEL.checkpoint_weights)
+    with pytest.raises(BundleError, match="training checkpoint"):
+        resolve(run)  # predict needs the preprocessing and channels a checkpoint lacks
+    latest = resolve(run, weights=True)  # fine-tuning takes the latest checkpoint's weights
+    assert latest.weights_only and latest.path.parent.name == "checkpoint_2026-01-02_00-00-00"
+    assert bundle.weights(latest)["w"].tolist() == [2.0, 2.0]
+    assert bundle.weights(resolve(model_file)).keys() == torch.load(model_file, weights_only=True)["state_dict"].keys()
+    with pytest.raises(BundleError, match="no such file"):
+        resolve(tmp_path / "absent.pt")
+
+
+def test_generator_kind_takes_a_runs_latest_checkpoint(tmp_path, model_file):
+    run = tmp_path / "gan-N1"
+    for stamp in ("2026-01-01_00-00-00", "2026-01-03_00-00-00"):
+        (run / f"checkpoint_{stamp}").mkdir(parents=True)
+        torch.save({"format": GENERATOR.format, "stamp": stamp}, run / f"checkpoint_{stamp}" / GENERATOR.file)
+    located = resolve(run, GENERATOR)
+    assert located.path.parent.name == "checkpoint_2026-01-03_00-00-00"
+    with pytest.raises(BundleError, match=r"generator bundle lacks \['model_config'"):
+        bundle.read(located.path, GENERATOR)
+    with pytest.raises(BundleError, match="a model bundle is 'distsleep-model/1'"):
+        bundle.read(located.path, MODEL)
+    with pytest.raises(BundleError, match="no generator bundle in this folder"):
+        resolve(model_file.parent, GENERATOR)
+
+
+def test_mlflow_runs_and_registered_models(model_file, tmp_path):
+    uri = f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    experiment = client.create_experiment("bundles", artifact_location=(tmp_path / "artifacts").resolve().as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    client.log_artifact(run_id, str(model_file), MODEL.folder)
+    client.set_terminated(run_id)
+    client.create_registered_model("stager")
+    client.create_model_version("stager", f"runs:/{run_id}/{MODEL.folder}", run_id=run_id)
+    client.set_registered_model_alias("stager", "best", "1")
+
+    for source in (run_id, f"runs:/{run_id}", f"runs:/{run_id}/model", f"runs:/{run_id}/model/model.pt",
+                   "models:/stager/1", "models:/stager@best"):
+        located = resolve(source, tracking_uri=uri)
+        assert located.path.read_bytes() == model_file.read_bytes(), source
+        assert located.run_id == run_id, source
+    with pytest.raises(BundleError, match="no such registered model version"):
+        resolve("models:/stager/7", tracking_uri=uri)
+    model, loaded = load_model(resolve("models:/stager/1", tracking_uri=uri).path)
+    assert loaded["channels"] == ["eeg_c4"] and loaded["data"]["records"] == {"train": ["r1"]} and not model.training
+    with pytest.raises(BundleError, match="could not download"):
+        resolve("0123456789abcdef0123456789abcdef", tracking_uri=uri)
+    with pytest.raises(BundleError, match="no MLflow store"):
+        resolve(run_id, tracking_uri=f"sqlite:///{tmp_path / 'elsewhere.db'}")

@@ -1,0 +1,169 @@
+"""`distsleep evaluate` end to end on a generated cohort: real shards, a real local Ray cluster (one task per record),
+a real MLflow store. The model is untrained (small MC²SleepNet), so the checks are on contracts, not on accuracy:
+one row per test night whose sleep statistics are YASA's on the same hypnograms, the files, the MLflow evaluation
+run naming the model run, a registered model by models:/ URI, and cross-dataset role substitution."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yasa
+
+from distsleep.bundle import MODEL
+from distsleep.cli import main as cli_main
+from distsleep.night_metrics import SLEEP_STATISTICS
+from distsleep.tracking import KIND_TAG, MODEL_RUN_TAG, MODEL_SOURCE_TAG
+
+from bundle_factory import write_bundle
+
+YASA_LABELS = np.array(["WAKE", "N1", "N2", "N3", "REM"])
+
+
+@pytest.fixture(scope="module")
+def cohort(staging_cohort) -> Path:
+    return staging_cohort
+
+
+@pytest.fixture(scope="module")
+def shards(staging_shards) -> Path:
+    return staging_shards
+
+
+def yasa_stats(stages: np.ndarray) -> dict:
+    labels = np.where(stages < 0, "UNS", YASA_LABELS[np.clip(stages, 0, 4)])
+    return yasa.Hypnogram(list(labels), n_stages=5).sleep_statistics()
+
+
+def test_evaluate_one_row_per_test_night_with_yasa_statistics_and_an_mlflow_run(shards, tmp_path, capsys):
+    bundle = write_bundle(tmp_path / "model" / "model.pt")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "eval"
+    status = cli_main(["evaluate", "--model", str(bundle), "--shards", str(shards), "--out", str(out),
+                       "--tracking-uri", uri, "--n-boot", "200", "--no-progress"])
+    console = capsys.readouterr().out
+    assert status == 0, console
+    manifest = json.loads(shards.read_text())
+    test_records = sorted(r for r, e in manifest["records"].items() if e["split"] == "test")
+
+    rows = list(csv.DictReader(open(out / "per_night.csv")))
+    assert [r["record"] for r in rows] == test_records
+    for row in rows:
+        entry = manifest["records"][row["record"]]
+        saved = np.load(out / "probabilities" / f"{row['record']}.npz")
+        labels, probabilities = saved["labels"], saved["probabilities"]
+        assert len(labels) == entry["n_epochs"] and probabilities.shape == (len(labels), 5)
+        assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+        assert (saved["predicted"] == probabilities.argmax(axis=1)).all()
+        assert row["subject"] == entry["subject"] and int(row["epochs"]) == int((labels >= 0).sum())
+        for side, stages in (("true", labels), ("pred", np.where(labels >= 0, saved["predicted"], -1))):
+            expected = yasa_stats(stages)
+            for name, (key, _) in SLEEP_STATISTICS.items():
+                value = float(row[f"{name}_{side}"]) if row[f"{name}_{side}"] else float("nan")
+                assert value == pytest.approx(expected[key], rel=1e-5, nan_ok=True), (row["record"], name, side)
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["nights"] == len(test_records) and summary["complete"] and summary["failed"] == []
+    assert summary["channels"] == {"model": ["eeg_c4"], "read": ["eeg_c4"], "substituted": {}}
+    low, high = summary["pooled"]["ci"]["kappa"]
+    assert low <= summary["pooled"]["kappa"] <= high
+    for name in ("per_night_kappa.png", "bland_altman_tst_min.png", "bland_altman_waso_min.png",
+                 "bland_altman_se_pct.png", "confusion_pooled.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert "substituted" not in console and f"{len(test_records)} nights" in console
+
+    client = mlflow.MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("distsleep-evaluate").experiment_id])
+    assert run.data.tags[KIND_TAG] == "evaluation" and run.data.tags[MODEL_SOURCE_TAG] == str(bundle)
+    assert MODEL_RUN_TAG not in run.data.tags  # a bundle file names no training run
+    assert run.data.metrics["test_kappa"] == pytest.approx(summary["pooled"]["kappa"])
+    assert run.data.metrics["nights"] == len(test_records) and run.info.status == "FINISHED"
+    artifacts = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"per_night.csv", "summary.json", "per_night_kappa.png", "probabilities"} <= artifacts
+
+
+def test_a_model_from_another_dataset_is_evaluated_through_the_substituted_role(shards, tmp_path, capsys):
+    # A model trained on Sleep-EDF's Fpz-Cz, evaluated on SHHS shards: read through C4-A1, which fills its input slot.
+    bundle = write_bundle(tmp_path / "sleep-edf-model.pt", source="sleep-edf", role="eeg_fpz_cz")
+    out = tmp_path / "cross"
+    status = cli_main(["evaluate", "--model", str(bundle), "--shards", str(shards), "--out", str(out), "--no-tracking",
+                       "--n-boot", "50", "--no-progress", "--stride", "5"])
+    console = capsys.readouterr().out
+    assert status == 0, console
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["channels"] == {"model": ["eeg_fpz_cz"], "read": ["eeg_c4"], "substituted": {"eeg_fpz_cz": "eeg_c4"}}
+    assert summary["model"]["trained_on"] == "sleep-edf" and summary["data"]["source"] == "shhs"
+    assert "the model's eeg_fpz_cz was read from the shards' eeg_c4" in console
+
+
+def test_a_model_whose_role_has_no_stand_in_is_refused(shards, tmp_path, capsys):
+    bundle = write_bundle(tmp_path / "emg-model.pt", role="emg")
+    status = cli_main(["evaluate", "--model", str(bundle), "--shards", str(shards), "--out", str(tmp_path / "x"),
+                       "--no-tracking", "--no-progress"])
+    assert status == 2 and "'emg'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_registered_model_is_evaluated_by_models_uri(shards, tmp_path):
+    bundle = write_bundle(tmp_path / "model.pt")
+    uri = f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    experiment = client.create_experiment("training", artifact_location=(tmp_path / "artifacts").resolve().as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    client.log_artifact(run_id, str(bundle), MODEL.folder)
+    client.set_terminated(run_id)
+    client.create_registered_model("stager")
+    client.create_model_version("stager", f"runs:/{run_id}/{MODEL.folder}", run_id=run_id)
+    client.set_registered_model_alias("stager", "best", "1")
+
+    out = tmp_path / "eval"
+    assert cli_main(["evaluate", "--model", "models:/stager@best", "--shards", str(shards), "--out", str(out),
+                     "--tracking-uri", uri, "--n-boot", "50", "--no-progress", "--stride", "5"]) == 0
+    [run] = client.search_runs([client.get_experiment_by_name("distsleep-evaluate").experiment_id])
+    assert run.data.tags[MODEL_RUN_TAG] == run_id and run.data.tags[MODEL_SOURCE_TAG] == "models:/stager@best"
+    assert json.loads((out / "summary.json").read_text())["model"]["run_id"] == run_id
+
+
+def test_training_registers_its_bundle_for_predict_and_evaluate(shards, cohort, tmp_path, monkeypatch, capsys):
+    """--register on a (very short) real training run; the registered version is then used by models:/ URI."""
+    uri = f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
+    status = cli_main(["pretrain", "--shards", str(shards), "--model-size", "small", "--seq-len", "5", "--batch-size", "8",
+                       "--max-steps", "4", "--val-every", "2", "--num-workers", "1", "--loader-workers", "0",
+                       "--storage-path", str(tmp_path / "runs"), "--name", "registered", "--tracking-uri", uri,
+                       "--experiment", "tests", "--register", "stager", "--alias", "candidate"])
+    console = capsys.readouterr().out
+    assert status == 0, console
+    assert "registered as models:/stager/1, models:/stager@candidate" in console
+    client = mlflow.MlflowClient(uri)
+    [training] = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    version = client.get_model_version_by_alias("stager", "candidate")
+    assert (str(version.version), version.run_id) == ("1", training.info.run_id)
+
+    out = tmp_path / "eval"
+    assert cli_main(["evaluate", "--model", "models:/stager/1", "--shards", str(shards), "--out", str(out),
+                     "--tracking-uri", uri, "--n-boot", "50", "--no-progress", "--stride", "5"]) == 0
+    [evaluation] = client.search_runs([client.get_experiment_by_name("distsleep-evaluate").experiment_id])
+    assert evaluation.data.tags[MODEL_RUN_TAG] == training.info.run_id
+
+    # The training run's own test evaluation carries the same per-night files; compare shows kappa per night +- CI.
+    logged = {Path(a.path).name for a in client.list_artifacts(training.info.run_id, "per_night")}
+    assert {"per_night.csv", "summary.json", "per_night_kappa.png", "bland_altman_tst_min.png"} <= logged
+    assert cli_main(["compare", training.info.run_id, evaluation.info.run_id, "--tracking-uri", uri,
+                     "--out", str(tmp_path / "compare")]) == 0
+    assert "kappa/night [95% CI]" in (tmp_path / "compare" / "comparison.txt").read_text()
+    table = {row["run_id"]: row for row in csv.DictReader(open(tmp_path / "compare" / "comparison.csv"))}
+    evaluated = json.loads((out / "summary.json").read_text())["per_night"]["kappa"]
+    assert float(table[evaluation.info.run_id]["night_kappa_mean"]) == pytest.approx(evaluated["mean"])
+    assert float(table[evaluation.info.run_id]["night_kappa_ci_low"]) == pytest.approx(evaluated["ci_mean"][0])
+    assert table[training.info.run_id]["night_kappa_mean"] != ""
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # predict reads models:/ from the default store
+    edf = sorted(cohort.rglob("*.edf"))[0]
+    assert cli_main(["predict", "--model", "models:/stager@candidate", str(edf), "--out", str(tmp_path / "pred"),
+                     "--stride", "5"]) == 0
+    report = json.loads((tmp_path / "pred" / f"{edf.stem}_input_report.json").read_text())
+    assert report["model"]["requested"] == "models:/stager@candidate"

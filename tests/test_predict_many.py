@@ -1,0 +1,105 @@
+"""`distsleep predict` over many nights and on NSRR cohorts other than SHHS, on generated files: a folder of nights
+plus a broken one gives one output set per good night, a cohort summary listing the broken night with its reason,
+and exit status 1; a night with MESA labels is refused without a channel map and staged with one (predict and
+preprocess). Real EDFs, a real local Ray cluster (one task per night); the model is an untrained small MC²SleepNet."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distsleep.cli import main as cli_main
+from distsleep.synth.night import synthesize_night
+from distsleep.synth.writers import write_edf as write_synthetic_edf
+from distsleep.synth.writers import write_nsrr_xml
+
+from bundle_factory import write_bundle
+from edf_factory import signal, write_edf
+
+# MESA's montage: EEG1 Fz-Cz, EEG3 C4-M1 (the synthetic C3 stands in for Fz-Cz, C4 for C4-M1).
+MESA_LABELS = {"EEG(sec)": "EEG1", "EEG": "EEG3", "EOG(L)": "EOG-L", "EMG": "EMG", "ECG": "EKG"}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    return write_bundle(tmp_path_factory.mktemp("many-bundle") / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def mesa_folder(tmp_path_factory) -> dict[str, Path]:
+    """A 6-minute night with MESA's labels under an anonymous name, in the NSRR layout."""
+    psg = tmp_path_factory.mktemp("mesa-many") / "polysomnography"
+    (psg / "edfs").mkdir(parents=True)
+    (psg / "annotations-events-nsrr").mkdir()
+    night = synthesize_night(np.random.SeedSequence(7), "night1", 0.1, channels=("EEG", "EEG(sec)", "EOG(L)", "EMG", "ECG"))
+    paths = {"root": psg.parent, "edf": psg / "edfs" / "night1.edf", "xml": psg / "annotations-events-nsrr" / "night1-nsrr.xml",
+             "map": psg.parent / "mesa.alias"}
+    write_synthetic_edf(night, paths["edf"], dt.time(22, 30), labels=MESA_LABELS)
+    write_nsrr_xml(night, paths["xml"], dt.time(22, 30))
+    paths["map"].write_text("# MESA: EEG3 is C4-M1\neeg_c4|EEG3\n")
+    return paths
+
+
+def test_a_folder_of_nights_with_a_broken_one(staging_cohort, bundle, tmp_path, ray_local, capsys):
+    cohort = staging_cohort
+    broken = tmp_path / "more" / "shhs1-399999.edf"
+    broken.parent.mkdir()
+    write_edf(broken, [signal("EEG(sec)", 125, np.random.default_rng(0).normal(0, 20, 125 * 600))])
+    out = tmp_path / "pred"
+    status = cli_main(["predict", "--model", str(bundle), str(cohort), str(tmp_path / "more" / "*.edf"), "--out", str(out),
+                       "--stride", "5", "--no-progress"])
+    console = capsys.readouterr().out
+    assert status == 1, console
+
+    rows = list(csv.DictReader(open(out / "cohort_summary.csv")))
+    good = sorted(p.stem for p in cohort.rglob("*.edf"))
+    assert sorted(r["record"] for r in rows) == sorted([*good, "shhs1-399999"])
+    [failed] = [r for r in rows if r["status"] == "failed"]
+    assert failed["recording"] == str(broken) and "eeg_c4" in failed["reason"] and "'EEG(sec)'" in failed["reason"]
+    assert f"FAILED {broken}" in console and "5 of 6 nights scored" in console
+    for row in (r for r in rows if r["status"] == "ok"):
+        record = row["record"]
+        assert row["annotations"].endswith(f"{record}-nsrr.xml")  # found in the NSRR layout beside the EDF
+        files = sorted(p.name for p in out.glob(f"{record}_*"))
+        assert files == sorted(f"{record}{s}" for s in ("_stages.csv", "_hypnogram.edf", "_hypnogram.png",
+                                                        "_input_report.json", "_metrics.json", "_confusion.png"))
+        stages = [r["stage"] for r in csv.DictReader(open(out / f"{record}_stages.csv"))]
+        assert int(row["epochs"]) == len(stages) == 90
+        # YASA's TST: minutes of N1+N2+N3+REM in the predicted hypnogram.
+        assert float(row["tst_min"]) == pytest.approx(0.5 * sum(s != "W" for s in stages))
+        metrics = json.loads((out / f"{record}_metrics.json").read_text())
+        assert float(row["kappa"]) == pytest.approx(metrics["kappa"], abs=1e-4)
+        assert 0.2 <= float(row["mean_confidence"]) <= 1
+    assert not list(out.glob("shhs1-399999_*"))
+
+
+def test_a_night_with_mesa_labels_needs_a_map(mesa_folder, bundle, tmp_path, capsys):
+    edf = mesa_folder["edf"]
+    assert cli_main(["predict", "--model", str(bundle), str(edf), "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert str(edf) in err and "'EEG1'" in err and "mesa: eeg_fz_cz" in err and "channel map" in err
+    assert not (tmp_path / "refused").exists()
+
+    for option in (["--channel-map", str(mesa_folder["map"])], ["--cohort", "mesa"]):
+        out = tmp_path / option[0].strip("-")
+        assert cli_main(["predict", "--model", str(bundle), str(edf), "--annotations", str(mesa_folder["xml"]),
+                         "--out", str(out), *option]) == 0
+        report = json.loads((out / "night1_input_report.json").read_text())
+        assert [(c["role"], c["label"]) for c in report["channels"]] == [("eeg_c4", "EEG3")], option
+
+
+def test_preprocess_nsrr_with_a_channel_map(mesa_folder, tmp_path, ray_local, capsys):
+    common = ["preprocess", "--source", "nsrr", "--root", str(mesa_folder["root"]), "--quiet"]
+    assert cli_main([*common, "--out", str(tmp_path / "without")]) == 1
+    failures = (tmp_path / "without" / "failures.jsonl").read_text()
+    assert "EEG1" in failures and "night1" in failures
+    capsys.readouterr()
+    assert cli_main([*common, "--out", str(tmp_path / "with"), "--channel-map", str(mesa_folder["map"])]) == 0
+    manifest = json.loads((tmp_path / "with" / "manifest.json").read_text())
+    assert manifest["records"]["night1"]["channels"][0]["label"] == "EEG3"
+    assert manifest["config"]["preprocess"]["channel_map"] == {"eeg_c4": ["EEG3"]}
