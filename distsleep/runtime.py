@@ -11,8 +11,10 @@ resolve 127.0.0.1 addresses the same way.
 The console is quiet unless verbose (`--verbose`, or DISTSLEEP_VERBOSE=1 in the environment, which Ray job
 drivers and training workers inherit): our progress bars, rank-0 progress lines and summaries reach it,
 framework chatter stays in Ray's log files (the session's logs/ folder): what Ray Train's controller actors
-print (`quiet_framework_actors`), Ray Train's INFO lines (`distsleep.train.driver`), DeepSpeed's op-build
-lines (`framework_output`) and MLflow's store-setup lines.
+print (`quiet_framework_actors`), Ray Train's INFO lines (`distsleep.train.driver`), what Ray's and
+DeepSpeed's code logs or prints on a training worker (`quiet_worker_console`: the per-report "Reporting
+training result" lines, DeepSpeed's op-build lines; `framework_output` for those printed while an engine is
+built) and MLflow's store-setup lines.
 """
 
 from __future__ import annotations
@@ -78,6 +80,33 @@ def framework_output():
         yield
     for line in captured.getvalue().splitlines():
         logging.getLogger("distsleep.framework").debug("%s", line)
+
+
+class _NotFramework(logging.Filter):
+    """Drops records written from the frameworks' own code (below ERROR): Ray Train's per-report "Reporting
+    training result ..." lines (logged under a file-path logger name, so Ray Train's LoggingConfig level does
+    not reach them) and DeepSpeed's op-build prints (Ray Train turns a worker's print into root-logger
+    records)."""
+
+    PACKAGES = (f"{os.sep}ray{os.sep}", f"{os.sep}deepspeed{os.sep}")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not any(p in record.pathname for p in self.PACKAGES)
+
+
+_NOT_FRAMEWORK = _NotFramework()
+
+
+def quiet_worker_console() -> None:
+    """On a Ray Train worker, unless verbose: the console handlers Ray Train set up skip the frameworks'
+    records (`_NotFramework`); its log files (the session's logs/train/) still get them. Our own lines
+    (distsleep.* loggers) pass."""
+    if verbose():
+        return
+    for logger in (logging.getLogger(), logging.getLogger("ray.train")):
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.addFilter(_NOT_FRAMEWORK)  # once: addFilter skips a filter already there
 
 
 def quiet_framework_actors() -> None:

@@ -32,7 +32,7 @@ from distsleep import store
 from distsleep.cluster.preflight import ClusterCheckError, check_paths_visible, check_resources
 from distsleep.integrity import IntegrityError
 from distsleep.locks import LockHeld
-from distsleep.runtime import VERBOSE_ENV, connect_ray, verbose
+from distsleep.runtime import VERBOSE_ENV, connect_ray, quiet_worker_console, verbose
 from distsleep.shards.loader import load_manifest
 from distsleep.shards.storage import UnsafeEntryError
 from distsleep.store import CredentialsInLocation, check_no_credentials
@@ -283,6 +283,7 @@ def launch(cfg, manifest: dict, loop: Callable[[dict], None], config_key: str, *
 def worker_context(config: dict, use_gpu: bool):
     """(rank, world size, torch device, rank-0 MLflow logger) of a Ray Train worker; `config` carries the
     MLflow run id and tracking URI (workers log with an explicit URI, so they need no environment of their own)."""
+    quiet_worker_console()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     return rank, world, device_of(use_gpu), RunLogger(config["tracking_uri"], config["mlflow_run_id"], enabled=rank == 0)
