@@ -3,7 +3,6 @@ files, folders, checkpoints and a real local MLflow store (runs:/ and a register
 
 from __future__ import annotations
 
-import mlflow
 import pytest
 import torch
 
@@ -12,6 +11,8 @@ from distsleep.bundle import GENERATOR, MODEL, BundleError, load_model, resolve
 from distsleep.config import PreprocessConfig
 from distsleep.models import build_model
 from distsleep.models.mc2sleepnet import MC2SleepNetConfig
+
+from bundle_factory import register_bundle
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +66,7 @@ def test_generator_kind_takes_a_runs_latest_checkpoint(tmp_path, model_file):
 
 
 def test_mlflow_runs_and_registered_models(model_file, tmp_path):
-    uri = f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
-    client = mlflow.MlflowClient(uri, registry_uri=uri)
-    experiment = client.create_experiment("bundles", artifact_location=(tmp_path / "artifacts").resolve().as_uri())
-    run_id = client.create_run(experiment).info.run_id
-    client.log_artifact(run_id, str(model_file), MODEL.folder)
-    client.set_terminated(run_id)
-    client.create_registered_model("stager")
-    client.create_model_version("stager", f"runs:/{run_id}/{MODEL.folder}", run_id=run_id)
-    client.set_registered_model_alias("stager", "best", "1")
+    uri, run_id = register_bundle(model_file, tmp_path)
 
     for source in (run_id, f"runs:/{run_id}", f"runs:/{run_id}/model", f"runs:/{run_id}/model/model.pt",
                    "models:/stager/1", "models:/stager@best"):

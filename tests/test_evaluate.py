@@ -19,7 +19,7 @@ from distsleep.cli import main as cli_main
 from distsleep.night_metrics import SLEEP_STATISTICS
 from distsleep.tracking import KIND_TAG, MODEL_RUN_TAG, MODEL_SOURCE_TAG
 
-from bundle_factory import write_bundle
+from bundle_factory import register_bundle, write_bundle
 
 YASA_LABELS = np.array(["WAKE", "N1", "N2", "N3", "REM"])
 
@@ -109,16 +109,8 @@ def test_a_model_whose_role_has_no_stand_in_is_refused(shards, tmp_path, capsys)
 
 
 def test_a_registered_model_is_evaluated_by_models_uri(shards, tmp_path):
-    bundle = write_bundle(tmp_path / "model.pt")
-    uri = f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
-    client = mlflow.MlflowClient(uri, registry_uri=uri)
-    experiment = client.create_experiment("training", artifact_location=(tmp_path / "artifacts").resolve().as_uri())
-    run_id = client.create_run(experiment).info.run_id
-    client.log_artifact(run_id, str(bundle), MODEL.folder)
-    client.set_terminated(run_id)
-    client.create_registered_model("stager")
-    client.create_model_version("stager", f"runs:/{run_id}/{MODEL.folder}", run_id=run_id)
-    client.set_registered_model_alias("stager", "best", "1")
+    uri, run_id = register_bundle(write_bundle(tmp_path / "model.pt"), tmp_path)
+    client = mlflow.MlflowClient(uri)
 
     out = tmp_path / "eval"
     assert cli_main(["evaluate", "--model", "models:/stager@best", "--shards", str(shards), "--out", str(out),
