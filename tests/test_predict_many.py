@@ -103,3 +103,12 @@ def test_preprocess_nsrr_with_a_channel_map(mesa_folder, tmp_path, ray_local, ca
     manifest = json.loads((tmp_path / "with" / "manifest.json").read_text())
     assert manifest["records"]["night1"]["channels"][0]["label"] == "EEG3"
     assert manifest["config"]["preprocess"]["channel_map"] == {"eeg_c4": ["EEG3"]}
+
+
+def test_options_of_one_recording_are_refused_for_several(staging_cohort, bundle, tmp_path, capsys):
+    """--device and --annotations choose for one recording; with several nights they would be silently ignored."""
+    for option in (["--device", "cpu"], ["--annotations", str(tmp_path / "a.xml")]):
+        assert cli_main(["predict", "--model", str(bundle), str(staging_cohort), "--out", str(tmp_path / "p"),
+                         *option]) == 2
+        assert f"{option[0]} goes with one recording" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()

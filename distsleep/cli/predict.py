@@ -71,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
             return 2
         print(format_summary(result))
         return 0
+    if args.device:
+        print("distsleep predict: error: --device goes with one recording; several nights run as Ray tasks that each "
+              "take a GPU when the cluster has one, else a CPU", file=sys.stderr)
+        return 2
     if args.annotations:
         print("distsleep predict: error: --annotations goes with one recording; for several, annotations are found "
               "beside them or named in --list", file=sys.stderr)
