@@ -10,7 +10,6 @@ else, corruption and half-copied folders.)
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path, PurePosixPath
 
 from distsleep import store
@@ -23,14 +22,6 @@ class IntegrityError(RuntimeError):
     """A file does not match the checksum recorded when it was written (the message names it)."""
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _files(directory: str | Path) -> list[str]:
     """Files under `directory` (relative POSIX paths), checksum files excluded."""
     return [f for f in store.files(directory) if not PurePosixPath(f).match(CHECKSUMS_GLOB)]
@@ -40,7 +31,7 @@ def write_checksums(directory: str | Path, name: str = "checksums.json") -> Path
     """Record the sha256 of every file under `directory` in `directory/name` (call it after the last write)."""
     directory = Path(directory)
     path = directory / name
-    write_json_atomic(path, {"sha256": {f: sha256_file(directory / f) for f in _files(directory)}})
+    write_json_atomic(path, {"sha256": {f: store.sha256(directory / f) for f in _files(directory)}})
     return path
 
 

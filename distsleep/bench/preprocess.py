@@ -25,9 +25,9 @@ import numpy as np
 import ray
 from scipy.signal import resample_poly
 
+from distsleep import store
 from distsleep.bench.load import busy_cores
 from distsleep.config import PreprocessConfig, SplitConfig
-from distsleep.integrity import sha256_file
 from distsleep.metrics import format_values
 from distsleep.shards.convert import convert_record, load_record, record_to_sample, shard_path
 from distsleep.shards.format import write_shard
@@ -119,7 +119,7 @@ def profile_our_path(sources, config, scratch: Path) -> dict[str, float]:
         shard = shard_path(scratch / "profile", source.record_id)
         write_shard(shard, sample)
         t3 = time.perf_counter()
-        sha256_file(shard)
+        store.sha256(shard)
         t4 = time.perf_counter()
         for name, seconds in zip(steps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             steps[name] += seconds / len(sources)

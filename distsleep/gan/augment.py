@@ -39,12 +39,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distsleep import store
 from distsleep.atomic import write_json_atomic
 from distsleep.bundle import GENERATOR, read, resolve
 from distsleep.config import ConfigBase
 from distsleep.gan.data import channel_stats as channel_stats_of
 from distsleep.gan.model import Generator, PhysioGanConfig
-from distsleep.integrity import sha256_file
 from distsleep.shards.augmented import AUGMENTATION_FORMAT, AUGMENTATION_NAME, AugmentationError, check_fits
 from distsleep.shards.format import EVENT_COLUMNS, ShardSample, quantize, write_shard
 from distsleep.shards.loader import load_manifest
@@ -85,7 +85,7 @@ def load_generator(source: str, tracking_uri: str | None = None) -> GeneratorBun
     generator.load_state_dict(bundle["state_dict"])
     generator.eval()
     name = located.name if located.run_id else str(located.path.resolve())
-    return GeneratorBundle(generator, bundle, name, sha256_file(located.path), located.run_id or bundle.get("mlflow_run_id"))
+    return GeneratorBundle(generator, bundle, name, store.sha256(located.path), located.run_id or bundle.get("mlflow_run_id"))
 
 
 def generate(bundle: GeneratorBundle, n: int, stage: str, seed) -> np.ndarray:
@@ -233,7 +233,7 @@ def run_augment(cfg: AugmentConfig) -> AugmentResult:
                                    cfg.channel_stats)
             path = shards_dir / f"{sample.key}.tar"
             write_shard(path, sample)
-            entries.append({"record_id": sample.key, "shard": f"shards/{path.name}", "sha256": sha256_file(path),
+            entries.append({"record_id": sample.key, "shard": f"shards/{path.name}", "sha256": store.sha256(path),
                             "bytes": path.stat().st_size, "n_epochs": n, "stage": stage})
     listed = {Path(e["shard"]).name for e in entries}
     removed = sorted(p.name for p in shards_dir.glob(f"{KEY_PREFIX}*.tar") if p.name not in listed)
@@ -274,6 +274,6 @@ def _complete_existing(manifest_path: Path, request: dict) -> dict | None:
         return None
     for entry in existing.get("shards", []):
         path = manifest_path.parent / entry["shard"]
-        if not path.is_file() or path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+        if not path.is_file() or path.stat().st_size != entry["bytes"] or store.sha256(path) != entry["sha256"]:
             return None
     return existing

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from ray.tune import Callback
 
+from distsleep import store
 from distsleep.atomic import write_json_atomic
-from distsleep.integrity import IntegrityError, sha256_file
+from distsleep.integrity import IntegrityError
 
 STATE_CHECKSUMS = "checksums-tune-state.json"
 TUNER_FILE = "tuner.pkl"
@@ -49,7 +50,7 @@ class StateChecksums(Callback):
         # Tune calls this while saving, after writing the experiment and searcher state to the staging folder.
         if self._staging is not None and Path(self._staging).is_dir():
             staging = Path(self._staging)
-            files = {p.name: sha256_file(p) for pattern in STATE_PATTERNS for p in staging.glob(pattern)}
+            files = {p.name: store.sha256(p) for pattern in STATE_PATTERNS for p in staging.glob(pattern)}
             with self._storage.storage_filesystem.open_input_stream(f"{self._storage.experiment_fs_path}/{TUNER_FILE}") as f:
                 files[TUNER_FILE] = hashlib.sha256(f.read()).hexdigest()
             write_json_atomic(staging / STATE_CHECKSUMS, {"sha256": files})
@@ -81,6 +82,6 @@ def verify_tune_state(experiment: str) -> None:
     for path in newest_state_files(folder):
         if path.name not in recorded:
             raise IntegrityError(f"{path}: Tune state file without a recorded checksum; refusing to load it")
-        if sha256_file(path) != recorded[path.name]:
+        if store.sha256(path) != recorded[path.name]:
             raise IntegrityError(f"{path}: Tune state changed since Tune wrote it (sha256 differs from the recorded "
                                  "one); refusing to load it. Start the sweep under a new --name")
