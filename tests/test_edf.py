@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import edfio
 import mne
 import numpy as np
 import pytest
@@ -54,6 +55,20 @@ def test_signals_match_mne_one_channel_at_a_time(short_psg):
         assert data.shape == (header.n_records * sig.samples_per_record,)
         # float32 precision, far below one digital step (gain): an off-by-one in offset or gain fails
         np.testing.assert_allclose(data, theirs, rtol=1e-6, atol=sig.gain * 1e-3)
+
+
+def test_a_long_signal_is_scaled_exactly_as_the_edf_says(tmp_path):
+    """A night-length signal (read in several chunks) gives float32(digital · gain + offset), computed in
+    float64, for every sample: the chunking changes no value."""
+    rng = np.random.default_rng(7)
+    eeg = np.cumsum(rng.standard_normal(125 * 3600)) * 3.0  # an hour at 125 Hz: 450,000 samples
+    path = write_edf(tmp_path / "long.edf", [signal("EEG", 125, eeg), signal("ECG", 250, rng.standard_normal(250 * 3600), unit="mV")])
+    header = read_header(path)
+    ours = read_signals(path, ["EEG", "ECG"], header)
+    edf = edfio.read_edf(path)
+    for sig, theirs in zip(header.signals, edf.signals, strict=True):
+        expected = (theirs.digital.astype(np.float64) * sig.gain + sig.offset).astype(np.float32)
+        assert ours[sig.label].dtype == np.float32 and np.array_equal(ours[sig.label], expected), sig.label
 
 
 @pytest.mark.realdata

@@ -7,6 +7,8 @@ was cut from, and we can check that the labels, events and uV values belong to e
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import pickle
 import tarfile
@@ -19,7 +21,7 @@ import torch
 import webdataset as wds
 
 from distsleep.errors import MissingChannelError
-from distsleep.shards.format import ShardSample, encode_sample, read_shard, write_shard
+from distsleep.shards.format import ShardSample, encode_sample, read_shard, shard_bytes, write_shard
 from distsleep.shards.loader import (
     LoaderConfig,
     batches_per_epoch,
@@ -106,6 +108,33 @@ def test_shard_reads_back_with_tarfile_and_webdataset(tmp_path):
     assert np.array_equal(back.signals, sample.signals) and back.signals.dtype == np.int16
     assert np.array_equal(back.labels, sample.labels) and np.array_equal(back.events, sample.events)
     assert back.meta == sample.meta
+
+
+@pytest.mark.parametrize("n_epochs, n_channels", [(33, 1), (1080, 2), (0, 1)])
+def test_shard_bytes_are_webdatasets_tar_and_write_shard_reports_them(tmp_path, n_epochs, n_channels):
+    """`shard_bytes` frames the tar itself (to copy the signal once); the bytes must be exactly those of
+    webdataset's TarWriter with np.save'd members, and write_shard's size and sha256 those of the file."""
+    sample = make_sample("shhs1-200001", 1, max(n_epochs, 1))
+    if n_channels > 1:
+        sample.signals = np.concatenate([sample.signals] * n_channels, axis=1)
+    sample.signals, sample.labels, sample.events = (a[:n_epochs] for a in (sample.signals, sample.labels, sample.events))
+
+    def npy(array):
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        return buffer.getvalue()
+
+    stream = io.BytesIO()
+    writer = wds.TarWriter(stream, user="distsleep", group="distsleep", mode=0o444, mtime=0, encoder=False)
+    writer.write({"__key__": sample.key, "signals.npy": npy(sample.signals), "labels.npy": npy(sample.labels),
+                  "events.npy": npy(sample.events), "meta.json": json.dumps(sample.meta, sort_keys=True).encode()})
+    writer.close()
+    assert shard_bytes(sample) == stream.getvalue()
+
+    path = tmp_path / "shhs1-200001.tar"
+    n_bytes, digest = write_shard(path, sample)
+    assert n_bytes == len(stream.getvalue()) == path.stat().st_size
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- manifest

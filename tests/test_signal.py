@@ -18,6 +18,8 @@ from distsleep.signal import percentiles_of_codes, rational_ratio, resample
     (128, 100, 12_800),
     (50, 100, 5_003),  # upsampling
     (100, 100, 1_000),
+    (125, 100, 400_003),  # several chunks of output rows: the middle ones read the input in place
+    (256, 100, 4_300_001),  # a MESA-sized hour and more, 25/64, with a partial last block
 ])
 def test_resample_matches_scipy_resample_poly(fs_from, fs_to, n):
     rng = np.random.default_rng(n)
@@ -41,7 +43,7 @@ def test_resample_keeps_a_tone_and_removes_what_the_new_rate_cannot_hold():
     assert np.sqrt(2 * np.mean(gone[middle] ** 2)) < 0.01  # resample_poly's Kaiser filter: about -55 dB there
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 10, 1001, 200_000])
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 1001, 200_000, 600_001])  # the last: several counting chunks
 def test_percentiles_of_codes_equal_numpy(n):
     codes = np.random.default_rng(n).integers(-32768, 32768, n).astype(np.int16)
     if n > 1000:

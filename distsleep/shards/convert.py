@@ -6,7 +6,6 @@ the benchmark measures it against the naive route.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -190,13 +189,13 @@ def convert_record(source: RecordSource, config: PreprocessConfig, out: str | Pa
     stamp = source_stamp(source)
     record = load_record(source, config)
     sample = record_to_sample(record, config)
-    data = write_shard(shard_path(out, source.record_id), sample)
+    n_bytes, digest = write_shard(shard_path(out, source.record_id), sample)
     summary = {
         "record_id": source.record_id,
         "subject": subject_of(source.record_id, config.source),
         "shard": f"{SHARD_FOLDER}/{source.record_id}.tar",  # relative to the manifest's folder
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "bytes": len(data),
+        "sha256": digest,
+        "bytes": n_bytes,
         "n_epochs": sample.meta["n_epochs"],
         "stages": stage_counts(sample.labels),
         "events": {name: int(sample.events[:, i].sum()) for i, name in enumerate(EVENT_COLUMNS)},

@@ -18,8 +18,11 @@ shard under its final name is always complete.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,41 +56,63 @@ def quantize(x: np.ndarray) -> tuple[np.ndarray, float]:
     return np.rint(scaled, out=scaled).astype(np.int16), scale  # rint = round half to even, like np.round
 
 
-def _npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
+def _npy_parts(array: np.ndarray) -> list:
+    """The .npy file of `array` (what `np.save` writes) as [header, data], the data a view, not a copy."""
+    array = np.ascontiguousarray(array)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
+    return [header.getvalue(), array.reshape(-1).view(np.uint8)]
 
 
-def encode_sample(sample: ShardSample) -> dict:
+def _member_parts(sample: ShardSample) -> dict[str, list]:
     if "." in sample.key:
         raise ValueError(f"sample key {sample.key!r} contains a dot; WebDataset splits keys on dots")
     return {
-        "__key__": sample.key,
-        "signals.npy": _npy(sample.signals.astype(np.int16)),
-        "labels.npy": _npy(sample.labels.astype(np.int8)),
-        "events.npy": _npy(sample.events.astype(np.uint8)),
-        "meta.json": json.dumps(sample.meta, sort_keys=True).encode(),
+        "signals.npy": _npy_parts(sample.signals.astype(np.int16, copy=False)),
+        "labels.npy": _npy_parts(sample.labels.astype(np.int8, copy=False)),
+        "events.npy": _npy_parts(sample.events.astype(np.uint8, copy=False)),
+        "meta.json": [json.dumps(sample.meta, sort_keys=True).encode()],
     }
 
 
+def encode_sample(sample: ShardSample) -> dict:
+    """The sample as WebDataset's member dict: `__key__` and the bytes of each member."""
+    members = {name: b"".join(parts) for name, parts in _member_parts(sample).items()}
+    return {"__key__": sample.key, **members}
+
+
 def shard_bytes(sample: ShardSample) -> bytes:
-    """The tar of one sample (the same bytes for the same sample)."""
-    stream = io.BytesIO()
-    writer = wds.TarWriter(stream, user="distsleep", group="distsleep", mode=0o444, mtime=0, encoder=False)
-    writer.write(encode_sample(sample))
-    writer.close()
-    return stream.getvalue()
+    """The tar of one sample (the same bytes for the same sample): exactly what webdataset's
+    `TarWriter(user="distsleep", group="distsleep", mode=0o444, mtime=0)` writes (ustar, members sorted by
+    name, 512-byte blocks, two zero blocks and padding to tar's 10,240-byte record at the end; a test holds
+    the two equal). Framed here so that the night's signal is copied once, into the returned bytes, instead
+    of through np.save's and tarfile's buffers: a quarter of the time of building a shard."""
+    parts = []
+    for name, member in sorted(_member_parts(sample).items()):
+        info = tarfile.TarInfo(f"{sample.key}.{name}")
+        info.size = sum(len(part) for part in member)
+        info.mtime, info.mode, info.uname, info.gname = 0, 0o444, "distsleep", "distsleep"
+        parts.append(info.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape"))
+        parts += member
+        parts.append(tarfile.NUL * (-info.size % tarfile.BLOCKSIZE))
+    parts.append(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
+    size = sum(len(part) for part in parts)
+    parts.append(tarfile.NUL * (-size % tarfile.RECORDSIZE))
+    return b"".join(parts)
 
 
-def write_shard(location: str | Path, sample: ShardSample) -> bytes:
+def write_shard(location: str | Path, sample: ShardSample) -> tuple[int, str]:
     """Write one sample to `location` (a path or an object-store URL) whole or not at all (`store.write_bytes`);
-    returns the bytes written."""
+    returns the size and the sha256 of the bytes written. The checksum is computed in a second thread while
+    the bytes go to storage (hashing and writing both release the GIL), so it hides behind the fsync or the
+    upload instead of adding to them."""
     from distsleep.store import write_bytes
 
     data = shard_bytes(sample)
-    write_bytes(location, data)
-    return data
+    with ThreadPoolExecutor(1) as pool:
+        digest = pool.submit(lambda: hashlib.sha256(data).hexdigest())
+        write_bytes(location, data)
+        return len(data), digest.result()
 
 
 def _load_npy(raw: bytes) -> np.ndarray:
