@@ -39,6 +39,10 @@ class AnnotationError(InputError):
     """The annotation file (NSRR/Profusion XML, EDF+ hypnogram) is unreadable or inconsistent."""
 
 
+class SamplingRateError(InputError):
+    """A channel is sampled too slowly for what the configuration asks of it (a band-pass above its Nyquist rate)."""
+
+
 class LengthMismatchError(InputError):
     """Signal and annotations disagree about the length of the night by more than one epoch."""
 

@@ -312,3 +312,22 @@ def test_sleep_edf_source_on_real_files(shared_data, ray_local, tmp_path):
 
     source = read_signals(root / "SC4001E0-PSG.edf", ["EEG Fpz-Cz"])["EEG Fpz-Cz"]
     np.testing.assert_allclose(sample.physical().reshape(-1), source, atol=sample.meta["scale_uv"][0] / 2 + 1e-4)
+
+
+@pytest.mark.realdata
+def test_a_band_pass_above_a_channels_nyquist_rate_is_refused_by_name(shared_data, tmp_path):
+    """Sleep-EDF's EMG is a 1-Hz envelope: the multimodal recipe's 25-49 Hz band cannot be applied to it. The
+    record fails with the file, the channel and both rates named (not scipy's "Wn[0] must be less than Wn[1]"),
+    nothing is written, and without the EMG the same recording converts."""
+    from distsleep.errors import SamplingRateError
+    from distsleep.shards.convert import RecordSource, convert_record
+
+    folder = shared_data / "sleep-edf"
+    source = RecordSource("SC4001E0", str(folder / "short_psg.edf"), str(folder / "SC4001EC-Hypnogram.edf"))
+    with pytest.raises(SamplingRateError, match=r"short_psg\.edf: channel 'EMG submental' \(role emg\) is sampled "
+                                                r"at 1 Hz, too slowly for its 25-49 Hz band-pass"):
+        convert_record(source, PreprocessConfig.multimodal("sleep-edf"), tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    without_emg = PreprocessConfig.multimodal("sleep-edf", channels=("eeg_fpz_cz", "eeg_pz_oz", "eog"))
+    summary = convert_record(source, without_emg, tmp_path / "converted")
+    assert [c["bandpass_hz"] for c in summary["channels"]] == [[0.5, 40.0]] * 3

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import signal as sps
 
 from distsleep.config import PreprocessConfig
-from distsleep.errors import AnnotationError
+from distsleep.errors import AnnotationError, SamplingRateError
 from distsleep.shards.format import EVENT_COLUMNS, ShardSample, quantize, write_shard
 from distsleep.signal import percentiles_of_codes, resample
 from distsleep.sources.record import Event, Record
@@ -60,9 +60,12 @@ def wake_trim_range(stages: np.ndarray, minutes: float | None, epoch_seconds: fl
     return max(0, int(asleep[0]) - margin), min(n, int(asleep[-1]) + 1 + margin)
 
 
+BAND_EDGE = 0.45  # a band-pass stops at this fraction of the native rate (just under its Nyquist rate)
+
+
 def bandpass(x: np.ndarray, rate: float, band: tuple[float, float]) -> np.ndarray:
     """Zero-phase 4th-order Butterworth band-pass at the native rate (before resampling)."""
-    high = min(band[1], 0.45 * rate)
+    high = min(band[1], BAND_EDGE * rate)
     sos = sps.butter(4, [band[0], high], btype="band", fs=rate, output="sos")
     return sps.sosfiltfilt(sos, x).astype(np.float32)
 
@@ -116,6 +119,19 @@ def event_flags(events: list[Event], n_epochs: int, epoch_seconds: float, offset
         last = min(n_epochs, int(np.ceil(stop / epoch_seconds)))
         flags[first:last, column] = 1
     return flags
+
+
+def check_bands(record: Record, config: PreprocessConfig, path: str | Path) -> None:
+    """Refuse a band-pass that a channel's native rate cannot carry, naming the file, channel and rates
+    (Sleep-EDF's EMG is a 1-Hz envelope; SynthSleepNet's recipe asks 25-49 Hz of it), instead of failing
+    inside scipy's filter design."""
+    for role in config.channels:
+        band, channel = config.band_for(role), record.channels[role]
+        if band is not None and band[0] >= BAND_EDGE * channel.rate:
+            raise SamplingRateError(path, f"channel {channel.label!r} (role {role}) is sampled at {channel.rate:g} Hz, "
+                                          f"too slowly for its {band[0]:g}-{band[1]:g} Hz band-pass (which needs more "
+                                          f"than {band[0] / BAND_EDGE:.4g} Hz); leave the role out or choose another "
+                                          "band or filter recipe")
 
 
 def record_to_sample(record: Record, config: PreprocessConfig) -> ShardSample:
@@ -188,6 +204,7 @@ def convert_record(source: RecordSource, config: PreprocessConfig, out: str | Pa
     """
     stamp = source_stamp(source)
     record = load_record(source, config)
+    check_bands(record, config, source.signal_path)
     sample = record_to_sample(record, config)
     n_bytes, digest = write_shard(shard_path(out, source.record_id), sample)
     summary = {
