@@ -44,6 +44,21 @@ def test_logger_survives_a_lost_server(tmp_path):
     assert len(mlflow.MlflowClient(uri).get_metric_history(run_id, "loss")) == 1
 
 
+def test_metric_rows_keep_each_steps_values_beyond_one_writes_limit(tmp_path):
+    """A window of steps goes to MLflow in as few writes as its 1,000-metric limit allows; every value keeps
+    its own step."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id, _ = find_or_create_run(uri, "exp", "run-rows")
+    logger = RunLogger(uri, run_id)
+    logger.metric_rows([(step, {"loss": 1.0 / step, "lr": step * 1e-3, "skipped": None}) for step in range(1, 601)])
+    logger.flush()
+    store = mlflow.MlflowClient(uri)
+    loss = sorted((m.step, m.value) for m in store.get_metric_history(run_id, "loss"))
+    assert loss == [(step, 1.0 / step) for step in range(1, 601)]
+    assert len(store.get_metric_history(run_id, "lr")) == 600 and logger.failures == 0
+    assert store.get_metric_history(run_id, "skipped") == []
+
+
 def test_unfinished_run_is_resumed_and_finished_run_is_not(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first, resumed = find_or_create_run(uri, "exp", "name-x", tags={"k": "v"})

@@ -214,10 +214,9 @@ def train_loop_per_worker(config: dict) -> None:
         nonlocal tick, tick_step
         rows = pending.drain()  # waits for the GPU: the time below covers the steps' real work
         now = time.perf_counter()
-        if rows and rank == 0:
-            for at, values in rows:
-                tracker.metrics({**values, "lr": lrs.pop(at)}, at)
-            tracker.metrics({"epochs_per_s": epochs_per_batch * (step - tick_step) / (now - tick)}, step)
+        if rows and rank == 0:  # one MLflow write for the window
+            tracker.metric_rows([(at, {**values, "lr": lrs.pop(at)}) for at, values in rows]
+                                + [(step, {"epochs_per_s": epochs_per_batch * (step - tick_step) / (now - tick)})])
         lrs.clear()
         tick, tick_step = now, step
 
