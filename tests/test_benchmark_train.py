@@ -45,6 +45,17 @@ def test_report_formats_without_ray_or_gpu(shards, tmp_path):
     assert "GPU figure" in printed and "not measured" in printed
 
 
+def test_the_deepspeed_step_gets_its_own_row_between_plain_and_ray(shards, tmp_path):
+    """With the reference loop in its own process, each repeat also times the trainer's DeepSpeed step without
+    Ray, so that the Ray path's overhead splits into DeepSpeed's share and the rest."""
+    result = measure_train(shards, tmp_path, model_size="small", batch_size=4, seq_len=5, steps=2, warmup=1,
+                           workers=[], loader_workers=0, use_gpu=False, repeats=1)
+    assert len(result["engine"]["runs"]) == 1 and result["engine"]["epochs_per_s"] > 0
+    assert result["overhead_engine"] == pytest.approx(1 - result["engine"]["epochs_per_s"] / result["plain"]["epochs_per_s"])
+    assert len(result["background_busy_cores"]["engine"]) == 1
+    assert "DeepSpeed step, no Ray (1 process)" in format_train(result)
+
+
 def test_trainer_step_in_bf16_with_compile_checkpoints_and_loads_strictly(shards, tmp_path):
     """The trainer's own DeepSpeed engine (bf16 autocast, compiled in place) for a few steps on the CPU: finite
     losses and weights, an exact checkpoint round trip, and weights that load strictly into a fresh model

@@ -115,11 +115,13 @@ def _combine(runs: list[dict]) -> dict:
 def measure_train(shards: str | Path, scratch: str | Path, *, model_size: str, batch_size: int, seq_len: int, steps: int,
                   warmup: int, workers: list[int], loader_workers: int = 1, use_gpu: bool = False, log_every: int = 10,
                   repeats: int = 1, plain_in_subprocess: bool = True, precision: str = "auto",
-                  compile: bool = False) -> dict:
+                  compile: bool = False, engine_row: bool = True) -> dict:
     """Every figure of `benchmark.py train` as a dict (JSON-serializable).
 
-    Each repeat runs the plain loop, then the Ray path at each worker count (interleaved, so that slow
-    drifts of the machine hit every path alike); each row is the median over the repeats."""
+    Each repeat runs the plain loop, the trainer's DeepSpeed step without Ray (`engine_row`; in its own
+    process, so only with `plain_in_subprocess`), then the Ray path at each worker count (interleaved, so
+    that slow drifts of the machine hit every path alike); each row is the median over the repeats. The
+    engine row splits the Ray path's overhead into DeepSpeed's share and the rest (Ray Train, MLflow)."""
     scratch = Path(scratch)
     gpus = torch.cuda.device_count() if use_gpu else 0
     result: dict = {
@@ -145,8 +147,9 @@ def measure_train(shards: str | Path, scratch: str | Path, *, model_size: str, b
         if "error" in result:
             raise RuntimeError(f"the plain training loop failed: {result['error']}")
         return result
-    background: dict[str, list] = {"plain": [], **{f"ray{n}": [] for n in workers}}
-    runs: dict[str, list] = {"plain": [], **{str(n): [] for n in workers}}
+    engine_row = engine_row and plain_in_subprocess
+    background: dict[str, list] = {"plain": [], **({"engine": []} if engine_row else {}), **{f"ray{n}": [] for n in workers}}
+    runs: dict[str, list] = {"plain": [], **({"engine": []} if engine_row else {}), **{str(n): [] for n in workers}}
 
     started = bool(workers) and not ray.is_initialized()
     if workers:
@@ -156,6 +159,12 @@ def measure_train(shards: str | Path, scratch: str | Path, *, model_size: str, b
         for repeat in range(repeats):
             background["plain"].append(busy_cores(1.0))
             runs["plain"].append(run_plain(plain_cfg, steps, warmup))
+            if engine_row:
+                background["engine"].append(busy_cores(1.0))
+                engine = run_isolated("engine", plain_cfg, steps, warmup)
+                if "error" in engine:
+                    raise RuntimeError(f"the trainer's DeepSpeed step failed: {engine['error']}")
+                runs["engine"].append({**engine, "workers": 1})
             for n in workers:
                 background[f"ray{n}"].append(busy_cores(1.0))
                 cfg = bench_train_config(shards, scratch, workers=n, name=f"benchmark-train-{n}w-{repeat}", **common)
@@ -165,6 +174,9 @@ def measure_train(shards: str | Path, scratch: str | Path, *, model_size: str, b
             ray.shutdown()
     result["background_busy_cores"] = background
     result["plain"] = _combine(runs.pop("plain"))
+    if engine_row:
+        result["engine"] = _combine(runs.pop("engine"))
+        result["overhead_engine"] = 1 - result["engine"]["epochs_per_s"] / result["plain"]["epochs_per_s"]
     result["ray"] = {n: _combine(ray_runs) for n, ray_runs in runs.items()}
 
     plain, ray1 = result["plain"], result["ray"].get("1")
@@ -289,6 +301,8 @@ def format_train(result: dict) -> str:
                 f"{run['epochs_per_s_mean']:>9.1f}{run['s_per_step']:>9.3f}{overhead:>10}{scaling:>8}{rss:>17}")
 
     lines.append(row("plain PyTorch loop (1 process)", plain, "-", "-"))
+    if "engine" in result:
+        lines.append(row("DeepSpeed step, no Ray (1 process)", result["engine"], f"{result['overhead_engine']:.1%}", "-"))
     for n, run in result["ray"].items():
         overhead = f"{result['overhead']:.1%}" if n == "1" and "overhead" in result else "-"
         scaling = f"{run['scaling']:.2f}x" if "scaling" in run and n != "1" else "-"
@@ -301,6 +315,10 @@ def format_train(result: dict) -> str:
         per_repeat = ", ".join(f"{x:.1%}" for x in result["overhead_per_repeat"])
         lines.append(f"overhead at 1 worker: 1 - {result['ray']['1']['epochs_per_s']:.1f} / {plain['epochs_per_s']:.1f} "
                      f"= {result['overhead']:.1%} (from the means: {result['overhead_mean']:.1%}; each repeat: {per_repeat})")
+        if "engine" in result:
+            rest = 1 - result["ray"]["1"]["epochs_per_s"] / result["engine"]["epochs_per_s"]
+            lines.append(f"  of which DeepSpeed's step (the same step without Ray): {result['overhead_engine']:.1%}; "
+                         f"the rest (the Ray Train worker, MLflow logging, Ray's own processes on these cores): {rest:.1%}")
     if "2" in result["ray"]:
         lines.append(f"scaling: {result['ray']['2']['scaling']:.2f}x epochs/s with 2 workers vs 1 (per-worker batch fixed, so "
                      f"the global batch doubles). This machine has {result['cpu_count']} cores: 2 workers, each with "
