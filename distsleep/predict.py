@@ -470,7 +470,7 @@ def predict_recording(bundle_source: str | os.PathLike | LoadedModel, recording:
                                   channel_map=channel_map)
     else:
         record = _load_unlabelled(recording, reader, roles, record_id, channel_map)
-    sample = record_to_sample(record, config)
+    sample = record_to_sample(record, config, recording)
     signals = sample.physical()  # exactly what the training loader feeds: dequantised int16, uV
     if bundle.get("normalization", "uv") == "robust":
         # The loader's robust scaling: this night's own per-channel median and IQR (from preprocessing).

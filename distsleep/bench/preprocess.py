@@ -114,7 +114,7 @@ def profile_our_path(sources, config, scratch: Path) -> dict[str, float]:
         t0 = time.perf_counter()
         record = load_record(source, config)
         t1 = time.perf_counter()
-        sample = record_to_sample(record, config)
+        sample = record_to_sample(record, config, source.signal_path)
         t2 = time.perf_counter()
         write_shard(shard_path(scratch / "profile", source.record_id), sample)
         t3 = time.perf_counter()

@@ -232,9 +232,9 @@ def run_augment(cfg: AugmentConfig) -> AugmentResult:
             sample = pseudo_record(bundle, stage, index, n, cfg.seed, manifest.get("config_hash", ""), target_rate,
                                    cfg.channel_stats)
             path = shards_dir / f"{sample.key}.tar"
-            write_shard(path, sample)
-            entries.append({"record_id": sample.key, "shard": f"shards/{path.name}", "sha256": store.sha256(path),
-                            "bytes": path.stat().st_size, "n_epochs": n, "stage": stage})
+            n_bytes, digest = write_shard(path, sample)
+            entries.append({"record_id": sample.key, "shard": f"shards/{path.name}", "sha256": digest,
+                            "bytes": n_bytes, "n_epochs": n, "stage": stage})
     listed = {Path(e["shard"]).name for e in entries}
     removed = sorted(p.name for p in shards_dir.glob(f"{KEY_PREFIX}*.tar") if p.name not in listed)
     for name in removed:

@@ -134,7 +134,10 @@ def check_bands(record: Record, config: PreprocessConfig, path: str | Path) -> N
                                           "band or filter recipe")
 
 
-def record_to_sample(record: Record, config: PreprocessConfig) -> ShardSample:
+def record_to_sample(record: Record, config: PreprocessConfig, path: str | Path) -> ShardSample:
+    """The shard sample of `record` under `config` (preprocessing and predict both build it here); `path`,
+    the recording's file, is what errors name."""
+    check_bands(record, config, path)
     start, stop = wake_trim_range(record.stages, config.trim_wake_minutes, config.epoch_seconds)
     n_epochs = stop - start
     columns, scales, channel_meta, stats = [], [], [], []
@@ -204,8 +207,7 @@ def convert_record(source: RecordSource, config: PreprocessConfig, out: str | Pa
     """
     stamp = source_stamp(source)
     record = load_record(source, config)
-    check_bands(record, config, source.signal_path)
-    sample = record_to_sample(record, config)
+    sample = record_to_sample(record, config, source.signal_path)
     n_bytes, digest = write_shard(shard_path(out, source.record_id), sample)
     summary = {
         "record_id": source.record_id,
