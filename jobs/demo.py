@@ -50,6 +50,8 @@ def _step(n: int, text: str) -> None:
 def _report(outcome, label: str) -> None:
     m = outcome.metrics
     f1 = format_values([(s, m.get(f"test_f1_{s}", float("nan"))) for s in STAGE_NAMES], ".2f")
+    if not outcome.trained:
+        label += " (already finished in this --workdir; not trained again)"
     print(f"{label}: test accuracy {m['test_accuracy']:.3f}  macro-F1 {m['test_macro_f1']:.3f}  "
           f"kappa {m['test_kappa']:.3f}  |  F1 {f1}")
 

@@ -191,7 +191,7 @@ def test_relaunching_the_same_name_resumes(trained, shards):
     # One worker this time: every rank holds the same weights, so rank 0's checkpoint fits any world size.
     outcome = run_gan_training(dataclasses.replace(cfg, max_steps=25, num_workers=1))
     state = json.loads((Path(outcome.checkpoint) / "trainer_state.json").read_text())
-    assert state == {"step": 25, "resumes": 1}
+    assert state == {"step": 25, "resumes": 1, "mlflow_run_id": outcome.run_id}
     client = mlflow.MlflowClient(cfg.tracking_uri)
     # The first run finished, so the relaunch is a new MLflow run that continues the step count.
     steps = [m.step for m in client.get_metric_history(outcome.run_id, "loss_generator")]
@@ -199,6 +199,10 @@ def test_relaunching_the_same_name_resumes(trained, shards):
     resumed = client.get_run(outcome.run_id).data
     assert resumed.metrics["resumes"] == 1 and resumed.params["gan.max_steps"] == "25"
     assert "psd_distance_db" in outcome.metrics
+    # Launched again as it is, the finished run is returned, not trained into yet another MLflow run.
+    again = run_gan_training(dataclasses.replace(cfg, max_steps=25, num_workers=1))
+    assert (again.run_id, again.checkpoint) == (outcome.run_id, outcome.checkpoint)
+    assert [m.step for m in client.get_metric_history(outcome.run_id, "loss_generator")] == steps
 
 
 @pytest.mark.slow

@@ -185,6 +185,20 @@ def test_finetune_from_pretraining(shards, tmp_path):
     assert predicted.n_epochs > 0 and predicted.probabilities.shape == (predicted.n_epochs, 5)
     cfg = tiny(shards, tmp_path, name="fine", stage="finetune", init_from=pre.run_id, max_steps=30, val_every=30)
     outcome = run_training(cfg)
+    # Relaunching both finished runs (a second `make demo`) returns them as they are: no step trained, no new
+    # MLflow run, so the fine-tuning's --init-from still names the pre-training run its identity records.
+    tracking = mlflow.MlflowClient(cfg.tracking_uri)
+    experiment = tracking.get_run(outcome.run_id).info.experiment_id
+    runs_before = tracking.search_runs([experiment])
+    pre_again = run_training(tiny(shards, tmp_path, name="pre", max_steps=30, val_every=30, num_workers=1, compile=True,
+                                  compile_backend="aot_eager"))
+    assert (pre_again.run_id, pre_again.trained) == (pre.run_id, False)
+    assert pre_again.metrics["test_accuracy"] == pre.metrics["test_accuracy"]
+    assert pre_again.best_checkpoint == pre.best_checkpoint
+    again = run_training(cfg)
+    assert (again.run_id, again.trained, again.checkpoint) == (outcome.run_id, False, outcome.checkpoint)
+    runs_after = tracking.search_runs([experiment])
+    assert sorted(r.info.run_id for r in runs_after) == sorted(r.info.run_id for r in runs_before)
     run = mlflow.MlflowClient(cfg.tracking_uri).get_run(outcome.run_id)
     assert run.data.tags["stage"] == "finetune"
     assert int(run.data.tags["trainable_parameters"]) < int(run.data.tags["parameters"])

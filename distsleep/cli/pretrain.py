@@ -52,7 +52,8 @@ def run(args: argparse.Namespace, stage: str | None = None) -> int:
     m = outcome.metrics
     summary = format_values([(k.removeprefix("test_"), m[k]) for k in TEST_SUMMARY if k in m], ".3f")
     per_class = format_values([(s, m[f"test_f1_{s}"]) for s in STAGE_NAMES if f"test_f1_{s}" in m], ".2f")
-    print(f"{'resumed and finished' if outcome.resumed else 'finished'} run {config.name!r} ({config.task}): test {summary}")
+    status = "already finished, not trained again:" if not outcome.trained else "resumed and finished" if outcome.resumed else "finished"
+    print(f"{status} run {config.name!r} ({config.task}): test {summary}")
     if per_class:
         print(f"  test F1 per stage: {per_class}")
     print(f"checkpoints: {outcome.storage} (best: {outcome.best_checkpoint})")

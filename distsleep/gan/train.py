@@ -19,7 +19,7 @@ keeps every rank's weights identical.
 Checkpoint (every `checkpoint_every` generator steps and at the end, written by rank 0):
     gan_state.pt        generator, critic, both optimizers, step (torch.load(weights_only=True))
     generator.pt        the generator bundle (`distsleep.bundle.generator_bundle`), so a checkpoint can feed `augment`
-    trainer_state.json  step and resume count
+    trainer_state.json  step, resume count and the MLflow run id (`driver.finished_launch`)
 
 MLflow (rank 0): the config as params; per logged step loss_critic, loss_generator, loss_adversarial,
 loss_spectral, loss_moment, gradient_penalty, wasserstein_estimate (critic score of real minus generated
@@ -247,7 +247,7 @@ def gan_loop_per_worker(config: dict) -> None:
                             "opt_generator": opt_g.state_dict(), "opt_critic": opt_d.state_dict(),
                             "step": state["step"], "resumes": state["resumes"]}, Path(directory) / STATE_FILE)
                 torch.save(bundle(), Path(directory) / GENERATOR.file)
-                (Path(directory) / "trainer_state.json").write_text(json.dumps(state))
+                (Path(directory) / "trainer_state.json").write_text(json.dumps({**state, "mlflow_run_id": run_id}))
                 write_checksums(directory)
             ray.train.report({"step": state["step"], **metrics},
                              checkpoint=ray.train.Checkpoint.from_directory(directory) if rank == 0 else None)

@@ -9,7 +9,8 @@ rank, device and rank-0 MLflow logger (`worker_context`).
 
 A run is identified by its name under the storage path. Launching a name whose run directory already
 holds checkpoints resumes from the latest one (Ray Train V2 restores the run from
-RunConfig(storage_path, name)); the MLflow run of an unfinished launch is reused too.
+RunConfig(storage_path, name)); the MLflow run of an unfinished launch is reused too, and a run that has
+already finished (its max steps reached, its MLflow run FINISHED) is returned as it is, not trained again.
 
 Console: Ray Train's own INFO lines (every report of every rank, checkpoint and worker-group messages) stay
 in Ray's log files (ray-train-sys-*.log under the session's logs/train/) unless the console is verbose
@@ -74,13 +75,19 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {_first_line(error)}"
 
 
-def _last_checkpoint_step(storage: str) -> int | None:
+def last_checkpoint_state(storage: str) -> dict | None:
+    """The trainer_state.json of the run's latest readable checkpoint (Ray names them by time), or None."""
     for name in reversed(store.children(storage, "checkpoint_*")):
         try:
-            return store.read_json(store.join(storage, name, "trainer_state.json")).get("step")
+            return store.read_json(store.join(storage, name, "trainer_state.json"))
         except (OSError, ValueError):
             continue
     return None
+
+
+def _last_checkpoint_step(storage: str) -> int | None:
+    state = last_checkpoint_state(storage)
+    return None if state is None else state.get("step")
 
 
 def failure_message(cfg, error: BaseException, storage: str) -> str:
@@ -237,13 +244,15 @@ def fit_tracked(trainer, cfg, run_id: str, tracking_uri: str, storage: str):
 
 @dataclass
 class Launched:
-    """What `launch` returns: the MLflow run, whether it was resumed, Ray Train's result and the logged metrics."""
+    """What `launch` returns: the MLflow run, whether it was resumed, Ray Train's result and the logged metrics;
+    `trained` is False when the launch found the run already finished and returned it as it was."""
 
     run_id: str
     resumed: bool
     result: Any  # ray.train.Result
     logged: dict
     storage: str
+    trained: bool = True
 
     @property
     def metrics(self) -> dict:
@@ -254,19 +263,49 @@ class Launched:
         return self.result.checkpoint.path if self.result.checkpoint else None
 
 
+def finished_launch(cfg, storage: str, tracking_uri: str) -> Launched | None:
+    """The run under this name as it stands, when a relaunch has nothing left to do: its latest checkpoint
+    reached `cfg.max_steps` (or stopped early) and the MLflow run that wrote it is FINISHED with its bundle.
+
+    Without this, Ray Train would restore that checkpoint, train no step, evaluate the test set again and log
+    it all to a new MLflow run (the finished one is never reopened), so that whatever started from the
+    first run id (a fine-tuning's --init-from) would no longer match its own identity. A larger --max-steps
+    still continues the run, into a new MLflow run; a launch whose last attempt did not finish (its bundle not
+    confirmed, say) still resumes and uploads again. Checkpoints written before the MLflow run id was kept in
+    trainer_state.json are relaunched as before."""
+    state = last_checkpoint_state(storage)
+    run_id = (state or {}).get("mlflow_run_id")
+    if not run_id or not (state.get("stopped_early") or state.get("step", 0) >= cfg.max_steps):
+        return None
+    try:
+        run = client(tracking_uri).get_run(run_id)
+    except Exception:  # another tracking store, or the run deleted: train it as any other launch would
+        return None
+    if run.info.status != "FINISHED" or BUNDLE_TAG not in run.data.tags:
+        return None
+    result = ray.train.Result.from_path(storage)
+    log.info("run %r already finished at step %s (MLflow run %s): not trained again; raise --max-steps to continue "
+             "it, or choose a new --name", cfg.name, state["step"], run_id)
+    return Launched(run_id, True, result, dict(run.data.metrics), storage, trained=False)
+
+
 def launch(cfg, manifest: dict, loop: Callable[[dict], None], config_key: str, *, tracking_uri: str, tags: dict,
            address: str | None = None, check_cluster: bool = True, inputs=(), augmentations=(),
            checkpoint_config: CheckpointConfig, callbacks: list | None = None,
            display_name: str | None = None) -> Launched:
     """The driver steps after the job's own preflight: connect, check the cluster (unless the caller did, as a
-    sweep does for all of its trials), then, holding the run's launch guard, the MLflow run (found or created,
-    tagged `tags`) and `fit()` of `loop` with `{config_key: cfg.to_dict(), mlflow_run_id, tracking_uri,
-    mlflow_new_run}` as its config."""
+    sweep does for all of its trials), then, holding the run's launch guard, either the run as it stands when
+    it has already finished (`finished_launch`), or the MLflow run (found or created, tagged `tags`) and
+    `fit()` of `loop` with `{config_key: cfg.to_dict(), mlflow_run_id, tracking_uri, mlflow_new_run}` as its
+    config."""
     connect_ray(address)
     if check_cluster:
         cluster_preflight(cfg, tracking_uri, inputs=inputs)
     storage = run_storage(cfg.storage_path, cfg.name)
     with guarded_launch(cfg, manifest, storage, augmentations):  # one launch per name, the same run, verified checkpoints
+        done = finished_launch(cfg, storage, tracking_uri)
+        if done is not None:
+            return done
         run_id, resumed = find_or_create_run(tracking_uri, cfg.experiment, cfg.name, cfg.parent_run_id, tags,
                                              display_name)
         loop_config = {config_key: cfg.to_dict(), "mlflow_run_id": run_id, "tracking_uri": tracking_uri,

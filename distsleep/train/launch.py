@@ -32,6 +32,7 @@ class TrainingOutcome:
     checkpoint: str | None
     best_checkpoint: str | None
     storage: str
+    trained: bool = True  # False: the run had already finished and was returned as it was
 
 
 def preflight(cfg: TrainConfig) -> dict:
@@ -95,4 +96,5 @@ def run_training(cfg: TrainConfig, address: str | None = None, *, callbacks: lis
                    key=lambda pair: pair[1].get(f"val_{cfg.select_metric}", float("-inf")))[0].path
     # The run's final numbers (test metrics of the best checkpoint) as logged by rank 0.
     return TrainingOutcome(run_id=run.run_id, tracking_uri=tracking_uri, resumed=run.resumed, metrics=run.metrics,
-                           checkpoint=run.checkpoint, best_checkpoint=best, storage=run.storage)
+                           checkpoint=run.checkpoint, best_checkpoint=best, storage=run.storage,
+                           trained=run.trained)

@@ -5,7 +5,7 @@ happen the same number of times on every rank; console output and MLflow logging
 
 Checkpoint (one per validation, reported by every rank into one merged directory):
     ds/...             DeepSpeed engine state (each rank writes its own ZeRO partition files)
-    trainer_state.json step, best validation metric and step, patience counter (rank 0)
+    trainer_state.json step, best validation metric and step, patience counter, MLflow run id (rank 0)
     best_model.pt      fp32 weights of the best validation so far (rank 0), so a resumed run still
                        evaluates and exports the best model, not the last one
     checksums-rankR.json  sha256 of the files rank R wrote; verified before a resume loads anything (DeepSpeed
@@ -153,6 +153,7 @@ def train_loop_per_worker(config: dict) -> None:
                 best_weights = bundle.load_file(Path(directory) / bundle.MODEL.checkpoint_weights)
         _log(rank, f"resumed from checkpoint at step {state['step']} (resume #{state['resumes']})")
         tracker.metrics({"resumes": state["resumes"]}, state["step"])
+    state["mlflow_run_id"] = config["mlflow_run_id"]  # which run its checkpoints belong to (`driver.finished_launch`)
     # Params go to each MLflow run once: a relaunch of an interrupted run reuses its run (already has them);
     # continuing a finished run (e.g. with a larger --max-steps) opens a new run, which needs them.
     if rank == 0 and config.get("mlflow_new_run", checkpoint is None):
