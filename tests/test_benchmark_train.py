@@ -7,12 +7,14 @@ comparison needs a Ray cluster of its own, so it is not run here.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from distsleep.bench.engine import check_plan, format_result, measure_plain, run_isolated
-from distsleep.bench.train import bench_train_config, format_train, make_train_shards, measure_train
+from distsleep.bench.load import settle
+from distsleep.bench.train import bench_train_config, format_train, in_windows, make_train_shards, measure_train
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +73,24 @@ def test_trainer_step_in_bf16_with_compile_checkpoints_and_loads_strictly(shards
     assert result["strict_load"] == "ok"
     assert result["profile"] and all(row["calls"] >= 1 for row in result["profile"])
     assert "strict load ok" in format_result({"changes": {}, **result})
+
+
+def test_single_process_rows_are_read_in_the_ray_paths_windows():
+    """The Ray path can only be read as one mean per `log_every` steps (what the loop logs), so the plain and
+    engine rows are taken the same way: the median of the window means, not of single steps."""
+    seconds = [0.1, 0.1, 0.1, 0.4, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.7]  # a slow step in windows 1 and 3
+    run = {"epochs_per_s": 20 / 0.1, "s_per_step": 0.1, "step_seconds": seconds, "timed_steps": 12}
+    windowed = in_windows(run, 4)
+    assert windowed["s_per_step"] == pytest.approx(0.175)  # windows 0.175, 0.1, 0.25
+    assert windowed["epochs_per_s"] == pytest.approx(20 / 0.175) and windowed["epochs_per_s_per_step"] == 200
+    assert windowed["epochs_per_s_mean"] == pytest.approx(20 * 12 / sum(seconds))
+    assert windowed["step_seconds"] == seconds and windowed["timed_steps"] == 12
+
+
+def test_settle_gives_up_after_its_timeout():
+    started = time.monotonic()
+    busy = settle(quiet=-1.0, window=0.1, timeout=0.3)  # never quiet enough: returns at the timeout
+    assert busy is not None and busy >= 0 and 0.3 <= time.monotonic() - started < 2.0
 
 
 def test_gpu_check_plan_covers_the_issue():

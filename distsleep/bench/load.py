@@ -21,3 +21,14 @@ def busy_cores(seconds: float = 1.0) -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return (os.cpu_count() or 1) * (busy1 - busy0) / max(1, total1 - total0)
+
+
+def settle(quiet: float = 0.2, window: float = 0.5, timeout: float = 20.0) -> float | None:
+    """Wait until the machine is quiet (at most `quiet` busy cores over `window` s) or `timeout` s have passed;
+    returns the last figure. Before a timed run, so that the previous run's tail (a Ray Train run's workers and
+    actors shutting down take a few seconds of CPU) does not land in the next path's timings."""
+    deadline = time.monotonic() + timeout
+    while True:
+        busy = busy_cores(window)
+        if busy is None or busy <= quiet or time.monotonic() >= deadline:
+            return busy

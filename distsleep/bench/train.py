@@ -18,9 +18,10 @@ import torch
 
 from distsleep.bench.engine import (GOAL_GPU_SPEEDUP, PAPER_S_PER_1000_STEPS, PAPER_STEP_SETTING, measure_plain,
                                     run_isolated, step_figures)
-from distsleep.bench.load import busy_cores
+from distsleep.bench.load import settle
 from distsleep.config import PreprocessConfig, SplitConfig
 from distsleep.models import build_model, get_spec, list_models
+from distsleep.runtime import configure_console
 from distsleep.shards.convert import convert_record
 from distsleep.shards.pipeline import discover, run_preprocess
 from distsleep.synth.cohort import CohortConfig, generate_cohort
@@ -96,6 +97,17 @@ def time_ray_path(cfg, warmup: int) -> dict:
     return result
 
 
+def in_windows(run: dict, window: int) -> dict:
+    """A single-process run's figures taken the way the Ray path's are: the mean step time of each window of
+    `window` consecutive timed steps (the trainer logs epochs/s once per `log_every` steps), then the median
+    over the windows. The per-step median of the same run is kept as `epochs_per_s_per_step`."""
+    seconds = run["step_seconds"]
+    means = [sum(seconds[i:i + window]) / len(seconds[i:i + window]) for i in range(0, len(seconds), window)]
+    per_step = run["epochs_per_s"] * run["s_per_step"]  # epochs per step
+    return {**run, **step_figures(means, per_step), "step_seconds": seconds, "timed_steps": len(seconds),
+            "epochs_per_s_per_step": run["epochs_per_s"]}
+
+
 def _combine(runs: list[dict]) -> dict:
     """One row from repeated runs of a path: the median of the runs' figures, the spread of their medians,
     the largest peak memory; the runs themselves are kept under "runs"."""
@@ -142,11 +154,11 @@ def measure_train(shards: str | Path, scratch: str | Path, *, model_size: str, b
 
     def run_plain(cfg, steps, warmup):
         if not plain_in_subprocess:
-            return measure_plain(cfg, steps, warmup)
+            return in_windows(measure_plain(cfg, steps, warmup), log_every)
         result = run_isolated("plain", cfg, steps, warmup)  # own process: its peak RSS is the training's alone
         if "error" in result:
             raise RuntimeError(f"the plain training loop failed: {result['error']}")
-        return result
+        return in_windows(result, log_every)
     engine_row = engine_row and plain_in_subprocess
     background: dict[str, list] = {"plain": [], **({"engine": []} if engine_row else {}), **{f"ray{n}": [] for n in workers}}
     runs: dict[str, list] = {"plain": [], **({"engine": []} if engine_row else {}), **{str(n): [] for n in workers}}
@@ -157,16 +169,16 @@ def measure_train(shards: str | Path, scratch: str | Path, *, model_size: str, b
             ray.init(log_to_driver=False, configure_logging=False)
     try:
         for repeat in range(repeats):
-            background["plain"].append(busy_cores(1.0))
+            background["plain"].append(settle())
             runs["plain"].append(run_plain(plain_cfg, steps, warmup))
             if engine_row:
-                background["engine"].append(busy_cores(1.0))
+                background["engine"].append(settle())
                 engine = run_isolated("engine", plain_cfg, steps, warmup)
                 if "error" in engine:
                     raise RuntimeError(f"the trainer's DeepSpeed step failed: {engine['error']}")
-                runs["engine"].append({**engine, "workers": 1})
+                runs["engine"].append({**in_windows(engine, log_every), "workers": 1})
             for n in workers:
-                background[f"ray{n}"].append(busy_cores(1.0))
+                background[f"ray{n}"].append(settle())
                 cfg = bench_train_config(shards, scratch, workers=n, name=f"benchmark-train-{n}w-{repeat}", **common)
                 runs[str(n)].append(time_ray_path(cfg, warmup))
     finally:
@@ -278,13 +290,14 @@ def format_train(result: dict) -> str:
         f"{result['steps']} timed steps after {result['warmup']} warm-up steps; {result['loader_workers']} "
         f"DataLoader worker(s) per training process; {result['cpu_count']} cores; "
         f"{repeats} repeat{'s' if repeats != 1 else ''}, paths interleaved.",
-        "epochs/s = batch x L x workers / step time: median over the timed steps, then median over the repeats "
-        "('mean' = total epochs / total time; 'range' = lowest-highest run). "
-        f"Ray rows: from the epochs_per_s that the real loop logs to MLflow every {result['log_every']} step(s) "
-        "(that logging is inside the timed steps, the plain loop reads its loss as often but logs nothing; worker start-up and the final "
-        "validation/test are outside). Peak RSS: each training process, DataLoader workers not counted; "
-        "Ray: the largest over the workers, whole run.",
-        "background load (busy cores while the benchmark sleeps, before each run): "
+        f"epochs/s = batch x L x workers / step time, every row measured alike: the mean step time of each window of "
+        f"{result['log_every']} timed steps (the Ray rows read it from the epochs_per_s that the real loop logs to MLflow "
+        "once per window), the median over the windows, then the median over the repeats ('mean' = total epochs / "
+        "total time; 'range' = lowest-highest run). The Ray rows' MLflow logging is inside the timed steps (the plain "
+        "loop reads its loss as often but logs nothing); worker start-up and the final validation/test are outside. "
+        "Before each run the benchmark waits (up to 20 s) for the machine to go quiet. Peak RSS: each training "
+        "process, DataLoader workers not counted; Ray: the largest over the workers, whole run.",
+        "background load (busy cores while the benchmark waits, before each run): "
         + ", ".join(f"{k} {loads(v)}" for k, v in result["background_busy_cores"].items())
         + ("  <- WARNING: other work competes for the cores; the timings are unreliable" if any(v > 0.25 for v in busy) else ""),
         "",
@@ -391,6 +404,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     seq_len = args.seq_len or (21 if args.model_size == "paper" else 5)
     workers = list(dict.fromkeys(int(n) for n in args.workers.split(",") if n.strip())) if args.workers else []
+    configure_console()  # our lines only ("Creating initial MLflow database tables..." stays out)
     if args.use_gpu and not torch.cuda.is_available():
         print("--use-gpu: no GPU found (torch.cuda.is_available() is False); running on the CPU instead, fp32")
     with tempfile.TemporaryDirectory(prefix="distsleep-bench-train-") as scratch:
