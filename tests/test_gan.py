@@ -16,13 +16,14 @@ import torch
 import webdataset as wds
 
 from distsleep.gan import model as gm
-from distsleep.gan.augment import epochs_needed, load_generator
+from distsleep.gan.augment import LOCK_NAME, epochs_needed, load_generator
 from distsleep.shards.augmented import AugmentationError, augmented_train_urls
 from distsleep.cli import main as distsleep_main
 from distsleep.cli.gan import main as gan_main
 from distsleep.gan.config import GanTrainConfig
 from distsleep.gan.data import GanDataError, assign_records, read_training_epochs
 from distsleep.gan.psd import compare_psd
+from distsleep.locks import exclusive_lock
 from distsleep.gan.train import run_gan_training
 from distsleep.shards.storage import ShardChecksumError
 from distsleep.shards.format import decode_sample, read_shard, write_shard
@@ -258,7 +259,7 @@ def test_refuses_data_without_the_stage_and_never_reads_val_or_test(shards, tmp_
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != LOCK_NAME)  # the lock names its holder
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
@@ -302,6 +303,10 @@ def test_augmentation_writes_marked_shards_reproducibly(trained, shards, tmp_pat
     before = _digests(out)
     assert gan_main(args) == 0 and "already complete, nothing written" in capsys.readouterr().out
     assert _digests(out) == before
+    with exclusive_lock(out / LOCK_NAME, "a test holding the folder", "wait"):  # another augment job writing here
+        assert gan_main([*common, "--n-epochs", "30", "--out", str(out)]) == 2
+        assert f"the augmentation folder {out} is in use by another job" in capsys.readouterr().err
+    assert _digests(out) == before, "the refused job touched nothing"
     fresh = tmp_path / "again"
     assert distsleep_main(["gan", *common, "--out", str(fresh)]) == 0  # the same job under the `distsleep` CLI
     assert _digests(fresh) == before, "same seed and arguments give the same bytes"

@@ -22,6 +22,7 @@ from distsleep.gan.model import ADVERSARIAL_LOSSES, PhysioGanConfig
 from distsleep.gan.train import run_gan_training
 from distsleep.metrics import format_values
 from distsleep.runtime import configure_console
+from distsleep.locks import LockHeld
 from distsleep.shards.augmented import AugmentationError
 
 _D = SimpleNamespace(**field_defaults(GanTrainConfig))
@@ -138,7 +139,7 @@ def cmd_augment(args: argparse.Namespace) -> int:
                             epochs_per_record=args.epochs_per_record, channel_stats=args.channel_stats,
                             tracking_uri=args.tracking_uri)
         result = run_augment(cfg)
-    except (AugmentationError, ValueError, OSError) as error:
+    except (AugmentationError, LockHeld, ValueError, OSError) as error:
         print(f"gan augment: error: {error}", file=sys.stderr)
         return 2
     m = result.manifest

@@ -26,7 +26,9 @@ byte-identical shards and manifest with the same torch build and CPU (checked eq
 threads; another CPU instruction set may round differently). A rerun whose manifest already matches the
 request and whose shards still have the recorded sha256 writes nothing. Otherwise the old manifest is removed first, shards are written atomically
 (temporary name, then rename), stale `aug-*.tar` from an earlier request are deleted, and the manifest is
-written last: a directory without `augmentation.json` is incomplete, whatever shards it holds.
+written last: a directory without `augmentation.json` is incomplete, whatever shards it holds. A job holds
+`.augment.lock` in the folder while it checks and writes it, so a second job on the same --out is refused,
+naming the first, instead of deleting its shards.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from distsleep.bundle import GENERATOR, read, resolve
 from distsleep.config import ConfigBase
 from distsleep.gan.data import channel_stats as channel_stats_of
 from distsleep.gan.model import Generator, PhysioGanConfig
+from distsleep.locks import exclusive_lock
 from distsleep.shards.augmented import AUGMENTATION_FORMAT, AUGMENTATION_NAME, AugmentationError, check_fits
 from distsleep.shards.format import EVENT_COLUMNS, ShardSample, quantize, write_shard
 from distsleep.shards.loader import load_manifest
@@ -52,6 +55,7 @@ from distsleep.shards.manifest import code_version
 from distsleep.stages import STAGE_NAMES
 
 KEY_PREFIX = "aug-"
+LOCK_NAME = ".augment.lock"  # held while a job writes the folder (`distsleep.locks`)
 CHANNEL_STATS = ("training-nights", "pseudo-record")
 
 
@@ -216,52 +220,56 @@ def run_augment(cfg: AugmentConfig) -> AugmentResult:
                "source_config_hash": manifest.get("config_hash"), "generated": wanted}
     out = Path(cfg.out)
     manifest_path = out / AUGMENTATION_NAME
-    existing = _complete_existing(manifest_path, request)
-    if existing is not None:
-        return AugmentResult(existing, manifest_path, written=0)
+    # One augment job per folder at a time: two would delete each other's shards and leave a manifest that
+    # lists the other's files.
+    with exclusive_lock(out / LOCK_NAME, f"the augmentation folder {out}",
+                        "wait for that job to finish, or pass another --out"):
+        existing = _complete_existing(manifest_path, request)
+        if existing is not None:
+            return AugmentResult(existing, manifest_path, written=0)
 
-    manifest_path.unlink(missing_ok=True)  # from here on the directory is incomplete until the manifest is back
-    shards_dir = out / "shards"
-    shards_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in shards_dir.glob(".*.tmp-*"):
-        leftover.unlink(missing_ok=True)
-    entries = []
-    for stage in stages:
-        for index in range(math.ceil(wanted[stage] / cfg.epochs_per_record)):
-            n = min(cfg.epochs_per_record, wanted[stage] - index * cfg.epochs_per_record)
-            sample = pseudo_record(bundle, stage, index, n, cfg.seed, manifest.get("config_hash", ""), target_rate,
-                                   cfg.channel_stats)
-            path = shards_dir / f"{sample.key}.tar"
-            n_bytes, digest = write_shard(path, sample)
-            entries.append({"record_id": sample.key, "shard": f"shards/{path.name}", "sha256": digest,
-                            "bytes": n_bytes, "n_epochs": n, "stage": stage})
-    listed = {Path(e["shard"]).name for e in entries}
-    removed = sorted(p.name for p in shards_dir.glob(f"{KEY_PREFIX}*.tar") if p.name not in listed)
-    for name in removed:
-        (shards_dir / name).unlink()
-    after = dict(counts)
-    for stage in stages:
-        after[stage] += wanted[stage]
-    after["scored"] += sum(wanted.values())
-    payload = {
-        "format": AUGMENTATION_FORMAT,
-        "split": "train",
-        "request": request,
-        "source_manifest": source_manifest,
-        "source_config_hash": manifest.get("config_hash"),
-        "channels": bundle.channels,
-        "stages": stages,
-        "sample_rate": target_rate,
-        "generator": {"sha256": bundle.sha256, "mlflow_run_id": bundle.mlflow_run_id, "source": bundle.path,
-                      "step": bundle.bundle.get("step"), "train_records": list(bundle.bundle.get("train_records", []))},
-        "counts": {"generated": wanted, "training_before": counts, "training_after": after,
-                   "fraction_after": {s: after[s] / max(1, after["scored"]) for s in stages}},
-        "n_epochs": sum(wanted.values()),
-        "shards": entries,
-        "code_version": code_version(),
-    }
-    write_json_atomic(manifest_path, payload)
-    return AugmentResult(payload, manifest_path, written=len(entries), removed=removed)
+        manifest_path.unlink(missing_ok=True)  # from here on the directory is incomplete until the manifest is back
+        shards_dir = out / "shards"
+        shards_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in shards_dir.glob(".*.tmp-*"):
+            leftover.unlink(missing_ok=True)
+        entries = []
+        for stage in stages:
+            for index in range(math.ceil(wanted[stage] / cfg.epochs_per_record)):
+                n = min(cfg.epochs_per_record, wanted[stage] - index * cfg.epochs_per_record)
+                sample = pseudo_record(bundle, stage, index, n, cfg.seed, manifest.get("config_hash", ""), target_rate,
+                                       cfg.channel_stats)
+                path = shards_dir / f"{sample.key}.tar"
+                n_bytes, digest = write_shard(path, sample)
+                entries.append({"record_id": sample.key, "shard": f"shards/{path.name}", "sha256": digest,
+                                "bytes": n_bytes, "n_epochs": n, "stage": stage})
+        listed = {Path(e["shard"]).name for e in entries}
+        removed = sorted(p.name for p in shards_dir.glob(f"{KEY_PREFIX}*.tar") if p.name not in listed)
+        for name in removed:
+            (shards_dir / name).unlink()
+        after = dict(counts)
+        for stage in stages:
+            after[stage] += wanted[stage]
+        after["scored"] += sum(wanted.values())
+        payload = {
+            "format": AUGMENTATION_FORMAT,
+            "split": "train",
+            "request": request,
+            "source_manifest": source_manifest,
+            "source_config_hash": manifest.get("config_hash"),
+            "channels": bundle.channels,
+            "stages": stages,
+            "sample_rate": target_rate,
+            "generator": {"sha256": bundle.sha256, "mlflow_run_id": bundle.mlflow_run_id, "source": bundle.path,
+                          "step": bundle.bundle.get("step"), "train_records": list(bundle.bundle.get("train_records", []))},
+            "counts": {"generated": wanted, "training_before": counts, "training_after": after,
+                       "fraction_after": {s: after[s] / max(1, after["scored"]) for s in stages}},
+            "n_epochs": sum(wanted.values()),
+            "shards": entries,
+            "code_version": code_version(),
+        }
+        write_json_atomic(manifest_path, payload)
+        return AugmentResult(payload, manifest_path, written=len(entries), removed=removed)
 
 
 def _complete_existing(manifest_path: Path, request: dict) -> dict | None:
