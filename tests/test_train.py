@@ -171,6 +171,25 @@ def test_relaunch_resumes_the_run(shards, tmp_path, ray_local):
     assert min(steps) == 1 and max(steps) == 80
 
 
+def test_the_training_thread_allocates_from_one_malloc_arena(shards, tmp_path):
+    """Ray Train runs the loop in a second thread of the worker, which glibc would give its own arena (page
+    faults that slowed steps by up to 20 %: `driver.worker_env`); the trainer's workers get one arena."""
+    from ray.train import CheckpointConfig
+
+    from distsleep.train.driver import build_trainer
+
+    def _report_allocator(config: dict) -> dict:  # nested: pickled by value for the worker
+        import os
+        import threading
+        return {"main_thread": threading.current_thread() is threading.main_thread(),
+                "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX", "")}
+
+    cfg = tiny(shards, tmp_path, name="allocator", num_workers=1)
+    result = build_trainer(_report_allocator, {}, cfg, cfg.tracking_uri, checkpoint_config=CheckpointConfig()).fit()
+    assert result.error is None and result.return_value["main_thread"] is False
+    assert result.return_value["malloc_arena_max"] == "1"
+
+
 def test_finetune_from_pretraining(shards, tmp_path):
     # Pre-training compiled (aot_eager: dynamo's graph capture without C++ code generation): its bundle keeps the
     # model's own weight names, so fine-tuning loads every backbone tensor and predict loads it strictly.
