@@ -175,11 +175,16 @@ def _registered_source(source: str, uri: str, name: str, version: str | None, al
         raise BundleError(source, f"no such registered model version in {uri}: {first}") from error
 
 
+# A run's checkpoint folders under STORAGE/NAME: Ray Train names them checkpoint_<timestamp>, so they sort by
+# time; its checkpoint_manager_snapshot.json beside them is not one.
+CHECKPOINT_GLOB = "checkpoint_[0-9]*"
+
+
 def _in_folder(folder: Path, kind: BundleKind, weights: bool, source: str) -> Path:
     """The bundle (or, with `weights`, a checkpoint's weights) in a folder, a run folder or a checkpoint."""
     candidates = [folder / kind.file, folder / kind.folder / kind.file]
     # a run's storage folder: its latest checkpoint (checkpoint_<timestamp> names sort by time)
-    checkpoints = sorted(folder.glob("checkpoint_*"), reverse=True)
+    checkpoints = sorted(folder.glob(CHECKPOINT_GLOB), reverse=True)
     candidates += [c / kind.file for c in checkpoints]
     if weights and kind.checkpoint_weights:
         candidates += [folder / kind.checkpoint_weights, *(c / kind.checkpoint_weights for c in checkpoints)]

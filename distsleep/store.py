@@ -150,7 +150,9 @@ def files(folder: str | Path) -> list[str]:
             found = fs.find(path)
         except FileNotFoundError:
             return []
-        return sorted(f[len(path) + 1:] for f in found if f.startswith(path + "/"))
+        # Keys ending in "/" are folder placeholders (pyarrow's S3 filesystem writes one per folder that Ray
+        # Train creates for a checkpoint), not files: listed, they looked like a file added after the checksums.
+        return sorted(f[len(path) + 1:] for f in found if f.startswith(path + "/") and not f.endswith("/"))
     root = local_path(folder)
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
 

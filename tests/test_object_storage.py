@@ -240,6 +240,11 @@ def test_pretraining_streams_from_the_bucket_and_resumes_from_its_checkpoints(wo
     assert any(n.endswith("/checksums-rank0.json") for n in names) and any(n.endswith("/checksums-rank1.json") for n in names)
     # The launch that came while it ran was refused by the lease in the bucket, naming the running one.
     assert f"run 's3run' ({storage}) is in use by another job (pid {os.getpid()} on " in trained["second"]
+    # Launched again as it was, the finished run is read back from the bucket (Ray's checkpoint list, the
+    # MLflow run that wrote the last checkpoint) instead of being trained into a new MLflow run.
+    again = run_training(trained["cfg"], check_cluster=False)
+    assert (again.run_id, again.trained, again.checkpoint) == (outcome.run_id, False, outcome.checkpoint)
+    assert again.metrics["test_accuracy"] == outcome.metrics["test_accuracy"]
     # A relaunch of the name with other data is refused by the identity recorded in the bucket.
     manifest = store.read_json(f"{world['out']}/manifest.json")
     for entry in manifest["records"].values():

@@ -31,6 +31,7 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from distsleep import store
+from distsleep.bundle import CHECKPOINT_GLOB
 from distsleep.cluster.preflight import ClusterCheckError, check_paths_visible, check_resources
 from distsleep.integrity import IntegrityError
 from distsleep.locks import LockHeld
@@ -78,7 +79,7 @@ def _describe(error: BaseException) -> str:
 
 def last_checkpoint_state(storage: str) -> dict | None:
     """The trainer_state.json of the run's latest readable checkpoint (Ray names them by time), or None."""
-    for name in reversed(store.children(storage, "checkpoint_*")):
+    for name in reversed(store.children(storage, CHECKPOINT_GLOB)):
         try:
             return store.read_json(store.join(storage, name, "trainer_state.json"))
         except (OSError, ValueError):

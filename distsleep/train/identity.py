@@ -79,7 +79,7 @@ def check_identity(storage: str, identity: dict) -> None:
     path = store.join(storage, IDENTITY_FILE)
     name = identity["name"]
     if not store.exists(path):
-        if store.children(storage, "checkpoint_*"):
+        if store.children(storage, bundle.CHECKPOINT_GLOB):
             raise RunMismatch(f"{storage} holds checkpoints of run {name!r} but no {IDENTITY_FILE}, so this launch cannot "
                               f"be checked to be the same run; give a new --name to start a new run")
         store.write_json(path, identity)
@@ -97,7 +97,7 @@ def verify_checkpoints(storage: str) -> None:
     In object storage only the file set is checked here (reading every checkpoint back would download it):
     each worker checks the contents of the copy it downloads before loading it."""
     remote = store.is_url(storage)
-    for name in store.children(storage, "checkpoint_*"):
+    for name in store.children(storage, bundle.CHECKPOINT_GLOB):
         checkpoint = store.join(storage, name)
         if remote or Path(checkpoint).is_dir():
             verify_checksums(checkpoint, f"the checkpoint {name} of {storage}", contents=not remote)
