@@ -80,7 +80,7 @@ def test_single_process_rows_are_read_in_the_ray_paths_windows():
     engine rows are taken the same way: the median of the window means, not of single steps."""
     seconds = [0.1, 0.1, 0.1, 0.4, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.7]  # a slow step in windows 1 and 3
     run = {"epochs_per_s": 20 / 0.1, "s_per_step": 0.1, "step_seconds": seconds, "timed_steps": 12}
-    windowed = in_windows(run, 4)
+    windowed = in_windows(run, 4, 20)
     assert windowed["s_per_step"] == pytest.approx(0.175)  # windows 0.175, 0.1, 0.25
     assert windowed["epochs_per_s"] == pytest.approx(20 / 0.175) and windowed["epochs_per_s_per_step"] == 200
     assert windowed["epochs_per_s_mean"] == pytest.approx(20 * 12 / sum(seconds))

@@ -97,14 +97,13 @@ def time_ray_path(cfg, warmup: int) -> dict:
     return result
 
 
-def in_windows(run: dict, window: int) -> dict:
+def in_windows(run: dict, window: int, epochs_per_step: int) -> dict:
     """A single-process run's figures taken the way the Ray path's are: the mean step time of each window of
     `window` consecutive timed steps (the trainer logs epochs/s once per `log_every` steps), then the median
     over the windows. The per-step median of the same run is kept as `epochs_per_s_per_step`."""
     seconds = run["step_seconds"]
     means = [sum(seconds[i:i + window]) / len(seconds[i:i + window]) for i in range(0, len(seconds), window)]
-    per_step = run["epochs_per_s"] * run["s_per_step"]  # epochs per step
-    return {**run, **step_figures(means, per_step), "step_seconds": seconds, "timed_steps": len(seconds),
+    return {**run, **step_figures(means, epochs_per_step), "step_seconds": seconds, "timed_steps": len(seconds),
             "epochs_per_s_per_step": run["epochs_per_s"]}
 
 
@@ -152,13 +151,15 @@ def measure_train(shards: str | Path, scratch: str | Path, *, model_size: str, b
     plain_cfg = bench_train_config(shards, scratch, workers=1, **common)
     result["precision"] = plain_cfg.resolved_precision
 
+    per_step = plain_cfg.batch_size * plain_cfg.seq_len  # epochs per step of the single-process rows
+
     def run_plain(cfg, steps, warmup):
         if not plain_in_subprocess:
-            return in_windows(measure_plain(cfg, steps, warmup), log_every)
+            return in_windows(measure_plain(cfg, steps, warmup), log_every, per_step)
         result = run_isolated("plain", cfg, steps, warmup)  # own process: its peak RSS is the training's alone
         if "error" in result:
             raise RuntimeError(f"the plain training loop failed: {result['error']}")
-        return in_windows(result, log_every)
+        return in_windows(result, log_every, per_step)
     engine_row = engine_row and plain_in_subprocess
     background: dict[str, list] = {"plain": [], **({"engine": []} if engine_row else {}), **{f"ray{n}": [] for n in workers}}
     runs: dict[str, list] = {"plain": [], **({"engine": []} if engine_row else {}), **{str(n): [] for n in workers}}
@@ -176,7 +177,7 @@ def measure_train(shards: str | Path, scratch: str | Path, *, model_size: str, b
                 engine = run_isolated("engine", plain_cfg, steps, warmup)
                 if "error" in engine:
                     raise RuntimeError(f"the trainer's DeepSpeed step failed: {engine['error']}")
-                runs["engine"].append({**in_windows(engine, log_every), "workers": 1})
+                runs["engine"].append({**in_windows(engine, log_every, per_step), "workers": 1})
             for n in workers:
                 background[f"ray{n}"].append(settle())
                 cfg = bench_train_config(shards, scratch, workers=n, name=f"benchmark-train-{n}w-{repeat}", **common)

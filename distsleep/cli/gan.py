@@ -20,9 +20,9 @@ from distsleep.gan.config import DEFAULT_CHANNELS, GanTrainConfig
 from distsleep.gan.effect import default_name, format_summary, run_effect
 from distsleep.gan.model import ADVERSARIAL_LOSSES, PhysioGanConfig
 from distsleep.gan.train import run_gan_training
+from distsleep.locks import LockHeld
 from distsleep.metrics import format_values
 from distsleep.runtime import configure_console
-from distsleep.locks import LockHeld
 from distsleep.shards.augmented import AugmentationError
 
 _D = SimpleNamespace(**field_defaults(GanTrainConfig))
