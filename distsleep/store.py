@@ -161,10 +161,13 @@ def children(folder: str | Path, pattern: str = "*") -> list[str]:
     """Names of the entries (files and folders) directly in `folder` that match the glob `pattern`, sorted."""
     if is_url(folder):
         fs, path = filesystem(str(folder))
+        path = path.rstrip("/")
         try:
-            names = [entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(path.rstrip("/"), detail=False, refresh=True)]
+            entries = fs.ls(path, detail=False, refresh=True)
         except FileNotFoundError:
             return []
+        # The folder's own placeholder key ("path/", see `files`) is listed among its entries: not a child.
+        names = [entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries if entry.rstrip("/") != path]
     else:
         root = local_path(folder)
         names = [p.name for p in root.iterdir()] if root.is_dir() else []

@@ -51,6 +51,12 @@ def test_store_writes_reads_and_lists_objects(bucket, tmp_path):
             store.read_bytes(store.join(base, "a.json"))
     # Nothing was left under a temporary name in the bucket: an object is written in one PUT.
     assert fs().find(bucket.removeprefix("s3://")) == [f"{bucket.removeprefix('s3://')}/out/sub/b.bin"]
+    # Folder placeholders (the zero-byte "folder/" keys pyarrow writes, as for Ray Train's checkpoints) are neither
+    # files nor a folder's own child.
+    for folder in ("out/", "out/sub/"):
+        fs().pipe_file(f"{bucket.removeprefix('s3://')}/{folder}", b"")
+    assert store.files(f"{bucket}/out") == ["sub/b.bin"]
+    assert store.children(f"{bucket}/out") == ["sub"] and store.children(f"{bucket}/out/sub") == ["b.bin"]
 
 
 def test_locations_with_credentials_are_refused(tmp_path):
