@@ -4,6 +4,7 @@ workers x DeepSpeed (gloo), tracked as MLflow child runs; the comparison is read
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -159,6 +160,12 @@ def test_sweep_logs_parent_children_and_the_comparison(interrupted_sweep):
     for child in children:
         if child.info.run_id != target.info.run_id:
             assert float(rows[child.info.run_id]["test_macro_f1"]) == child.data.metrics["test_macro_f1"]
+        # Per-night kappa of a trial: that of its fine-tuning stage's test nights (the stage run's per_night/).
+        stage = child.data.tags["finetune_run_id"]
+        night = json.loads(Path(client.download_artifacts(stage, "per_night/summary.json", str(tmp / f"n-{stage}"))).read_text())
+        assert float(rows[child.info.run_id]["night_kappa_mean"]) == pytest.approx(night["per_night"]["kappa"]["mean"])
+        assert float(rows[child.info.run_id]["night_kappa_ci_low"]) == pytest.approx(night["per_night"]["kappa"]["ci_mean"][0])
+    assert "kappa/night [95% CI]" in result.stdout
     for name in ("metrics_vs_mask_ratio.png", "per_class_f1_vs_mask_ratio.png", "confusion_matrices.png"):
         assert matplotlib.image.imread(out / name).shape[0] > 100
 

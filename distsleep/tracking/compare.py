@@ -32,7 +32,8 @@ COLUMNS = [  # (header, metric key); accuracies and F1 shown in %, kappa as is (
     *[(f"F1 {name}", f"test_f1_{name}") for name in STAGE_NAMES],
 ]
 # Per-night kappa: mean over nights and its 95 % subject-bootstrap CI, from the run's per-night summary.json
-# (a training run's per_night/ artifacts, an evaluation run's evaluation/); shown when some row has one.
+# (a training run's per_night/ artifacts, an evaluation run's evaluation/, a sweep trial's last stage's per_night/);
+# shown when some row has one.
 NIGHT_SUMMARIES = ("per_night/summary.json", "evaluation/summary.json")
 NIGHT_COLUMN = "kappa/night [95% CI]"
 # Shown only when some row has them: the binary tasks (apnea, hypopnea).
@@ -117,8 +118,12 @@ def _trial_row(tracking_uri: str, run, knobs: set[str], with_confusion: bool) ->
     label = point_label({k: (float(v) if k == "mask_ratio" else v) for k, v in params.items()}) or run.info.run_name
     ended_by = run.data.tags.get(ENDED_BY_TAG)
     status = "stopped by scheduler" if ended_by == "scheduler" else run.info.status
+    # The trial's test nights are those of its last stage (fine-tuning, else pre-training): its per-night summary.
+    stage_id = run.data.tags.get("finetune_run_id") or run.data.tags.get("pretrain_run_id")
+    night = _night_kappa(tracking_uri, stage_id) if with_confusion and stage_id else None
     return Row(label=label, run_id=run.info.run_id, model=run.data.tags.get("model", "?"), params=params,
-               metrics=dict(run.data.metrics), status=status, confusion=confusion, task=run.data.tags.get("task", "staging"))
+               metrics=dict(run.data.metrics), status=status, confusion=confusion, task=run.data.tags.get("task", "staging"),
+               night_kappa=night)
 
 
 def _night_kappa(tracking_uri: str, run_id: str) -> dict | None:
