@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,6 +196,32 @@ def evaluate_nights(nights: Sequence[Night], n_boot: int = 2000, seed: int = 0, 
     """(per-night rows, summary) for a set of nights."""
     rows = [night_row(night) for night in nights]
     return rows, summarize(nights, rows, n_boot, seed, level)
+
+
+def paired_difference(a: Mapping[str, tuple[str, float]], b: Mapping[str, tuple[str, float]], n_boot: int = 2000,
+                      seed: int = 0, level: float = 0.95) -> dict | None:
+    """Two models on the same test nights: the mean over nights of a − b and its subject-bootstrap CI.
+
+    `a` and `b` map each record to (subject, per-night value). Pairing removes what the nights share (a hard
+    night is hard for both models), so the CI of the difference is much narrower than the two CIs side by side
+    suggest. None unless both hold the same nights of the same subjects, with at least two finite differences:
+    models judged on different nights are not paired.
+    """
+    if a.keys() != b.keys() or any(a[r][0] != b[r][0] for r in a):
+        return None
+    records = sorted(r for r in a if math.isfinite(a[r][1]) and math.isfinite(b[r][1]))
+    if len(records) < 2:
+        return None
+    difference = np.asarray([a[r][1] - b[r][1] for r in records], dtype=float)
+    index, weights = _subject_weights([a[r][0] for r in records], n_boot, seed)
+    return {"mean": float(difference.mean()), "ci_mean": _bootstrap_mean(difference, index, weights, level),
+            "nights": len(records), "subjects": int(weights.shape[1])}
+
+
+def per_night_values(csv_text: str, metric: str = "kappa") -> dict[str, tuple[str, float]]:
+    """record -> (subject, value of `metric`) from a per_night.csv (empty cells: NaN)."""
+    rows = csv.DictReader(io.StringIO(csv_text))
+    return {row["record"]: (row["subject"], float(row[metric]) if row[metric] else math.nan) for row in rows}
 
 
 def _jsonable(value):

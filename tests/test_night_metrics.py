@@ -12,7 +12,7 @@ import yasa
 from sklearn.metrics import accuracy_score, cohen_kappa_score
 
 from distsleep.night_metrics import (CSV_COLUMNS, SLEEP_STATISTICS, Night, evaluate_nights, night_row,
-                                     write_evaluation)
+                                     paired_difference, per_night_values, write_evaluation)
 
 YASA_LABELS = np.array(["WAKE", "N1", "N2", "N3", "REM"])
 
@@ -99,3 +99,35 @@ def test_files_are_written(tmp_path):
     for key in ("kappa_plot", "bland_altman_tst_min", "bland_altman_waso_min", "bland_altman_se_pct", "confusion_plot"):
         assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", key
     assert sorted(p.name for p in (tmp_path / "eval").iterdir() if p.name.startswith(".")) == []  # no temporaries
+
+
+def test_paired_difference_sees_what_side_by_side_intervals_hide():
+    rng = np.random.default_rng(3)
+    subjects = [f"s{i:02d}" for i in range(20) for _ in range(2)]  # 20 people, 2 nights each
+    hard = rng.uniform(0.45, 0.9, len(subjects))  # how well any model does on each night varies a lot
+    a = {f"{s}-n{k}": (s, float(v)) for k, (s, v) in enumerate(zip(subjects, hard))}
+    b = {r: (s, v - 0.03 + float(rng.normal(0, 0.01))) for r, (s, v) in a.items()}  # 0.03 worse on every night
+    paired = paired_difference(a, b, n_boot=1000)
+    assert paired["nights"] == 40 and paired["subjects"] == 20
+    assert paired["mean"] == pytest.approx(np.mean([a[r][1] - b[r][1] for r in a]))
+    low, high = paired["ci_mean"]
+    assert 0 < low < paired["mean"] < high  # a real difference: the CI excludes 0
+    # Each model's own CI (its difference to a model scoring 0 on every night) is several times wider: side by
+    # side, the two intervals overlap and hide the difference the pairing shows.
+    zero = {r: (s, 0.0) for r, (s, _) in a.items()}
+    own_a, own_b = (paired_difference(x, zero, n_boot=1000)["ci_mean"] for x in (a, b))
+    assert own_b[1] > own_a[0] and high - low < 0.25 * (own_a[1] - own_a[0])
+    assert paired_difference(b, a, n_boot=1000)["mean"] == pytest.approx(-paired["mean"])
+    assert paired_difference(a, dict(a))["ci_mean"] == [0.0, 0.0]
+    # Not the same nights (or not the same people): not paired.
+    assert paired_difference(a, {r: v for r, v in list(b.items())[1:]}) is None
+    assert paired_difference(a, {r: ("someone else", v) for r, (_, v) in b.items()}) is None
+
+
+def test_per_night_values_read_back_the_csv(tmp_path):
+    nights = _nights(3)
+    rows, summary = evaluate_nights(nights, n_boot=50)
+    text = write_evaluation(tmp_path, nights, rows, summary)["per_night"].read_text()
+    values = per_night_values(text)
+    assert list(values) == [n.record for n in nights]
+    assert all(values[r["record"]] == (r["subject"], pytest.approx(r["kappa"], rel=1e-5)) for r in rows)

@@ -17,6 +17,7 @@ import mlflow
 import pytest
 
 from distsleep.config import PreprocessConfig, SplitConfig
+from distsleep.night_metrics import paired_difference, per_night_values
 from distsleep.shards.pipeline import run_preprocess
 from distsleep.sweep.config import SweepConfig
 from distsleep.sweep.run import run_sweep
@@ -157,15 +158,27 @@ def test_sweep_logs_parent_children_and_the_comparison(interrupted_sweep):
     with open(out / "comparison.csv") as stream:
         rows = {r["run_id"]: r for r in csv.DictReader(stream) if r["baseline"] == "0"}
     assert float(rows[target.info.run_id]["test_accuracy"]) == 0.123456
+    nights = {}
     for child in children:
         if child.info.run_id != target.info.run_id:
             assert float(rows[child.info.run_id]["test_macro_f1"]) == child.data.metrics["test_macro_f1"]
         # Per-night kappa of a trial: that of its fine-tuning stage's test nights (the stage run's per_night/).
         stage = child.data.tags["finetune_run_id"]
-        night = json.loads(Path(client.download_artifacts(stage, "per_night/summary.json", str(tmp / f"n-{stage}"))).read_text())
+        folder = Path(client.download_artifacts(stage, "per_night", str(tmp / f"n-{stage}")))
+        night = json.loads((folder / "summary.json").read_text())
+        nights[child.info.run_id] = per_night_values((folder / "per_night.csv").read_text())
         assert float(rows[child.info.run_id]["night_kappa_mean"]) == pytest.approx(night["per_night"]["kappa"]["mean"])
         assert float(rows[child.info.run_id]["night_kappa_ci_low"]) == pytest.approx(night["per_night"]["kappa"]["ci_mean"][0])
-    assert "kappa/night [95% CI]" in result.stdout
+    assert "kappa/night [95% CI]" in result.stdout and "Δkappa/night vs selected [95% CI]" in result.stdout
+    # Every other trial is paired with the one selected on validation, over the same test nights.
+    selected = parent.data.tags["selected_run_id"]
+    assert rows[selected]["night_kappa_diff_vs_selected"] == ""
+    for child in children:
+        if child.info.run_id != selected:
+            paired = paired_difference(nights[child.info.run_id], nights[selected])
+            assert paired["nights"] == len(nights[selected]) >= 2
+            assert float(rows[child.info.run_id]["night_kappa_diff_vs_selected"]) == pytest.approx(paired["mean"])
+            assert float(rows[child.info.run_id]["night_kappa_diff_ci_low"]) == pytest.approx(paired["ci_mean"][0])
     for name in ("metrics_vs_mask_ratio.png", "per_class_f1_vs_mask_ratio.png", "confusion_matrices.png"):
         assert matplotlib.image.imread(out / name).shape[0] > 100
 

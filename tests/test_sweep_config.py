@@ -6,6 +6,7 @@ import csv
 import json
 
 import matplotlib.image
+import numpy as np
 import pytest
 
 from distsleep.cli.sweep import parse_knobs
@@ -171,3 +172,38 @@ def test_selection_is_on_validation_when_another_trial_has_the_best_test(tmp_pat
     assert logged.tags["selected_run_id"] == "b" and logged.tags["selected_trial"] == "mask=0.50"
     assert logged.metrics["selected_test_accuracy"] == 0.81 and logged.metrics["selected_val_best_macro_f1"] == 0.75
     assert not any(k.startswith("best_") for k in logged.metrics)
+
+
+def test_each_trial_is_paired_with_the_selected_one_on_the_same_test_nights(tmp_path):
+    from distsleep.night_metrics import paired_difference
+    from distsleep.tracking.compare import DIFF_COLUMN, NIGHT_COLUMN, pair_with_selected
+
+    rows = _rows_with_validation()  # b is selected on validation
+    rng = np.random.default_rng(0)
+    base = {f"n{i}": (f"s{i // 2}", float(v)) for i, v in enumerate(rng.uniform(0.5, 0.9, 12))}
+    shift = {"a": -0.05, "b": 0.0, "c": 0.01}
+    for row in rows[:3]:
+        row.nights = {r: (s, v + shift[row.run_id] + float(rng.normal(0, 0.005))) for r, (s, v) in base.items()}
+        values = [v for _, v in row.nights.values()]
+        row.night_kappa = {"mean": float(np.mean(values)), "ci_mean": [min(values), max(values)]}
+    other_nights = Row("other data", "d", "mc2sleepnet", {}, {"test_accuracy": 0.7},
+                       nights={f"x{i}": (f"t{i}", 0.5) for i in range(4)})
+    rows = pair_with_selected([*rows, other_nights])
+    chosen = rows[1]
+    assert chosen.night_kappa_diff is None and rows[3].night_kappa_diff is None  # the baseline has no nights
+    assert other_nights.night_kappa_diff is None  # other nights: nothing to pair with
+    assert rows[0].night_kappa_diff == paired_difference(rows[0].nights, chosen.nights)
+    assert rows[0].night_kappa_diff["ci_mean"][1] < 0 < rows[2].night_kappa_diff["mean"]
+
+    header, cells = table(rows)
+    assert header[-3:] == [NIGHT_COLUMN, DIFF_COLUMN, "status"]
+    diff = {c[0]: c[header.index(DIFF_COLUMN)] for c in cells}
+    low, high = rows[0].night_kappa_diff["ci_mean"]
+    assert diff["mask=0.50"] == "(reference)" and diff["YASA"] == "-" and diff["other data"] == "-"
+    assert diff["mask=0.15"] == f"{rows[0].night_kappa_diff['mean']:+.3f} [{low:+.3f}, {high:+.3f}]"
+    assert "Δkappa/night: per test night" in format_text(rows)
+    with open(write_comparison(rows, tmp_path)["csv"]) as stream:
+        table_rows = {r["run_id"]: r for r in csv.DictReader(stream)}
+    assert float(table_rows["a"]["night_kappa_diff_vs_selected"]) == rows[0].night_kappa_diff["mean"]
+    assert float(table_rows["a"]["night_kappa_diff_ci_high"]) == high
+    assert table_rows["b"]["night_kappa_diff_vs_selected"] == "" and table_rows["p"]["night_kappa_diff_ci_low"] == ""

@@ -121,12 +121,21 @@ def find_run(uri: str, experiment: str, run_name: str, status: str | None = None
     return found[0] if found else None
 
 
-def download_json(uri: str, run_id: str, artifact: str) -> dict | None:
-    """A JSON artifact of a run, or None when it cannot be fetched (missing, store gone)."""
+def download_text(uri: str, run_id: str, artifact: str) -> str | None:
+    """A text artifact of a run, or None when it cannot be fetched (missing, store gone)."""
     try:
         with tempfile.TemporaryDirectory() as directory:
-            return json.loads(Path(client(uri).download_artifacts(run_id, artifact, directory)).read_text())
+            return Path(client(uri).download_artifacts(run_id, artifact, directory)).read_text()
     except Exception:
+        return None
+
+
+def download_json(uri: str, run_id: str, artifact: str) -> dict | None:
+    """A JSON artifact of a run, or None when it cannot be fetched (missing, store gone) or read."""
+    text = download_text(uri, run_id, artifact)
+    try:
+        return None if text is None else json.loads(text)
+    except ValueError:
         return None
 
 

@@ -19,9 +19,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distsleep.night_metrics import paired_difference, per_night_values
 from distsleep.plots import confusion_grid_png, metric_curves_png
 from distsleep.stages import STAGE_NAMES
-from distsleep.tracking import ENDED_BY_TAG, KIND_TAG, SWEEP_TAG, client, download_json, tag_filter, with_tag
+from distsleep.tracking import ENDED_BY_TAG, KIND_TAG, SWEEP_TAG, client, download_json, download_text, tag_filter, with_tag
 
 BASELINE_PREFIX = "baseline_yasa_"
 COLUMNS = [  # (header, metric key); accuracies and F1 shown in %, kappa as is (as in the paper)
@@ -34,8 +35,11 @@ COLUMNS = [  # (header, metric key); accuracies and F1 shown in %, kappa as is (
 # Per-night kappa: mean over nights and its 95 % subject-bootstrap CI, from the run's per-night summary.json
 # (a training run's per_night/ artifacts, an evaluation run's evaluation/, a sweep trial's last stage's per_night/);
 # shown when some row has one.
-NIGHT_SUMMARIES = ("per_night/summary.json", "evaluation/summary.json")
+NIGHT_FOLDERS = ("per_night", "evaluation")
 NIGHT_COLUMN = "kappa/night [95% CI]"
+# Paired against the run selected on validation, on the same test nights: mean over nights of this run's kappa
+# minus the selected run's, with its subject-bootstrap CI (a CI that holds 0: no difference these nights show).
+DIFF_COLUMN = "Δkappa/night vs selected [95% CI]"
 # Shown only when some row has them: the binary tasks (apnea, hypopnea).
 EVENT_COLUMNS = [("F1 event", "test_f1_positive"), ("AUROC", "test_auroc"), ("majority acc", "test_majority_accuracy")]
 
@@ -72,6 +76,8 @@ class Row:
     confusion: list | None = None
     extra: dict = field(default_factory=dict)
     night_kappa: dict | None = None  # {"mean", "ci_mean": [low, high]} over the test nights
+    nights: dict | None = None  # record -> (subject, kappa of that night), from the run's per_night.csv
+    night_kappa_diff: dict | None = None  # paired_difference(this run's nights, the selected run's)
 
     def night_cells(self) -> tuple[str, ...]:
         """(mean, CI low, CI high) as CSV values, empty without a per-night summary."""
@@ -79,6 +85,13 @@ class Row:
             return "", "", ""
         low, high = self.night_kappa["ci_mean"]
         return tuple("" if v is None else repr(float(v)) for v in (self.night_kappa["mean"], low, high))
+
+    def diff_cells(self) -> tuple[str, ...]:
+        """(mean, CI low, CI high) of the paired difference to the selected run, empty where there is none."""
+        if not self.night_kappa_diff:
+            return "", "", ""
+        low, high = self.night_kappa_diff["ci_mean"]
+        return tuple(repr(float(v)) for v in (self.night_kappa_diff["mean"], low, high))
 
     @property
     def mask_ratio(self) -> float | None:
@@ -120,18 +133,24 @@ def _trial_row(tracking_uri: str, run, knobs: set[str], with_confusion: bool) ->
     status = "stopped by scheduler" if ended_by == "scheduler" else run.info.status
     # The trial's test nights are those of its last stage (fine-tuning, else pre-training): its per-night summary.
     stage_id = run.data.tags.get("finetune_run_id") or run.data.tags.get("pretrain_run_id")
-    night = _night_kappa(tracking_uri, stage_id) if with_confusion and stage_id else None
+    night, nights = _night_data(tracking_uri, stage_id) if with_confusion and stage_id else (None, None)
     return Row(label=label, run_id=run.info.run_id, model=run.data.tags.get("model", "?"), params=params,
                metrics=dict(run.data.metrics), status=status, confusion=confusion, task=run.data.tags.get("task", "staging"),
-               night_kappa=night)
+               night_kappa=night, nights=nights)
 
 
-def _night_kappa(tracking_uri: str, run_id: str) -> dict | None:
-    for artifact in NIGHT_SUMMARIES:
-        summary = download_json(tracking_uri, run_id, artifact)
+def _night_data(tracking_uri: str, run_id: str) -> tuple[dict | None, dict | None]:
+    """(the kappa entry of the run's per-night summary.json, record -> (subject, kappa) from its per_night.csv)."""
+    for folder in NIGHT_FOLDERS:
+        summary = download_json(tracking_uri, run_id, f"{folder}/summary.json")
         if summary:
-            return (summary.get("per_night") or {}).get("kappa")
-    return None
+            text = download_text(tracking_uri, run_id, f"{folder}/per_night.csv")
+            try:
+                nights = per_night_values(text) if text else None
+            except (KeyError, ValueError):  # a per_night.csv of another layout: no paired comparison
+                nights = None
+            return (summary.get("per_night") or {}).get("kappa"), nights
+    return None, None
 
 
 def _plain_row(tracking_uri: str, run, with_confusion: bool) -> Row:
@@ -140,10 +159,10 @@ def _plain_row(tracking_uri: str, run, with_confusion: bool) -> Row:
     ratio = run.data.params.get("model.mask_ratio")
     if ratio is not None:
         params["mask_ratio"] = ratio
+    night, nights = _night_data(tracking_uri, run.info.run_id) if with_confusion else (None, None)
     return Row(label=run.info.run_name or run.info.run_id[:8], run_id=run.info.run_id, model=run.data.tags.get("model", "?"),
                params=params, metrics=dict(run.data.metrics), status=run.info.status, confusion=confusion,
-               task=run.data.tags.get("task", "staging"),
-               night_kappa=_night_kappa(tracking_uri, run.info.run_id) if with_confusion else None)
+               task=run.data.tags.get("task", "staging"), night_kappa=night, nights=nights)
 
 
 def _baseline_row(tracking_uri: str, parent, with_confusion: bool) -> Row | None:
@@ -200,7 +219,18 @@ def collect(tracking_uri: str, *, sweep: str | None = None, experiment: str | No
                 rows.append(_plain_row(tracking_uri, run, with_confusion))
     if not rows:
         raise CompareError("no runs with test metrics to compare")
-    return sort_rows(rows)
+    return pair_with_selected(sort_rows(rows))
+
+
+def pair_with_selected(rows: list[Row]) -> list[Row]:
+    """Set each row's `night_kappa_diff`: its per-night kappa minus that of the run selected on validation, paired
+    on the same test nights (rows of another task or other nights get none). Returns `rows`."""
+    chosen = selected_run(rows)
+    for row in rows:
+        row.night_kappa_diff = None
+        if chosen is not None and chosen.nights and row.nights and row is not chosen and row.task == chosen.task:
+            row.night_kappa_diff = paired_difference(row.nights, chosen.nights)
+    return rows
 
 
 def sort_rows(rows: list[Row]) -> list[Row]:
@@ -237,7 +267,9 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     """Header and cells; the best model value of each column carries a '*'."""
     cols = columns(rows)
     nightly = any(r.night_kappa for r in rows)
-    header = ["run", "model", "task", "mask", *(h for h, _ in cols), *([NIGHT_COLUMN] if nightly else []), "status"]
+    paired = any(r.night_kappa_diff for r in rows)
+    header = ["run", "model", "task", "mask", *(h for h, _ in cols), *([NIGHT_COLUMN] if nightly else []),
+              *([DIFF_COLUMN] if paired else []), "status"]
     chosen = selected_run(rows)
     best = {}
     for _, key in cols:  # best per column among rows of the same task (an apnea accuracy is not a staging one)
@@ -258,6 +290,10 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
         if nightly:
             mean, low, high = (float(v) if v else None for v in row.night_cells())
             line.append("-" if mean is None else f"{mean:.3f} [{low:.3f}, {high:.3f}]")
+        if paired:
+            mean, low, high = (float(v) if v else None for v in row.diff_cells())
+            line.append("(reference)" if row is chosen and any(r.night_kappa_diff for r in rows)
+                        else "-" if mean is None else f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
         line.append("baseline" if row.baseline else (f"{row.status}, {SELECTED}" if row is chosen else row.status))
         cells.append(line)
     return header, cells
@@ -280,6 +316,9 @@ def format_text(rows: list[Row]) -> str:
     note = ("mask: the swept ratio (in brackets the fraction of epochs really masked, where it differs); accuracy, "
             "F1 and AUROC in %, kappa as a fraction; * best value per column and task (for reading, not a selection); "
             "values as logged in MLflow")
+    if any(r.night_kappa_diff for r in rows):
+        note += ("; Δkappa/night: per test night, the run's kappa minus that of the run selected on validation, "
+                 "mean over the nights and its subject-bootstrap 95 % CI (a CI holding 0: no difference these nights show)")
     return "\n".join([*lines, selection_note(rows), note])
 
 
@@ -295,16 +334,18 @@ def write_csv(rows: list[Row], path: Path) -> Path:
     knob_names = sorted({k for r in rows for k in r.params})
     nightly = any(r.night_kappa for r in rows)
     night_keys = ["night_kappa_mean", "night_kappa_ci_low", "night_kappa_ci_high"] if nightly else []
+    paired = any(r.night_kappa_diff for r in rows)
+    diff_keys = ["night_kappa_diff_vs_selected", "night_kappa_diff_ci_low", "night_kappa_diff_ci_high"] if paired else []
     with open(path, "w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(["label", "run_id", "model", "task", "baseline", "status", "selected_on_validation",
-                         *knob_names, *keys, *night_keys])
+                         *knob_names, *keys, *night_keys, *diff_keys])
         chosen = selected_run(rows)
         for r in rows:
             writer.writerow([r.label, r.run_id, r.model, r.task, int(r.baseline), r.status, int(r is chosen),
                              *(r.params.get(k, "") for k in knob_names),
                              *("" if r.metrics.get(k) is None else repr(float(r.metrics[k])) for k in keys),
-                             *(r.night_cells() if nightly else ())])
+                             *(r.night_cells() if nightly else ()), *(r.diff_cells() if paired else ())])
     return path
 
 
