@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from distsleep.bench.engine import check_plan, format_result, measure_plain, run_isolated
+from distsleep.bench.engine import check_plan, format_result, measure_inference, measure_plain, run_isolated
 from distsleep.bench.load import settle
 from distsleep.bench.train import bench_train_config, format_train, in_windows, make_train_shards, measure_train
 
@@ -101,3 +101,20 @@ def test_gpu_check_plan_covers_the_issue():
         assert needed in kinds, needed
     assert sorted(c["loader_workers"] for k, c, _, _ in plan if k == "loader") == [1, 4]
     assert any(o.get("full") for _, _, o, _ in plan) and any(o.get("profile_steps") for _, _, o, _ in plan)
+    assert [c["precision"] for k, c, _, _ in plan if k == "inference"] == ["fp32"]  # as evaluate and predict run
+
+
+def test_inference_measurement_scores_every_test_epoch(shards, tmp_path):
+    """The GPU check's `inference` row: evaluate/predict's scoring of a test record on the run's device and on
+    the CPU (here both the CPU: the same weights give the same probabilities)."""
+    import json
+
+    cfg = bench_train_config(shards, tmp_path, workers=1, model_size="small", batch_size=4, seq_len=5,
+                             steps=1, warmup=0, loader_workers=0, log_every=1)
+    result = measure_inference(cfg, steps=1, warmup=0)
+    manifest = json.loads(shards.read_text())
+    test = sorted(r for r, v in manifest["records"].items() if v["split"] == "test")
+    assert result["records"] == 1 and result["epochs"] == manifest["records"][test[0]]["n_epochs"]
+    assert result["device"] == "cpu" and result["max_abs_difference"] == 0.0 and result["stage_agreement"] == 1.0
+    assert result["epochs_per_s"] > 0 and result["cpu_epochs_per_s"] > 0
+    assert "evaluate/predict scoring of 1 test record(s)" in format_result({"changes": {}, **result})

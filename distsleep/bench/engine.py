@@ -1,12 +1,14 @@
 """One worker's training step measured without Ray or MLflow, so it runs on a bare GPU box.
 
-Three measurements, each on the run's own stream of shards (the trainer's loader, channels and scaling):
+Four measurements, each on the run's own shards (the trainer's loader, channels and scaling):
 - `measure_loader`: batches/s of the training stream alone (decode, window, collate, IPC; no model);
 - `measure_plain`: the reference, a plain PyTorch loop (torch Adam, autocast, `clip_grad_norm_`) with the
   same model, data and optimiser settings as one Ray Train worker;
 - `measure_engine`: the trainer's own step (`distsleep.train.step`: DeepSpeed engine, clipping, device-side
   metrics) in a one-rank process group; `full=True` adds a validation pass, a checkpoint save/load round
   trip and a strict load of the saved weights into a fresh model (what `predict` does with a bundle).
+- `measure_inference`: what `evaluate` and `predict` run per record, on the device and on the CPU with the
+  same weights (speed, and how far the two disagree).
 
 `run_isolated` runs one of them in a fresh Python process (own CUDA context, own peak-memory figures, own
 timeout); `check` runs the plan a GPU needs and writes every result to a JSON file as it goes.
@@ -28,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -36,10 +38,10 @@ import torch.distributed as dist
 from torch.profiler import ProfilerActivity, profile
 
 from distsleep.shards.loader import (batches_per_epoch, endless_batches, load_manifest, make_train_loader,
-                                     shard_checksums)
+                                     shard_checksums, shard_urls)
 from distsleep.tasks import targets
 from distsleep.train.config import TrainConfig, lr_lambda
-from distsleep.train.evaluate import evaluate
+from distsleep.train.evaluate import aggregate, evaluate, score_windows
 from distsleep.train.inputs import input_roles, loader_config, model_and_config, stream_urls
 from distsleep.train.step import (DS_TAG, StepMetrics, batch_to_device, build_engine, compile_in_place, device_of,
                                   full_fp32_state, train_step)
@@ -277,7 +279,42 @@ def _full_checks(cfg: TrainConfig, trainer, stream: Stream, device: torch.device
     return out
 
 
-MEASUREMENTS = {"loader": measure_loader, "plain": measure_plain, "engine": measure_engine}
+def measure_inference(cfg: TrainConfig, steps: int, warmup: int, records: int = 1, batch_size: int = 64) -> dict:
+    """What `evaluate` and `predict` run for each record (`train.evaluate.score_windows` + `aggregate`: every
+    window, stride 1, fp32, the loader in the process) on the first test record(s), with the same weights on the
+    run's device and on the CPU: epochs scored per second on each, the largest difference in stage probability
+    and how often the two agree on the stage. (The Ray fan-out that gives each record a GPU task is not in it:
+    a bare GPU box has no Ray.) `steps` and `warmup` are unused: a pass is a whole record."""
+    device = device_of(cfg.use_gpu)
+    torch.manual_seed(cfg.seed)
+    manifest, base = load_manifest(cfg.shards, allow_commands=cfg.allow_shard_commands)
+    model, model_cfg = model_and_config(cfg)
+    roles = input_roles(cfg, manifest, model_cfg)
+    urls = shard_urls(manifest, "test", base)[:records]
+    if not urls:
+        raise ValueError(f"{cfg.shards}: no test records to score")
+    loader = replace(loader_config(cfg, roles, shard_checksums(manifest, base)), batch_size=batch_size, num_workers=0,
+                     stride=1)
+
+    def score(on: torch.device) -> tuple[dict, float]:
+        model.to(on)
+        t0 = time.perf_counter()
+        predictions = aggregate(score_windows(model, urls, loader, 1, 0, on, num_workers=0))
+        return predictions.probabilities, time.perf_counter() - t0
+
+    if device.type == "cuda":
+        score(device)  # cuDNN picks its kernels on the first pass
+    on_device, device_s = score(device)
+    on_cpu, cpu_s = score(torch.device("cpu"))
+    epochs = sum(len(p) for p in on_cpu.values())
+    differences = [abs(on_device[r] - on_cpu[r]).max() for r in on_cpu]
+    agree = sum(int((on_device[r].argmax(1) == on_cpu[r].argmax(1)).sum()) for r in on_cpu)
+    return {"kind": "inference", "device": str(device), "records": len(urls), "epochs": epochs,
+            "epochs_per_s": epochs / device_s, "cpu_epochs_per_s": epochs / cpu_s,
+            "max_abs_difference": float(max(differences)), "stage_agreement": agree / epochs, **_memory(device)}
+
+
+MEASUREMENTS = {"loader": measure_loader, "plain": measure_plain, "engine": measure_engine, "inference": measure_inference}
 
 
 def run_isolated(kind: str, cfg: TrainConfig, steps: int, warmup: int, timeout: float | None = None, **options) -> dict:
@@ -314,6 +351,7 @@ def check_plan(compile_runs: bool) -> list[tuple[str, dict, dict, float]]:
         ("loader", {"loader_workers": 1}, {}, 90),
         ("loader", {"loader_workers": 4}, {}, 90),
         ("plain", {"precision": "bf16"}, {}, 120),
+        ("inference", {"precision": "fp32"}, {}, 150),
     ]
     if compile_runs:
         plan += [("engine", {"precision": "bf16", "compile": True}, {}, 200),
@@ -346,12 +384,17 @@ def check(shards: str, out: Path, *, steps: int, warmup: int, size: str = "paper
 
 def format_result(r: dict) -> str:
     """One line per measurement."""
-    what = f"{r['kind']:<7}" + " ".join(f"{k}={v}" for k, v in r.get("changes", {}).items())
+    what = f"{r['kind']:<10}" + " ".join(f"{k}={v}" for k, v in r.get("changes", {}).items())
     what += " fixed-batch" if r.get("fixed_batch") else ""
     if "error" in r:
         return f"{what}: FAILED {r['error'][-600:]}"
     if r["kind"] == "loader":
         return f"{what}: {r['batches_per_s']:.1f} batches/s (first batch {r['first_batch_s']:.1f} s)"
+    if r["kind"] == "inference":
+        return (f"{what}: evaluate/predict scoring of {r['records']} test record(s), {r['epochs']} epochs: "
+                f"{r['epochs_per_s']:.0f} epochs/s on {r['device']}, {r['cpu_epochs_per_s']:.0f} on the CPU; "
+                f"probabilities differ by <= {r['max_abs_difference']:.1e}, stages agree on "
+                f"{100 * r['stage_agreement']:.2f} % of epochs")
     line = (f"{what}: {r['s_per_1000_steps']:.1f} s per 1,000 steps "
             f"({r['paper_speedup']:.1f}x the paper), {r['epochs_per_s']:.0f} epochs/s, loss {r['loss_first']:.3f} -> "
             f"{r['loss_last']:.3f}{'' if r['losses_finite'] else ' NON-FINITE'}")
@@ -378,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loader-workers", type=int, default=4)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--compile", action="store_true", help="also measure torch.compile (bf16 and fp32)")
-    p.add_argument("--skip", default="", help="comma-separated measurement kinds to leave out (loader, plain, engine)")
+    p.add_argument("--skip", default="", help="comma-separated measurement kinds to leave out (loader, plain, engine, "
+                                              "inference)")
     p = sub.add_parser("one", help="one measurement (used by check); prints RESULT {json}")
     p.add_argument("kind", choices=sorted(MEASUREMENTS))
     p.add_argument("job", help="JSON: {cfg, steps, warmup, options}")
