@@ -169,7 +169,7 @@ def test_sweep_logs_parent_children_and_the_comparison(interrupted_sweep):
         nights[child.info.run_id] = per_night_values((folder / "per_night.csv").read_text())
         assert float(rows[child.info.run_id]["night_kappa_mean"]) == pytest.approx(night["per_night"]["kappa"]["mean"])
         assert float(rows[child.info.run_id]["night_kappa_ci_low"]) == pytest.approx(night["per_night"]["kappa"]["ci_mean"][0])
-    assert "kappa/night [95% CI]" in result.stdout and "Δkappa/night vs selected [95% CI]" in result.stdout
+    assert "kappa/night [95% CI]" in result.stdout and "Δkappa/night vs reference [95% CI]" in result.stdout
     # Every other trial is paired with the one selected on validation, over the same test nights.
     selected = parent.data.tags["selected_run_id"]
     assert rows[selected]["night_kappa_diff_vs_selected"] == ""

@@ -176,7 +176,7 @@ def test_selection_is_on_validation_when_another_trial_has_the_best_test(tmp_pat
 
 def test_each_trial_is_paired_with_the_selected_one_on_the_same_test_nights(tmp_path):
     from distsleep.night_metrics import paired_difference
-    from distsleep.tracking.compare import DIFF_COLUMN, NIGHT_COLUMN, pair_with_selected
+    from distsleep.tracking.compare import DIFF_COLUMN, NIGHT_COLUMN, CompareError, pair_with_reference
 
     rows = _rows_with_validation()  # b is selected on validation
     rng = np.random.default_rng(0)
@@ -188,7 +188,7 @@ def test_each_trial_is_paired_with_the_selected_one_on_the_same_test_nights(tmp_
         row.night_kappa = {"mean": float(np.mean(values)), "ci_mean": [min(values), max(values)]}
     other_nights = Row("other data", "d", "mc2sleepnet", {}, {"test_accuracy": 0.7},
                        nights={f"x{i}": (f"t{i}", 0.5) for i in range(4)})
-    rows = pair_with_selected([*rows, other_nights])
+    rows = pair_with_reference([*rows, other_nights])
     chosen = rows[1]
     assert chosen.night_kappa_diff is None and rows[3].night_kappa_diff is None  # the baseline has no nights
     assert other_nights.night_kappa_diff is None  # other nights: nothing to pair with
@@ -201,9 +201,23 @@ def test_each_trial_is_paired_with_the_selected_one_on_the_same_test_nights(tmp_
     low, high = rows[0].night_kappa_diff["ci_mean"]
     assert diff["mask=0.50"] == "(reference)" and diff["YASA"] == "-" and diff["other data"] == "-"
     assert diff["mask=0.15"] == f"{rows[0].night_kappa_diff['mean']:+.3f} [{low:+.3f}, {high:+.3f}]"
-    assert "Δkappa/night: per test night" in format_text(rows)
+    assert "minus that of mask=0.50 (the run selected on validation)" in format_text(rows)
     with open(write_comparison(rows, tmp_path)["csv"]) as stream:
         table_rows = {r["run_id"]: r for r in csv.DictReader(stream)}
     assert float(table_rows["a"]["night_kappa_diff_vs_selected"]) == rows[0].night_kappa_diff["mean"]
     assert float(table_rows["a"]["night_kappa_diff_ci_high"]) == high
     assert table_rows["b"]["night_kappa_diff_vs_selected"] == "" and table_rows["p"]["night_kappa_diff_ci_low"] == ""
+
+    # Another reference asked for: every run is paired with it instead; the selection stays on validation.
+    pair_with_reference(rows, reference="c")
+    assert rows[2].reference and rows[2].night_kappa_diff is None and not rows[1].reference
+    assert rows[1].night_kappa_diff == paired_difference(rows[1].nights, rows[2].nights)
+    assert rows[1].night_kappa_diff["mean"] < 0  # b is 0.01 below c on every night
+    header, cells = table(rows)
+    assert {c[0]: c[header.index(DIFF_COLUMN)] for c in cells}["mask=0.85"] == "(reference)"
+    assert "minus that of mask=0.85 (the reference run asked for)" in format_text(rows)
+    assert "selected (validation): mask=0.50" in format_text(rows)
+    with pytest.raises(CompareError, match="--reference p: not one of the runs"):
+        pair_with_reference(rows, reference="p")  # the baseline row has no per-night results to pair with
+    with pytest.raises(CompareError, match="no per-night results"):
+        pair_with_reference([*rows[:3], Row("no nights", "e", "mc2sleepnet", {}, {})], reference="e")

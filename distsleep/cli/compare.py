@@ -9,8 +9,8 @@ from distsleep.config import default_tracking_uri
 from distsleep.tracking import TrackingUnavailable, check_reachable, compare
 
 DESCRIPTION = ("Read test metrics from MLflow (never recomputed) and print a table: masking ratio, pre-training accuracy, "
-               "fine-tuned accuracy, macro-F1, kappa, per-class F1, kappa per test night with its 95 % CI, best values "
-               "marked, and the YASA baseline when the sweep scored it. Writes comparison.txt/.csv/.md, "
+               "fine-tuned accuracy, macro-F1, kappa, per-class F1, kappa per test night with its 95 % CI and its paired "
+               "difference to a reference run on the same nights, best values marked, and the YASA baseline when the sweep scored it. Writes comparison.txt/.csv/.md, "
                "metrics_vs_mask_ratio.png, per_class_f1_vs_mask_ratio.png and confusion_matrices.png to --out.")
 
 
@@ -20,6 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", help="every run with test metrics in this MLflow experiment")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///$PWD/mlflow.db)")
     p.add_argument("--out", default="comparison", help="output folder (default ./comparison)")
+    p.add_argument("--reference", metavar="RUN_ID",
+                   help="pair every run per test night with this one (default: the run selected on validation)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     uri = args.tracking_uri or default_tracking_uri()
     try:
         check_reachable(uri)
-        rows = compare.collect(uri, sweep=args.sweep, experiment=args.experiment, run_ids=args.run_ids)
+        rows = compare.collect(uri, sweep=args.sweep, experiment=args.experiment, run_ids=args.run_ids,
+                               reference=args.reference)
     except (TrackingUnavailable, compare.CompareError) as error:
         print(f"distsleep compare: error: {error}", file=sys.stderr)
         return 2

@@ -37,9 +37,10 @@ COLUMNS = [  # (header, metric key); accuracies and F1 shown in %, kappa as is (
 # shown when some row has one.
 NIGHT_FOLDERS = ("per_night", "evaluation")
 NIGHT_COLUMN = "kappa/night [95% CI]"
-# Paired against the run selected on validation, on the same test nights: mean over nights of this run's kappa
-# minus the selected run's, with its subject-bootstrap CI (a CI that holds 0: no difference these nights show).
-DIFF_COLUMN = "Δkappa/night vs selected [95% CI]"
+# Paired against a reference run on the same test nights (the run selected on validation, or the one the user
+# names): mean over nights of this run's kappa minus the reference's, with its subject-bootstrap CI (a CI that
+# holds 0: no difference these nights show).
+DIFF_COLUMN = "Δkappa/night vs reference [95% CI]"
 # Shown only when some row has them: the binary tasks (apnea, hypopnea).
 EVENT_COLUMNS = [("F1 event", "test_f1_positive"), ("AUROC", "test_auroc"), ("majority acc", "test_majority_accuracy")]
 
@@ -77,7 +78,8 @@ class Row:
     extra: dict = field(default_factory=dict)
     night_kappa: dict | None = None  # {"mean", "ci_mean": [low, high]} over the test nights
     nights: dict | None = None  # record -> (subject, kappa of that night), from the run's per_night.csv
-    night_kappa_diff: dict | None = None  # paired_difference(this run's nights, the selected run's)
+    night_kappa_diff: dict | None = None  # paired_difference(this run's nights, the reference run's)
+    reference: bool = False  # the run the others are paired with (pair_with_reference)
 
     def night_cells(self) -> tuple[str, ...]:
         """(mean, CI low, CI high) as CSV values, empty without a per-night summary."""
@@ -175,8 +177,9 @@ def _baseline_row(tracking_uri: str, parent, with_confusion: bool) -> Row | None
 
 
 def collect(tracking_uri: str, *, sweep: str | None = None, experiment: str | None = None,
-            run_ids: list[str] | None = None, with_confusion: bool = True) -> list[Row]:
-    """Rows for a sweep (its trials + baseline), an experiment (every run with test metrics), or run ids."""
+            run_ids: list[str] | None = None, with_confusion: bool = True, reference: str | None = None) -> list[Row]:
+    """Rows for a sweep (its trials + baseline), an experiment (every run with test metrics), or run ids; each
+    paired per night with the `reference` run id (default: the run selected on validation)."""
     c = client(tracking_uri)
     rows: list[Row] = []
     if sweep:
@@ -219,15 +222,24 @@ def collect(tracking_uri: str, *, sweep: str | None = None, experiment: str | No
                 rows.append(_plain_row(tracking_uri, run, with_confusion))
     if not rows:
         raise CompareError("no runs with test metrics to compare")
-    return pair_with_selected(sort_rows(rows))
+    return pair_with_reference(sort_rows(rows), reference)
 
 
-def pair_with_selected(rows: list[Row]) -> list[Row]:
-    """Set each row's `night_kappa_diff`: its per-night kappa minus that of the run selected on validation, paired
-    on the same test nights (rows of another task or other nights get none). Returns `rows`."""
-    chosen = selected_run(rows)
+def pair_with_reference(rows: list[Row], reference: str | None = None) -> list[Row]:
+    """Set each row's `night_kappa_diff`: its per-night kappa minus that of the reference run, paired on the same
+    test nights (rows of another task or other nights get none). The reference is the run with id `reference`, or
+    by default the run selected on validation (a CompareError when `reference` is not among the rows or has no
+    per-night results). Returns `rows`."""
+    if reference is None:
+        chosen = selected_run(rows)
+    else:
+        chosen = next((r for r in rows if r.run_id == reference and not r.baseline), None)
+        if chosen is None:
+            raise CompareError(f"--reference {reference}: not one of the runs compared")
+        if not chosen.nights:
+            raise CompareError(f"--reference {reference}: the run has no per-night results (per_night/ or evaluation/)")
     for row in rows:
-        row.night_kappa_diff = None
+        row.night_kappa_diff, row.reference = None, row is chosen
         if chosen is not None and chosen.nights and row.nights and row is not chosen and row.task == chosen.task:
             row.night_kappa_diff = paired_difference(row.nights, chosen.nights)
     return rows
@@ -292,8 +304,7 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
             line.append("-" if mean is None else f"{mean:.3f} [{low:.3f}, {high:.3f}]")
         if paired:
             mean, low, high = (float(v) if v else None for v in row.diff_cells())
-            line.append("(reference)" if row is chosen and any(r.night_kappa_diff for r in rows)
-                        else "-" if mean is None else f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
+            line.append("(reference)" if row.reference else "-" if mean is None else f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
         line.append("baseline" if row.baseline else (f"{row.status}, {SELECTED}" if row is chosen else row.status))
         cells.append(line)
     return header, cells
@@ -316,9 +327,12 @@ def format_text(rows: list[Row]) -> str:
     note = ("mask: the swept ratio (in brackets the fraction of epochs really masked, where it differs); accuracy, "
             "F1 and AUROC in %, kappa as a fraction; * best value per column and task (for reading, not a selection); "
             "values as logged in MLflow")
-    if any(r.night_kappa_diff for r in rows):
-        note += ("; Δkappa/night: per test night, the run's kappa minus that of the run selected on validation, "
-                 "mean over the nights and its subject-bootstrap 95 % CI (a CI holding 0: no difference these nights show)")
+    reference = next((r for r in rows if r.reference), None)
+    if reference is not None and any(r.night_kappa_diff for r in rows):
+        chosen = selected_run(rows)
+        how = "the run selected on validation" if reference is chosen else "the reference run asked for"
+        note += (f"; Δkappa/night: per test night, the run's kappa minus that of {reference.label} ({how}), mean over "
+                 "the nights and its subject-bootstrap 95 % CI (a CI holding 0: no difference these nights show)")
     return "\n".join([*lines, selection_note(rows), note])
 
 
