@@ -16,7 +16,7 @@ import yasa
 
 from distsleep.bundle import MODEL
 from distsleep.cli import main as cli_main
-from distsleep.night_metrics import SLEEP_STATISTICS
+from distsleep.night_metrics import SLEEP_STATISTICS, paired_difference, per_night_values
 from distsleep.tracking import KIND_TAG, MODEL_RUN_TAG, MODEL_SOURCE_TAG
 
 from bundle_factory import register_bundle, write_bundle
@@ -152,6 +152,20 @@ def test_training_registers_its_bundle_for_predict_and_evaluate(shards, cohort, 
     assert float(table[evaluation.info.run_id]["night_kappa_mean"]) == pytest.approx(evaluated["mean"])
     assert float(table[evaluation.info.run_id]["night_kappa_ci_low"]) == pytest.approx(evaluated["ci_mean"][0])
     assert table[training.info.run_id]["night_kappa_mean"] != ""
+    # The same model on the same test nights, evaluated twice: paired per night with the training run (selected on
+    # validation, the only run with a validation metric), or the other way round with --reference.
+    trained_nights = per_night_values(Path(client.download_artifacts(training.info.run_id, "per_night/per_night.csv",
+                                                                     str(tmp_path))).read_text())
+    evaluated_nights = per_night_values((out / "per_night.csv").read_text())
+    paired = paired_difference(evaluated_nights, trained_nights)
+    assert float(table[evaluation.info.run_id]["night_kappa_diff_vs_reference"]) == pytest.approx(paired["mean"])
+    assert table[training.info.run_id]["night_kappa_diff_vs_reference"] == ""
+    assert cli_main(["compare", training.info.run_id, evaluation.info.run_id, "--tracking-uri", uri,
+                     "--reference", evaluation.info.run_id, "--out", str(tmp_path / "compare-ref")]) == 0
+    table = {row["run_id"]: row for row in csv.DictReader(open(tmp_path / "compare-ref" / "comparison.csv"))}
+    assert float(table[training.info.run_id]["night_kappa_diff_vs_reference"]) == pytest.approx(-paired["mean"])
+    assert float(table[training.info.run_id]["night_kappa_diff_ci_high"]) == pytest.approx(
+        paired_difference(trained_nights, evaluated_nights)["ci_mean"][1])
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # predict reads models:/ from the default store
     edf = sorted(cohort.rglob("*.edf"))[0]

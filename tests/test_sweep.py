@@ -172,12 +172,12 @@ def test_sweep_logs_parent_children_and_the_comparison(interrupted_sweep):
     assert "kappa/night [95% CI]" in result.stdout and "Δkappa/night vs reference [95% CI]" in result.stdout
     # Every other trial is paired with the one selected on validation, over the same test nights.
     selected = parent.data.tags["selected_run_id"]
-    assert rows[selected]["night_kappa_diff_vs_selected"] == ""
+    assert rows[selected]["night_kappa_diff_vs_reference"] == ""
     for child in children:
         if child.info.run_id != selected:
             paired = paired_difference(nights[child.info.run_id], nights[selected])
             assert paired["nights"] == len(nights[selected]) >= 2
-            assert float(rows[child.info.run_id]["night_kappa_diff_vs_selected"]) == pytest.approx(paired["mean"])
+            assert float(rows[child.info.run_id]["night_kappa_diff_vs_reference"]) == pytest.approx(paired["mean"])
             assert float(rows[child.info.run_id]["night_kappa_diff_ci_low"]) == pytest.approx(paired["ci_mean"][0])
     for name in ("metrics_vs_mask_ratio.png", "per_class_f1_vs_mask_ratio.png", "confusion_matrices.png"):
         assert matplotlib.image.imread(out / name).shape[0] > 100

@@ -204,9 +204,9 @@ def test_each_trial_is_paired_with_the_selected_one_on_the_same_test_nights(tmp_
     assert "minus that of mask=0.50 (the run selected on validation)" in format_text(rows)
     with open(write_comparison(rows, tmp_path)["csv"]) as stream:
         table_rows = {r["run_id"]: r for r in csv.DictReader(stream)}
-    assert float(table_rows["a"]["night_kappa_diff_vs_selected"]) == rows[0].night_kappa_diff["mean"]
+    assert float(table_rows["a"]["night_kappa_diff_vs_reference"]) == rows[0].night_kappa_diff["mean"]
     assert float(table_rows["a"]["night_kappa_diff_ci_high"]) == high
-    assert table_rows["b"]["night_kappa_diff_vs_selected"] == "" and table_rows["p"]["night_kappa_diff_ci_low"] == ""
+    assert table_rows["b"]["night_kappa_diff_vs_reference"] == "" and table_rows["p"]["night_kappa_diff_ci_low"] == ""
 
     # Another reference asked for: every run is paired with it instead; the selection stays on validation.
     pair_with_reference(rows, reference="c")

@@ -349,7 +349,7 @@ def write_csv(rows: list[Row], path: Path) -> Path:
     nightly = any(r.night_kappa for r in rows)
     night_keys = ["night_kappa_mean", "night_kappa_ci_low", "night_kappa_ci_high"] if nightly else []
     paired = any(r.night_kappa_diff for r in rows)
-    diff_keys = ["night_kappa_diff_vs_selected", "night_kappa_diff_ci_low", "night_kappa_diff_ci_high"] if paired else []
+    diff_keys = ["night_kappa_diff_vs_reference", "night_kappa_diff_ci_low", "night_kappa_diff_ci_high"] if paired else []
     with open(path, "w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(["label", "run_id", "model", "task", "baseline", "status", "selected_on_validation",
