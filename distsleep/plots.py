@@ -197,6 +197,26 @@ def bland_altman_png(true, predicted, path: str | Path, name: str, unit: str = "
     return _save(fig, path)
 
 
+def paired_differences_png(items: list[tuple[str, float, float, float]], reference: str, path: str | Path,
+                           metric: str = "Cohen's kappa", title: str = "") -> Path:
+    """Forest plot of paired per-night differences to a reference run: one line per (label, mean, CI low, CI high),
+    the reference at 0; an interval that crosses 0 shows no difference on these nights."""
+    labels = [reference, *(label for label, *_ in items)]
+    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.38 * len(labels)), dpi=120)
+    y = np.arange(len(labels))[::-1]
+    ax.axvline(0, color="gray", lw=1)
+    ax.scatter([0], [y[0]], marker="D", color="black", zorder=3)
+    for row, (_, mean, low, high) in zip(y[1:], items):
+        color = "tab:blue" if low > 0 else "tab:red" if high < 0 else "tab:gray"
+        ax.plot([low, high], [row, row], color=color, lw=2)
+        ax.scatter([mean], [row], color=color, zorder=3)
+    ax.set_yticks(y, [f"{labels[0]} (reference)", *labels[1:]], fontsize=7)
+    ax.set_xlabel(f"per-night {metric} minus the reference's, mean and 95 % CI (subjects resampled)", fontsize=8)
+    ax.set_title(title or f"paired on the same test nights vs {reference}", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
 def _save(fig, path: str | Path) -> Path:
     """Write the figure under a temporary name and rename it into place (a half-written PNG never shows)."""
     from distsleep.atomic import atomic_path

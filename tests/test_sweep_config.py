@@ -202,7 +202,9 @@ def test_each_trial_is_paired_with_the_selected_one_on_the_same_test_nights(tmp_
     assert diff["mask=0.50"] == "(reference)" and diff["YASA"] == "-" and diff["other data"] == "-"
     assert diff["mask=0.15"] == f"{rows[0].night_kappa_diff['mean']:+.3f} [{low:+.3f}, {high:+.3f}]"
     assert "minus that of mask=0.50 (the run selected on validation)" in format_text(rows)
-    with open(write_comparison(rows, tmp_path)["csv"]) as stream:
+    files = write_comparison(rows, tmp_path)
+    assert matplotlib.image.imread(files["paired_plot"]).shape[0] > 100
+    with open(files["csv"]) as stream:
         table_rows = {r["run_id"]: r for r in csv.DictReader(stream)}
     assert float(table_rows["a"]["night_kappa_diff_vs_reference"]) == rows[0].night_kappa_diff["mean"]
     assert float(table_rows["a"]["night_kappa_diff_ci_high"]) == high

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distsleep.night_metrics import paired_difference, per_night_values
-from distsleep.plots import confusion_grid_png, metric_curves_png
+from distsleep.plots import confusion_grid_png, metric_curves_png, paired_differences_png
 from distsleep.stages import STAGE_NAMES
 from distsleep.tracking import ENDED_BY_TAG, KIND_TAG, SWEEP_TAG, client, download_json, download_text, tag_filter, with_tag
 
@@ -384,4 +384,8 @@ def write_comparison(rows: list[Row], out_dir: str | Path, title: str = "") -> d
     matrices = [(r.label, r.confusion) for r in rows if r.confusion]
     if matrices:
         files["confusions"] = confusion_grid_png(matrices, out / "confusion_matrices.png")
+    reference = next((r for r in rows if r.reference), None)
+    paired = [(r.label, r.night_kappa_diff["mean"], *r.night_kappa_diff["ci_mean"]) for r in rows if r.night_kappa_diff]
+    if reference is not None and paired:
+        files["paired_plot"] = paired_differences_png(paired, reference.label, out / "paired_kappa_per_night.png")
     return files
