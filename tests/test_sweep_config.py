@@ -209,6 +209,7 @@ def test_each_trial_is_paired_with_the_selected_one_on_the_same_test_nights(tmp_
     assert float(table_rows["a"]["night_kappa_diff_vs_reference"]) == rows[0].night_kappa_diff["mean"]
     assert float(table_rows["a"]["night_kappa_diff_ci_high"]) == high
     assert table_rows["b"]["night_kappa_diff_vs_reference"] == "" and table_rows["p"]["night_kappa_diff_ci_low"] == ""
+    assert [table_rows[k]["paired_reference"] for k in "abcpd"] == ["0", "1", "0", "0", "0"]
 
     # Another reference asked for: every run is paired with it instead; the selection stays on validation.
     pair_with_reference(rows, reference="c")

@@ -89,7 +89,7 @@ class Row:
         return tuple("" if v is None else repr(float(v)) for v in (self.night_kappa["mean"], low, high))
 
     def diff_cells(self) -> tuple[str, ...]:
-        """(mean, CI low, CI high) of the paired difference to the selected run, empty where there is none."""
+        """(mean, CI low, CI high) of the paired difference to the reference run, empty where there is none."""
         if not self.night_kappa_diff:
             return "", "", ""
         low, high = self.night_kappa_diff["ci_mean"]
@@ -349,7 +349,8 @@ def write_csv(rows: list[Row], path: Path) -> Path:
     nightly = any(r.night_kappa for r in rows)
     night_keys = ["night_kappa_mean", "night_kappa_ci_low", "night_kappa_ci_high"] if nightly else []
     paired = any(r.night_kappa_diff for r in rows)
-    diff_keys = ["night_kappa_diff_vs_reference", "night_kappa_diff_ci_low", "night_kappa_diff_ci_high"] if paired else []
+    diff_keys = (["paired_reference", "night_kappa_diff_vs_reference", "night_kappa_diff_ci_low", "night_kappa_diff_ci_high"]
+                 if paired else [])
     with open(path, "w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(["label", "run_id", "model", "task", "baseline", "status", "selected_on_validation",
@@ -359,7 +360,8 @@ def write_csv(rows: list[Row], path: Path) -> Path:
             writer.writerow([r.label, r.run_id, r.model, r.task, int(r.baseline), r.status, int(r is chosen),
                              *(r.params.get(k, "") for k in knob_names),
                              *("" if r.metrics.get(k) is None else repr(float(r.metrics[k])) for k in keys),
-                             *(r.night_cells() if nightly else ()), *(r.diff_cells() if paired else ())])
+                             *(r.night_cells() if nightly else ()),
+                             *((int(r.reference), *r.diff_cells()) if paired else ())])
     return path
 
 
