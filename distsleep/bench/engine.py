@@ -38,7 +38,7 @@ import torch.distributed as dist
 from torch.profiler import ProfilerActivity, profile
 
 from distsleep.shards.loader import (batches_per_epoch, endless_batches, load_manifest, make_train_loader,
-                                     shard_checksums, shard_urls)
+                                     shard_checksums)
 from distsleep.tasks import targets
 from distsleep.train.config import TrainConfig, lr_lambda
 from distsleep.train.evaluate import aggregate, evaluate, score_windows
@@ -78,6 +78,7 @@ class Stream:
     model: torch.nn.Module
     loader_cfg: object
     val_urls: list[str]
+    test_urls: list[str]
     loader: object
 
 
@@ -93,7 +94,7 @@ def open_stream(cfg: TrainConfig, pin_memory: bool = False) -> Stream:
     streams = stream_urls(cfg, manifest, base, roles)
     per_epoch = batches_per_epoch(manifest, 1, lcfg.batch_size, seq_len=cfg.seq_len, records=streams.labelled)
     loader = make_train_loader(streams.training, lcfg, 1, 0, per_epoch, pin_memory=pin_memory)
-    return Stream(model, lcfg, streams.val, loader)
+    return Stream(model, lcfg, streams.val, streams.test, loader)
 
 
 def _memory(device: torch.device) -> dict:
@@ -286,15 +287,11 @@ def measure_inference(cfg: TrainConfig, steps: int, warmup: int, records: int = 
     and how often the two agree on the stage. (The Ray fan-out that gives each record a GPU task is not in it:
     a bare GPU box has no Ray.) `steps` and `warmup` are unused: a pass is a whole record."""
     device = device_of(cfg.use_gpu)
-    torch.manual_seed(cfg.seed)
-    manifest, base = load_manifest(cfg.shards, allow_commands=cfg.allow_shard_commands)
-    model, model_cfg = model_and_config(cfg)
-    roles = input_roles(cfg, manifest, model_cfg)
-    urls = shard_urls(manifest, "test", base)[:records]
+    stream = open_stream(cfg)  # its training loader is never iterated: no worker starts
+    model, urls = stream.model, stream.test_urls[:records]
     if not urls:
         raise ValueError(f"{cfg.shards}: no test records to score")
-    loader = replace(loader_config(cfg, roles, shard_checksums(manifest, base)), batch_size=batch_size, num_workers=0,
-                     stride=1)
+    loader = replace(stream.loader_cfg, batch_size=batch_size, num_workers=0, stride=1)
 
     def score(on: torch.device) -> tuple[dict, float]:
         model.to(on)
