@@ -91,14 +91,23 @@ class Located:
 # ------------------------------------------------------------------------------------------------ formats
 
 
-def bundle_data(manifest: dict) -> dict:
-    """What a model bundle records about its training data (read back to keep a fine-tuning run's validation
-    and test records out of what its source trained on)."""
-    return {"manifest_hash": manifest_hash(manifest), "records": {"train": split_records(manifest)["train"]}}
+def bundle_data(manifest: dict, trained_before=()) -> dict:
+    """What a model bundle records about its training data (read back to keep the people of a fine-tuning run's
+    validation and test records out of what its source learned from): its training records and those its own
+    --init-from sources learned from (`trained_before`)."""
+    return {"manifest_hash": manifest_hash(manifest), "records": {"train": split_records(manifest)["train"]},
+            "trained_before": sorted(trained_before)}
+
+
+def trained_records(data: dict) -> set[str]:
+    """Every record a model learned from, given its `data` (a bundle's, a run identity, a data.json): its own
+    training records and those its --init-from sources learned from ("trained_before"), so that a chain
+    A -> B -> C is checked against A's people too."""
+    return set(data.get("records", {}).get("train", [])) | set(data.get("trained_before", []))
 
 
 def model_bundle(*, model: str, model_config, weights: dict, manifest: dict, roles, seq_len: int, stage: str,
-                 task: str = "staging") -> dict:
+                 task: str = "staging", trained_before=()) -> dict:
     """The trained model as one file: fp32 weights plus what inference needs to reproduce the inputs."""
     return {
         "format": MODEL.format,
@@ -112,7 +121,7 @@ def model_bundle(*, model: str, model_config, weights: dict, manifest: dict, rol
         "stage": stage,
         "task": task,
         "normalization": model_normalization(model),
-        "data": bundle_data(manifest),  # what it was trained on: a run starting from it checks its splits against this
+        "data": bundle_data(manifest, trained_before),  # what it was trained on: a run starting from it checks its splits against this
     }
 
 

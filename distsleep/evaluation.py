@@ -19,6 +19,12 @@ Cross-dataset: the bundle's channel roles are looked up among the manifest's; a 
 through the role filling the same model input (`bundle.map_roles`, e.g. SHHS C4-A1 -> Sleep-EDF Fpz-Cz), and
 summary.json / the console say so. Shards must give the model the samples per epoch it was built for.
 A failing record is listed in summary.json (`failed`, `complete: false`); the others are still evaluated.
+
+Seen people: a bundle records what it learned from (`bundle.trained_records`). Scoring a validation or test
+split that holds a person it learned from (any night of theirs, e.g. a manifest split with another seed) is
+refused: the figures would measure memorisation. A bundle that does not say is evaluated, and summary.json
+says the check could not be made. The MLflow metrics are named after the split (`test_kappa`,
+`val_kappa`, `train_kappa`), so only a test split's evaluation is ever read as a test result.
 """
 
 from __future__ import annotations
@@ -32,14 +38,14 @@ import numpy as np
 import torch
 
 from distsleep.atomic import atomic_path
-from distsleep.bundle import BundleError, Located, load_model, map_roles, resolve
+from distsleep.bundle import BundleError, Located, load_model, map_roles, resolve, trained_records
 from distsleep.config import ConfigBase, default_tracking_uri
 from distsleep.errors import InputError
 from distsleep.fanout import run_each
 from distsleep.night_metrics import Night, evaluate_nights, write_evaluation
 from distsleep.runtime import connect_ray
 from distsleep.shards.loader import LoaderConfig, load_manifest, shard_checksums, shard_urls
-from distsleep.shards.manifest import manifest_hash
+from distsleep.shards.manifest import manifest_hash, seen_people
 from distsleep.tracking import (KIND_TAG, MODEL_RUN_TAG, MODEL_SOURCE_TAG, RunLogger, check_reachable, client,
                                 experiment_id)
 from distsleep.train.evaluate import aggregate, score_windows
@@ -142,11 +148,12 @@ def _track(cfg: EvaluateConfig, uri: str, located: Located, bundle: dict, result
                    "substituted": ",".join(f"{a}->{b}" for a, b in result.substituted.items()) or "none"})
     pooled = summary["pooled"]
     metrics = {"nights": summary["nights"], "failed_nights": len(result.failed)}
+    split = cfg.split  # test_kappa only for the test split: compare reads every test_* metric as a test result
     for name in ("accuracy", "kappa", "macro_f1"):
-        metrics[f"test_{name}"] = pooled[name]
-        metrics[f"test_{name}_ci_low"], metrics[f"test_{name}_ci_high"] = pooled["ci"][name]
+        metrics[f"{split}_{name}"] = pooled[name]
+        metrics[f"{split}_{name}_ci_low"], metrics[f"{split}_{name}_ci_high"] = pooled["ci"][name]
         metrics[f"night_{name}_median"] = summary["per_night"][name]["median"]
-    metrics.update({f"test_f1_{stage}": value for stage, value in pooled["f1"].items()})
+    metrics.update({f"{split}_f1_{stage}": value for stage, value in pooled["f1"].items()})
     for name, stat in summary["sleep_statistics"].items():
         metrics[f"{name}_bias"] = stat["difference"]["mean"]
     logger.metrics({k: v for k, v in metrics.items() if v is not None and np.isfinite(v)}, step=0)
@@ -173,6 +180,15 @@ def run_evaluation(cfg: EvaluateConfig) -> EvaluationResult:
     shard_roles = manifest.get("channels") or manifest["config"]["preprocess"]["channels"]
     roles, substituted = map_roles(bundle, shard_roles, f"the shards of {cfg.shards}", located.name)
     notes = preprocessing_notes(bundle, manifest, cfg.shards)
+    learned = trained_records(bundle["data"]) if isinstance(bundle.get("data"), dict) else None
+    if learned is not None and cfg.split != "train":
+        seen = seen_people(manifest, learned)[cfg.split]
+        if seen:
+            raise EvaluationError(cfg.shards, f"{located.name} learned from the people of {len(seen)} of its {cfg.split} "
+                                              f"records (e.g. {', '.join(seen[:3])}; the same night or another night of "
+                                              "the same person), so its scores would measure memorisation: evaluate on "
+                                              "a manifest split the way the model's training data was (the same "
+                                              "--split-seed or split file) or on people it never saw")
     if cfg.track:
         check_reachable(uri)  # before the cluster spends time scoring
     loader = LoaderConfig(seq_len=int(bundle["seq_len"]), batch_size=cfg.batch_size, num_workers=0, channels=list(roles),
@@ -193,7 +209,9 @@ def run_evaluation(cfg: EvaluateConfig) -> EvaluationResult:
         "complete": not failed,
         "failed": failed,
         "model": {"source": located.name, "run_id": located.run_id, "name": bundle["model"], "stage": bundle.get("stage"),
-                  "trained_on": bundle["preprocess"].get("source")},
+                  "trained_on": bundle["preprocess"].get("source"),
+                  # the records it learned from, checked against this split's people; None: the bundle does not say
+                  "trained_records": None if learned is None else len(learned)},
         "data": {"manifest": cfg.shards, "manifest_hash": manifest_hash(manifest), "split": cfg.split,
                  "source": manifest["config"]["preprocess"].get("source")},
         "channels": {"model": list(bundle["channels"]), "read": list(roles), "substituted": substituted},
@@ -219,6 +237,8 @@ def format_summary(result: EvaluationResult) -> str:
              f"..{pooled['ci']['kappa'][1]:.3f})  macro-F1 {pooled['macro_f1']:.3f}"]
     if night["median"] is not None:
         lines.append(f"per-night kappa: median {night['median']:.3f} (IQR {night['q25']:.3f}..{night['q75']:.3f})")
+    if s["model"]["trained_records"] is None:
+        lines.append("not checked for people the model learned from: the bundle does not record its training data")
     for role, used in result.substituted.items():
         lines.append(f"channel substituted: the model's {role} was read from the shards' {used} (cross-dataset)")
     for note in s["preprocessing_differences"]:

@@ -108,6 +108,31 @@ def test_a_model_whose_role_has_no_stand_in_is_refused(shards, tmp_path, capsys)
     assert not (tmp_path / "x").exists()
 
 
+def test_people_the_model_learned_from_are_never_scored_and_metrics_name_their_split(shards, tmp_path, capsys):
+    manifest = json.loads(shards.read_text())
+    by_split = {s: sorted(r for r, e in manifest["records"].items() if e["split"] == s) for s in ("train", "val", "test")}
+    # Trained on this manifest's training nights and on another visit (SHHS2) of a test person.
+    person = manifest["records"][by_split["test"][0]]["subject"]
+    leaky = write_bundle(tmp_path / "leaky.pt", trained_on=[*by_split["train"], f"shhs2-{person}"])
+    status = cli_main(["evaluate", "--model", str(leaky), "--shards", str(shards), "--out", str(tmp_path / "x"),
+                       "--no-tracking", "--no-progress"])
+    error = capsys.readouterr().err
+    assert status == 2 and f"1 of its test records (e.g. {by_split['test'][0]};" in error and "memorisation" in error
+    assert not (tmp_path / "x").exists()
+
+    # Its validation people it never saw: scored, and logged as validation figures, never as test ones.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "val"
+    assert cli_main(["evaluate", "--model", str(leaky), "--shards", str(shards), "--out", str(out), "--split", "val",
+                     "--tracking-uri", uri, "--n-boot", "50", "--no-progress", "--stride", "5"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"]["trained_records"] == len(by_split["train"]) + 1 and summary["nights"] == len(by_split["val"])
+    client = mlflow.MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("distsleep-evaluate").experiment_id])
+    assert run.data.metrics["val_kappa"] == pytest.approx(summary["pooled"]["kappa"])
+    assert not [k for k in run.data.metrics if k.startswith("test_")]
+
+
 def test_a_registered_model_is_evaluated_by_models_uri(shards, tmp_path):
     uri, run_id = register_bundle(write_bundle(tmp_path / "model.pt"), tmp_path)
     client = mlflow.MlflowClient(uri)

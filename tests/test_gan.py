@@ -343,17 +343,19 @@ def test_augmented_shards_reach_training_only(gan_augmentation, shards, tmp_path
                        manifest, base, CHANNELS)
     assert set(semi.augmented) == synthetic and len(semi.train) == 2
 
-    # A generator that saw recordings which are validation/test records of this manifest is refused before
-    # launch, naming the augmentation and the records: its epochs would carry them into training.
+    # A generator that saw a person of this manifest's validation/test records (here another visit of theirs, in
+    # no manifest of ours) is refused before launch, naming the augmentation and the records: its epochs would
+    # carry that person into training.
     val_record = next(r for r, e in manifest["records"].items() if e["split"] == "val")
+    other_visit = "shhs2-" + manifest["records"][val_record]["subject"]
     leaky = tmp_path / "augmentation.json"
     leaky.write_text(json.dumps({**listing, "generator": {**listing["generator"],
-                                                         "train_records": [*listing["generator"]["train_records"], val_record]}}))
+                                                         "train_records": [*listing["generator"]["train_records"], other_visit]}}))
     for entry in listing["shards"]:
         (tmp_path / "shards").mkdir(exist_ok=True)
         shutil.copy(gan_augmentation.parent / entry["shard"], tmp_path / entry["shard"])
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    with pytest.raises(LaunchError, match=rf"{leaky}: its generator was trained on record\(s\) \['{val_record}'\]"):
+    with pytest.raises(LaunchError, match=rf"{leaky}: its generator was trained on the people of record\(s\) \['{val_record}'\]"):
         run_training(TrainConfig(shards=str(shards), model="isatsleepnet", augment_shards=[str(leaky)],
                                  tracking_uri=store, storage_path=str(tmp_path / "runs")))
     leaky.write_text(json.dumps({**listing, "split": "val"}))

@@ -23,6 +23,7 @@ from distsleep.synth.cohort import CohortConfig, generate_cohort, record_paths
 from distsleep.tracking import TrackingUnavailable
 from distsleep.train.config import TrainConfig
 from distsleep.train.driver import LaunchError
+from distsleep.train.identity import RunMismatch, check_init_sources
 from distsleep.train.launch import run_training
 from session_processes import session_processes
 
@@ -222,6 +223,13 @@ def test_finetune_from_pretraining(shards, tmp_path):
     assert run.data.tags["stage"] == "finetune"
     assert int(run.data.tags["trainable_parameters"]) < int(run.data.tags["parameters"])
     assert run.data.params["train.init_from"] == pre.run_id
+    # What the pre-training learned from travels on: a run starting from this one is checked against it too.
+    learned = sorted(r for r, e in json.loads(shards.read_text())["records"].items() if e["split"] == "train")
+    for folder, name in (("", "data.json"), ("model", "model.pt")):
+        path = Path(tracking.download_artifacts(outcome.run_id, f"{folder}/{name}".lstrip("/"), str(tmp_path / "fine-files")))
+        data = json.loads(path.read_text()) if name.endswith(".json") else torch.load(path, weights_only=True)["data"]
+        assert data["trained_before"] == learned, name
+    assert json.loads((tmp_path / "runs" / "fine" / "run_identity.json").read_text())["trained_before"] == learned
     assert "mask_ratio_effective" in run.data.metrics and run.data.metrics["mask_ratio_effective"] == 0.0
     assert outcome.metrics["test_accuracy"] > majority_accuracy(shards, "test")
 
@@ -368,6 +376,27 @@ def test_init_from_a_run_that_trained_on_the_test_records_is_refused(bundle_lost
     swapped = _swapped_manifest(shards, tmp / "swapped-ft")
     cfg = tiny(swapped, tmp, name="ft-leak", stage="finetune", init_from=str(tmp / "runs" / "lost"),
                tracking_uri=f"sqlite:///{tmp / 'local.db'}")
-    with pytest.raises(LaunchError, match=r"--init-from .*runs/lost was trained on 5 record\(s\) that are test records"):
+    with pytest.raises(LaunchError, match=r"--init-from .*runs/lost was trained on the people of 5 test record\(s\)"):
         run_training(cfg, check_cluster=False)
     assert not (tmp / "runs" / "ft-leak").exists(), "refused before anything was created"
+
+
+def test_init_from_is_checked_by_person_and_through_the_sources_own_sources(shards, tmp_path):
+    """Another visit of a test person counts as that person, and so does what the source's source learned from
+    ("trained_before"), so that neither SHHS2 nights nor a chain of runs carries a test person into training."""
+    manifest = json.loads(shards.read_text())
+    test_record = sorted(r for r, e in manifest["records"].items() if e["split"] == "test")[0]
+    other_visit = "shhs2-" + manifest["records"][test_record]["subject"]
+    train_records = sorted(r for r, e in manifest["records"].items() if e["split"] == "train")
+    for name, data in (("visit", {"records": {"train": [other_visit]}}),
+                       ("chain", {"records": {"train": train_records}, "trained_before": [other_visit]})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run_identity.json").write_text(json.dumps({"manifest_hash": "x", **data}))
+        cfg = tiny(shards, tmp_path, stage="finetune", init_from=str(tmp_path / name))
+        with pytest.raises(RunMismatch, match=rf"the people of 1 test record\(s\) of .* \(e.g. {test_record};"):
+            check_init_sources(cfg, manifest, cfg.tracking_uri)
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "clean" / "run_identity.json").write_text(json.dumps({"records": {"train": train_records},
+                                                                      "trained_before": ["shhs2-999999"]}))
+    found, learned = check_init_sources(tiny(shards, tmp_path, init_from=str(tmp_path / "clean")), manifest, "")
+    assert learned == sorted([*train_records, "shhs2-999999"]) and found[str(tmp_path / "clean")]["train_records"] == len(learned)

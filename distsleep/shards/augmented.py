@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from distsleep.shards.loader import load_manifest, resolve_shard, shard_checksums
+from distsleep.shards.manifest import seen_people
 from distsleep.shards.storage import UnsafeEntryError
 
 AUGMENTATION_FORMAT = "distsleep-augmentation/1"
@@ -30,7 +31,7 @@ def check_fits(manifest: dict, manifest_name: str, *, where: str, source_hash, c
                source: str = "") -> None:
     """Raise AugmentationError (naming `where`) unless epochs of a generator may join the training data of
     `manifest`: trained on shards of the same preprocessing config (`source_hash`), producing channels the
-    manifest has, and on no recording that is a validation/test record there (that would leak it).
+    manifest has, and on no person of a validation/test record there (any night of theirs: that would leak them).
 
     Checked for a generator bundle before `augment` writes anything, and for an augmentation manifest before a
     training run uses it.
@@ -43,10 +44,12 @@ def check_fits(manifest: dict, manifest_name: str, *, where: str, source_hash, c
     absent = [c for c in channels if c not in manifest.get("channels", [])]
     if absent:
         raise AugmentationError(f"{where}: channel(s) {absent} are not in {manifest_name} ({manifest.get('channels')})")
-    leaked = sorted(r for r in train_records if manifest["records"].get(r, {}).get("split", "train") != "train")
+    seen = seen_people(manifest, train_records)
+    leaked = sorted(seen["val"] + seen["test"])
     if leaked:
-        raise AugmentationError(f"{where}: its generator was trained on record(s) {leaked[:5]}"
-                                f"{' ...' if len(leaked) > 5 else ''} that are validation/test records in {manifest_name}")
+        raise AugmentationError(f"{where}: its generator was trained on the people of record(s) {leaked[:5]}"
+                                f"{' ...' if len(leaked) > 5 else ''}, validation/test records in {manifest_name} (the "
+                                "same night or another night of the same person)")
 
 
 def load_augmentation(path_or_url, allow_commands: bool = False) -> tuple[dict, str]:

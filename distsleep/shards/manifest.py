@@ -128,6 +128,21 @@ def split_records(manifest: dict) -> dict[str, list[str]]:
     return {s: sorted(r for r, e in manifest.get("records", {}).items() if e.get("split") == s) for s in ("train", "val", "test")}
 
 
+def seen_people(manifest: dict, trained_records) -> dict[str, list[str]]:
+    """Validation and test record ids of `manifest` ({"val": [...], "test": [...]}) that belong to a person of
+    `trained_records`: the record ids another model was trained on, possibly from another manifest. The same
+    night counts, and so does another visit or night of the same person (shhs2-200001 for shhs1-200001,
+    SC4012E0 for SC4011E0): splits are by person, so a model that saw a person must not be scored on them."""
+    source = manifest.get("config", {}).get("preprocess", {}).get("source", "")
+    trained = set(trained_records)
+    people = {subject_of(r, source) for r in trained}
+    found = {}
+    for split in ("val", "test"):
+        found[split] = sorted(r for r, e in manifest.get("records", {}).items() if e.get("split") == split
+                              and (r in trained or e.get("subject", subject_of(r, source)) in people))
+    return found
+
+
 def manifest_hash(manifest: dict) -> str:
     """Hash of the data a manifest describes: its preprocessing config and, per record, split and shard sha256
     (not its location or the code version that wrote it). Augmentation manifests hash their shard list."""

@@ -20,10 +20,10 @@ from distsleep.shards.manifest import code_version, manifest_hash
 from distsleep.tasks import class_names
 
 
-def make_bundle(cfg, model_cfg, weights: dict, manifest: dict, roles) -> dict:
+def make_bundle(cfg, model_cfg, weights: dict, manifest: dict, roles, trained_before=()) -> dict:
     """The run's model bundle (`distsleep.bundle`): its weights, preprocessing, channels and training data."""
     return model_bundle(model=cfg.model, model_config=model_cfg, weights=weights, manifest=manifest, roles=roles,
-                        seq_len=cfg.seq_len, stage=cfg.stage, task=cfg.task)
+                        seq_len=cfg.seq_len, stage=cfg.stage, task=cfg.task, trained_before=trained_before)
 
 
 PER_NIGHT = "per_night"  # the artifact folder of the test set's per-night evaluation (as `distsleep evaluate` writes it)
@@ -50,8 +50,9 @@ def _environment(world: int, cfg) -> dict:
 
 
 def write_run_artifacts(directory: Path, *, cfg, model_cfg, ds_config, manifest, roles, test_metrics, predictions,
-                        state, weights, world, augmented=()) -> list[tuple[Path, str | None]]:
-    """Write the run's artifacts into `directory`; returns (file, MLflow artifact folder) pairs."""
+                        state, weights, world, augmented=(), trained_before=()) -> list[tuple[Path, str | None]]:
+    """Write the run's artifacts into `directory`; returns (file, MLflow artifact folder) pairs.
+    `trained_before`: the records the run's --init-from sources learned from (data.json and the bundle keep them)."""
     files: list[tuple[Path, str | None]] = []
 
     def dump(name: str, payload, folder: str | None = None) -> None:
@@ -67,6 +68,7 @@ def write_run_artifacts(directory: Path, *, cfg, model_cfg, ds_config, manifest,
                        "shards": cfg.shards, "channels": list(roles), "records": splits,
                        "split_source": manifest.get("split"),  # stable hash + seed, or a published split file
                        "evaluated_test_records": sorted(predictions.labels),
+                       "trained_before": sorted(trained_before),
                        # synthetic epochs: training stream only (never validation/test), with their provenance
                        "augmentation": {"manifests": list(cfg.augment_shards), "shards": list(augmented)},
                        "preprocess": manifest["config"]["preprocess"]})
@@ -88,6 +90,6 @@ def write_run_artifacts(directory: Path, *, cfg, model_cfg, ds_config, manifest,
         files.append((path, None))
         files += [(path, PER_NIGHT) for path in per_night_files(directory / PER_NIGHT, predictions, manifest, cfg.seed)]
     bundle = directory / MODEL.file
-    torch.save(make_bundle(cfg, model_cfg, weights, manifest, roles), bundle)
+    torch.save(make_bundle(cfg, model_cfg, weights, manifest, roles, trained_before), bundle)
     files.append((bundle, MODEL.folder))
     return files

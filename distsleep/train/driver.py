@@ -156,12 +156,12 @@ def run_storage(storage_path: str, name: str) -> str:
 
 
 @contextmanager
-def guarded_launch(cfg, manifest: dict, storage: str, augmentations=()):
+def guarded_launch(cfg, manifest: dict, storage: str, augmentations=(), trained_before=()):
     """`identity.launch_guard` for the block, its refusals (another launch running, another run under this
     name, a changed checkpoint) raised as LaunchErrors."""
     with ExitStack() as stack:
         try:
-            stack.enter_context(launch_guard(cfg, manifest, storage, augmentations))
+            stack.enter_context(launch_guard(cfg, manifest, storage, augmentations, trained_before))
         except (LockHeld, RunMismatch, IntegrityError) as error:
             raise LaunchError(str(error)) from error
         yield
@@ -304,24 +304,26 @@ def finished_launch(cfg, storage: str, tracking_uri: str) -> Launched | None:
 def launch(cfg, manifest: dict, loop: Callable[[dict], None], config_key: str, *, tracking_uri: str, tags: dict,
            address: str | None = None, check_cluster: bool = True, inputs=(), augmentations=(),
            checkpoint_config: CheckpointConfig, callbacks: list | None = None,
-           display_name: str | None = None) -> Launched:
+           display_name: str | None = None, trained_before=()) -> Launched:
     """The driver steps after the job's own preflight: connect, check the cluster (unless the caller did, as a
     sweep does for all of its trials), then, holding the run's launch guard, either the run as it stands when
     it has already finished (`finished_launch`), or the MLflow run (found or created, tagged `tags`) and
-    `fit()` of `loop` with `{config_key: cfg.to_dict(), mlflow_run_id, tracking_uri, mlflow_new_run}` as its
-    config."""
+    `fit()` of `loop` with `{config_key: cfg.to_dict(), mlflow_run_id, tracking_uri, mlflow_new_run,
+    trained_before}` as its config (`trained_before`: the records its --init-from sources learned from, which
+    its bundle and data.json carry on)."""
     connect_ray(address)
     if check_cluster:
         cluster_preflight(cfg, tracking_uri, inputs=inputs)
     storage = run_storage(cfg.storage_path, cfg.name)
-    with guarded_launch(cfg, manifest, storage, augmentations):  # one launch per name, the same run, verified checkpoints
+    # one launch per name, the same run, verified checkpoints
+    with guarded_launch(cfg, manifest, storage, augmentations, trained_before):
         done = finished_launch(cfg, storage, tracking_uri)
         if done is not None:
             return done
         run_id, resumed = find_or_create_run(tracking_uri, cfg.experiment, cfg.name, cfg.parent_run_id, tags,
                                              display_name)
         loop_config = {config_key: cfg.to_dict(), "mlflow_run_id": run_id, "tracking_uri": tracking_uri,
-                       "mlflow_new_run": not resumed}
+                       "mlflow_new_run": not resumed, "trained_before": sorted(trained_before)}
         trainer = build_trainer(loop, loop_config, cfg, tracking_uri, checkpoint_config=checkpoint_config,
                                 callbacks=callbacks)
         result, logged = fit_tracked(trainer, cfg, run_id, tracking_uri, storage)

@@ -12,8 +12,9 @@ the launch holds STORAGE/NAME/.launch.lock while it runs, so a second launch of 
 refused (naming the first). STORAGE may be an s3:// prefix: the identity file and lock are objects there.
 
 `--init-from` / `--init-part` sources are identified the same way (a run's identity file, a bundle's
-"data", an MLflow run's data.json): a run whose validation or test records were training records of the
-source is refused, since its scores would measure memorisation.
+"data", an MLflow run's data.json): a run is refused when a person of its validation or test records was
+in what the source learned from (its training records and, as "trained_before", those of its own sources,
+any night of that person), since its scores would measure memorisation.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from distsleep import bundle, store
 from distsleep.integrity import verify_checksums
 from distsleep.locks import exclusive_lock
-from distsleep.shards.manifest import canonical_hash, manifest_hash, split_records
+from distsleep.shards.manifest import canonical_hash, manifest_hash, seen_people, split_records
 from distsleep.tracking import download_json
 
 IDENTITY_FILE = "run_identity.json"
@@ -51,12 +52,13 @@ def identity_config(cfg) -> dict:
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in OPERATIONAL_FIELDS}
 
 
-def run_identity(cfg, manifest: dict, augmentations: list[dict] = ()) -> dict:
+def run_identity(cfg, manifest: dict, augmentations: list[dict] = (), trained_before=()) -> dict:
+    """What the run is (module docstring); `trained_before`: the records its --init-from sources learned from."""
     config = json.loads(json.dumps(identity_config(cfg), default=str))
     return {"format": IDENTITY_FORMAT, "name": cfg.name, "config": config, "config_hash": canonical_hash(config),
             "manifest": str(cfg.shards), "manifest_hash": manifest_hash(manifest),
             "augmentation_hash": canonical_hash([manifest_hash(a) for a in augmentations]),
-            "records": split_records(manifest)}
+            "records": split_records(manifest), "trained_before": sorted(trained_before)}
 
 
 def _differences(before: dict, now: dict) -> list[str]:
@@ -104,12 +106,12 @@ def verify_checkpoints(storage: str) -> None:
 
 
 @contextmanager
-def launch_guard(cfg, manifest: dict, storage: str, augmentations: list[dict] = ()):
+def launch_guard(cfg, manifest: dict, storage: str, augmentations: list[dict] = (), trained_before=()):
     """For the duration of a launch: the run's lock (a lease object when the storage is s3://, see locks.py),
     its identity checked (or recorded) and its checkpoints verified."""
     with exclusive_lock(store.join(storage, LOCK_FILE), f"run {cfg.name!r} ({storage})",
                         "wait for that launch to end, or give this one another --name"):
-        check_identity(storage, run_identity(cfg, manifest, augmentations))
+        check_identity(storage, run_identity(cfg, manifest, augmentations, trained_before))
         verify_checkpoints(storage)
         yield
 
@@ -125,7 +127,8 @@ def _identity_near(path: Path) -> dict | None:
 
 
 def source_data(source: str, tracking_uri: str) -> dict | None:
-    """{"manifest_hash", "records": {split: ids}} of the run or bundle a run starts from, or None if unknown."""
+    """{"manifest_hash", "records": {split: ids}, "trained_before": ids} of the run or bundle a run starts from,
+    or None if unknown."""
     path = Path(source)
     if path.is_dir():
         identity = _identity_near(path)
@@ -135,7 +138,8 @@ def source_data(source: str, tracking_uri: str) -> dict | None:
         data = download_json(tracking_uri, source, "data.json")
         if data is None or "records" not in data:
             return None
-        return {"manifest_hash": data.get("manifest_hash"), "records": data["records"]}
+        return {"manifest_hash": data.get("manifest_hash"), "records": data["records"],
+                "trained_before": data.get("trained_before", [])}
     try:
         located = bundle.resolve(source, bundle.MODEL, tracking_uri=tracking_uri)
     except bundle.BundleError:
@@ -144,27 +148,27 @@ def source_data(source: str, tracking_uri: str) -> dict | None:
     return blob.get("data") if isinstance(blob, dict) else None
 
 
-def check_init_sources(cfg, manifest: dict, tracking_uri: str) -> dict[str, dict]:
-    """source -> its data, for `cfg.init_from` and `cfg.init_parts`; RunMismatch when a source's training records
-    are validation or test records of this run's manifest, or when a source does not say what it trained on."""
+def check_init_sources(cfg, manifest: dict, tracking_uri: str) -> tuple[dict[str, dict], list[str]]:
+    """({source: its data}, the records all sources learned from) for `cfg.init_from` and `cfg.init_parts`.
+    RunMismatch when a source learned from a person of this run's validation or test records
+    (`seen_people`), or does not say what it trained on."""
     sources = [s for s in [cfg.init_from, *getattr(cfg, "init_parts", {}).values()] if s]
-    if not sources:
-        return {}
-    mine = split_records(manifest)
-    found = {}
+    found, learned = {}, set()
     for source in sources:
         data = source_data(str(source), tracking_uri)
         if data is None:
             raise RunMismatch(f"--init-from {source}: cannot tell which records it was trained on (no {IDENTITY_FILE}, "
                               "bundle data or data.json artifact), so its training records cannot be kept out of this "
                               "run's validation and test records; start from a run or bundle made by this version")
-        trained = set(data.get("records", {}).get("train", []))
+        trained = bundle.trained_records(data)
+        seen = seen_people(manifest, trained)
         for split in ("test", "val"):
-            leaked = sorted(trained & set(mine[split]))
-            if leaked:
-                raise RunMismatch(f"--init-from {source} was trained on {len(leaked)} record(s) that are {split} records "
-                                  f"of {cfg.shards} (e.g. {', '.join(leaked[:3])}): this run's {split} scores would "
-                                  "measure memorisation. Fine-tune on a manifest with the source's split (the same "
-                                  "--split-seed and records) or start from a run that never saw them")
+            if seen[split]:
+                raise RunMismatch(f"--init-from {source} was trained on the people of {len(seen[split])} {split} "
+                                  f"record(s) of {cfg.shards} (e.g. {', '.join(seen[split][:3])}; the same night or "
+                                  f"another night of the same person): this run's {split} scores would measure "
+                                  "memorisation. Fine-tune on a manifest with the source's split (the same --split-seed "
+                                  "and records) or start from a run that never saw them")
         found[str(source)] = {"manifest_hash": data.get("manifest_hash"), "train_records": len(trained)}
-    return found
+        learned |= trained
+    return found, sorted(learned)

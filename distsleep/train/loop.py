@@ -260,7 +260,7 @@ def train_loop_per_worker(config: dict) -> None:
             files = artifacts.write_run_artifacts(
                 Path(directory), cfg=cfg, model_cfg=model_cfg, ds_config=ds_config, manifest=manifest, roles=roles,
                 test_metrics=test_metrics, predictions=predictions, state=state, weights=holder[0] or _cpu_state(engine),
-                world=world, augmented=augmented,
+                world=world, augmented=augmented, trained_before=config.get("trained_before", ()),
             )
             for path, folder in files:
                 if tracker.artifact(path, folder) and folder == "model":
