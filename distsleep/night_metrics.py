@@ -107,8 +107,10 @@ def _confusion_metrics(matrices: np.ndarray) -> dict[str, np.ndarray]:
         observed = diagonal.sum(axis=-1) / n
         expected = (rows * cols).sum(axis=-1) / n**2
         kappa = (observed - expected) / (1 - expected)
-        f1 = np.where(rows + cols > 0, 2 * diagonal / (rows + cols), 0.0)
-    return {"accuracy": observed, "kappa": kappa, "macro_f1": f1.mean(axis=-1)}
+        f1 = np.where(rows + cols > 0, 2 * diagonal / (rows + cols), np.nan)  # NaN: stage neither true nor predicted
+        present = (rows + cols > 0).sum(axis=-1)
+        macro_f1 = np.where(present > 0, np.nansum(f1, axis=-1) / present, np.nan)
+    return {"accuracy": observed, "kappa": kappa, "macro_f1": macro_f1}
 
 
 def _subject_weights(subjects: Sequence[str], n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

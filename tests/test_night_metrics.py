@@ -66,6 +66,23 @@ def test_night_without_rem_has_undefined_rem_latency():
         Night("r", "s", true, true[:-1])
 
 
+def test_a_stage_absent_from_a_night_has_no_f1_and_does_not_lower_macro_f1():
+    # A perfectly scored night without N3 (hundreds of SHHS nights have none): every figure is perfect.
+    true = np.array([0] * 10 + [1] * 5 + [2] * 50 + [4] * 20 + [-1] * 3, dtype=np.int8)
+    row = night_row(Night("r", "s", true, np.where(true < 0, 2, true)))
+    assert (row["accuracy"], row["kappa"], row["macro_f1"]) == (1.0, 1.0, 1.0)
+    assert np.isnan(row["f1_N3"]) and row["f1_N1"] == 1.0
+    # Predicting a stage the night lacks is an error of that stage: F1 0, counted in the mean.
+    predicted = true.copy()
+    predicted[:2] = 3
+    wrong = night_row(Night("r", "s", true, predicted))
+    assert wrong["f1_N3"] == 0.0 and wrong["macro_f1"] == pytest.approx(np.mean([16 / 18, 1, 1, 0, 1]))
+    # The bootstrap's confusion-matrix metrics agree with the per-night ones.
+    _, summary = evaluate_nights([Night("r", "s", true, predicted)], n_boot=20)
+    assert summary["pooled"]["macro_f1"] == pytest.approx(wrong["macro_f1"])
+    assert summary["pooled"]["ci"]["macro_f1"] == pytest.approx([wrong["macro_f1"]] * 2)
+
+
 def test_bootstrap_ci_narrows_as_nights_are_added():
     nights = _nights(48, 1, seed=1, minutes=120)
     few, many = (evaluate_nights(nights[:n], n_boot=500)[1] for n in (6, 48))
