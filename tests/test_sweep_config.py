@@ -157,6 +157,9 @@ def test_selection_is_on_validation_when_another_trial_has_the_best_test(tmp_pat
     text = format_text(rows)
     assert "selected (validation): mask=0.50, the best val_best_macro_f1 (validation records only)" in text
     assert "selected (validation)" in format_markdown(rows)
+    # YASA learned from SHHS nights: its row is marked as an optimistic reference, and only where it is shown.
+    assert all("SHHS among them" in f(rows) for f in (format_text, format_markdown))
+    assert "SHHS among them" not in format_text([r for r in rows if not r.baseline])
     with open(write_comparison(rows, tmp_path)["csv"]) as stream:
         chosen = {r["run_id"]: r["selected_on_validation"] for r in csv.DictReader(stream)}
     assert chosen == {"a": "0", "b": "1", "c": "0", "p": "0"}
