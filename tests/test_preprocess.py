@@ -153,6 +153,12 @@ def test_visits_subsets_and_published_split_through_the_cli(dataset, converted, 
         "shhs1-300001": "test", "shhs1-300002": "train", "shhs1-300003": "train", "shhs1-300004": "val"}
     assert manifest["split"]["method"] == "file" and manifest["split"]["file"] == str(published)
     assert manifest["config"]["split"]["split_file"] == str(published)
+    # The same file name with other contents is another split: without --overwrite, refused.
+    published.write_text("300001 train\nshhs1-300002 test\n300003 train\n300004 val\n")
+    capsys.readouterr()
+    assert cli_main([*common[:-1], "--visit", "shhs1", "--split-file", str(published)]) == 2
+    assert f"the split file {published} changed (sha256 " in capsys.readouterr().err
+    assert json.loads((out / "manifest.json").read_text())["records"]["shhs1-300001"]["split"] == "test"
 
     published.write_text("300001 test\n300099 train\n")
     capsys.readouterr()
@@ -191,7 +197,7 @@ def test_rerun_redoes_changed_shards_and_inputs(dataset, converted):
     assert _hashes(out) == before
 
 
-def test_one_job_and_one_config_per_output_folder(dataset, converted, capsys):
+def test_one_job_and_one_config_per_output_folder(dataset, converted, capsys, tmp_path):
     from distsleep.shards.pipeline import OutputConflict
 
     out, _ = converted
@@ -200,7 +206,31 @@ def test_one_job_and_one_config_per_output_folder(dataset, converted, capsys):
         run_preprocess(dataset, out, PreprocessConfig(bandpass=(0.3, 40.0)), SplitConfig(), progress=False)
     assert cli_main(["preprocess", "--root", str(dataset), "--out", str(out), "--quiet", "--split-seed", "3"]) == 2
     assert "split seed: 0 -> 3" in capsys.readouterr().err
+    # Another cohort into the same folder, or a run that would drop records from it, is refused too.
+    with pytest.raises(OutputConflict, match=rf"input root: {dataset} -> {tmp_path / 'other'}"):
+        shutil.copytree(dataset, tmp_path / "other")
+        run_preprocess(tmp_path / "other", out, PreprocessConfig(), SplitConfig(), progress=False)
+    with pytest.raises(OutputConflict, match=rf"holds 2 record\(s\) this run would leave out .*e.g. {GOOD[2]}, {GOOD[3]}"):
+        run_preprocess(dataset, out, PreprocessConfig(), SplitConfig(), limit=2, progress=False)
     assert (out / "manifest.json").read_bytes() == manifest, "a refused run changes nothing"
+
+
+def test_recordings_sharing_a_record_id_all_fail_by_name(dataset, converted, tmp_path):
+    """The record id names the shard, its marker and the person: two recordings with one id would overwrite each
+    other's shard, and which one a rerun kept would change from run to run."""
+    root = tmp_path / "cohort"
+    shutil.copytree(dataset, root)
+    psg = root / "polysomnography"
+    for kind, suffix in (("edfs", ".edf"), ("annotations-events-nsrr", "-nsrr.xml")):
+        (psg / kind / "copy").mkdir()
+        shutil.copy(psg / kind / "shhs1" / f"{GOOD[1]}{suffix}", psg / kind / "copy" / f"{GOOD[0]}{suffix}")
+    for _ in range(2):  # a rerun: the same outcome
+        result = run_preprocess(root, tmp_path / "out", PreprocessConfig(), SplitConfig(), progress=False)
+        assert GOOD[0] not in result.manifest["records"] and set(GOOD[1:]) <= set(result.manifest["records"])
+        [failure] = [f for f in result.failures if f["record_id"] == GOOD[0]]
+        assert failure["error"] == "DuplicateRecordId" and "2 recordings share the record id" in failure["message"]
+        assert f"copy/{GOOD[0]}.edf" in failure["message"] and f"shhs1/{GOOD[0]}.edf" in failure["message"]
+        assert not (tmp_path / "out" / "shards" / f"{GOOD[0]}.tar").exists()
 
 
 def test_subsets_and_options(dataset, converted, tmp_path):

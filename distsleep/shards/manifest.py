@@ -65,9 +65,10 @@ def code_version() -> str:
 
 
 def build_manifest(summaries: list[dict], failures: list[dict], preprocess: PreprocessConfig, split: SplitConfig,
-                   published: PublishedSplit | None = None, not_selected: list[dict] = ()) -> dict:
+                   published: PublishedSplit | None = None, not_selected: list[dict] = (),
+                   root: str | None = None) -> dict:
     """The manifest (a pure function of its arguments). `published` is the parsed `split.split_file`;
-    `not_selected` are records left out before conversion (record_id, reason)."""
+    `not_selected` are records left out before conversion (record_id, reason); `root` the input folder."""
     included, excluded = [], list(not_selected)
     for summary in sorted(summaries, key=lambda s: s["record_id"]):
         reason = selection_reason(summary["record_id"], preprocess.source, split) or subset_reason(summary, split.subset)
@@ -114,6 +115,7 @@ def build_manifest(summaries: list[dict], failures: list[dict], preprocess: Prep
         "config": {"preprocess": preprocess.to_dict(), "split": split.to_dict()},
         "config_hash": preprocess.content_hash(),
         "split": provenance,  # where the train/val/test assignment came from
+        "inputs": {"root": root},  # a rerun into the same folder from another root is refused (pipeline)
         "channels": list(preprocess.channels),
         # Band-pass (Hz) applied to each channel before resampling; None = unfiltered.
         "channel_filters": {role: list(band) if (band := preprocess.band_for(role)) else None for role in preprocess.channels},

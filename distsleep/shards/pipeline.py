@@ -9,7 +9,11 @@ of every shard depend only on its inputs and config.
 
 One job per output folder: the driver holds OUT/.preprocess.lock for the whole run (a second job into the
 same --out is refused and told who holds it), and a folder whose manifest was made with another
-preprocessing or split config is refused unless `overwrite` says to replace it: two datasets never mix.
+preprocessing or split config, another split file's contents or another input root, or that holds records
+this run would leave out (a smaller --limit, recordings gone from the root), is refused unless `overwrite`
+says to replace it: two datasets never mix, and a dataset never shrinks without being told to. Two
+recordings with the same record id (the id names the shard, the marker and the person) are both failures
+naming both files: which one a rerun kept would otherwise change from run to run.
 
 OUT may be an object-store prefix (s3://bucket/cohort): the Ray tasks then write each shard and marker
 straight to the bucket (`store.py`), the lock is a lease object (`locks.py`), and the manifest is written
@@ -121,8 +125,29 @@ def _clean_stale_temporaries(out: str) -> None:
             path.unlink(missing_ok=True)
 
 
-def check_same_config(out: str, config: PreprocessConfig, split: SplitConfig) -> None:
-    """Refuse to add to a folder whose manifest was built with another preprocessing or split config."""
+def duplicate_ids(sources: list[RecordSource]) -> tuple[list[RecordSource], list[dict]]:
+    """(the recordings whose record id is theirs alone, one failure per id that several recordings share)."""
+    by_id: dict[str, list[RecordSource]] = {}
+    for source in sources:
+        by_id.setdefault(source.record_id, []).append(source)
+    unique = [s for s in sources if len(by_id[s.record_id]) == 1]
+    failures = [{"record_id": rid, "error": "DuplicateRecordId",
+                 "message": f"{', '.join(s.signal_path for s in copies)}: {len(copies)} recordings share the record id "
+                            f"{rid}; none of them is converted (the id names the shard and the person): keep one"}
+                for rid, copies in sorted(by_id.items()) if len(copies) > 1]
+    return unique, failures
+
+
+def input_root(root: str | Path) -> str:
+    """The input root as the manifest records it (absolute), to tell another cohort from this one."""
+    return str(Path(root).expanduser().resolve())
+
+
+def check_same_dataset(out: str, config: PreprocessConfig, split: SplitConfig, *, root: str | Path | None = None,
+                       published=None, records: list[str] | None = None) -> None:
+    """Refuse to add to a folder whose manifest was built with another preprocessing or split config, another
+    split file's contents (`published`), another input `root`, or that lists records not among `records` (the
+    record ids this run would put in it). Without `root` / `records`, only the configs are compared."""
     manifest = join(out, MANIFEST_NAME)
     try:
         existing = read_json(manifest)
@@ -137,9 +162,20 @@ def check_same_config(out: str, config: PreprocessConfig, split: SplitConfig) ->
     before_split = existing.get("config", {}).get("split", {})
     differences += [f"split {k}: {before_split.get(k)!r} -> {v!r}" for k, v in split.to_dict().items()
                     if before_split.get(k) != v]
+    sha = existing.get("split", {}).get("sha256")
+    if published is not None and sha and sha != published.sha256:
+        differences.append(f"the split file {published.path} changed (sha256 {sha[:12]} -> {published.sha256[:12]})")
+    before_root = existing.get("inputs", {}).get("root")
+    if root is not None and before_root and before_root != input_root(root):
+        differences.append(f"input root: {before_root} -> {input_root(root)}")
     if differences:
         raise OutputConflict(f"{out} holds shards made with another config ({'; '.join(differences)}); "
                              "choose another --out, or pass --overwrite to replace that dataset")
+    left_out = sorted(set(existing.get("records", {})) - set(records)) if records is not None else []
+    if left_out:
+        raise OutputConflict(f"{out} holds {len(left_out)} record(s) this run would leave out of its manifest (e.g. "
+                             f"{', '.join(left_out[:3])}: a smaller --limit, or recordings no longer under the root); "
+                             "choose another --out, or pass --overwrite to rebuild that dataset without them")
 
 
 def run_preprocess(root: str | Path, out: str | Path, config: PreprocessConfig, split: SplitConfig,
@@ -154,25 +190,29 @@ def run_preprocess(root: str | Path, out: str | Path, config: PreprocessConfig, 
     try:
         with exclusive_lock(join(out, LOCK_NAME), f"the output folder {out}",
                             "wait for that job to finish or choose another --out"):
-            if not overwrite:
-                check_same_config(out, config, split)
-            return _run_locked(root, out, config, split, limit, cluster, progress)
+            if not overwrite:  # the configs first (cheap); the records once the recordings are found
+                check_same_dataset(out, config, split)
+            return _run_locked(root, out, config, split, limit, cluster, progress, overwrite)
     except LockHeld as error:
         raise OutputConflict(str(error)) from None
 
 
 def _run_locked(root: str | Path, out: str, config: PreprocessConfig, split: SplitConfig, limit: int | None,
-                cluster: ClusterOptions, progress: bool) -> PreprocessResult:
+                cluster: ClusterOptions, progress: bool, overwrite: bool) -> PreprocessResult:
     import ray
 
     t0 = time.perf_counter()
     # A published split is read (and refused) before anything is converted.
     published = read_split_file(split.split_file) if split.split_file else None
-    sources, not_selected = select_visits(discover(config, root), config.source, split, root)
+    sources, duplicated = duplicate_ids(discover(config, root))
+    sources, not_selected = select_visits(sources, config.source, split, root)
     sources = sources[:limit] if limit else sources
     if published is not None:  # ids the file names that no recording has: refused before converting anything
         published_splits({s.record_id: subject_of(s.record_id, config.source) for s in sources}, published,
                          split.allow_missing_split_ids)
+    if not overwrite:
+        check_same_dataset(out, config, split, root=root, published=published,
+                           records=[s.record_id for s in sources] + [d["record_id"] for d in duplicated])
     make_folder(join(out, "shards"))
     _clean_stale_temporaries(out)
     config_hash = config.content_hash()
@@ -187,7 +227,7 @@ def _run_locked(root: str | Path, out: str, config: PreprocessConfig, split: Spl
             summaries[source.record_id] = done
     skipped = len(summaries)
 
-    failures: list[dict] = []
+    failures: list[dict] = list(duplicated)
     if todo:
         connect_ray(cluster.address)
         task = ray.remote(convert_task).options(
@@ -214,7 +254,8 @@ def _run_locked(root: str | Path, out: str, config: PreprocessConfig, split: Spl
             bar.set_postfix(failed=len(failures))
         bar.close()
 
-    manifest = build_manifest(list(summaries.values()), failures, config, split, published, not_selected)
+    manifest = build_manifest(list(summaries.values()), failures, config, split, published, not_selected,
+                              root=input_root(root))
     # The manifest last: a dataset is complete (and usable) only once it is there.
     write_json(join(out, FAILURES_NAME), sorted(failures, key=lambda f: f["record_id"]), lines=True)
     write_json(join(out, MANIFEST_NAME), manifest)
