@@ -117,11 +117,20 @@ def test_one_launch_per_sweep_and_its_tune_state_is_verified(interrupted_sweep):
     # Tune unpickles anything.
     experiment = interrupted_sweep["tmp"] / "runs" / "table4"
     state = sorted(experiment.glob("experiment_state-*.json"))[-1]
-    state.write_text(state.read_text() + " ")
+    original = state.read_text()
+    state.write_text(original + " ")
     relaunch = subprocess.run(interrupted_sweep["args"], cwd=REPO, env=interrupted_sweep["env"], capture_output=True,
                               text=True, timeout=300)
     assert relaunch.returncode == 2
     assert f"{state}: Tune state changed since Tune wrote it" in relaunch.stderr, relaunch.stderr[-2000:]
+    # Another grid under the same name is refused by the identity kept beside Tune's state, even where the sweep's
+    # MLflow parent run is not found (another experiment): a restore would silently run the old grid.
+    state.write_text(original)
+    args = [{"0.75": "0.8", "sweeps": "elsewhere"}.get(a, a) for a in interrupted_sweep["args"]]
+    relaunch = subprocess.run(args, cwd=REPO, env=interrupted_sweep["env"], capture_output=True, text=True, timeout=300)
+    assert relaunch.returncode == 2, relaunch.stdout[-2000:] + relaunch.stderr[-2000:]
+    assert "sweep 'table4' in " in relaunch.stderr and "was started with another grid or training config (" \
+        in relaunch.stderr and "mask_ratios" in relaunch.stderr, relaunch.stderr[-2000:]
 
 
 def test_sweep_logs_parent_children_and_the_comparison(interrupted_sweep):

@@ -5,6 +5,8 @@ Layout under the storage path (a shared filesystem on clusters):
     STORAGE/NAME/                Ray Tune experiment (trial state; relaunching NAME restores it after checking
                                  it against checksums-tune-state.json, see state.py)
     STORAGE/NAME/.launch.lock    held by the sweep's driver: a second launch of NAME at once is refused
+    STORAGE/NAME/sweep_identity.json  the sweep's identity hash, written before Tune's first state: a restore
+                                 with another grid or training config is refused whatever MLflow holds
     STORAGE/NAME/train/          Ray Train runs of every trial's stages (checkpoints)
 Every trial reads the same shards (one manifest); nothing is copied per trial.
 """
@@ -212,6 +214,32 @@ def _sweep_lock(experiment_dir: str, name: str):
                           "wait for that launch to end, or give this one another --name")
 
 
+IDENTITY_FILE = "sweep_identity.json"
+
+
+def _check_identity(cfg: SweepConfig, experiment_dir: str, restoring: bool) -> None:
+    """Record the sweep's identity beside a new Tune state, or refuse to restore a state made for another sweep.
+
+    Tune's restore keeps the grid it was started with, so a relaunch with other ratios would silently run the
+    old grid with the new training config. The MLflow parent run's `sweep.identity` catches that only while
+    the run is found (same tracking store and experiment); this file travels with the state itself."""
+    path = store.join(experiment_dir, IDENTITY_FILE)
+    digest = identity_hash(cfg)
+    if not restoring:
+        store.write_json(path, {"name": cfg.name, "identity": digest, "config": cfg.identity()})
+        return
+    if not store.exists(path):
+        raise LaunchError(f"{experiment_dir} holds a Ray Tune state but no {IDENTITY_FILE}, so this launch cannot be "
+                          f"checked to be the same sweep; give a new --name to start a new sweep")
+    before = store.read_json(path)
+    if before.get("identity") != digest:
+        old, new = before.get("config", {}), cfg.identity()
+        changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        raise LaunchError(f"sweep {cfg.name!r} in {experiment_dir} was started with another grid or training config "
+                          f"({', '.join(changed) or 'identity'} differ); relaunch it unchanged to resume, or pick a new "
+                          "--name")
+
+
 def _verify_tune_state(experiment_dir: str) -> None:
     """The Tune state a restore would unpickle matches the checksums recorded when Tune wrote it (LaunchError
     if not). A URL storage path is not listed here."""
@@ -226,6 +254,7 @@ def _run_locked(cfg: SweepConfig, uri: str, max_concurrent: int, experiment_dir:
     restoring = tune.Tuner.can_restore(experiment_dir)
     if restoring:
         _verify_tune_state(experiment_dir)  # before anything is unpickled or changed
+    _check_identity(cfg, experiment_dir, restoring)
     parent_run_id, resumed = _parent_run(cfg, uri)
     if cfg.baseline:
         _log_baseline(cfg, uri, parent_run_id)
