@@ -283,7 +283,7 @@ def _input_report(*, recording: Path, annotations: Path | None, bundle_path: Pat
         "record_id": record.record_id,
         "source": source,
         "source_detected_from": detected_from,
-        "start_time": header.start_time.isoformat(),
+        "start_clock": header.start_time.time().isoformat(),  # not the date: a recording date identifies a patient
         "duration_s": header.duration,
         "ignored_trailing_s": header.duration - len(labels) * config.epoch_seconds,
         "epochs": int(len(labels)),
@@ -329,9 +329,11 @@ def _write_csv(result: PredictionResult, path: Path) -> Path:
 
 def _hypnogram_edf(stages: Sequence[int], start, epoch_seconds: float):
     """An EDF+ file with no signals and one annotation per epoch ("Sleep stage W/1/2/3/R", Sleep-EDF wording),
-    starting at `start` (datetime), so it reads like a Sleep-EDF hypnogram (edfio writes annotation-only EDF+)."""
+    starting at the clock time of `start` (datetime), so it reads like a Sleep-EDF hypnogram (edfio writes
+    annotation-only EDF+). The date is left out (EDF+'s "Startdate X", header date 01.01.85): a recording date
+    identifies a patient, and these files are shared; the clock time is what aligns them with the recording."""
     annotations = [edfio.EdfAnnotation(i * epoch_seconds, epoch_seconds, HYPNOGRAM_TEXT[int(s)]) for i, s in enumerate(stages)]
-    return edfio.Edf([], starttime=start.time(), recording=edfio.Recording(startdate=start.date(), equipment_code="distsleep"),
+    return edfio.Edf([], starttime=start.time(), recording=edfio.Recording(startdate=None, equipment_code="distsleep"),
                      annotations=annotations)
 
 

@@ -139,7 +139,7 @@ def connect_ray(address: str | None = None) -> None:
 
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
-        if not address:
+        if not address or address == "local":  # "local": Ray starts a new cluster, as without an address
             secure_local_ray()
         ray.init(address=address, log_to_driver=True, configure_logging=False)
     if not verbose():

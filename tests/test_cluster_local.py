@@ -333,3 +333,46 @@ def test_cluster_needs_its_token_listens_on_loopback_and_stops_completely(tmp_pa
     survivors = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not survivors, [(p.pid, p.name()) for p in survivors]
     assert not local.cluster_processes(cluster)
+
+
+def test_a_state_file_never_runs_commands_or_names_other_processes(tmp_path):
+    """`env` is eval'ed by users: its values are quoted, so an edited cluster.json (or a state dir with a space)
+    runs nothing. `stop` signals every process naming the temp dir and deletes it: a temp dir that `start` would
+    not have made (an empty one names every process) is refused."""
+    state = tmp_path / "state dir"
+    state.mkdir()
+    cluster = local.LocalCluster(state_dir=str(state), ray_address="127.0.0.1:1", dashboard_url="http://127.0.0.1:2",
+                                 mlflow_uri=f"http://127.0.0.1:5000$(touch {tmp_path / 'ran'})", temp_dir="/tmp/dsc-0123abcd",
+                                 token_path=str(state / "auth_token"))
+    cluster.save()
+    exports = subprocess.run([sys.executable, "-m", "distsleep.cluster.local", "env", "--state-dir", str(state)],
+                             capture_output=True, text=True, check=True).stdout
+    shown = subprocess.run(["bash", "-c", exports + 'printf "%s\\n" "$MLFLOW_TRACKING_URI" "$RAY_AUTH_TOKEN_PATH"'],
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    assert shown == [cluster.mlflow_uri, cluster.token_path] and not (tmp_path / "ran").exists()
+    data = json.loads((state / local.STATE_FILE).read_text())
+    (state / local.STATE_FILE).write_text(json.dumps({**data, "temp_dir": ""}))
+    with pytest.raises(RuntimeError, match=r"temp_dir '' is not a cluster temp dir"):
+        local.stop(state)
+
+
+EMBEDDED = """
+import psutil, ray
+from distsleep.runtime import connect_ray
+connect_ray("local")
+processes = psutil.Process().children(recursive=True)
+listening = {c.laddr.ip for p in processes for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+print(ray.get_runtime_context().gcs_address.split(":")[0], *sorted(listening))
+ray.shutdown()
+"""
+
+
+def test_address_local_starts_a_cluster_as_secure_as_the_default(tmp_path):
+    """Ray's `--address local` (or RAY_ADDRESS=local) starts a new cluster like no address at all: on 127.0.0.1
+    with token auth, even when the environment asks for no auth."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", local.LOOPBACK_SWITCH)}
+    env.update(RAY_AUTH_MODE="disabled", RAY_ADDRESS="local")
+    done = subprocess.run([sys.executable, "-c", EMBEDDED], capture_output=True, text=True, env=env, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    gcs_ip, *listening = done.stdout.split()
+    assert gcs_ip == "127.0.0.1" and listening and set(listening) <= {"127.0.0.1", "::ffff:127.0.0.1"}, done.stdout

@@ -141,6 +141,10 @@ def test_predict_synthetic_night_writes_every_output(night, bundle_path, tmp_pat
     texts = {"W": "Sleep stage W", "N1": "Sleep stage 1", "N2": "Sleep stage 2", "N3": "Sleep stage 3", "REM": "Sleep stage R"}
     for i, ((onset, duration, text), row) in enumerate(zip(annotations, rows)):
         assert (onset, duration, text) == (30.0 * i, 30.0, texts[row["stage"]])
+    # Files people share carry the recording's clock time, never its date (EDF+ "Startdate X", 01.01.85).
+    header = result.files["hypnogram_edf"].read_bytes()[:256]
+    start = read_header(night["edf"]).start_time
+    assert header[88:99] == b"Startdate X" and header[168:184] == b"01.01.85" + start.strftime("%H.%M.%S").encode()
 
     metrics = json.loads(result.files["metrics"].read_text())
     assert metrics["n_epochs"] == n and len(metrics["confusion"]) == 5
@@ -153,6 +157,7 @@ def test_predict_synthetic_night_writes_every_output(night, bundle_path, tmp_pat
     amplitude = channel["amplitude_uv"]
     assert amplitude["min"] <= amplitude["p1"] <= amplitude["p50"] <= amplitude["p99"] <= amplitude["max"]
     assert report["epochs"] == n and report["epochs_scored"] == n and report["source"] == "shhs"
+    assert report["start_clock"] == start.time().isoformat() and "start_time" not in report
     assert report["preprocess"]["trim_wake_minutes"] is None
     assert report["warnings"] == []
 

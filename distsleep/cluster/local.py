@@ -41,7 +41,9 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -56,6 +58,7 @@ from distsleep.runtime import LOOPBACK_SWITCH
 
 STATE_FILE = "cluster.json"
 TOKEN_FILE = "auth_token"
+TEMP_DIR = re.compile(r"/tmp/dsc-[0-9a-f]{8,}")  # the temp dirs `start` names (short: Ray's socket paths)
 STOP_GRACE_S = 5.0  # seconds between SIGTERM and SIGKILL
 
 
@@ -89,8 +92,13 @@ class LocalCluster:
 
     @classmethod
     def load(cls, state_dir: str | Path) -> LocalCluster:
-        data = json.loads((Path(state_dir) / STATE_FILE).read_text())
+        path = Path(state_dir) / STATE_FILE
+        data = json.loads(path.read_text())
         data["nodes"] = [Node(**n) for n in data["nodes"]]
+        # `stop` signals every process naming the temp dir and deletes it: only a dir `start` makes will do.
+        if not TEMP_DIR.fullmatch(str(data.get("temp_dir", ""))):
+            raise RuntimeError(f"{path}: temp_dir {data.get('temp_dir')!r} is not a cluster temp dir (/tmp/dsc-<hex>) "
+                               "that `start` writes; refusing to use this state file")
         return cls(**data)
 
     def env(self) -> dict[str, str]:
@@ -306,7 +314,7 @@ def start(state_dir: str | Path, workers: int = 1, head_cpus: float = 1, worker_
     digest = _subnet_base(state)
     tag = f"{digest % 4096:03x}"
     # Short temp dir: Ray's unix socket paths under it must stay below the 107-character limit.
-    temp_dir = f"/tmp/dsc-{digest:08x}"
+    temp_dir = f"/tmp/dsc-{digest:08x}"  # TEMP_DIR
     token = str(Path(token_path).resolve()) if token_path else write_token(state / TOKEN_FILE)
     cluster = LocalCluster(state_dir=str(state), ray_address="", dashboard_url="", mlflow_uri=None, temp_dir=temp_dir,
                            token_path=token, loopback=not netns)
@@ -551,8 +559,8 @@ def main(argv: list[str] | None = None) -> int:
         stop(args.state_dir)
         print(f"stopped the cluster of {Path(args.state_dir).resolve()}")
     else:
-        for key, value in LocalCluster.load(args.state_dir).env().items():
-            print(f"export {key}={value}")
+        for key, value in LocalCluster.load(args.state_dir).env().items():  # users eval this: quote every value
+            print(f"export {key}={shlex.quote(str(value))}")
     return 0
 
 
