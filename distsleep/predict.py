@@ -206,7 +206,8 @@ def _load_unlabelled(edf: Path, source: str, roles: Sequence[str], record_id: st
                   problems=problems)
 
 
-def _record_id(edf: Path, source: str) -> str:
+def record_id_of(edf: Path, source: str) -> str:
+    """The record id `predict` names a recording's outputs after: the file's stem (without Sleep-EDF's -PSG)."""
     stem = edf.stem
     if source == "sleep-edf" and stem.upper().endswith("-PSG"):
         stem = stem[: -len("-PSG")]
@@ -448,8 +449,8 @@ def predict_recording(bundle_source: str | os.PathLike | LoadedModel, recording:
 
     header = read_header(recording)
     trained = PreprocessConfig.from_dict(bundle["preprocess"])
-    reader, cohort, detected_from = _reader_for(header, _record_id(recording, "nsrr"), trained, cohort, channel_map)
-    record_id = _record_id(recording, reader)
+    reader, cohort, detected_from = _reader_for(header, record_id_of(recording, "nsrr"), trained, cohort, channel_map)
+    record_id = record_id_of(recording, reader)
     roles, substituted = map_roles(bundle, _available_roles(reader, cohort, channel_map),
                                    f"a {cohort or reader} recording", bundle_path)
     source = reader if reader == "sleep-edf" else (cohort or "nsrr")

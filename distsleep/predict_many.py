@@ -29,7 +29,7 @@ from distsleep.config import ConfigBase
 from distsleep.errors import InputError
 from distsleep.fanout import run_each
 from distsleep.night_metrics import SLEEP_STATISTICS, sleep_statistics
-from distsleep.predict import DEFAULT_BATCH_SIZE, DEFAULT_STRIDE, load_for_prediction, predict_recording
+from distsleep.predict import DEFAULT_BATCH_SIZE, DEFAULT_STRIDE, load_for_prediction, predict_recording, record_id_of
 from distsleep.runtime import connect_ray
 from distsleep.sources.channel_map import ChannelMap
 
@@ -172,8 +172,24 @@ def _summary_text(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
+def _shared_record_ids(nights: list[NightInput]) -> tuple[list[NightInput], list[dict]]:
+    """(the nights whose record id is theirs alone, a failed row for each night sharing one): their outputs
+    are named after the record id, so two such nights scored at once would overwrite each other's files."""
+    by_id: dict[str, list[NightInput]] = {}
+    for night in nights:  # the id either reader gives: a Sleep-EDF -PSG suffix stripped or not, never more
+        by_id.setdefault(record_id_of(Path(night.recording), "sleep-edf"), []).append(night)
+    unique = [n for n in nights if len(by_id[record_id_of(Path(n.recording), "sleep-edf")]) == 1]
+    failed = [{"record": record, "recording": n.recording, "annotations": n.annotations or "", "status": "failed",
+               "reason": f"{len(same)} recordings would get the record id {record!r} "
+                         f"({', '.join(m.recording for m in same)}): their files would overwrite each other; rename "
+                         "all but one"}
+              for record, same in sorted(by_id.items()) if len(same) > 1 for n in same]
+    return unique, failed
+
+
 def _duplicates(outcomes) -> None:
-    """Two nights with the same record id would write the same files: the later ones fail."""
+    """Two nights given the same record id by their readers would have written the same files: the later ones
+    fail (a guard behind `_shared_record_ids`)."""
     seen: dict[str, str] = {}
     for outcome in outcomes:
         if outcome.ok:
@@ -195,6 +211,8 @@ def predict_nights(cfg: PredictManyConfig) -> PredictManyResult:
     out = Path(cfg.out).resolve()  # Ray tasks run in other working directories
     out.mkdir(parents=True, exist_ok=True)
     cfg = cfg.replace(out=str(out))
+    nights, shared = _shared_record_ids(nights)
+    rows += shared
     connect_ray(cfg.address)
     outcomes = run_each(predict_night, nights, data, cfg, desc="predict", progress=cfg.progress)
     _duplicates(outcomes)

@@ -109,6 +109,15 @@ def test_shard_reads_back_with_tarfile_and_webdataset(tmp_path):
     assert np.array_equal(back.labels, sample.labels) and np.array_equal(back.events, sample.events)
     assert back.meta == sample.meta
 
+    # A tar cut short at a member boundary is still a valid tar: the error names the shard and what is missing.
+    cut = tmp_path / "cut.tar"
+    with tarfile.open(path) as tar, tarfile.open(cut, "w") as out:
+        for member in tar.getmembers():
+            if not member.name.endswith(".signals.npy"):
+                out.addfile(member, tar.extractfile(member))
+    with pytest.raises(ValueError, match=rf"{cut}: sample 'shhs1-200001' lacks signals.npy"):
+        read_shard(cut)
+
 
 @pytest.mark.parametrize("n_epochs, n_channels", [(33, 1), (1080, 2), (0, 1)])
 def test_shard_bytes_are_webdatasets_tar_and_write_shard_reports_them(tmp_path, n_epochs, n_channels):

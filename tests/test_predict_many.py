@@ -50,6 +50,10 @@ def test_a_folder_of_nights_with_a_broken_one(staging_cohort, bundle, tmp_path, 
     broken = tmp_path / "more" / "shhs1-399999.edf"
     broken.parent.mkdir()
     write_edf(broken, [signal("EEG(sec)", 125, np.random.default_rng(0).normal(0, 20, 125 * 600))])
+    # A copy of a night under the same name elsewhere: both would write <record>_*, so neither is scored.
+    original = sorted(cohort.rglob("*.edf"))[0]
+    copy = tmp_path / "more" / original.name
+    copy.write_bytes(original.read_bytes())
     out = tmp_path / "pred"
     status = cli_main(["predict", "--model", str(bundle), str(cohort), str(tmp_path / "more" / "*.edf"), "--out", str(out),
                        "--stride", "5", "--no-progress"])
@@ -58,10 +62,15 @@ def test_a_folder_of_nights_with_a_broken_one(staging_cohort, bundle, tmp_path, 
 
     rows = list(csv.DictReader(open(out / "cohort_summary.csv")))
     good = sorted(p.stem for p in cohort.rglob("*.edf"))
-    assert sorted(r["record"] for r in rows) == sorted([*good, "shhs1-399999"])
-    [failed] = [r for r in rows if r["status"] == "failed"]
-    assert failed["recording"] == str(broken) and "eeg_c4" in failed["reason"] and "'EEG(sec)'" in failed["reason"]
-    assert f"FAILED {broken}" in console and "5 of 6 nights scored" in console
+    assert sorted(r["record"] for r in rows) == sorted([*good, original.stem, "shhs1-399999"])
+    [failed] = [r for r in rows if r["recording"] == str(broken)]
+    assert failed["status"] == "failed" and "eeg_c4" in failed["reason"] and "'EEG(sec)'" in failed["reason"]
+    twins = [r for r in rows if r["record"] == original.stem]
+    assert sorted(r["recording"] for r in twins) == sorted([str(original.resolve()), str(copy.resolve())])
+    assert all(r["status"] == "failed" and f"2 recordings would get the record id '{original.stem}'" in r["reason"]
+               for r in twins)
+    assert f"FAILED {broken}" in console and "4 of 7 nights scored" in console
+    assert not list(out.glob(f"{original.stem}_*"))
     for row in (r for r in rows if r["status"] == "ok"):
         record = row["record"]
         assert row["annotations"].endswith(f"{record}-nsrr.xml")  # found in the NSRR layout beside the EDF

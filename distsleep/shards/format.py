@@ -120,7 +120,12 @@ def _load_npy(raw: bytes) -> np.ndarray:
 
 
 def decode_sample(raw: dict) -> ShardSample:
-    """A WebDataset sample dict (bytes values, as yielded by `wds.WebDataset(urls)`) to a ShardSample."""
+    """A WebDataset sample dict (bytes values, as yielded by `wds.WebDataset(urls)`) to a ShardSample; a
+    ValueError naming the shard when a member is missing (a tar cut short at a member boundary)."""
+    missing = [m for m in ("signals.npy", "labels.npy", "events.npy", "meta.json") if m not in raw]
+    if missing:
+        raise ValueError(f"{raw.get('__url__', 'a shard')}: sample {raw.get('__key__')!r} lacks {', '.join(missing)} "
+                         "(a shard cut short or not written by distsleep; preprocess it again)")
     return ShardSample(
         key=raw["__key__"],
         signals=_load_npy(raw["signals.npy"]),
