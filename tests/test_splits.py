@@ -9,7 +9,7 @@ import random
 import pytest
 
 from distsleep.config import PreprocessConfig, SplitConfig
-from distsleep.shards.manifest import build_manifest
+from distsleep.shards.manifest import build_manifest, seen_people
 
 STAGES = {"W": 10, "N1": 2, "N2": 20, "N3": 5, "REM": 8, "unscored": 0}
 
@@ -163,3 +163,16 @@ def test_split_file_is_reproduced_exactly_with_provenance(tmp_path):
     path.write_text(json.dumps({"train": ["200001"], "validation": ["200002"]}))
     with pytest.raises(SplitFileError, match=str(path)):
         read_split_file(path)
+
+
+def test_a_person_seen_in_training_is_found_in_any_nights_and_only_in_their_cohort():
+    manifest = {"config": {"preprocess": {"source": "shhs"}},
+                "records": {"shhs1-200001": {"split": "test"}, "shhs1-200002": {"split": "val"},
+                            "mros-visit1-200003": {"split": "test"}, "shhs1-200004": {"split": "train"}}}
+    # SHHS2 of a test person and the same night of a validation person are found; nsrrid 200003 of SHHS is not
+    # MrOS participant 200003, and a training person is no leak.
+    seen = seen_people(manifest, ["shhs2-200001", "shhs1-200002", "shhs1-200003", "shhs2-200004"])
+    assert seen == {"val": ["shhs1-200002"], "test": ["shhs1-200001"]}
+    sleep_edf = {"config": {"preprocess": {"source": "sleep-edf"}},
+                 "records": {"SC4011E0": {"split": "test"}, "SC4021E0": {"split": "test"}}}
+    assert seen_people(sleep_edf, ["SC4012E0"]) == {"val": [], "test": ["SC4011E0"]}

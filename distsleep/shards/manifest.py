@@ -17,7 +17,7 @@ from pathlib import Path
 import distsleep
 from distsleep.config import PreprocessConfig, SplitConfig
 from distsleep.shards.splits import PublishedSplit, published_splits, stable_splits
-from distsleep.sources.subjects import SHHS1_VISIT, subject_of, visit_of
+from distsleep.sources.subjects import SHHS1_VISIT, person_of, subject_of, visit_of
 from distsleep.stages import STAGE_NAMES
 
 MANIFEST_NAME = "manifest.json"
@@ -134,14 +134,15 @@ def seen_people(manifest: dict, trained_records) -> dict[str, list[str]]:
     """Validation and test record ids of `manifest` ({"val": [...], "test": [...]}) that belong to a person of
     `trained_records`: the record ids another model was trained on, possibly from another manifest. The same
     night counts, and so does another visit or night of the same person (shhs2-200001 for shhs1-200001,
-    SC4012E0 for SC4011E0): splits are by person, so a model that saw a person must not be scored on them."""
+    SC4012E0 for SC4011E0; `person_of`, so that nsrrid 0001 of MESA is not 0001 of another cohort): splits are
+    by person, so a model that saw a person must not be scored on them."""
     source = manifest.get("config", {}).get("preprocess", {}).get("source", "")
     trained = set(trained_records)
-    people = {subject_of(r, source) for r in trained}
+    people = {person_of(r, source) for r in trained}
     found = {}
     for split in ("val", "test"):
         found[split] = sorted(r for r, e in manifest.get("records", {}).items() if e.get("split") == split
-                              and (r in trained or e.get("subject", subject_of(r, source)) in people))
+                              and (r in trained or person_of(r, source) in people))
     return found
 
 

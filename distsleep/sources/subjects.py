@@ -41,3 +41,14 @@ def visit_of(record_id: str, source: str) -> str | None:
     if match is None:
         return None
     return f"night{match['night']}" if source == "sleep-edf" else match["visit"]
+
+
+def person_of(record_id: str, source: str) -> str:
+    """The person across cohorts: the subject, prefixed for NSRR ids by its cohort (the visit's first word without
+    its number: shhs, mros, chat, mesa, cfs, wsc), since an nsrrid is unique only within its cohort (MESA 0001
+    is not WSC 0001). Sleep-EDF subjects (SC4ss, ST7ss) and ids of no known pattern are their own."""
+    visit = visit_of(record_id, source)
+    subject = subject_of(record_id, source)
+    if source == "sleep-edf" or visit is None:
+        return subject
+    return f"{re.sub(r'[0-9]+$', '', visit.split('-')[0])}:{subject}"
