@@ -12,7 +12,7 @@ import torch
 
 from distsleep.augment import RAW_AUGMENTATIONS, RawAugmentConfig, augment_raw, augment_spectrogram, time_shift, zero_mask
 from distsleep.models import UnknownModelError, build_model, list_models, model_config_class, resolve_channels
-from distsleep.models.common import count_parameters, masked_cross_entropy
+from distsleep.models.common import across_workers, count_parameters, masked_cross_entropy
 from distsleep.models.mc2sleepnet import (
     MC2SleepNet,
     MC2SleepNetConfig,
@@ -193,6 +193,49 @@ def test_masking_only_in_pretrain_training_on_the_expanded_batch():
 
 
 # --------------------------------------------------------------------------------------------- losses
+
+
+def _gathered_info_nce(rank: int, world: int, init_file: str, z_a, z_b, queue) -> None:
+    """One data-parallel worker (a real gloo process group): its share of the batch, gathered, then InfoNCE."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    rows = z_a.shape[0] // world
+    a, b = (z[rank * rows:(rank + 1) * rows].clone().requires_grad_() for z in (z_a, z_b))
+    gathered = info_nce(*across_workers(a, b), 0.1)
+    gathered.backward()
+    queue.put((rank, gathered.item(), info_nce(a.detach(), b.detach(), 0.1).item(), a.grad, b.grad))
+    dist.destroy_process_group()
+
+
+def test_contrastive_negatives_come_from_the_global_batch_across_workers(tmp_path):
+    """Two gloo workers holding half of a batch each get the one-process loss of the whole batch, and gradients
+    whose data-parallel mean is that loss's gradient (their own loss alone would see half the negatives)."""
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(0)
+    z_a, z_b = torch.randn(4, 3, 8), torch.randn(4, 3, 8)
+    full_a, full_b = z_a.clone().requires_grad_(), z_b.clone().requires_grad_()
+    whole = info_nce(full_a, full_b, 0.1)
+    whole.backward()
+    context = mp.get_context("spawn")
+    queue = context.SimpleQueue()
+    workers = [context.Process(target=_gathered_info_nce, args=(r, 2, str(tmp_path / "init"), z_a, z_b, queue))
+               for r in range(2)]
+    for worker in workers:
+        worker.start()
+    results = sorted(queue.get() for _ in workers)
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    for rank, gathered, alone, grad_a, grad_b in results:
+        assert gathered == pytest.approx(whole.item(), rel=1e-5)
+        assert abs(alone - whole.item()) > 1e-3  # what each worker computed before: other negatives
+        rows = slice(2 * rank, 2 * rank + 2)
+        # Each worker's gradient is the sum over ranks; the data-parallel mean (/ 2) is the whole batch's.
+        assert torch.allclose(grad_a / 2, full_a.grad[rows], atol=1e-6)
+        assert torch.allclose(grad_b / 2, full_b.grad[rows], atol=1e-6)
+    assert across_workers(z_a) == (z_a,)  # no process group: the tensors themselves
 
 
 def test_info_nce_symmetric_and_prefers_aligned_views():

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+from torch import distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
@@ -46,6 +47,41 @@ def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_inde
     flat_labels = labels.reshape(-1).long()
     losses = F.cross_entropy(flat_logits, flat_labels, ignore_index=ignore_index, reduction="none")
     return losses.sum() / (flat_labels != ignore_index).sum().clamp(min=1)
+
+
+class _GatherAcrossWorkers(torch.autograd.Function):
+    """All ranks' (N, ...) tensors concatenated in rank order; backward hands each rank the gradient of its
+    own rows summed over the ranks (every rank computes the loss over the whole gathered batch)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)  # all_reduce, not reduce_scatter: gloo has no reduce_scatter
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
+def across_workers(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each (N, ...) tensor gathered over the data-parallel workers (rank order), with gradients, when
+    torch.distributed runs with more than one rank; the tensors themselves otherwise.
+
+    Why: contrastive losses draw their negatives from the batch, and a worker holds only its share of the
+    global batch (32 / workers sequences). Gathered, the negatives are those of the global (micro-)batch,
+    as on the paper's one GPU, whatever the number of workers; with one sequence per worker the loss would
+    otherwise be 0. Every rank then computes the same loss over the gathered batch: the gradient each rank
+    gets for its own rows is the sum over ranks, and the data-parallel mean of the parameter gradients
+    (DeepSpeed, DDP) makes it the gradient of that one loss. Every rank must call it at the same step with
+    the same shapes, so models call it in training mode only (all ranks step together; evaluation does not)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensors
+    # float32: the losses compute in float32 anyway, and gloo's collectives may lack bfloat16
+    return tuple(_GatherAcrossWorkers.apply(t.float()) for t in tensors)
 
 
 @dataclass

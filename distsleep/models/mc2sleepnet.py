@@ -72,8 +72,14 @@ Choices where the paper is silent or inconsistent:
   -log ratio (cross-entropy), which has the same optimum and standard gradients. Projections are
   L2-normalised (cosine similarity / τ) — with a raw dot product a temperature of 0.1 is unstable.
   τ is not published: ``infonce_temperature`` (default 0.1). InfoNCE is computed once per sequence (on
-  the unmasked epoch features), not per pass of the expanded batch.
+  the unmasked epoch features), not per pass of the expanded batch. With several data-parallel workers the
+  projections are gathered over them first (``common.across_workers``), so the negatives are the global
+  batch's B − 1 (the paper's 31 at B = 32) whatever the number of workers; with gradient accumulation, those
+  of the global micro-batch.
 * "GAP" after epoch-wise attention (Eq. 12) is the identity on the already pooled 128-d vector.
+* §3.1 says the epoch level starts from "pre-trained backbone networks" without saying how they were
+  pre-trained (nor is it in DESIGN.md); we train both backbones from scratch, InfoNCE from the first step.
+  `--init-from` a run of ours (or any source with matching weight names) starts them from trained weights.
 * Fine-tuning freezes the whole epoch-level encoder (both backbones and both epoch-wise attentions,
   plus the unused projections): the sequence part is trained on "the pairs of the unmasked feature
   sequences" the frozen epoch level produces. Frozen modules are kept in eval mode so their BatchNorm
@@ -101,8 +107,8 @@ from torch.nn import functional as F
 
 from distsleep.augment import RawAugmentConfig, augment_raw, augment_spectrogram
 from distsleep.config import ConfigBase, fields_preset
-from distsleep.models.common import (FreezableModel, check_finetune_mode, check_mask_ratio, masked_cross_entropy,
-                                     sinusoidal_positional_encoding)
+from distsleep.models.common import (FreezableModel, across_workers, check_finetune_mode, check_mask_ratio,
+                                     masked_cross_entropy, sinusoidal_positional_encoding)
 from distsleep.models.registry import register
 from distsleep.spectrogram import N_FFT, n_frames, torch_spectrogram
 
@@ -623,6 +629,8 @@ class MC2SleepNet(FreezableModel):
             if self.raw_projection is not None:
                 z_sg = self.raw_projection(o_sg).reshape(b, l, -1)
                 z_sp = self.spec_projection(o_sp).reshape(b, l, -1)
+                if self.training:  # negatives from the global batch, not this worker's share (common.across_workers)
+                    z_sg, z_sp = across_workers(z_sg, z_sp)
                 loss_infonce = info_nce(z_sg, z_sp, cfg.infonce_temperature, cfg.infonce_negatives)
             else:  # no InfoNCE: one branch, or the contrastive=false ablation
                 loss_infonce = flat.new_zeros((), dtype=torch.float32)

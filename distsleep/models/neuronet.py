@@ -94,8 +94,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from distsleep.config import ConfigBase, fields_preset, preset
-from distsleep.models.common import (FreezableModel, check_finetune_mode, check_mask_ratio, masked_cross_entropy,
-                                     sinusoidal_positional_encoding)
+from distsleep.models.common import (FreezableModel, across_workers, check_finetune_mode, check_mask_ratio,
+                                     masked_cross_entropy, sinusoidal_positional_encoding)
 from distsleep.models.mamba import MambaContext
 from distsleep.models.registry import register
 
@@ -671,7 +671,8 @@ class NeuroNet(MaskedEncoderModel):
             recon.append(masked_mse(pred, target, mask))
             cls.append(latent[:, 0])
         loss_recon = 0.5 * (recon[0] + recon[1])
-        loss_contrastive = nt_xent(self.projector(cls[0]), self.projector(cls[1]), self.cfg.temperature)
+        # negatives from the global batch, not this worker's share (common.across_workers; training mode only)
+        loss_contrastive = nt_xent(*across_workers(self.projector(cls[0]), self.projector(cls[1])), self.cfg.temperature)
         with torch.no_grad():  # online probe input: never part of the encoder's graph
             probe_in = self.encoder.encode(feats.detach())[:, 0]
         return loss_recon, loss_contrastive, mask.float().mean().detach(), probe_in

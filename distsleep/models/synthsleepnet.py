@@ -91,6 +91,7 @@ import torch
 from torch import nn
 
 from distsleep.config import fields_preset
+from distsleep.models.common import across_workers
 from distsleep.models.neuronet import (
     Block,
     MaskedDecoder,
@@ -421,7 +422,8 @@ class SynthSleepNet(MaskedEncoderModel):
             recon.append(masked_mse(pred, target.detach(), mask))
         loss_recon = torch.stack(recon).mean()
         z_fused = self.fusion_projector(fused[:, 0])
-        contrast = [nt_xent(z_fused, self.unimodal_projectors[role](t[:, 0]), cfg.temperature)
+        # negatives from the global batch, not this worker's share (common.across_workers; training mode only)
+        contrast = [nt_xent(*across_workers(z_fused, self.unimodal_projectors[role](t[:, 0])), cfg.temperature)
                     for role, t in zip(cfg.modalities, encoded)]
         loss_contrastive = torch.stack(contrast).mean()
         effective = torch.stack([m.float().mean() for _, m in masks]).mean().detach()
