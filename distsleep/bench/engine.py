@@ -173,10 +173,11 @@ def measure_plain(cfg: TrainConfig, steps: int, warmup: int) -> dict:
 
 
 def _init_single_rank(device: torch.device) -> None:
-    """A one-rank process group (NCCL on GPU, gloo on CPU), as Ray Train would set up for one worker."""
+    """A one-rank process group (NCCL on GPU, gloo on CPU), as Ray Train would set up for one worker. Its store
+    is in-process (HashStore): torch's TCPStore would listen on every interface."""
     if dist.is_initialized():
         return
-    with socket.socket() as s:  # a free port on loopback
+    with socket.socket() as s:  # a free port on loopback, for whatever reads MASTER_PORT (no server uses it)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -184,7 +185,7 @@ def _init_single_rank(device: torch.device) -> None:
         torch.cuda.set_device(device)
     else:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(), rank=0, world_size=1)
 
 
 def measure_engine(cfg: TrainConfig, steps: int, warmup: int, *, fixed_batch: bool = False, full: bool = False,

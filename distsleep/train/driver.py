@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import ray.train
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch import TorchTrainer
 
 from distsleep import store
 from distsleep.bundle import CHECKPOINT_GLOB
@@ -41,6 +41,7 @@ from distsleep.shards.storage import UnsafeEntryError
 from distsleep.store import CredentialsInLocation, check_no_credentials
 from distsleep.tracking import BUNDLE_TAG, HTTP_ENV, RunLogger, client, find_or_create_run
 from distsleep.train.identity import RunMismatch, launch_guard
+from distsleep.train.rendezvous import LocalRendezvousConfig
 from distsleep.train.step import device_of
 
 log = logging.getLogger("distsleep.train")
@@ -198,7 +199,8 @@ def build_trainer(loop: Callable[[dict], None], loop_config: dict, cfg, tracking
     return TorchTrainer(
         loop,
         train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        # one node: a socket-free rendezvous (torch's TCPStore would listen on every interface; rendezvous.py)
+        torch_config=LocalRendezvousConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=cfg.worker_resources()),
         run_config=RunConfig(
