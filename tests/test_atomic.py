@@ -54,7 +54,7 @@ def test_cluster_state_is_never_read_half_written(tmp_path):
     from distsleep.cluster.local import LocalCluster, Node
 
     cluster = LocalCluster(state_dir=str(tmp_path), ray_address="127.0.0.1:1", dashboard_url="http://127.0.0.1:2",
-                           mlflow_uri=None, temp_dir="/tmp/dsc-test", nodes=[Node(f"worker{i}", "127.0.0.1", 1) for i in range(50)])
+                           mlflow_uri=None, temp_dir="/tmp/dsc-0000beef", nodes=[Node(f"worker{i}", "127.0.0.1", 1) for i in range(50)])
     cluster.save()
     stop = threading.Event()
     errors = []
