@@ -39,7 +39,9 @@ def test_workers_on_one_node_rendezvous_without_a_network_server(ray_local, tmp_
     # Ray's default: rank 0 hosts torch's TCPStore, which listens on every interface (what we replace).
     default = _listening(TorchConfig(backend="gloo"), tmp_path / "default")
     assert any(ip not in LOOPBACK for ip in default[0]["listening"]), default
+    # Folders of earlier runs whose rank 0 was killed (no shutdown ran) may exist: only this run's must go.
+    before = set(Path("/tmp").glob("distsleep-rendezvous-*"))
     ours = _listening(LocalRendezvousConfig(backend="gloo"), tmp_path / "ours")
     for rank, seen in ours.items():
         assert seen["sum"] == 2.0 and seen["listening"] and set(seen["listening"]) <= set(LOOPBACK), (rank, seen)
-    assert not list(Path("/tmp").glob("distsleep-rendezvous-*/store")), "the store's folder is removed at the end"
+    assert set(Path("/tmp").glob("distsleep-rendezvous-*")) <= before, "the store's folder is removed at the end"

@@ -5,7 +5,8 @@ run, and torch binds it to every interface (there is no bind address to give it)
 nodes are on 127.0.0.1. Anyone who reaches that port could rewrite the addresses the workers exchange and
 read or inject gradients. So when every worker of a run is on one node, as on an embedded `ray.init()`
 cluster or one machine, `LocalRendezvousConfig` uses torch's FileStore instead: a file in a fresh private
-(0700) folder on that node, no socket at all. Workers on several nodes still need a network rendezvous:
+(0700) folder on that node, no socket at all; it is removed at shutdown (a run whose rank 0 was killed
+leaves it behind: a few bytes of worker addresses, readable only by its user). Workers on several nodes still need a network rendezvous:
 they use Ray's TCPStore on the cluster network (README, Security).
 """
 
