@@ -175,10 +175,11 @@ def _summary_text(rows: list[dict]) -> str:
 def _shared_record_ids(nights: list[NightInput]) -> tuple[list[NightInput], list[dict]]:
     """(the nights whose record id is theirs alone, a failed row for each night sharing one): their outputs
     are named after the record id, so two such nights scored at once would overwrite each other's files."""
+    ids = {n: record_id_of(Path(n.recording), "sleep-edf") for n in nights}  # -PSG stripped or not, never more
     by_id: dict[str, list[NightInput]] = {}
-    for night in nights:  # the id either reader gives: a Sleep-EDF -PSG suffix stripped or not, never more
-        by_id.setdefault(record_id_of(Path(night.recording), "sleep-edf"), []).append(night)
-    unique = [n for n in nights if len(by_id[record_id_of(Path(n.recording), "sleep-edf")]) == 1]
+    for night, record in ids.items():
+        by_id.setdefault(record, []).append(night)
+    unique = [n for n in nights if len(by_id[ids[n]]) == 1]
     failed = [{"record": record, "recording": n.recording, "annotations": n.annotations or "", "status": "failed",
                "reason": f"{len(same)} recordings would get the record id {record!r} "
                          f"({', '.join(m.recording for m in same)}): their files would overwrite each other; rename "

@@ -362,7 +362,8 @@ from distsleep.runtime import connect_ray
 connect_ray("local")
 processes = psutil.Process().children(recursive=True)
 listening = {c.laddr.ip for p in processes for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
-print(ray.get_runtime_context().gcs_address.split(":")[0], *sorted(listening))
+import os
+print(os.environ["RAY_AUTH_MODE"], ray.get_runtime_context().gcs_address.split(":")[0], *sorted(listening))
 ray.shutdown()
 """
 
@@ -371,8 +372,9 @@ def test_address_local_starts_a_cluster_as_secure_as_the_default(tmp_path):
     """Ray's `--address local` (or RAY_ADDRESS=local) starts a new cluster like no address at all: on 127.0.0.1
     with token auth, even when the environment asks for no auth."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", local.LOOPBACK_SWITCH)}
+    # An inherited "disabled" is what must be overridden: the cluster this starts still has token auth.
     env.update(RAY_AUTH_MODE="disabled", RAY_ADDRESS="local")
     done = subprocess.run([sys.executable, "-c", EMBEDDED], capture_output=True, text=True, env=env, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
-    gcs_ip, *listening = done.stdout.split()
-    assert gcs_ip == "127.0.0.1" and listening and set(listening) <= {"127.0.0.1", "::ffff:127.0.0.1"}, done.stdout
+    auth, gcs_ip, *listening = done.stdout.split()
+    assert auth == "token" and gcs_ip == "127.0.0.1" and listening and set(listening) <= {"127.0.0.1", "::ffff:127.0.0.1"}, done.stdout
