@@ -113,6 +113,30 @@ def _confusion_metrics(matrices: np.ndarray) -> dict[str, np.ndarray]:
     return {"accuracy": observed, "kappa": kappa, "macro_f1": macro_f1}
 
 
+def pooled_metrics(confusion) -> dict:
+    """staging_metrics' figures from a confusion matrix (rows = truth) alone: for results pooled from parts whose
+    labels are not at hand, such as the test folds of a cross-validation (sums of their matrices)."""
+    matrix = np.asarray(confusion, dtype=np.int64)
+    diagonal, rows, cols = np.diagonal(matrix), matrix.sum(axis=1), matrix.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(rows + cols > 0, 2 * diagonal / (rows + cols), np.nan)
+    summary = _confusion_metrics(matrix)
+    return {"n_epochs": int(matrix.sum()), **{k: float(v) for k, v in summary.items()},
+            "f1": {name: float(v) for name, v in zip(STAGE_NAMES, f1)}, "confusion": matrix.tolist()}
+
+
+def mean_over_nights(values: Mapping[str, tuple[str, float]], n_boot: int = 2000, seed: int = 0,
+                     level: float = 0.95) -> dict | None:
+    """Mean of a per-night value (record -> (subject, value)) and the subject-bootstrap CI of that mean; None
+    without a finite value."""
+    records = sorted(r for r, (_, v) in values.items() if math.isfinite(v))
+    if not records:
+        return None
+    data = np.asarray([values[r][1] for r in records], dtype=float)
+    index, weights = _subject_weights([values[r][0] for r in records], n_boot, seed)
+    return {"mean": float(data.mean()), "ci_mean": _bootstrap_mean(data, index, weights, level), "nights": len(records)}
+
+
 def _subject_weights(subjects: Sequence[str], n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(index of each night's subject, (n_boot, n_subjects) how often each subject is drawn per resample)."""
     names = {name: i for i, name in enumerate(sorted(set(subjects)))}

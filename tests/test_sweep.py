@@ -14,6 +14,7 @@ from pathlib import Path
 
 import matplotlib.image
 import mlflow
+import numpy as np
 import pytest
 
 from distsleep.config import PreprocessConfig, SplitConfig
@@ -227,3 +228,44 @@ def test_sweep_preflight(shards, tmp_path, ray_local):
     train = TrainConfig(shards=str(shards), tracking_uri="http://127.0.0.1:9", storage_path=str(tmp_path / "runs"))
     with pytest.raises(TrackingUnavailable):
         run_sweep(SweepConfig(name="no-server", train=train))
+
+
+def test_cross_validation_sweep_tests_every_person_once(shards, tmp_path, ray_local):
+    """--folds 3: each fold trial trains on its fold's manifest; the comparison's row pools the three folds' test
+    nights (the whole cohort), its figures those of the summed test confusion matrices, and YASA is scored on the
+    same nights."""
+    from distsleep.night_metrics import pooled_metrics
+    from distsleep.shards.manifest import split_records
+    from distsleep.tracking import compare, download_json
+
+    train = TrainConfig(shards=str(shards), model_size="small", seq_len=5, batch_size=32, loader_workers=1, max_steps=20,
+                        val_every=10, num_workers=2, lr=0.001, storage_path=str(tmp_path / "runs"),
+                        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="cv")
+    cfg = SweepConfig(name="cv", train=train, mask_ratios=(0.5,), finetune=False, folds=3, max_concurrent_trials=1)
+    outcome = run_sweep(cfg, out_dir=tmp_path / "comparison")
+    assert [t["state"] for t in outcome.trials] == ["completed"] * 3
+    everyone = sorted(r for records in split_records(json.loads(shards.read_text())).values() for r in records)
+    folds = [json.loads((shards.parent / f"manifest.cv3-seed0-fold0{f}.json").read_text()) for f in (1, 2, 3)]
+    assert sorted(r for fold in folds for r in split_records(fold)["test"]) == everyone
+
+    c = mlflow.MlflowClient(train.tracking_uri)
+    stages = _runs(train.tracking_uri, f"tags.`{SWEEP_TAG}` = 'cv' and tags.`{KIND_TAG}` = 'stage'")
+    assert sorted(Path(r.data.params["train.shards"]).name for r in stages) == \
+        [f"manifest.cv3-seed0-fold0{f}.json" for f in (1, 2, 3)]
+    confusions = [download_json(train.tracking_uri, r.info.run_id, "test_metrics.json")["confusion"] for r in stages]
+    expected = pooled_metrics(sum(map(np.asarray, confusions)))
+
+    row, baseline = outcome.rows
+    assert row.label == "mask=0.50 (3-fold CV)" and row.status == "FINISHED" and not row.baseline
+    assert row.metrics["test_kappa"] == pytest.approx(expected["kappa"], nan_ok=True)
+    assert row.metrics["test_accuracy"] == pytest.approx(expected["accuracy"])
+    assert sorted(row.nights) == everyone
+    parent = c.get_run(outcome.parent_run_id)
+    assert parent.data.params["sweep.folds"] == "3" and parent.data.tags["selected_trial"] == row.label
+    assert baseline.baseline and sorted(download_json(train.tracking_uri, outcome.parent_run_id,
+                                                      "baseline_yasa.json")["records"]) == everyone
+    assert "cross-validation by person" in (tmp_path / "comparison" / "comparison.txt").read_text()
+    # Read back by experiment, the fold trials are pooled the same way (a fold alone is never selected).
+    by_experiment = compare.collect(train.tracking_uri, experiment="cv")
+    assert [r.label for r in by_experiment if not r.baseline] == [row.label]
+    assert by_experiment[0].metrics["test_accuracy"] == pytest.approx(row.metrics["test_accuracy"])

@@ -3,6 +3,7 @@
     distsleep synth       write a synthetic SHHS1-format cohort (EDF + NSRR/Profusion XML)
     distsleep inspect     what is in a recording and what would stop it from being used
     distsleep preprocess  recordings -> WebDataset shards + manifest, one Ray task per recording
+    distsleep folds       K-fold cross-validation by person: K manifests over the same shards
     distsleep pretrain    MC²SleepNet (or any registered model) on Ray Train + DeepSpeed, tracked in MLflow
     distsleep finetune    the fine-tuning stage from a pre-training run
     distsleep predict     score recordings with a trained model bundle (stages, hypnogram, report, cohort summary)
@@ -34,6 +35,7 @@ COMMANDS = {
     "synth": ("synth", "write a synthetic SHHS1-format cohort"),
     "inspect": ("inspect", "show channels, stages, events and problems of a recording"),
     "preprocess": ("preprocess", "convert a dataset to WebDataset shards on a Ray cluster"),
+    "folds": ("folds", "write the K person-wise cross-validation folds of a cohort (manifests over the same shards)"),
     "pretrain": ("pretrain", "pre-train (or fine-tune with --stage finetune) on Ray Train + DeepSpeed"),
     "finetune": ("finetune", "fine-tune from a pre-training run: frozen backbones, no masking"),
     "sweep": ("sweep", "Ray Tune sweep over the masking ratio: pre-train, fine-tune, test per trial"),

@@ -11,7 +11,8 @@ from distsleep.tracking import TrackingUnavailable, check_reachable, compare
 DESCRIPTION = ("Read test metrics from MLflow (never recomputed) and print a table: masking ratio, pre-training accuracy, "
                "fine-tuned accuracy, macro-F1, kappa, per-class F1, kappa per test night with its 95 % CI and its paired "
                "difference to a reference run on the same nights, best values marked, and the YASA baseline when the "
-               "sweep scored it. Writes comparison.txt/.csv/.md, metrics_vs_mask_ratio.png, per_class_f1_vs_mask_ratio.png, "
+               "sweep scored it. A cross-validation sweep (--folds) shows one row per point, pooling its folds' test nights "
+               "from their logged confusion matrices and per-night results. Writes comparison.txt/.csv/.md, metrics_vs_mask_ratio.png, per_class_f1_vs_mask_ratio.png, "
                "confusion_matrices.png and paired_kappa_per_night.png to --out.")
 
 

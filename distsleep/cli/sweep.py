@@ -43,6 +43,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--asha-reduction", type=float, default=d.asha_reduction, help="ASHA reduction factor")
     g.add_argument("--max-concurrent-trials", type=int, help="default: as many as the cluster's resources hold")
     g.add_argument("--no-baseline", action="store_true", help="do not score YASA on the test records")
+    g.add_argument("--folds", type=int, default=d.folds, metavar="K",
+                   help="K-fold cross-validation by person (the paper's protocol for Sleep-EDF-78: 10): every point is "
+                        "trained and tested on each fold (`distsleep folds`), and the comparison pools each point's test "
+                        "nights over its folds; the point selected has the best mean validation (default: no folds, the "
+                        "manifest's own split)")
+    g.add_argument("--fold-seed", type=int, default=d.fold_seed, help="seed of the assignment of people to folds")
     g.add_argument("--out", help="folder for the comparison files (default: a temporary folder; they are logged to MLflow)")
 
 
@@ -65,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
             finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr, scheduler=args.scheduler,
             asha_grace=args.asha_grace, asha_reduction=args.asha_reduction,
             max_concurrent_trials=args.max_concurrent_trials, baseline=not args.no_baseline,
+            folds=args.folds, fold_seed=args.fold_seed,
         )
         outcome = run_sweep(config, address=args.address, out_dir=args.out)
     except (LaunchError, TrackingUnavailable, ValueError, argparse.ArgumentTypeError) as error:

@@ -101,14 +101,6 @@ def build_manifest(summaries: list[dict], failures: list[dict], preprocess: Prep
             "split": by_record[rid], "subject": subject[rid], "visit": visit_of(rid, preprocess.source),
             **{k: summary[k] for k in ("shard", "sha256", "bytes", "n_epochs", "stages", "events", "channels", "kept_epochs")},
         }
-    totals: dict[str, dict] = {}
-    for name in ("train", "val", "test"):
-        members = [r for r in records.values() if r["split"] == name]
-        totals[name] = {
-            "records": len(members),
-            "epochs": sum(r["n_epochs"] for r in members),
-            "stages": {s: sum(r["stages"][s] for r in members) for s in (*STAGE_NAMES, "unscored")},
-        }
     return {
         "format": "distsleep-shards",
         "code_version": code_version(),
@@ -119,10 +111,23 @@ def build_manifest(summaries: list[dict], failures: list[dict], preprocess: Prep
         "channels": list(preprocess.channels),
         # Band-pass (Hz) applied to each channel before resampling; None = unfiltered.
         "channel_filters": {role: list(band) if (band := preprocess.band_for(role)) else None for role in preprocess.channels},
-        "totals": totals,
+        "totals": split_totals(records),
         "records": records,
         "excluded": sorted(excluded, key=lambda e: e["record_id"]),
     }
+
+
+def split_totals(records: dict) -> dict[str, dict]:
+    """Records, epochs and epochs per stage of each split, from a manifest's `records`."""
+    totals: dict[str, dict] = {}
+    for name in ("train", "val", "test"):
+        members = [r for r in records.values() if r["split"] == name]
+        totals[name] = {
+            "records": len(members),
+            "epochs": sum(r["n_epochs"] for r in members),
+            "stages": {s: sum(r["stages"][s] for r in members) for s in (*STAGE_NAMES, "unscored")},
+        }
+    return totals
 
 
 def split_records(manifest: dict) -> dict[str, list[str]]:

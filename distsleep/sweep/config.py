@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 
 from distsleep.config import ConfigBase
 from distsleep.models import get_spec
+from distsleep.shards.folds import FOLD_KEY, MIN_FOLDS, fold_location
 from distsleep.train.config import TrainConfig
 from distsleep.train.inputs import model_config
 
@@ -44,6 +45,11 @@ class SweepConfig(ConfigBase):
     asha_reduction: float = 2.0
     max_concurrent_trials: int | None = None  # default: as many as the cluster's resources hold
     baseline: bool = True  # score YASA's pretrained stager on the same test records
+    # K-fold cross-validation by person (distsleep.shards.folds): every grid point is trained and tested on each of
+    # the K folds of train.shards, and the comparison pools each point's test nights over its folds (every person
+    # tested once). 0: the manifest's own split.
+    folds: int = 0
+    fold_seed: int = 0
 
     def __post_init__(self):
         if isinstance(self.train, dict):
@@ -64,6 +70,16 @@ class SweepConfig(ConfigBase):
         self.knobs = {k: list(v) for k, v in self.knobs.items()}
         if "mask_ratio" in self.knobs:
             raise ValueError("the masking ratio is swept by mask_ratios, not knobs")
+        if FOLD_KEY in self.knobs:
+            raise ValueError("folds are set by folds (--folds K), not knobs")
+        if self.folds:
+            if self.folds < MIN_FOLDS:
+                raise ValueError(f"folds={self.folds}: cross-validation needs at least {MIN_FOLDS} folds (0: no cross-validation)")
+            if self.search != "grid":
+                raise ValueError("cross-validation needs a grid search: every fold must train the same points")
+            if self.num_samples != 1:
+                raise ValueError("cross-validation repeats each point once per fold; repeat seeds with --knob seed=0,1 "
+                                 "instead of --num-samples")
         empty = [k for k, v in self.knobs.items() if not v]
         if empty:
             raise ValueError(f"knobs without values: {empty}")
@@ -79,6 +95,9 @@ class SweepConfig(ConfigBase):
         """Every combination of the grid (grid search), in a stable order."""
         keys = ["mask_ratio", *sorted(self.knobs)]
         values = [list(self.mask_ratios), *(self.knobs[k] for k in sorted(self.knobs))]
+        if self.folds:
+            keys.append(FOLD_KEY)
+            values.append(list(range(1, self.folds + 1)))
         return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
 
     @property
@@ -91,7 +110,9 @@ class SweepConfig(ConfigBase):
         base = self.train.to_dict()
         overrides = dict(base["model_overrides"])
         for key, value in point.items():
-            if key in train_fields:
+            if key == FOLD_KEY:  # the fold's manifest, beside the cohort's: same shards, the fold's split
+                base["shards"] = fold_location(self.train.shards, self.folds, int(value), self.fold_seed)
+            elif key in train_fields:
                 base[key] = value
             else:
                 overrides[key] = value

@@ -22,6 +22,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
@@ -31,8 +32,10 @@ from distsleep.baselines.score import yasa_baseline
 from distsleep.cluster.preflight import ClusterCheckError, allow_pending, check_resources, resource_shortfall
 from distsleep.integrity import IntegrityError
 from distsleep.locks import LockHeld, exclusive_lock
+from distsleep.night_metrics import pooled_metrics
 from distsleep.runtime import connect_ray
-from distsleep.sweep.config import SweepConfig
+from distsleep.shards.folds import FoldError, fold_location, write_fold_manifests
+from distsleep.sweep.config import FOLD_KEY, SweepConfig
 from distsleep.sweep.state import StateChecksums, verify_tune_state
 from distsleep.sweep.trial import sweep_trial
 from distsleep.tracking import (ENDED_BY_TAG, KIND_TAG, RUN_NAME_TAG, SWEEP_TAG, TRIAL_TAG, RunLogger, check_reachable,
@@ -87,6 +90,8 @@ def param_space(cfg: SweepConfig) -> dict:
     if cfg.search == "grid":
         space = {"mask_ratio": tune.grid_search(list(cfg.mask_ratios))}
         space.update({k: tune.grid_search(v) for k, v in cfg.knobs.items()})
+        if cfg.folds:
+            space[FOLD_KEY] = tune.grid_search(list(range(1, cfg.folds + 1)))
     else:
         space = {"mask_ratio": tune.uniform(*cfg.mask_ratio_range)}
         space.update({k: tune.choice(v) for k, v in cfg.knobs.items()})
@@ -118,7 +123,8 @@ def _parent_run(cfg: SweepConfig, uri: str) -> tuple[str, bool]:
         "sweep.knob_names": json.dumps(sorted(cfg.knobs)), "sweep.knobs": json.dumps(cfg.knobs, sort_keys=True),
         "sweep.search": cfg.search, "sweep.num_samples": cfg.num_samples, "sweep.n_trials": cfg.n_trials,
         "sweep.scheduler": cfg.scheduler, "sweep.finetune": cfg.finetune, "sweep.finetune_steps": cfg.finetune_steps,
-        "sweep.finetune_lr": cfg.finetune_lr, **cfg.train.params("train"),
+        "sweep.finetune_lr": cfg.finetune_lr, "sweep.folds": cfg.folds, "sweep.fold_seed": cfg.fold_seed,
+        **cfg.train.params("train"),
     })
     return run.info.run_id, False
 
@@ -128,7 +134,13 @@ def _log_baseline(cfg: SweepConfig, uri: str, parent_run_id: str) -> None:
     if any(k.startswith(BASELINE_PREFIX) for k in client(uri).get_run(parent_run_id).data.metrics):
         return
     try:
-        metrics = yasa_baseline(cfg.train.shards, "test")
+        if cfg.folds:  # the nights the trials' pooled rows are tested on: every fold's test people
+            folds = [yasa_baseline(fold_location(cfg.train.shards, cfg.folds, f, cfg.fold_seed), "test")
+                     for f in range(1, cfg.folds + 1)]
+            metrics = pooled_metrics(np.sum([m["confusion"] for m in folds], axis=0))
+            metrics["records"] = {r: v for m in folds for r, v in m["records"].items()}
+        else:
+            metrics = yasa_baseline(cfg.train.shards, "test")
     except Exception as error:  # the comparison is still useful without it
         log.warning("YASA baseline not scored: %s: %s", type(error).__name__, error)
         return
@@ -191,6 +203,13 @@ def run_sweep(cfg: SweepConfig, address: str | None = None, out_dir: str | Path 
                     ", ".join(f"{r:g}" for r in ratios), cfg.train.model, n, cfg.train.seq_len)
     check_reachable(uri)
     preflight(cfg.train)
+    if cfg.folds:  # before anything runs: a cohort that cannot be cut into K folds is refused here
+        try:
+            written = write_fold_manifests(cfg.train.shards, cfg.folds, cfg.fold_seed)
+        except FoldError as error:
+            raise LaunchError(str(error)) from error
+        log.info("%d-fold cross-validation by person: fold manifests beside %s (%s ...)", cfg.folds,
+                 cfg.train.shards, Path(written[0]).name)
     connect_ray(address)
 
     max_concurrent = concurrency(cfg, ray.cluster_resources())  # also refuses a trial larger than the cluster

@@ -2,8 +2,9 @@
 and the plots (metrics vs masking ratio, per-class F1 vs ratio, confusion matrices side by side).
 
 Values are MLflow's logged metrics, never recomputed, so the table is the same from any machine that
-reaches the tracking server. Rows are the trials of a sweep (or any runs with test metrics), plus the
-YASA baseline scored on the same test records when a sweep holds one.
+reaches the tracking server; a cross-validation sweep's row pools its folds from their logged test
+confusion matrices and per-night results (`pool_folds`). Rows are the trials of a sweep (or any runs with
+test metrics), plus the YASA baseline scored on the same test records when a sweep holds one.
 
 Selection is on validation only: the run with the best validation metric (`val_best_<select metric>`,
 of its final stage, the one whose test metrics the row shows) is marked "selected (validation)"; test
@@ -19,8 +20,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distsleep.night_metrics import paired_difference, per_night_values
+import numpy as np
+
+from distsleep.night_metrics import mean_over_nights, paired_difference, per_night_values, pooled_metrics
 from distsleep.plots import confusion_grid_png, metric_curves_png, paired_differences_png
+from distsleep.shards.folds import FOLD_KEY
 from distsleep.stages import STAGE_NAMES
 from distsleep.tracking import ENDED_BY_TAG, KIND_TAG, SWEEP_TAG, client, download_json, download_text, tag_filter, with_tag
 
@@ -110,8 +114,8 @@ def _all_experiment_ids(c) -> list[str]:
 
 
 def _knob_params(run, sweep_params: set[str]) -> dict:
-    """The swept values of a trial run, masking ratio first."""
-    names = ["mask_ratio", *sorted(sweep_params - {"mask_ratio"})]
+    """The swept values of a trial run, masking ratio first (and its cross-validation fold, if any)."""
+    names = ["mask_ratio", *sorted((sweep_params | {FOLD_KEY}) - {"mask_ratio"})]
     return {k: run.data.params[k] for k in names if k in run.data.params}
 
 
@@ -127,9 +131,11 @@ def point_label(point: dict) -> str:
 def _trial_row(tracking_uri: str, run, knobs: set[str], with_confusion: bool) -> Row:
     params = _knob_params(run, knobs | {"mask_ratio"})
     confusion = None
+    stages = {}
     if with_confusion:
         summary = download_json(tracking_uri, run.info.run_id, "trial_summary.json") or {}
-        confusion = (summary.get("confusion") or {}).get("final") or (summary.get("confusion") or {}).get("pretrain")
+        stages = summary.get("confusion") or {}
+        confusion = stages.get("final") or stages.get("pretrain")
     label = point_label({k: (float(v) if k == "mask_ratio" else v) for k, v in params.items()}) or run.info.run_name
     ended_by = run.data.tags.get(ENDED_BY_TAG)
     status = "stopped by scheduler" if ended_by == "scheduler" else run.info.status
@@ -138,7 +144,7 @@ def _trial_row(tracking_uri: str, run, knobs: set[str], with_confusion: bool) ->
     night, nights = _night_data(tracking_uri, stage_id) if with_confusion and stage_id else (None, None)
     return Row(label=label, run_id=run.info.run_id, model=run.data.tags.get("model", "?"), params=params,
                metrics=dict(run.data.metrics), status=status, confusion=confusion, task=run.data.tags.get("task", "staging"),
-               night_kappa=night, nights=nights)
+               night_kappa=night, nights=nights, extra={"stage_confusion": stages})
 
 
 def _night_data(tracking_uri: str, run_id: str) -> tuple[dict | None, dict | None]:
@@ -191,6 +197,9 @@ def collect(tracking_uri: str, *, sweep: str | None = None, experiment: str | No
             raise CompareError(f"no sweep named {sweep!r} in {tracking_uri}")
         knobs = set(json.loads(parents[0].data.params.get("sweep.knob_names", "[]"))) if parents else set()
         rows = [_trial_row(tracking_uri, r, knobs, with_confusion) for r in trials]
+        folds = int(parents[0].data.params.get("sweep.folds") or 0) if parents else 0
+        if folds:
+            rows = pool_folds(rows, folds)
         for parent in parents[:1]:
             baseline = _baseline_row(tracking_uri, parent, with_confusion)
             if baseline:
@@ -200,16 +209,23 @@ def collect(tracking_uri: str, *, sweep: str | None = None, experiment: str | No
         if exp is None:
             raise CompareError(f"no experiment named {experiment!r} in {tracking_uri}")
         runs = c.search_runs([exp.experiment_id], max_results=5000)
+        folds = {r.data.tags.get(SWEEP_TAG): int(r.data.params.get("sweep.folds") or 0) for r in runs
+                 if r.data.tags.get(KIND_TAG) == "sweep"}
+        cross_validated: dict[str, list[Row]] = {}  # a cross-validation sweep's fold trials, pooled below
         for run in runs:
             kind = run.data.tags.get(KIND_TAG)
             if kind == "trial":
-                rows.append(_trial_row(tracking_uri, run, set(), with_confusion))
+                row = _trial_row(tracking_uri, run, set(), with_confusion)
+                sweep_name = run.data.tags.get(SWEEP_TAG)
+                (cross_validated.setdefault(sweep_name, []) if folds.get(sweep_name) else rows).append(row)
             elif kind == "sweep":
                 baseline = _baseline_row(tracking_uri, run, with_confusion)
                 if baseline and not any(r.baseline for r in rows):
                     rows.append(baseline)
             elif kind != "stage" and "test_accuracy" in run.data.metrics:
                 rows.append(_plain_row(tracking_uri, run, with_confusion))
+        for sweep_name, trial_rows in cross_validated.items():
+            rows.extend(pool_folds(trial_rows, folds[sweep_name]))
     else:
         for run_id in run_ids or []:
             run = c.get_run(run_id)
@@ -223,6 +239,59 @@ def collect(tracking_uri: str, *, sweep: str | None = None, experiment: str | No
     if not rows:
         raise CompareError("no runs with test metrics to compare")
     return pair_with_reference(sort_rows(rows), reference)
+
+
+def pool_folds(rows: list[Row], k: int) -> list[Row]:
+    """One row per grid point of a K-fold cross-validation sweep from its K fold trials (`rows`, params with
+    "fold"). Test figures pool the folds' test nights, each person tested once: the metrics of the summed
+    confusion matrices (the pre-training accuracy likewise), the per-night kappa over all nights with its
+    subject-bootstrap CI. The validation metric is the mean over the folds' validation sets, and only a point
+    whose K folds all finished has one, so a point with a missing fold is shown but never selected."""
+    groups: dict[tuple, list[Row]] = {}
+    for row in rows:
+        if not row.baseline:
+            groups.setdefault(tuple((key, v) for key, v in row.params.items() if key != FOLD_KEY), []).append(row)
+    return [_pooled_row(dict(point), members, k) for point, members in groups.items()] + [r for r in rows if r.baseline]
+
+
+def _pooled_row(point: dict, members: list[Row], k: int) -> Row:
+    def stage(row: Row, name: str):  # a trial's test confusion matrix of one stage ("final": its last)
+        confusion = row.extra.get("stage_confusion") or {}
+        return (confusion.get("final") or confusion.get("pretrain")) if name == "final" else confusion.get(name)
+
+    # A fold retried after a failure has two trial runs (Tune gives the retry a new id): the finished one counts.
+    retried_last = sorted(members, key=lambda r: r.status == "FINISHED" and stage(r, "final") is not None)
+    by_fold = {int(r.params[FOLD_KEY]): r for r in retried_last if r.params.get(FOLD_KEY) not in (None, "")}
+    done = {f: r for f, r in sorted(by_fold.items()) if r.status == "FINISHED" and stage(r, "final")}
+    metrics: dict = {"cv_folds_done": float(len(done))}
+    final = [stage(r, "final") for r in done.values()]
+    pretrain = [stage(r, "pretrain") for r in done.values()]
+    pooled = None
+    if final:
+        pooled = pooled_metrics(np.sum(final, axis=0))
+        metrics.update({f"test_{name}": pooled[name] for name in ("accuracy", "macro_f1", "kappa")})
+        metrics.update({f"test_f1_{name}": value for name, value in pooled["f1"].items()})
+        kappas = [r.metrics["test_kappa"] for r in done.values() if "test_kappa" in r.metrics]
+        if len(kappas) > 1:
+            metrics["test_kappa_fold_sd"] = float(np.std(kappas, ddof=1))
+    if pretrain and all(m is not None for m in pretrain):
+        metrics["pretrain_test_accuracy"] = pooled_metrics(np.sum(pretrain, axis=0))["accuracy"]
+    if "pretrain_mask_ratio_effective" in members[0].metrics:
+        metrics["pretrain_mask_ratio_effective"] = members[0].metrics["pretrain_mask_ratio_effective"]
+    complete = sorted(done) == list(range(1, k + 1))
+    if complete:  # selection needs every fold's validation: a mean over fewer folds is another experiment
+        shared = set.intersection(*({key for key in r.metrics if key.startswith(VALIDATION_PREFIX)} for r in done.values()))
+        metrics.update({key: float(np.mean([r.metrics[key] for r in done.values()])) for key in shared})
+    nights = None
+    if done and all(r.nights for r in done.values()):
+        nights = {record: value for r in done.values() for record, value in r.nights.items()}
+    label = point_label({key: (float(v) if key == "mask_ratio" else v) for key, v in point.items()}) or members[0].label
+    return Row(label=f"{label} ({k}-fold CV)", run_id=" ".join(r.run_id for _, r in sorted(by_fold.items())),
+               model=members[0].model, params=point, metrics=metrics,
+               status="FINISHED" if complete else f"{len(done)}/{k} folds finished", task=members[0].task,
+               confusion=pooled["confusion"] if pooled else None,
+               night_kappa=mean_over_nights(nights) if nights else None, nights=nights,
+               extra={"folds": {f: r.run_id for f, r in sorted(by_fold.items())}})
 
 
 def pair_with_reference(rows: list[Row], reference: str | None = None) -> list[Row]:
@@ -324,9 +393,20 @@ BASELINE_NOTE = ("baseline: YASA's published classifier was trained on NSRR nigh
                  "nights it may be scored on nights it learned from (an optimistic reference, not held out)")
 
 
+def cross_validation_note(rows: list[Row]) -> str | None:
+    folds = next((len(r.extra["folds"]) for r in rows if r.extra.get("folds")), None)
+    if folds is None:
+        return None
+    return ("cross-validation by person: each row pools the test nights of its folds (every person tested once; "
+            "the metrics of the summed confusion matrices, per-night kappa over all nights); its validation value is "
+            "the mean over the folds' validation sets, and a row missing a fold has none and is never selected")
+
+
 def notes(rows: list[Row]) -> list[str]:
-    """The lines under every table: which run was selected and why, and what the baseline row is."""
-    return [selection_note(rows), *([BASELINE_NOTE] if any(r.baseline for r in rows) else [])]
+    """The lines under every table: which run was selected and why, how cross-validation rows are pooled, and
+    what the baseline row is."""
+    return [selection_note(rows), *filter(None, [cross_validation_note(rows)]),
+            *([BASELINE_NOTE] if any(r.baseline for r in rows) else [])]
 
 
 def format_text(rows: list[Row]) -> str:
