@@ -178,3 +178,28 @@ def test_shards_are_checked_against_their_manifest(shard_dir, server, tmp_path):
     assert list(eval_sequences(list(remote), LoaderConfig(seq_len=5, checksums=remote), 1, 0))
     with pytest.raises(ShardChecksumError, match=f"{server}/shards/rec-002.tar"):
         list(eval_sequences(list(remote), LoaderConfig(seq_len=5, checksums=remote, verify="all"), 1, 0))
+
+
+def test_an_empty_shard_is_named_even_unverified(shard_dir, tmp_path):
+    """An empty tar (a copy cut short at a member boundary) has no checksum to fail under verify="none"; it must
+    still stop the read, naming the shard, instead of leaving its night out of evaluation or training."""
+    import shutil
+    import tarfile
+
+    from distsleep.shards.storage import EmptyShardError
+
+    folder = tmp_path / "copy"
+    shutil.copytree(shard_dir, folder)
+    with tarfile.open(folder / "shards" / "rec-001.tar", "w"):
+        pass
+    manifest, base = load_manifest(folder)
+    urls = shard_urls(manifest, "train", base)
+    assert [Path(u).name for u in urls] == ["rec-000.tar", "rec-001.tar"]
+    for order in (urls, urls[::-1]):  # the empty shard last, then first
+        with pytest.raises(EmptyShardError, match=r"rec-001.tar: the shard holds no sample"):
+            list(eval_sequences(order, LoaderConfig(seq_len=5, verify="none"), 1, 0))
+    stream = make_train_loader(urls, LoaderConfig(seq_len=5, batch_size=4, shuffle_buffer=8, num_workers=1,
+                                                  verify="none"), 1, 0, 2)
+    with pytest.raises(EmptyShardError, match="rec-001.tar"):
+        list(stream)
+    assert list(eval_sequences(urls[:1], LoaderConfig(seq_len=5, verify="none"), 1, 0))

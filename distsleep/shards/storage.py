@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+from collections import deque
 from typing import IO, Any, Iterable, Iterator
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
@@ -41,6 +42,14 @@ class UnsafeEntryError(ValueError):
 
 class ShardChecksumError(ValueError):
     """A shard's bytes differ from the sha256 its manifest recorded."""
+
+
+class EmptyShardError(ValueError):
+    """A shard holds no sample."""
+
+    def __init__(self, location: str):
+        super().__init__(f"{location}: the shard holds no sample (an empty or cut-short tar); rerun `distsleep "
+                         "preprocess` into its folder to rebuild it")
 
 
 def scheme(location: str) -> str | None:
@@ -136,7 +145,24 @@ def tar_samples(samples: Iterable[dict[str, Any]], checksums: dict[str, str] | N
                 verify: str = DEFAULT_VERIFY) -> Iterator[dict[str, Any]]:
     """webdataset pipeline stage: {'url': ...} items -> samples (like wds.tarfile_to_samples, but every
     location is opened by `open_binary`, so fsspec URLs work and errors name the shard). A url with an entry
-    in `checksums` is verified first when `should_verify(url, verify)`."""
+    in `checksums` is verified first when `should_verify(url, verify)`. A shard that yields no sample (an empty
+    or cut-short tar, which no checksum catches under --verify-shards none) is an EmptyShardError naming it,
+    never a night silently missing from training or evaluation."""
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
-    return group_by_keys(tar_file_expander(_open_streams(samples, checksums, verify)))
+    waiting: deque[str] = deque()  # shards opened, in order, that have not yielded a sample yet
+
+    def opened() -> Iterator[dict[str, Any]]:
+        for item in _open_streams(samples, checksums, verify):
+            waiting.append(item["url"])
+            yield item
+
+    for sample in group_by_keys(tar_file_expander(opened())):
+        url = sample.get("__url__")
+        if url is not None and url in waiting:
+            if waiting[0] != url:  # samples come in shard order: every shard opened before this one was empty
+                raise EmptyShardError(waiting[0])
+            waiting.popleft()
+        yield sample
+    if waiting:
+        raise EmptyShardError(waiting[0])
