@@ -287,6 +287,7 @@ def test_cluster_needs_its_token_listens_on_loopback_and_stops_completely(tmp_pa
     try:
         token = Path(cluster.token_path).read_text().strip()
         assert Path(cluster.token_path).parent == state.resolve() and Path(cluster.token_path).stat().st_mode & 0o077 == 0
+        assert Path(cluster.temp_dir).stat().st_mode & 0o077 == 0  # Ray's sockets and logs: this user's only
         assert cluster.env()["RAY_AUTH_TOKEN_PATH"] == cluster.token_path and cluster.env()["RAY_AUTH_MODE"] == "token"
         processes = local.cluster_processes(cluster)
         names = {p.name() for p in processes} | {" ".join(p.cmdline()[:3]) for p in processes}
@@ -378,3 +379,26 @@ def test_address_local_starts_a_cluster_as_secure_as_the_default(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     auth, gcs_ip, *listening = done.stdout.split()
     assert auth == "token" and gcs_ip == "127.0.0.1" and listening and set(listening) <= {"127.0.0.1", "::ffff:127.0.0.1"}, done.stdout
+
+
+def test_the_predictable_temp_dir_is_claimed_or_refused(tmp_path):
+    """The cluster's temp dir has a predictable name: made 0700 when new or left by this user, refused when it is a
+    symlink (planted to redirect Ray's files) or not a folder, and nothing is written where a symlink points."""
+    fresh = tmp_path / "dsc-fresh"
+    local.claim_temp_dir(str(fresh))
+    assert fresh.is_dir() and fresh.stat().st_mode & 0o777 == 0o700
+    left = tmp_path / "dsc-left"
+    left.mkdir(mode=0o755)
+    local.claim_temp_dir(str(left))
+    assert left.stat().st_mode & 0o777 == 0o700
+    target = tmp_path / "elsewhere"
+    target.mkdir(mode=0o755)
+    planted = tmp_path / "dsc-planted"
+    planted.symlink_to(target)
+    with pytest.raises(RuntimeError, match=r"dsc-planted: the cluster's temp dir already exists and is a symlink"):
+        local.claim_temp_dir(str(planted))
+    assert target.stat().st_mode & 0o777 == 0o755 and not any(target.iterdir())
+    squatted = tmp_path / "dsc-file"
+    squatted.write_text("")
+    with pytest.raises(RuntimeError, match="is not a folder"):
+        local.claim_temp_dir(str(squatted))

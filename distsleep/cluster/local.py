@@ -47,6 +47,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -299,6 +300,25 @@ def _start_mlflow(cluster: LocalCluster, host: str, artifacts_destination: str |
     _wait_http(f"{cluster.mlflow_uri}/health", timeout=90)
 
 
+def claim_temp_dir(path: str) -> None:
+    """Make the cluster's temp dir this user's alone (mode 0700) before Ray uses it. Its name is predictable
+    (/tmp/dsc-<hash of the state dir>), so another user of the machine could have made it first, or a symlink
+    under that name, to read the cluster's sockets and logs or to have Ray write where they point: a path that
+    exists and is not a real folder of this user is refused, naming it."""
+    try:
+        os.mkdir(path, 0o700)
+        return
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        what = "a symlink" if stat.S_ISLNK(info.st_mode) else "not a folder" if not stat.S_ISDIR(info.st_mode) \
+            else f"a folder of another user (uid {info.st_uid})"
+        raise RuntimeError(f"{path}: the cluster's temp dir already exists and is {what}; remove it, or start the "
+                           "cluster from another --state-dir")
+    os.chmod(path, 0o700)  # a folder left by an earlier cluster of this user
+
+
 def start(state_dir: str | Path, workers: int = 1, head_cpus: float = 1, worker_cpus: float = 1,
           mlflow: bool = True, netns: bool = False, object_store_mb: int = 256,
           token_path: str | Path | None = None, object_store: bool = False,
@@ -315,6 +335,7 @@ def start(state_dir: str | Path, workers: int = 1, head_cpus: float = 1, worker_
     tag = f"{digest % 4096:03x}"
     # Short temp dir: Ray's unix socket paths under it must stay below the 107-character limit.
     temp_dir = f"/tmp/dsc-{digest:08x}"  # TEMP_DIR
+    claim_temp_dir(temp_dir)
     token = str(Path(token_path).resolve()) if token_path else write_token(state / TOKEN_FILE)
     cluster = LocalCluster(state_dir=str(state), ray_address="", dashboard_url="", mlflow_uri=None, temp_dir=temp_dir,
                            token_path=token, loopback=not netns)
