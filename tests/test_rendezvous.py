@@ -45,3 +45,21 @@ def test_workers_on_one_node_rendezvous_without_a_network_server(ray_local, tmp_
     for rank, seen in ours.items():
         assert seen["sum"] == 2.0 and seen["listening"] and set(seen["listening"]) <= set(LOOPBACK), (rank, seen)
     assert set(Path("/tmp").glob("distsleep-rendezvous-*")) <= before, "the store's folder is removed at the end"
+
+
+def test_folders_of_killed_runs_are_removed_but_never_one_in_use(tmp_path):
+    import subprocess
+    import sys
+
+    from distsleep.train.rendezvous import STORE_FOLDER_PREFIX, remove_stale_store_folders
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(ended.stdout)
+    stale = tmp_path / f"{STORE_FOLDER_PREFIX}{dead_pid}-abc123"
+    live = tmp_path / f"{STORE_FOLDER_PREFIX}{__import__('os').getpid()}-def456"
+    other = tmp_path / "unrelated-123"
+    for folder in (stale, live, other):
+        folder.mkdir()
+        (folder / "store").write_text("x")
+    assert remove_stale_store_folders(str(tmp_path)) == [str(stale)]
+    assert not stale.exists() and live.exists() and other.exists()

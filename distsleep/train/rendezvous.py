@@ -5,9 +5,11 @@ run, and torch binds it to every interface (there is no bind address to give it)
 nodes are on 127.0.0.1. Anyone who reaches that port could rewrite the addresses the workers exchange and
 read or inject gradients. So when every worker of a run is on one node, as on an embedded `ray.init()`
 cluster or one machine, `LocalRendezvousConfig` uses torch's FileStore instead: a file in a fresh private
-(0700) folder on that node, no socket at all; it is removed at shutdown (a run whose rank 0 was killed
-leaves it behind: a few bytes of worker addresses, readable only by its user). Workers on several nodes still need a network rendezvous:
-they use Ray's TCPStore on the cluster network (README, Security).
+(0700) folder on that node, no socket at all; it is removed at shutdown. A run whose rank 0 was killed
+leaves its folder behind (a few bytes of worker addresses, readable only by its user): the folder's name
+holds the pid of the rank-0 process that made it, and the next run on the node removes this user's folders
+whose process is gone. Workers on several nodes still need a network rendezvous: they use Ray's TCPStore
+on the cluster network (README, Security).
 """
 
 from __future__ import annotations
@@ -32,8 +34,32 @@ def _node_id() -> str:
 
 
 def _private_store_file() -> str:
-    """A path for torch's FileStore in a new folder only this user can enter (the file itself is torch's)."""
-    return os.path.join(tempfile.mkdtemp(prefix=STORE_FOLDER_PREFIX), "store")
+    """A path for torch's FileStore in a new folder only this user can enter (the file itself is torch's), named
+    after this process; stale folders of killed runs are removed first."""
+    remove_stale_store_folders()
+    return os.path.join(tempfile.mkdtemp(prefix=f"{STORE_FOLDER_PREFIX}{os.getpid()}-"), "store")
+
+
+def remove_stale_store_folders(root: str | None = None) -> list[str]:
+    """Remove this user's rendezvous folders under `root` (default: the temp dir) whose rank-0 process no
+    longer runs; returns them. A folder whose process runs (or whose pid was reused) is kept: never one in use."""
+    removed = []
+    root = root or tempfile.gettempdir()
+    for name in os.listdir(root):
+        pid = name.removeprefix(STORE_FOLDER_PREFIX).split("-", 1)[0]
+        path = os.path.join(root, name)
+        if not name.startswith(STORE_FOLDER_PREFIX) or not pid.isdigit() or os.path.islink(path):
+            continue
+        try:
+            if os.lstat(path).st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)  # raises when no such process
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        except OSError:  # gone meanwhile, or a process of another user (PermissionError): keep
+            continue
+    return removed
 
 
 def _remove_store_folder(path: str) -> None:
