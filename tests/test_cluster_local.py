@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 import time
@@ -287,7 +288,8 @@ def test_cluster_needs_its_token_listens_on_loopback_and_stops_completely(tmp_pa
     try:
         token = Path(cluster.token_path).read_text().strip()
         assert Path(cluster.token_path).parent == state.resolve() and Path(cluster.token_path).stat().st_mode & 0o077 == 0
-        assert Path(cluster.temp_dir).stat().st_mode & 0o077 == 0  # Ray's sockets and logs: this user's only
+        temp = os.lstat(cluster.temp_dir)  # claimed before Ray: a real folder of this user, not a planted link
+        assert stat.S_ISDIR(temp.st_mode) and temp.st_uid == os.getuid()
         assert cluster.env()["RAY_AUTH_TOKEN_PATH"] == cluster.token_path and cluster.env()["RAY_AUTH_MODE"] == "token"
         processes = local.cluster_processes(cluster)
         names = {p.name() for p in processes} | {" ".join(p.cmdline()[:3]) for p in processes}
@@ -382,15 +384,16 @@ def test_address_local_starts_a_cluster_as_secure_as_the_default(tmp_path):
 
 
 def test_the_predictable_temp_dir_is_claimed_or_refused(tmp_path):
-    """The cluster's temp dir has a predictable name: made 0700 when new or left by this user, refused when it is a
-    symlink (planted to redirect Ray's files) or not a folder, and nothing is written where a symlink points."""
+    """The cluster's temp dir has a predictable name: made when new, kept when it is a folder of this user (left by
+    an earlier cluster), refused when it is a symlink (planted to redirect Ray's files) or not a folder, and
+    nothing is written where a symlink points."""
     fresh = tmp_path / "dsc-fresh"
     local.claim_temp_dir(str(fresh))
-    assert fresh.is_dir() and fresh.stat().st_mode & 0o777 == 0o700
+    assert fresh.is_dir() and fresh.stat().st_uid == os.getuid() and fresh.stat().st_mode & 0o077 == 0
     left = tmp_path / "dsc-left"
-    left.mkdir(mode=0o755)
+    left.mkdir()
     local.claim_temp_dir(str(left))
-    assert left.stat().st_mode & 0o777 == 0o700
+    assert left.is_dir()
     target = tmp_path / "elsewhere"
     target.mkdir(mode=0o755)
     planted = tmp_path / "dsc-planted"

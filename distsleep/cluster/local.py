@@ -301,10 +301,11 @@ def _start_mlflow(cluster: LocalCluster, host: str, artifacts_destination: str |
 
 
 def claim_temp_dir(path: str) -> None:
-    """Make the cluster's temp dir this user's alone (mode 0700) before Ray uses it. Its name is predictable
+    """Make sure the cluster's temp dir is a real folder of this user before Ray uses it. Its name is predictable
     (/tmp/dsc-<hash of the state dir>), so another user of the machine could have made it first, or a symlink
     under that name, to read the cluster's sockets and logs or to have Ray write where they point: a path that
-    exists and is not a real folder of this user is refused, naming it."""
+    exists and is not a real folder of this user is refused, naming it. (Ray then opens the folder's mode to
+    0777 itself, as for /tmp/ray, so that several users may share a temp dir; the folder is still ours.)"""
     try:
         os.mkdir(path, 0o700)
         return
@@ -316,7 +317,6 @@ def claim_temp_dir(path: str) -> None:
             else f"a folder of another user (uid {info.st_uid})"
         raise RuntimeError(f"{path}: the cluster's temp dir already exists and is {what}; remove it, or start the "
                            "cluster from another --state-dir")
-    os.chmod(path, 0o700)  # a folder left by an earlier cluster of this user
 
 
 def start(state_dir: str | Path, workers: int = 1, head_cpus: float = 1, worker_cpus: float = 1,
