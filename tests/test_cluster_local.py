@@ -294,8 +294,13 @@ def test_cluster_needs_its_token_listens_on_loopback_and_stops_completely(tmp_pa
         processes = local.cluster_processes(cluster)
         names = {p.name() for p in processes} | {" ".join(p.cmdline()[:3]) for p in processes}
         assert {"ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names and any("ray.util.client.server" in n for n in names)
-        listening = {(p.name(), c.laddr.ip, c.laddr.port) for p in processes for c in p.net_connections("inet")
-                     if c.status == psutil.CONN_LISTEN}
+        listening = set()
+        for p in processes:  # a short-lived process (a job supervisor) may end while it is being listed
+            try:
+                listening |= {(p.name(), c.laddr.ip, c.laddr.port) for c in p.net_connections("inet")
+                              if c.status == psutil.CONN_LISTEN}
+            except psutil.NoSuchProcess:
+                continue
         assert listening and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for _, ip, _ in listening), listening
 
         assert _gcs_call(cluster.ray_address, token).cluster_id
