@@ -16,13 +16,12 @@ tested once and validated once over the K folds; K ≥ 3 so that training is nev
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 
 from distsleep import store
 from distsleep.shards.manifest import MANIFEST_NAME, manifest_hash, split_totals
 from distsleep.shards.splits import subject_number
-from distsleep.shards.storage import is_remote
+from distsleep.shards.storage import is_remote, manifest_file
 
 METHOD = "k-fold"
 FOLD_KEY = "fold"  # the parameter naming a run's fold (1..k): a sweep's grid axis, a trial run's MLflow param
@@ -77,11 +76,7 @@ def fold_manifest(manifest: dict, k: int, fold: int, seed: int = 0) -> dict:
 
 def manifest_location(shards: str | Path) -> str:
     """The manifest file a --shards value names (a manifest file, its folder, or a URL of either)."""
-    location = str(shards)
-    if is_remote(location):
-        return location + MANIFEST_NAME if location.endswith("/") else location
-    path = Path(re.sub(r"^file:(//)?", "", location))
-    return str(path / MANIFEST_NAME if path.is_dir() else path)
+    return manifest_file(shards, MANIFEST_NAME)
 
 
 def fold_name(k: int, fold: int, seed: int) -> str:

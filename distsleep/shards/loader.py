@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import json
 import random
-import re
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -39,7 +38,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from distsleep.errors import MissingChannelError
 from distsleep.shards.format import decode_sample
-from distsleep.shards.storage import VERIFY_MODES, check_entry, is_remote, read_bytes, scheme, tar_samples
+from distsleep.shards.storage import (VERIFY_MODES, check_entry, is_remote, manifest_file, read_bytes, scheme,
+                                     tar_samples)
 
 SPLITS = ("train", "val", "test")
 MANIFEST_NAME = "manifest.json"
@@ -64,18 +64,14 @@ def load_manifest(path_or_url: str | Path, name: str = MANIFEST_NAME, allow_comm
     location = str(path_or_url)
     if scheme(location) == "pipe":
         raise ValueError(f"{location}: give the manifest as a path or URL, not a pipe: command")
+    location = manifest_file(location, name)
     if is_remote(location):
-        if location.endswith("/"):
-            location += name
         manifest = json.loads(read_bytes(location))
         base = location.rsplit("/", 1)[0]
     else:
-        path = Path(re.sub(r"^file:(//)?", "", location))
-        if path.is_dir():
-            path = path / name
-        with open(path, "rb") as stream:
+        with open(location, "rb") as stream:
             manifest = json.load(stream)
-        location, base = str(path), str(path.resolve().parent)
+        base = str(Path(location).resolve().parent)
     for entry, shard in shard_entries(manifest):
         check_entry(str(shard["shard"]), location, entry, allow_commands)
     return manifest, base

@@ -23,6 +23,7 @@ import hashlib
 import io
 import re
 from collections import deque
+from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
@@ -103,6 +104,16 @@ def open_binary(location: str) -> IO[bytes]:
         raise FileNotFoundError(f"{location}: not found") from error
     except OSError as error:
         raise OSError(f"{location}: cannot open ({error})") from error
+
+
+def manifest_file(path_or_url: str | Path, name: str) -> str:
+    """The manifest file a --shards value names: a manifest file, a folder holding `name`, or a URL of either
+    (a URL ending in "/" is a folder); a local `file:` URL becomes its path."""
+    location = str(path_or_url)
+    if is_remote(location):
+        return location + name if location.endswith("/") else location
+    path = Path(re.sub(r"^file:(//)?", "", location))
+    return str(path / name if path.is_dir() else path)
 
 
 def read_bytes(location: str) -> bytes:
