@@ -20,7 +20,7 @@ from distsleep.shards.loader import load_manifest, shard_urls
 from distsleep.shards.manifest import seen_people, split_records
 from distsleep.stages import STAGE_NAMES
 from distsleep.sweep.config import SweepConfig
-from distsleep.tracking.compare import Row, notes, pool_folds, selected_run
+from distsleep.tracking.compare import Row, notes, pool_folds, selected_run, table
 from distsleep.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,12 +153,13 @@ def test_mean_over_nights_resamples_people():
 
 def _fold_rows(rng) -> tuple[list[Row], dict]:
     """Fold trials of two points: mask 0.5 complete (3 folds), mask 0.75 with a failed fold but the best
-    validation values; and the labels each finished fold was tested on."""
+    validation and test values; and the labels each finished fold was tested on."""
     rows, labels = [], {}
     for ratio, val in (("0.5", 0.6), ("0.75", 0.9)):
         for fold in (1, 2, 3):
             true = rng.integers(0, 5, 200)
-            predicted = np.where(rng.random(200) < 0.7, true, rng.integers(0, 5, 200))
+            # mask 0.75's folds are the more accurate: its incomplete row would top the test columns
+            predicted = np.where(rng.random(200) < (0.7 if ratio == "0.5" else 0.9), true, rng.integers(0, 5, 200))
             final, pretrain = staging_metrics(true, predicted), staging_metrics(true, rng.integers(0, 5, 200))
             failed = ratio == "0.75" and fold == 3
             labels[ratio, fold] = (true, predicted)
@@ -195,6 +196,11 @@ def test_cross_validation_rows_pool_their_folds_and_only_complete_points_are_sel
     assert partial.metrics["cv_folds_done"] == 2
     assert selected_run(pooled) is complete
     assert any("cross-validation by person" in line for line in notes(pooled))
+    # Nor do its test figures, pooled over fewer people, get the stars of the best values.
+    header, (complete_cells, partial_cells) = table(pooled)
+    assert partial.metrics["test_accuracy"] > complete.metrics["test_accuracy"]
+    assert complete_cells[header.index("accuracy")].endswith("*")
+    assert not any(cell.endswith("*") for cell in partial_cells), partial_cells
 
 
 def test_a_cross_validation_sweep_trains_each_fold_on_its_own_manifest(tmp_path):

@@ -352,11 +352,14 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     header = ["run", "model", "task", "mask", *(h for h, _ in cols), *([NIGHT_COLUMN] if nightly else []),
               *([DIFF_COLUMN] if paired else []), "status"]
     chosen = selected_run(rows)
+    # Stars compare like with like: rows of the same task (an apnea accuracy is not a staging one), and never a
+    # cross-validation point missing a fold (its test figures pool fewer people than the others').
+    starred = [r for r in rows if not r.baseline and not (r.extra.get("folds") and r.status != "FINISHED")]
+    starred_ids = {id(r) for r in starred}
     best = {}
-    for _, key in cols:  # best per column among rows of the same task (an apnea accuracy is not a staging one)
+    for _, key in cols:
         for task in {r.task for r in rows}:
-            values = [r.metrics[key] for r in rows if not r.baseline and r.task == task and key in r.metrics
-                      and math.isfinite(r.metrics[key])]
+            values = [r.metrics[key] for r in starred if r.task == task and key in r.metrics and math.isfinite(r.metrics[key])]
             best[key, task] = max(values) if values and key != "test_majority_accuracy" else None
     cells = []
     for row in rows:
@@ -365,7 +368,7 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
             value = row.metrics.get(key)
             text = _cell(key, value)
             top = best.get((key, row.task))
-            if value is not None and not row.baseline and top is not None and value == top and len(rows) > 1:
+            if id(row) in starred_ids and value is not None and top is not None and value == top and len(rows) > 1:
                 text += "*"
             line.append(text)
         if nightly:
