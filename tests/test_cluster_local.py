@@ -25,10 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-def submit(cluster: local.LocalCluster, *args: str, timeout: float = 900, wait: bool = True) -> subprocess.CompletedProcess:
+def submit(cluster: local.LocalCluster, *args: str, timeout: float = 900, wait: bool = True,
+           working_dir: Path = REPO) -> subprocess.CompletedProcess:
     """`ray job submit --working-dir <repo> -- python ...`; env for the job comes in the runtime env."""
     runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": cluster.mlflow_uri, "OMP_NUM_THREADS": "1"}}
-    command = [RAY, "job", "submit", "--address", cluster.dashboard_url, "--working-dir", str(REPO),
+    command = [RAY, "job", "submit", "--address", cluster.dashboard_url, "--working-dir", str(working_dir),
                "--runtime-env-json", json.dumps(runtime_env)]
     if not wait:
         command.append("--no-wait")
@@ -155,6 +156,71 @@ def test_paths_other_nodes_cannot_use_are_refused_before_launch(two_nodes, shard
     nodes = re.findall(r"the storage path /proc/distsleep-runs is not writable \([^)]*\) on node (\d+\.\d+\.\d+\.\d+)", output)
     assert set(nodes) == {n.ip for n in two_nodes.nodes}, output[-2000:]
     assert "shared filesystem" in output and "Traceback" not in output
+
+
+# A job run on the two-node cluster: the same all-reduce with Ray's default rendezvous and with ours, one
+# worker per node (1 CPU each); every worker lists the addresses its own process listens on, and which of
+# them is Ray's own worker server (bound to every interface on a node whose address is not 127.0.0.1, and
+# guarded by the cluster's token: README, Security).
+LISTENING_JOB = """
+import json, sys
+from pathlib import Path
+
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from distsleep.train.rendezvous import LocalRendezvousConfig
+
+
+def record(config):
+    import psutil, ray, ray.train, torch, torch.distributed as dist
+    from ray.core.generated.common_pb2 import Address
+    from distsleep.train import rendezvous
+
+    total = torch.ones(1)
+    dist.all_reduce(total)
+    rank = ray.train.get_context().get_world_rank()
+    listening = sorted({tuple(c.laddr) for c in psutil.Process().net_connections("inet") if c.status == psutil.CONN_LISTEN})
+    server = getattr(rendezvous, "_store_server", None)  # our store's server, in rank 0's process (None elsewhere and for Ray's)
+    Path(config["out"], f"rank{rank}.json").write_text(json.dumps({
+        "sum": total.item(), "node": ray.get_runtime_context().get_node_id(),
+        "node_ip": ray.util.get_node_ip_address(), "listening": listening,
+        "ray_port": Address.FromString(ray._private.worker.global_worker.core_worker.get_owner_address(ray.put(0))).port,
+        "store": [server.host, server.port] if server is not None else None}))
+
+
+out = Path(sys.argv[1])
+for name, torch_config in (("default", TorchConfig(backend="gloo")), ("ours", LocalRendezvousConfig(backend="gloo"))):
+    (out / name).mkdir(parents=True)
+    TorchTrainer(record, train_loop_config={"out": str(out / name)}, torch_config=torch_config,
+                 scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+                 run_config=RunConfig(storage_path=str(out / "runs"), name=name)).fit()
+"""
+
+
+def test_workers_on_two_nodes_rendezvous_on_the_cluster_network_only(two_nodes, tmp_path):
+    job, out = tmp_path / "job", tmp_path / "out"
+    job.mkdir()
+    (job / "listening.py").write_text(LISTENING_JOB)
+    result = submit(two_nodes, "listening.py", str(out), working_dir=job, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    seen = {name: [json.loads((out / name / f"rank{rank}.json").read_text()) for rank in range(2)]
+            for name in ("default", "ours")}
+    def beyond_ray_server(worker: dict) -> set[str]:  # the addresses listened on, but for Ray's own worker server
+        return {ip for ip, port in worker["listening"] if port != worker["ray_port"]}
+
+    # Ray's default: rank 0 hosts torch's TCPStore on every interface (what distsleep replaces)
+    assert {"0.0.0.0", "::"} & beyond_ray_server(seen["default"][0]), seen["default"]
+    ours = seen["ours"]
+    assert len({worker["node"] for worker in ours}) == 2, "one worker per node"
+    assert {worker["node_ip"] for worker in ours} <= {node.ip for node in two_nodes.nodes}
+    for rank, worker in enumerate(ours):
+        assert worker["sum"] == 2.0, worker
+        allowed = {worker["node_ip"], "127.0.0.1", "::ffff:127.0.0.1", "::1"}
+        assert beyond_ray_server(worker) and beyond_ray_server(worker) <= allowed, (rank, worker)
+    store = ours[0]["store"]
+    assert store and store[0] == ours[0]["node_ip"] and store in ours[0]["listening"], ours[0]
+    assert ours[1]["store"] is None
 
 
 def _job_id(result: subprocess.CompletedProcess) -> str:

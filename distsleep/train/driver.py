@@ -199,7 +199,7 @@ def build_trainer(loop: Callable[[dict], None], loop_config: dict, cfg, tracking
     return TorchTrainer(
         loop,
         train_loop_config=loop_config,
-        # one node: a socket-free rendezvous (torch's TCPStore would listen on every interface; rendezvous.py)
+        # no rendezvous server on every interface: a file on one node, a store on the cluster network across nodes (rendezvous.py)
         torch_config=LocalRendezvousConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=cfg.worker_resources()),

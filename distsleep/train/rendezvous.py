@@ -1,23 +1,30 @@
-"""How a run's workers find each other (torch.distributed's rendezvous) without a server open to the network.
+"""How a run's workers find each other (torch.distributed's rendezvous) without a server open to every network.
 
-Ray Train's `TorchConfig` rendezvous is torch's TCPStore, a key-value server hosted by rank 0 for the whole
-run, and torch binds it to every interface (there is no bind address to give it), even when the cluster's
-nodes are on 127.0.0.1. Anyone who reaches that port could rewrite the addresses the workers exchange and
-read or inject gradients. So when every worker of a run is on one node, as on an embedded `ray.init()`
-cluster or one machine, `LocalRendezvousConfig` uses torch's FileStore instead: a file in a fresh private
-(0700) folder on that node, no socket at all; it is removed at shutdown. A run whose rank 0 was killed
-leaves its folder behind (a few bytes of worker addresses, readable only by its user): the folder's name
-holds the pid of the rank-0 process that made it, and the next run on the node removes this user's folders
-whose process is gone. Workers on several nodes still need a network rendezvous: they use Ray's TCPStore
-on the cluster network (README, Security).
+Ray Train's `TorchConfig` rendezvous is torch's TCPStore, a key-value server without authentication hosted
+by rank 0 for the whole run, and torch binds it to every interface (it takes no bind address), even when
+the cluster's nodes are on 127.0.0.1. Anyone who reaches that port could rewrite the addresses the workers
+exchange and read or inject gradients. `LocalRendezvousConfig` replaces it:
+
+- **All workers on one node** (an embedded `ray.init()` cluster, one machine): torch's FileStore, a file in a
+  fresh private (0700) folder on that node, no socket at all; it is removed at shutdown. A run whose rank 0
+  was killed leaves its folder behind (a few bytes of worker addresses, readable only by its user): the
+  folder's name holds the pid of the rank-0 process that made it, and the next run on the node removes this
+  user's folders whose process is gone.
+- **Workers on several nodes** need a network rendezvous: rank 0 binds a socket to its node's cluster
+  address (the IP Ray knows the node by, `--node-ip-address`) and hands it to torch's TCPStore server
+  (`master_listen_fd`), so the store listens on the cluster network only, never on the node's other
+  interfaces; every rank, rank 0 included, joins as a client. The server lives in rank 0's worker process
+  until the run shuts down.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
+from datetime import timedelta
 
 import ray
 from ray.train._internal.worker_group import WorkerGroup as V1WorkerGroup
@@ -27,6 +34,9 @@ from ray.train.torch import TorchConfig
 from ray.train.torch.config import _set_torch_distributed_env_vars, _setup_torch_process_group, _TorchBackend
 
 STORE_FOLDER_PREFIX = "distsleep-rendezvous-"
+
+# Rank 0's TCPStore server of a multi-node run, kept alive in its worker process until shutdown.
+_store_server = None
 
 
 def _node_id() -> str:
@@ -66,35 +76,80 @@ def _remove_store_folder(path: str) -> None:
     shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
+def _host_store_on_node_address(timeout_s: float) -> tuple[str, int]:
+    """Rank 0 of a multi-node run: start torch's TCPStore server on a socket bound to this node's cluster
+    address and a free port (torch itself would bind every interface); returns (address, port)."""
+    global _store_server
+    import torch.distributed as dist
+
+    address = ray.util.get_node_ip_address()
+    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((address, 0))
+    sock.listen(socket.SOMAXCONN)
+    port = sock.getsockname()[1]
+    # detach: the store owns the descriptor from here on (Python must not close it when `sock` goes)
+    _store_server = dist.TCPStore(address, port, is_master=True, wait_for_workers=False,
+                                  timeout=timedelta(seconds=timeout_s), master_listen_fd=sock.detach())
+    return address, port
+
+
+def _stop_store_server() -> None:
+    global _store_server
+    _store_server = None  # the server stops with its last reference
+
+
+def _join_through_store(backend: str, world_rank: int, world_size: int, address: str, port: int,
+                        timeout_s: float) -> None:
+    """Every rank (rank 0 too) joins the process group as a client of rank 0's TCPStore server."""
+    import torch.distributed as dist
+
+    if backend == "nccl" and not {"TORCH_NCCL_ASYNC_ERROR_HANDLING", "TORCH_NCCL_BLOCKING_WAIT"} & set(os.environ):
+        os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "1"  # as Ray's own set-up: a timed-out collective fails
+    timeout = timedelta(seconds=timeout_s)
+    store = dist.TCPStore(address, port, world_size, is_master=False, timeout=timeout)
+    dist.init_process_group(backend=backend, store=store, rank=world_rank, world_size=world_size, timeout=timeout)
+
+
 class _LocalRendezvousBackend(_TorchBackend):
     store_file: str | None = None
+    hosts_store: bool = False
 
     def on_start(self, worker_group, backend_config: LocalRendezvousConfig) -> None:
-        if len(set(worker_group.execute(_node_id))) > 1:  # several nodes: a network rendezvous is needed
-            super().on_start(worker_group, backend_config)
-            return
-        self.store_file = worker_group.execute_single(0, _private_store_file)
+        backend = backend_config.backend or "gloo"
+        one_node = len(set(worker_group.execute(_node_id))) == 1
         if not isinstance(worker_group, V1WorkerGroup):
             worker_group.execute(_set_torch_distributed_env_vars)
-        backend = backend_config.backend or "gloo"
-        ray.get([worker_group.execute_single_async(rank, _setup_torch_process_group, backend=backend, world_rank=rank,
-                                                   world_size=len(worker_group), init_method=f"file://{self.store_file}",
-                                                   timeout_s=backend_config.timeout_s)
-                 for rank in range(len(worker_group))])
+        ranks = range(len(worker_group))
+        common = {"backend": backend, "world_size": len(worker_group), "timeout_s": backend_config.timeout_s}
+        if one_node:
+            self.store_file = worker_group.execute_single(0, _private_store_file)
+            joins = [worker_group.execute_single_async(rank, _setup_torch_process_group, world_rank=rank,
+                                                       init_method=f"file://{self.store_file}", **common)
+                     for rank in ranks]
+        else:
+            address, port = worker_group.execute_single(0, _host_store_on_node_address, backend_config.timeout_s)
+            self.hosts_store = True
+            joins = [worker_group.execute_single_async(rank, _join_through_store, world_rank=rank, address=address,
+                                                       port=port, **common)
+                     for rank in ranks]
+        ray.get(joins)
 
     def on_shutdown(self, worker_group, backend_config) -> None:
         super().on_shutdown(worker_group, backend_config)
-        if self.store_file:
-            try:
+        try:
+            if self.store_file:
                 worker_group.execute_single(0, _remove_store_folder, self.store_file)
-            except Exception:  # rank 0 already gone (a failed worker): an empty 0700 folder in /tmp is left
-                pass
-            self.store_file = None
+            if self.hosts_store:
+                worker_group.execute_single(0, _stop_store_server)
+        except Exception:  # rank 0 already gone (a failed worker): its server went with it, an empty folder stays
+            pass
+        self.store_file, self.hosts_store = None, False
 
 
 @dataclass
 class LocalRendezvousConfig(TorchConfig):
-    """Ray Train's TorchConfig, with a socket-free rendezvous when all workers share a node (module docstring)."""
+    """Ray Train's TorchConfig, with a socket-free rendezvous when all workers share a node and a store bound
+    to the cluster network when they do not (module docstring)."""
 
     @property
     def backend_cls(self):
