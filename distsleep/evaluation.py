@@ -20,6 +20,13 @@ through the role filling the same model input (`bundle.map_roles`, e.g. SHHS C4-
 summary.json / the console say so. Shards must give the model the samples per epoch it was built for.
 A failing record is listed in summary.json (`failed`, `complete: false`); the others are still evaluated.
 
+Cross-validation: several models, each with its own manifest (`model` and `shards` paired by position: each
+fold's model and its fold manifest, `distsleep folds`), are each scored on their own manifest's split and
+their nights pooled into one evaluation, so every person of the cohort is judged once by the model that never
+saw them. The manifests must hold the same preprocessed data (the same preprocessing config), no night may be
+in two of them, and every model is checked against the people of its own manifest. `per_night.csv` then has
+a `fold` column, and `summary.json` a `folds` list (model, manifest, records).
+
 Seen people: a bundle records what it learned from (`bundle.trained_records`). Scoring a validation or test
 split that holds a person it learned from (any night of theirs, e.g. a manifest split with another seed) is
 refused: the figures would measure memorisation. A bundle that does not say is evaluated, and summary.json
@@ -35,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import ray
 import torch
 
 from distsleep.atomic import atomic_path
@@ -45,7 +53,7 @@ from distsleep.fanout import run_each
 from distsleep.night_metrics import Night, evaluate_nights, write_evaluation
 from distsleep.runtime import connect_ray
 from distsleep.shards.loader import LoaderConfig, load_manifest, shard_checksums, shard_urls
-from distsleep.shards.manifest import manifest_hash, seen_people
+from distsleep.shards.manifest import manifest_hash, seen_people, split_records
 from distsleep.tracking import (KIND_TAG, MODEL_RUN_TAG, MODEL_SOURCE_TAG, RunLogger, check_reachable, client,
                                 experiment_id)
 from distsleep.train.evaluate import aggregate, score_windows
@@ -63,8 +71,11 @@ class EvaluationError(InputError):
 
 @dataclass(frozen=True)
 class EvaluateConfig(ConfigBase):
-    model: str  # any source bundle.resolve accepts: file, folder, run id, runs:/, models:/NAME/VERSION or @alias
-    shards: str  # manifest.json (or its folder / URL)
+    # Any source bundle.resolve accepts (file, folder, run id, runs:/, models:/NAME/VERSION or @alias), each scored
+    # on the manifest.json (or its folder / URL) at the same position of `shards`; several: a cross-validation's
+    # folds, pooled (module docstring). A single string is one model on one manifest.
+    model: tuple[str, ...]
+    shards: tuple[str, ...]
     out: str
     split: str = "test"
     stride: int = 1  # epochs between windows: 1 = every window (each epoch averaged over up to seq_len windows)
@@ -78,6 +89,30 @@ class EvaluateConfig(ConfigBase):
     verify_shards: str = "stored"
     allow_shard_commands: bool = False
     progress: bool = True
+
+    def __post_init__(self):
+        for name in ("model", "shards"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        if not self.model or len(self.model) != len(self.shards):
+            raise ValueError(f"{len(self.model)} model(s) for {len(self.shards)} manifest(s): give one manifest per "
+                             "model (a cross-validation: each fold's model and its own fold manifest, in the same order)")
+
+
+@dataclass
+class _Part:
+    """One model on one manifest's split: the whole evaluation, or one fold of a cross-validation."""
+
+    located: Located
+    bundle: dict
+    shards: str
+    manifest: dict
+    urls: list[str]
+    roles: list[str]
+    substituted: dict[str, str]
+    notes: list[str]
+    learned: set | None
+    loader: LoaderConfig
 
 
 @dataclass
@@ -96,9 +131,11 @@ class EvaluationResult:
         return not self.failed
 
 
-def score_record(url: str, bundle_bytes: bytes, loader: LoaderConfig) -> dict:
-    """Labels and averaged probabilities of the one night in shard `url` (runs as a Ray task)."""
-    model, _ = load_model(io.BytesIO(bundle_bytes))
+def score_record(item: tuple) -> dict:
+    """Labels and averaged probabilities of the one night in shard `url` (runs as a Ray task); `item` is
+    (url, the bundle's bytes in the object store, loader settings), so a fold's bundle is stored once."""
+    url, bundle_ref, loader = item
+    model, _ = load_model(io.BytesIO(ray.get(bundle_ref)))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     predictions = aggregate(score_windows(model, [url], loader, 1, 0, device, num_workers=0))
@@ -134,16 +171,18 @@ def _write_probabilities(folder: Path, nights: dict[str, dict]) -> dict[str, Pat
     return paths
 
 
-def _track(cfg: EvaluateConfig, uri: str, located: Located, bundle: dict, result: EvaluationResult) -> str:
-    """The MLflow evaluation run: tags naming the model run and source, metrics, and the written files."""
-    tags = {KIND_TAG: "evaluation", MODEL_SOURCE_TAG: located.name, "model": bundle["model"]}
-    if located.run_id:
-        tags[MODEL_RUN_TAG] = located.run_id
+def _track(cfg: EvaluateConfig, uri: str, parts: list[_Part], result: EvaluationResult) -> str:
+    """The MLflow evaluation run: tags naming the model run(s) and source(s), metrics, and the written files."""
+    bundle = parts[0].bundle
+    tags = {KIND_TAG: "evaluation", MODEL_SOURCE_TAG: " ".join(p.located.name for p in parts), "model": bundle["model"]}
+    if all(p.located.run_id for p in parts):  # a cross-validation: every fold's training run, space-separated
+        tags[MODEL_RUN_TAG] = " ".join(p.located.run_id for p in parts)
     run_id = client(uri).create_run(experiment_id(uri, cfg.experiment), run_name=f"evaluate-{bundle['model']}-{cfg.split}",
                                     tags=tags).info.run_id
     logger = RunLogger(uri, run_id)
     summary = result.summary
-    logger.params({"model_source": located.name, "shards": cfg.shards, "split": cfg.split, "stride": cfg.stride,
+    logger.params({"model_source": " ".join(p.located.name for p in parts), "shards": " ".join(cfg.shards),
+                   "folds": len(parts), "split": cfg.split, "stride": cfg.stride,
                    "n_boot": cfg.n_boot, "seed": cfg.seed, "channels_read": ",".join(summary["channels"]["read"]),
                    "substituted": ",".join(f"{a}->{b}" for a, b in result.substituted.items()) or "none"})
     pooled = summary["pooled"]
@@ -165,65 +204,114 @@ def _track(cfg: EvaluateConfig, uri: str, located: Located, bundle: dict, result
     return run_id
 
 
-def run_evaluation(cfg: EvaluateConfig) -> EvaluationResult:
-    """Evaluate the model `cfg.model` on split `cfg.split` of `cfg.shards` (module docstring)."""
-    uri = cfg.tracking_uri or default_tracking_uri()
-    located = resolve(cfg.model, tracking_uri=uri)
+def _prepare(cfg: EvaluateConfig, model: str, shards: str, uri: str) -> _Part:
+    """One model on one manifest's split, every check made before any task starts."""
+    located = resolve(model, tracking_uri=uri)
     _, bundle = load_model(located.path)  # refuses an unusable bundle before any task starts
     if bundle.get("task", "staging") != "staging":
         raise BundleError(located.name, f"this model was trained for the {bundle['task']} task; `evaluate` judges "
                                         "sleep staging")
-    manifest, base = load_manifest(cfg.shards, allow_commands=cfg.allow_shard_commands)
+    manifest, base = load_manifest(shards, allow_commands=cfg.allow_shard_commands)
     urls = shard_urls(manifest, cfg.split, base)
     if not urls:
-        raise EvaluationError(cfg.shards, f"the manifest has no {cfg.split} records")
+        raise EvaluationError(shards, f"the manifest has no {cfg.split} records")
     shard_roles = manifest.get("channels") or manifest["config"]["preprocess"]["channels"]
-    roles, substituted = map_roles(bundle, shard_roles, f"the shards of {cfg.shards}", located.name)
-    notes = preprocessing_notes(bundle, manifest, cfg.shards)
+    roles, substituted = map_roles(bundle, shard_roles, f"the shards of {shards}", located.name)
+    notes = preprocessing_notes(bundle, manifest, shards)
     learned = trained_records(bundle["data"]) if isinstance(bundle.get("data"), dict) else None
     if learned is not None and cfg.split != "train":
         seen = seen_people(manifest, learned)[cfg.split]
         if seen:
-            raise EvaluationError(cfg.shards, f"{located.name} learned from the people of {len(seen)} of its {cfg.split} "
-                                              f"records (e.g. {', '.join(seen[:3])}; the same night or another night of "
-                                              "the same person), so its scores would measure memorisation: evaluate on "
-                                              "a manifest split the way the model's training data was (the same "
-                                              "--split-seed or split file) or on people it never saw")
-    if cfg.track:
-        check_reachable(uri)  # before the cluster spends time scoring
+            raise EvaluationError(shards, f"{located.name} learned from the people of {len(seen)} of its {cfg.split} "
+                                          f"records (e.g. {', '.join(seen[:3])}; the same night or another night of "
+                                          "the same person), so its scores would measure memorisation: evaluate on "
+                                          "a manifest split the way the model's training data was (the same "
+                                          "--split-seed or split file, or its own fold manifest) or on people it "
+                                          "never saw")
     loader = LoaderConfig(seq_len=int(bundle["seq_len"]), batch_size=cfg.batch_size, num_workers=0, channels=list(roles),
                           stride=cfg.stride, normalization=bundle.get("normalization", "uv"),
                           checksums=shard_checksums(manifest, base), verify=cfg.verify_shards)
+    return _Part(located, bundle, shards, manifest, urls, list(roles), substituted, notes, learned, loader)
+
+
+def check_poolable(parts: list[_Part], split: str) -> None:
+    """Several models pooled (a cross-validation) must judge one dataset, each night once: the same preprocessed
+    data (the manifests' preprocessing config) and no record in the split of two manifests."""
+    first = parts[0]
+    for part in parts[1:]:
+        if part.manifest["config"] != first.manifest["config"]:
+            raise EvaluationError(part.shards, f"preprocessed differently from {first.shards}: pooled folds must be "
+                                               "cut from one preprocessed cohort (`distsleep folds`)")
+        if part.bundle["model"] != first.bundle["model"]:
+            raise EvaluationError(part.shards, f"its model {part.located.name} is a {part.bundle['model']}, the first "
+                                               f"fold's a {first.bundle['model']}: pooled folds evaluate one recipe")
+    owner: dict[str, str] = {}
+    for part in parts:
+        for record in split_records(part.manifest)[split]:
+            if record in owner:
+                raise EvaluationError(part.shards, f"record {record} is in the {split} split of {owner[record]} too: "
+                                                   "pooled folds must not score a night twice (are these the folds of "
+                                                   "one cross-validation?)")
+            owner[record] = part.shards
+
+
+def run_evaluation(cfg: EvaluateConfig) -> EvaluationResult:
+    """Evaluate each model of `cfg.model` on split `cfg.split` of its manifest in `cfg.shards`, the nights pooled
+    (module docstring)."""
+    uri = cfg.tracking_uri or default_tracking_uri()
+    parts = [_prepare(cfg, model, shards, uri) for model, shards in zip(cfg.model, cfg.shards)]
+    if len(parts) > 1:
+        check_poolable(parts, cfg.split)
+    if cfg.track:
+        check_reachable(uri)  # before the cluster spends time scoring
 
     connect_ray(cfg.address)
-    outcomes = run_each(score_record, urls, located.path.read_bytes(), loader, desc="evaluate", progress=cfg.progress)
-    scored = {o.result["record_id"]: o.result for o in outcomes if o.ok}
-    failed = [{"shard": o.item, "reason": o.error} for o in outcomes if not o.ok]
+    items, fold_of = [], {}
+    for number, part in enumerate(parts, 1):
+        bundle_ref = ray.put(part.located.path.read_bytes())  # once per fold, shared by its nights' tasks
+        items += [(url, bundle_ref, part.loader) for url in part.urls]
+        fold_of.update({url: number for url in part.urls})
+    outcomes = run_each(score_record, items, desc="evaluate", progress=cfg.progress)
+    scored = {o.result["record_id"]: {**o.result, "fold": fold_of[o.item[0]]} for o in outcomes if o.ok}
+    failed = [{"shard": o.item[0], "reason": o.error} for o in outcomes if not o.ok]
     if not scored:
-        raise EvaluationError(cfg.shards, "every record failed: " + "; ".join(f"{f['shard']}: {f['reason']}" for f in failed))
-    records = manifest["records"]
+        raise EvaluationError(" ".join(cfg.shards), "every record failed: "
+                              + "; ".join(f"{f['shard']}: {f['reason']}" for f in failed))
+    records = {rid: entry for part in parts for rid, entry in part.manifest["records"].items()}
     nights = [Night(rid, str(records.get(rid, {}).get("subject", rid)), night["labels"], night["probabilities"].argmax(axis=1))
               for rid, night in sorted(scored.items())]
     rows, summary = evaluate_nights(nights, n_boot=cfg.n_boot, seed=cfg.seed)
+    if len(parts) > 1:
+        for row in rows:
+            row["fold"] = scored[row["record"]]["fold"]
+    first, substituted = parts[0], {k: v for part in parts for k, v in part.substituted.items()}
+    learned = [part.learned for part in parts]
     summary.update({
         "complete": not failed,
         "failed": failed,
-        "model": {"source": located.name, "run_id": located.run_id, "name": bundle["model"], "stage": bundle.get("stage"),
-                  "trained_on": bundle["preprocess"].get("source"),
-                  # the records it learned from, checked against this split's people; None: the bundle does not say
-                  "trained_records": None if learned is None else len(learned)},
-        "data": {"manifest": cfg.shards, "manifest_hash": manifest_hash(manifest), "split": cfg.split,
-                 "source": manifest["config"]["preprocess"].get("source")},
-        "channels": {"model": list(bundle["channels"]), "read": list(roles), "substituted": substituted},
-        "preprocessing_differences": notes,
-        "windows": {"seq_len": int(bundle["seq_len"]), "stride": cfg.stride},
+        "model": {"source": " ".join(p.located.name for p in parts),
+                  "run_id": " ".join(p.located.run_id for p in parts) if all(p.located.run_id for p in parts) else None,
+                  "name": first.bundle["model"], "stage": first.bundle.get("stage"),
+                  "trained_on": first.bundle["preprocess"].get("source"),
+                  # the records it learned from, checked against this split's people; None: a bundle does not say
+                  "trained_records": None if None in learned else sum(len(x) for x in learned)},
+        "data": {"manifest": " ".join(cfg.shards), "manifest_hash": " ".join(manifest_hash(p.manifest) for p in parts),
+                 "split": cfg.split, "source": first.manifest["config"]["preprocess"].get("source")},
+        "channels": {"model": list(first.bundle["channels"]), "read": first.roles, "substituted": substituted},
+        "preprocessing_differences": sorted({note for part in parts for note in part.notes}),
+        "windows": {"seq_len": int(first.bundle["seq_len"]), "stride": cfg.stride},
     })
+    if len(parts) > 1:
+        summary["folds"] = [{"fold": number, "model": part.located.name, "run_id": part.located.run_id,
+                             "manifest": part.shards, "manifest_hash": manifest_hash(part.manifest),
+                             "records": sorted(r for r, night in scored.items() if night["fold"] == number)}
+                            for number, part in enumerate(parts, 1)]
     out = Path(cfg.out)
     result = EvaluationResult(out, rows, summary, {}, failed, substituted)
     result.probabilities = _write_probabilities(out / PROBABILITIES, scored)
     result.files = write_evaluation(out, nights, rows, summary)
     if cfg.track:
-        result.run_id = _track(cfg, uri, located, bundle, result)
+        result.run_id = _track(cfg, uri, parts, result)
     return result
 
 
@@ -231,8 +319,10 @@ def format_summary(result: EvaluationResult) -> str:
     """A few lines for the terminal."""
     s = result.summary
     pooled, night = s["pooled"], s["per_night"]["kappa"]
+    folds = s.get("folds")
     lines = [f"{s['nights']} nights of {s['subjects']} subjects ({s['epochs']} scored epochs), model "
-             f"{s['model']['name']} ({s['model']['source']})",
+             f"{s['model']['name']} " + (f"({len(folds)} folds pooled, each night scored by the fold model that never "
+                                         "saw its person)" if folds else f"({s['model']['source']})"),
              f"pooled: accuracy {pooled['accuracy']:.3f}  kappa {pooled['kappa']:.3f} (95% CI {pooled['ci']['kappa'][0]:.3f}"
              f"..{pooled['ci']['kappa'][1]:.3f})  macro-F1 {pooled['macro_f1']:.3f}"]
     if night["median"] is not None:

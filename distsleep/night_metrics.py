@@ -262,13 +262,17 @@ def _jsonable(value):
 
 
 def per_night_csv_text(rows: Sequence[dict]) -> str:
-    """CSV text of the rows, columns CSV_COLUMNS; undefined values (NaN) are empty cells."""
+    """CSV text of the rows, columns CSV_COLUMNS (and, for pooled cross-validation folds, the `fold` that scored
+    each night, after the subject); undefined values (NaN) are empty cells."""
+    columns = CSV_COLUMNS
+    if any("fold" in row for row in rows):
+        columns = columns[:2] + ("fold",) + columns[2:]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: "" if isinstance(v, float) and not math.isfinite(v) else
-                         (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items() if k in CSV_COLUMNS})
+                         (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items() if k in columns})
     return buffer.getvalue()
 
 

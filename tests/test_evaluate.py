@@ -198,3 +198,50 @@ def test_training_registers_its_bundle_for_predict_and_evaluate(shards, cohort, 
                      "--stride", "5"]) == 0
     report = json.loads((tmp_path / "pred" / f"{edf.stem}_input_report.json").read_text())
     assert report["model"]["requested"] == "models:/stager@candidate"
+
+
+def test_cross_validation_folds_are_pooled_each_night_judged_by_the_model_that_never_saw_it(shards, tmp_path, capsys):
+    from distsleep.metrics import staging_metrics
+    from distsleep.shards.folds import write_fold_manifests
+    from distsleep.shards.manifest import split_records
+
+    folds = write_fold_manifests(shards, 3, seed=0)  # beside the cohort's manifest, over the same shards
+    fold_splits = [split_records(json.loads(Path(f).read_text())) for f in folds]
+    # Each fold's model as if trained on its fold's training and validation people.
+    models = [str(write_bundle(tmp_path / f"fold{i}" / "model.pt", trained_on=[*s["train"], *s["val"]]))
+              for i, s in enumerate(fold_splits, 1)]
+    uri, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "cv"
+    status = cli_main(["evaluate", "--model", *models, "--shards", *folds, "--out", str(out), "--tracking-uri", uri,
+                       "--n-boot", "100", "--stride", "5", "--no-progress"])
+    console = capsys.readouterr().out
+    assert status == 0, console
+    assert "3 folds pooled" in console
+
+    # Every night of the cohort once, scored by the model of the fold that tests its person.
+    everyone = sorted(r for records in split_records(json.loads(shards.read_text())).values() for r in records)
+    rows = list(csv.DictReader(open(out / "per_night.csv")))
+    assert sorted(r["record"] for r in rows) == everyone
+    assert {r["record"]: int(r["fold"]) for r in rows} == {r: i for i, s in enumerate(fold_splits, 1) for r in s["test"]}
+    summary = json.loads((out / "summary.json").read_text())
+    assert [f["records"] for f in summary["folds"]] == [s["test"] for s in fold_splits]
+    assert [f["manifest"] for f in summary["folds"]] == folds and summary["nights"] == len(everyone)
+    # The pooled figures are those of all nights' epochs together.
+    saved = [np.load(out / "probabilities" / f"{r}.npz") for r in everyone]
+    expected = staging_metrics(np.concatenate([s["labels"] for s in saved]), np.concatenate([s["predicted"] for s in saved]))
+    assert summary["pooled"]["kappa"] == pytest.approx(expected["kappa"])
+    client = mlflow.MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("distsleep-evaluate").experiment_id])
+    assert run.data.params["folds"] == "3" and run.data.tags[MODEL_SOURCE_TAG].split() == models
+    assert run.data.metrics["test_kappa"] == pytest.approx(expected["kappa"])
+
+    # Refused before scoring: a fold's model on another fold's test people (fold 1's model learned fold 3's
+    # people), a night in two folds, and models without a manifest each.
+    refusals = {"memorisation": (models, [folds[2], folds[0], folds[1]]),
+                "pooled folds must not score a night twice": ([models[0]] * 2, [folds[0]] * 2),
+                "one manifest per model": (models, folds[:2])}
+    for expected_error, (given_models, given_folds) in refusals.items():
+        status = cli_main(["evaluate", "--model", *given_models, "--shards", *given_folds, "--out", str(tmp_path / "no"),
+                           "--no-tracking", "--no-progress"])
+        error = capsys.readouterr().err
+        assert status == 2 and expected_error in error, error
+    assert not (tmp_path / "no").exists()

@@ -269,3 +269,17 @@ def test_cross_validation_sweep_tests_every_person_once(shards, tmp_path, ray_lo
     by_experiment = compare.collect(train.tracking_uri, experiment="cv")
     assert [r.label for r in by_experiment if not r.baseline] == [row.label]
     assert by_experiment[0].metrics["test_accuracy"] == pytest.approx(row.metrics["test_accuracy"])
+
+    # `evaluate --sweep` judges the selected point per night: each fold's model on its own fold's test people,
+    # pooled. At stride L it scores the windows the trials' test pass scored, so it gives the row's figures.
+    from distsleep.cli import main as cli_main
+
+    out = tmp_path / "cv-evaluation"
+    assert cli_main(["evaluate", "--sweep", "cv", "--tracking-uri", train.tracking_uri, "--out", str(out), "--stride", "5",
+                     "--n-boot", "100", "--no-progress", "--no-tracking"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    stage_of_fold = {Path(r.data.params["train.shards"]).name: r.info.run_id for r in stages}
+    assert summary["model"]["run_id"].split() == [run for _, run in sorted(stage_of_fold.items())]
+    assert [Path(f["manifest"]).name for f in summary["folds"]] == sorted(stage_of_fold)
+    assert sorted(r for fold in summary["folds"] for r in fold["records"]) == everyone
+    assert summary["pooled"]["kappa"] == pytest.approx(row.metrics["test_kappa"], abs=1e-6)

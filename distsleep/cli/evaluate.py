@@ -6,27 +6,40 @@ import argparse
 from types import SimpleNamespace
 
 from distsleep.cli.common import add_shard_safety_arguments
-from distsleep.config import field_defaults
+from distsleep.config import default_tracking_uri, field_defaults
+from distsleep.errors import InputError
 from distsleep.evaluation import EvaluateConfig, format_summary, run_evaluation
 from distsleep.shards.loader import SPLITS
+from distsleep.tracking.sweeps import selected_trials, trial_models
 
 DESCRIPTION = ("Score every night of a split of a preprocessing manifest with a trained model, one Ray task per record "
                "(GPU tasks when the cluster has GPUs), and judge it per night. Writes per_night.csv (accuracy, kappa, "
                "macro-F1, per-stage F1, true vs predicted TST, sleep efficiency, WASO, sleep-onset and REM latency, "
-               "stage percentages: YASA's sleep statistics), summary.json (pooled metrics, per-night median/IQR, 95%% "
+               "stage percentages: YASA's sleep statistics), summary.json (pooled metrics, per-night median/IQR, 95% "
                "bootstrap CIs over subjects), probabilities/<record>.npz and plots (per-night kappa, Bland-Altman for "
                "TST/WASO/SE, pooled confusion), and logs an MLflow evaluation run naming the model's training run. A model "
                "trained on another dataset is read through the channel role filling the same model input; the output "
-               "says which roles were substituted. Exit status: 0 all nights evaluated, 1 some failed (listed; the "
+               "says which roles were substituted. Cross-validation: several --model with as many --shards (each fold's "
+               "model and its fold manifest), or --sweep NAME for the point a sweep selected on validation (every fold of "
+               "a cross-validation point), score each model on its own manifest and pool the nights, so every person is "
+               "judged by the model that never saw them. Exit status: 0 all nights evaluated, 1 some failed (listed; the "
                "others are evaluated), 2 the model or the shards cannot be used.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = SimpleNamespace(**field_defaults(EvaluateConfig))
-    p.add_argument("--model", required=True, metavar="SOURCE",
+    p.add_argument("--model", nargs="+", metavar="SOURCE",
                    help="model bundle: models:/NAME/VERSION or models:/NAME@ALIAS, an MLflow run id, runs:/<run_id>, a "
-                        "model.pt file or a folder holding one")
-    p.add_argument("--shards", required=True, metavar="MANIFEST", help="manifest.json of a preprocessing run (or its folder)")
+                        "model.pt file or a folder holding one; several: one per cross-validation fold, paired in order "
+                        "with --shards")
+    p.add_argument("--shards", nargs="+", metavar="MANIFEST",
+                   help="manifest.json of a preprocessing run (or its folder); one per --model (a fold's own manifest)")
+    p.add_argument("--sweep", metavar="NAME",
+                   help="instead of --model/--shards: the point sweep NAME selected on validation, each trial's final "
+                        "model on the manifest it was trained on (every fold of a cross-validation point)")
+    p.add_argument("--trial", nargs="+", metavar="RUN_ID",
+                   help="with --sweep: these trial runs instead of the selected point (e.g. the run ids of a row of "
+                        "`distsleep compare`)")
     p.add_argument("--split", default=d.split, choices=SPLITS, help="which records (default %(default)s)")
     p.add_argument("--out", required=True, help="output folder, created if needed")
     p.add_argument("--stride", type=int, default=d.stride,
@@ -43,8 +56,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_shard_safety_arguments(p)
 
 
+def _models_and_shards(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The models and their manifests: as given, or the trials of a sweep (InputError naming the option at fault)."""
+    if args.sweep:
+        if args.model or args.shards:
+            raise InputError("--sweep", "names the models and manifests itself: give it without --model/--shards")
+        uri = args.tracking_uri or default_tracking_uri()
+        label, trials = (None, args.trial) if args.trial else selected_trials(uri, args.sweep)
+        if label:
+            print(f"sweep {args.sweep}: the point selected on validation, {label} ({len(trials)} trial run(s))")
+        return trial_models(uri, trials)
+    if args.trial:
+        raise InputError("--trial", "needs --sweep")
+    if not args.model or not args.shards:
+        raise InputError("--model/--shards", "give both (or --sweep)")
+    if len(args.model) != len(args.shards):
+        raise InputError("--model/--shards", f"{len(args.model)} models for {len(args.shards)} manifests: one manifest "
+                                             "per model (a cross-validation: each fold's model and its own fold "
+                                             "manifest, in the same order)")
+    return args.model, args.shards
+
+
 def run(args: argparse.Namespace) -> int:
-    cfg = EvaluateConfig(model=args.model, shards=args.shards, out=args.out, split=args.split, stride=args.stride,
+    models, shards = _models_and_shards(args)
+    cfg = EvaluateConfig(model=tuple(models), shards=tuple(shards), out=args.out, split=args.split, stride=args.stride,
                          batch_size=args.batch_size, n_boot=args.n_boot, seed=args.seed, experiment=args.experiment,
                          tracking_uri=args.tracking_uri, track=not args.no_tracking, address=args.address,
                          verify_shards=args.verify_shards, allow_shard_commands=args.allow_shard_commands,

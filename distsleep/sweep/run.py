@@ -41,6 +41,7 @@ from distsleep.sweep.trial import sweep_trial
 from distsleep.tracking import (ENDED_BY_TAG, KIND_TAG, RUN_NAME_TAG, SWEEP_TAG, TRIAL_TAG, RunLogger, check_reachable,
                                 client, compare, experiment_id, find_run, tag_filter, with_tag)
 from distsleep.tracking.compare import BASELINE_PREFIX, point_label
+from distsleep.tracking.sweeps import SELECTED_RUN_TAG
 from distsleep.train.driver import LaunchError, cluster_preflight
 from distsleep.train.launch import preflight
 
@@ -190,7 +191,7 @@ def record_selection(logger, rows) -> None:
         logger.tags({"selected_by": "none: no trial has a validation metric"})
         return
     key = compare.selection_key(rows)
-    logger.tags({"selected_trial": chosen.label, "selected_run_id": chosen.run_id, "selected_by": f"validation {key}"})
+    logger.tags({"selected_trial": chosen.label, SELECTED_RUN_TAG: chosen.run_id, "selected_by": f"validation {key}"})
     logger.metrics({f"selected_{k}": v for k, v in chosen.metrics.items() if k.startswith("test_") or k == key}, step=0)
 
 
