@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -89,12 +90,18 @@ def interrupted_sweep(shards, tmp_path_factory, ray_local) -> dict:
     relaunch = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert relaunch.returncode == 0, relaunch.stdout[-3000:] + relaunch.stderr[-3000:]
     return {"tmp": tmp, "uri": uri, "first": first, "before": before, "stdout": relaunch.stdout, "args": args,
+            "stderr": relaunch.stderr,
             "env": env, "second": second, "driver_pid": driver.pid}
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(interrupted_sweep):
     uri, first = interrupted_sweep["uri"], interrupted_sweep["first"]
     assert "resumed and finished sweep 'table4': 3 trials completed" in interrupted_sweep["stdout"]
+    # A quiet console: a line of ours per trial (restored with the sweep), not Tune's status tables.
+    console = interrupted_sweep["stdout"] + interrupted_sweep["stderr"]
+    assert "Trial status:" not in console and "Current best trial" not in console, console[-3000:]
+    assert re.search(r"\[[123]/3\] mask=0\.\d\d \(trial \w+\): finished \(val_best_macro_f1 \d\.\d{3}, test kappa "
+                     r"-?\d\.\d{3}\)", console), console[-3000:]
     trials = _runs(uri, f"tags.`{SWEEP_TAG}` = 'table4' and tags.`{KIND_TAG}` = 'trial'")
     assert len(trials) == 3 and {t.info.status for t in trials} == {"FINISHED"}
     # The trial that had finished is the same MLflow run, and its stages were not trained again.

@@ -36,6 +36,7 @@ from distsleep.night_metrics import pooled_metrics
 from distsleep.runtime import connect_ray
 from distsleep.shards.folds import FoldError, fold_location, write_fold_manifests
 from distsleep.sweep.config import FOLD_KEY, SweepConfig
+from distsleep.sweep.console import TrialLines, tune_console, tune_verbosity
 from distsleep.sweep.state import StateChecksums, verify_tune_state
 from distsleep.sweep.trial import sweep_trial
 from distsleep.tracking import (ENDED_BY_TAG, KIND_TAG, RUN_NAME_TAG, SWEEP_TAG, TRIAL_TAG, RunLogger, check_reachable,
@@ -300,10 +301,12 @@ def _run_locked(cfg: SweepConfig, uri: str, max_concurrent: int, experiment_dir:
             tune_config=tune.TuneConfig(metric=tune_metric, mode="max", scheduler=scheduler, num_samples=cfg.num_samples,
                                         max_concurrent_trials=max_concurrent,
                                         trial_dirname_creator=lambda trial: trial.trial_id),
-            run_config=tune.RunConfig(name=cfg.name, storage_path=cfg.train.storage_path, verbose=1,
-                                      callbacks=[StateChecksums()]),
+            # Tune's status tables only with --verbose; our lines per trial otherwise (sweep/console.py)
+            run_config=tune.RunConfig(name=cfg.name, storage_path=cfg.train.storage_path, verbose=tune_verbosity(),
+                                      callbacks=[StateChecksums(), TrialLines(cfg.n_trials, tune_metric)]),
         )
-    results = tuner.fit()
+    with tune_console():
+        results = tuner.fit()
     trials = _trial_states(results, tune_metric)
     _close_unfinished_trials(uri, cfg.train.experiment, cfg.name, {t["trial_id"]: t["state"] for t in trials})
 
