@@ -213,6 +213,7 @@ def test_a_cross_validation_sweep_trains_each_fold_on_its_own_manifest(tmp_path)
     assert cfg.trial_train_config(points[1], "finetune").shards == str(tmp_path / "manifest.cv3-seed1-fold02.json")
     assert "fold" not in cfg.trial_train_config(points[1], "pretrain").model_overrides
     for changes, message in (({"folds": 2}, "at least 3"), ({"folds": 3, "search": "random"}, "grid search"),
-                             ({"folds": 3, "num_samples": 2}, "--knob seed"), ({"knobs": {"fold": [1]}}, "--folds K")):
+                             ({"folds": 3, "num_samples": 2}, "--knob seed"), ({"knobs": {"fold": [1]}}, "--folds K"),
+                             ({"folds": 3, "scheduler": "asha"}, "other people")):
         with pytest.raises(ValueError, match=message):
             SweepConfig(train=train, **changes)

@@ -46,8 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--folds", type=int, default=d.folds, metavar="K",
                    help="K-fold cross-validation by person (the paper's protocol for Sleep-EDF-78: 10): every point is "
                         "trained and tested on each fold (`distsleep folds`), and the comparison pools each point's test "
-                        "nights over its folds; the point selected has the best mean validation (default: no folds, the "
-                        "manifest's own split)")
+                        "nights over its folds; the point selected has the best mean validation. It needs a grid search and the "
+                        "fifo scheduler, every fold training every point (default: no folds, the manifest's own split)")
     g.add_argument("--fold-seed", type=int, default=d.fold_seed, help="seed of the assignment of people to folds")
     g.add_argument("--out", help="folder for the comparison files (default: a temporary folder; they are logged to MLflow)")
 

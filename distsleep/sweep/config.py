@@ -80,6 +80,12 @@ class SweepConfig(ConfigBase):
             if self.num_samples != 1:
                 raise ValueError("cross-validation repeats each point once per fold; repeat seeds with --knob seed=0,1 "
                                  "instead of --num-samples")
+            if self.scheduler != "fifo":
+                # ASHA ranks trials at a rung by their validation value: a fold's validation set holds other people
+                # than another fold's, so it would stop folds for their people, leaving points incomplete.
+                raise ValueError(f"cross-validation cannot use the {self.scheduler} scheduler: it would stop a fold by "
+                                 "comparing its validation value with other folds', measured on other people; every "
+                                 "point needs all its folds (use the fifo scheduler)")
         empty = [k for k, v in self.knobs.items() if not v]
         if empty:
             raise ValueError(f"knobs without values: {empty}")
