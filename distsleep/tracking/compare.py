@@ -85,19 +85,13 @@ class Row:
     night_kappa_diff: dict | None = None  # paired_difference(this run's nights, the reference run's)
     reference: bool = False  # the run the others are paired with (pair_with_reference)
 
-    def night_cells(self) -> tuple[str, ...]:
-        """(mean, CI low, CI high) as CSV values, empty without a per-night summary."""
-        if not self.night_kappa or self.night_kappa.get("mean") is None:
-            return "", "", ""
-        low, high = self.night_kappa["ci_mean"]
-        return tuple("" if v is None else repr(float(v)) for v in (self.night_kappa["mean"], low, high))
+    def night_interval(self) -> tuple[float | None, float | None, float | None]:
+        """(mean, CI low, CI high) of kappa per test night; Nones without a per-night summary."""
+        return _interval(self.night_kappa)
 
-    def diff_cells(self) -> tuple[str, ...]:
-        """(mean, CI low, CI high) of the paired difference to the reference run, empty where there is none."""
-        if not self.night_kappa_diff:
-            return "", "", ""
-        low, high = self.night_kappa_diff["ci_mean"]
-        return tuple(repr(float(v)) for v in (self.night_kappa_diff["mean"], low, high))
+    def diff_interval(self) -> tuple[float | None, float | None, float | None]:
+        """(mean, CI low, CI high) of the paired per-night difference to the reference run; Nones where there is none."""
+        return _interval(self.night_kappa_diff)
 
     @property
     def mask_ratio(self) -> float | None:
@@ -107,6 +101,17 @@ class Row:
 
 class CompareError(ValueError):
     pass
+
+
+def _interval(summary: dict | None) -> tuple[float | None, float | None, float | None]:
+    if not summary or summary.get("mean") is None:
+        return None, None, None
+    low, high = summary["ci_mean"]
+    return tuple(None if v is None else float(v) for v in (summary["mean"], low, high))
+
+
+def _csv_cells(values) -> tuple[str, ...]:
+    return tuple("" if v is None else repr(v) for v in values)
 
 
 def _all_experiment_ids(c) -> list[str]:
@@ -372,10 +377,10 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
                 text += "*"
             line.append(text)
         if nightly:
-            mean, low, high = (float(v) if v else None for v in row.night_cells())
+            mean, low, high = row.night_interval()
             line.append("-" if mean is None else f"{mean:.3f} [{low:.3f}, {high:.3f}]")
         if paired:
-            mean, low, high = (float(v) if v else None for v in row.diff_cells())
+            mean, low, high = row.diff_interval()
             line.append("(reference)" if row.reference else "-" if mean is None else f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
         line.append("baseline" if row.baseline else (f"{row.status}, {SELECTED}" if row is chosen else row.status))
         cells.append(line)
@@ -454,8 +459,8 @@ def write_csv(rows: list[Row], path: Path) -> Path:
             writer.writerow([r.label, r.run_id, r.model, r.task, int(r.baseline), r.status, int(r is chosen),
                              *(r.params.get(k, "") for k in knob_names),
                              *("" if r.metrics.get(k) is None else repr(float(r.metrics[k])) for k in keys),
-                             *(r.night_cells() if nightly else ()),
-                             *((int(r.reference), *r.diff_cells()) if paired else ())])
+                             *(_csv_cells(r.night_interval()) if nightly else ()),
+                             *((int(r.reference), *_csv_cells(r.diff_interval())) if paired else ())])
     return path
 
 
