@@ -177,7 +177,8 @@ def _track(cfg: EvaluateConfig, uri: str, parts: list[_Part], result: Evaluation
     tags = {KIND_TAG: "evaluation", MODEL_SOURCE_TAG: " ".join(p.located.name for p in parts), "model": bundle["model"]}
     if all(p.located.run_id for p in parts):  # a cross-validation: every fold's training run, space-separated
         tags[MODEL_RUN_TAG] = " ".join(p.located.run_id for p in parts)
-    run_id = client(uri).create_run(experiment_id(uri, cfg.experiment), run_name=f"evaluate-{bundle['model']}-{cfg.split}",
+    name = f"evaluate-{bundle['model']}-{cfg.split}" + (f"-{len(parts)}-folds" if len(parts) > 1 else "")
+    run_id = client(uri).create_run(experiment_id(uri, cfg.experiment), run_name=name,
                                     tags=tags).info.run_id
     logger = RunLogger(uri, run_id)
     summary = result.summary

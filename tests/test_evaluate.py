@@ -232,6 +232,7 @@ def test_cross_validation_folds_are_pooled_each_night_judged_by_the_model_that_n
     client = mlflow.MlflowClient(uri)
     [run] = client.search_runs([client.get_experiment_by_name("distsleep-evaluate").experiment_id])
     assert run.data.params["folds"] == "3" and run.data.tags[MODEL_SOURCE_TAG].split() == models
+    assert run.info.run_name == "evaluate-mc2sleepnet-test-3-folds"
     assert run.data.metrics["test_kappa"] == pytest.approx(expected["kappa"])
 
     # Refused before scoring: a fold's model on another fold's test people (fold 1's model learned fold 3's
