@@ -50,6 +50,7 @@ from distsleep.bundle import BundleError, Located, load_model, map_roles, resolv
 from distsleep.config import ConfigBase, default_tracking_uri
 from distsleep.errors import InputError
 from distsleep.fanout import run_each
+from distsleep.metrics import staging_metrics
 from distsleep.night_metrics import Night, evaluate_nights, write_evaluation
 from distsleep.runtime import connect_ray
 from distsleep.shards.loader import LoaderConfig, load_manifest, shard_checksums, shard_urls
@@ -256,6 +257,18 @@ def check_poolable(parts: list[_Part], split: str) -> None:
             owner[record] = part.shards
 
 
+def _fold_summary(number: int, part: _Part, nights: dict[str, dict]) -> dict:
+    """A fold of a pooled evaluation: its model, manifest and nights, and the metrics of its nights' epochs alone
+    (the spread between folds; the pooled figures are those of every fold's epochs together)."""
+    entry = {"fold": number, "model": part.located.name, "run_id": part.located.run_id, "manifest": part.shards,
+             "manifest_hash": manifest_hash(part.manifest), "records": sorted(nights)}
+    if nights:
+        true = np.concatenate([n["labels"] for n in nights.values()])
+        predicted = np.concatenate([n["probabilities"].argmax(axis=1) for n in nights.values()])
+        entry.update({k: v for k, v in staging_metrics(true, predicted).items() if k in ("accuracy", "kappa", "macro_f1")})
+    return entry
+
+
 def run_evaluation(cfg: EvaluateConfig) -> EvaluationResult:
     """Evaluate each model of `cfg.model` on split `cfg.split` of its manifest in `cfg.shards`, the nights pooled
     (module docstring)."""
@@ -303,9 +316,7 @@ def run_evaluation(cfg: EvaluateConfig) -> EvaluationResult:
         "windows": {"seq_len": int(first.bundle["seq_len"]), "stride": cfg.stride},
     })
     if len(parts) > 1:
-        summary["folds"] = [{"fold": number, "model": part.located.name, "run_id": part.located.run_id,
-                             "manifest": part.shards, "manifest_hash": manifest_hash(part.manifest),
-                             "records": sorted(r for r, night in scored.items() if night["fold"] == number)}
+        summary["folds"] = [_fold_summary(number, part, {r: n for r, n in scored.items() if n["fold"] == number})
                             for number, part in enumerate(parts, 1)]
     out = Path(cfg.out)
     result = EvaluationResult(out, rows, summary, {}, failed, substituted)
@@ -328,6 +339,10 @@ def format_summary(result: EvaluationResult) -> str:
              f"..{pooled['ci']['kappa'][1]:.3f})  macro-F1 {pooled['macro_f1']:.3f}"]
     if night["median"] is not None:
         lines.append(f"per-night kappa: median {night['median']:.3f} (IQR {night['q25']:.3f}..{night['q75']:.3f})")
+    kappas = [f["kappa"] for f in folds or [] if "kappa" in f]
+    if len(kappas) > 1:
+        lines.append(f"per fold: kappa {' / '.join(f'{k:.3f}' for k in kappas)} (mean {np.mean(kappas):.3f}, "
+                     f"sd {np.std(kappas, ddof=1):.3f})")
     if s["model"]["trained_records"] is None:
         lines.append("not checked for people the model learned from: the bundle does not record its training data")
     for role, used in result.substituted.items():

@@ -229,6 +229,12 @@ def test_cross_validation_folds_are_pooled_each_night_judged_by_the_model_that_n
     saved = [np.load(out / "probabilities" / f"{r}.npz") for r in everyone]
     expected = staging_metrics(np.concatenate([s["labels"] for s in saved]), np.concatenate([s["predicted"] for s in saved]))
     assert summary["pooled"]["kappa"] == pytest.approx(expected["kappa"])
+    # Each fold's own figures, from its nights alone (the spread between folds)
+    for fold in summary["folds"]:
+        mine = [np.load(out / "probabilities" / f"{r}.npz") for r in fold["records"]]
+        alone = staging_metrics(np.concatenate([s["labels"] for s in mine]), np.concatenate([s["predicted"] for s in mine]))
+        assert fold["kappa"] == pytest.approx(alone["kappa"], nan_ok=True) and fold["accuracy"] == pytest.approx(alone["accuracy"])
+    assert "per fold: kappa " in console
     client = mlflow.MlflowClient(uri)
     [run] = client.search_runs([client.get_experiment_by_name("distsleep-evaluate").experiment_id])
     assert run.data.params["folds"] == "3" and run.data.tags[MODEL_SOURCE_TAG].split() == models
