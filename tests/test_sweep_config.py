@@ -12,7 +12,7 @@ import pytest
 from distsleep.cli.sweep import parse_knobs
 from distsleep.sweep.config import PAPER_MASK_RATIOS, SweepConfig
 from distsleep.sweep.run import concurrency, reports_per_trial
-from distsleep.tracking.compare import Row, format_markdown, format_text, point_label, table, write_comparison
+from distsleep.tracking.compare import Row, format_markdown, format_text, ordered_point, point_label, table, write_comparison
 from distsleep.train.config import TrainConfig
 from distsleep.train.driver import LaunchError
 
@@ -83,6 +83,11 @@ def test_parse_knobs_and_labels():
     assert parse_knobs(["lr=0.001,0.0001", "seed=0,1", "schedule=cosine"]) == {
         "lr": [0.001, 0.0001], "seed": [0, 1], "schedule": ["cosine"]}
     assert point_label({"mask_ratio": 0.5, "lr": 0.001}) == "mask=0.50 lr=0.001"
+    # one order for the trial's display name, the console line and compare's columns, whatever order Tune gives
+    point = ordered_point({"seed": 1, "fold": 2, "lr": 0.001, "mask_ratio": 0.25})
+    assert list(point) == ["mask_ratio", "fold", "lr", "seed"]
+    assert point_label(point) == "mask=0.25 fold=2 lr=0.001 seed=1"
+    assert list(ordered_point({"lr": 0.1, "batch": 8})) == ["batch", "lr"]  # no masking ratio swept
 
 
 def _rows() -> list[Row]:

@@ -15,7 +15,7 @@ import os
 from ray.tune import Callback
 
 from distsleep.runtime import verbose
-from distsleep.tracking.compare import point_label
+from distsleep.tracking.compare import ordered_point, point_label
 
 log = logging.getLogger("distsleep.sweep")
 NEW_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"  # Tune reads it when a run starts: "0" selects the legacy console reporter
@@ -57,9 +57,7 @@ class TrialLines(Callback):
         return sum(t.status in _ENDED or t is trial for t in trials)
 
     def _label(self, trial) -> str:
-        point = dict(trial.config or {})
-        point = {k: point[k] for k in ["mask_ratio", *sorted(k for k in point if k != "mask_ratio")] if k in point}
-        return f"{point_label(point)} (trial {trial.trial_id})"
+        return f"{point_label(ordered_point(dict(trial.config or {})))} (trial {trial.trial_id})"
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         log.info("%s: started", self._label(trial))

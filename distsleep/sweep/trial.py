@@ -22,8 +22,9 @@ import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from distsleep.sweep.config import SweepConfig
-from distsleep.tracking import KIND_TAG, SWEEP_TAG, TRIAL_TAG, RunLogger, download_json, find_or_create_run, find_run
-from distsleep.tracking.compare import point_label
+from distsleep.tracking import (FINETUNE_RUN_TAG, KIND_TAG, PRETRAIN_RUN_TAG, SWEEP_TAG, TRIAL_TAG, RunLogger, download_json,
+                               find_or_create_run, find_run)
+from distsleep.tracking.compare import ordered_point, point_label
 from distsleep.train.launch import run_training
 
 log = logging.getLogger("distsleep.sweep")
@@ -73,7 +74,7 @@ def sweep_trial(point: dict, *, sweep: dict, parent_run_id: str) -> None:
     cfg = SweepConfig.from_dict(sweep)
     uri, experiment = cfg.train.tracking_uri, cfg.train.experiment
     trial_id = ray.tune.get_context().get_trial_id()
-    point = {k: point[k] for k in ["mask_ratio", *sorted(k for k in point if k != "mask_ratio")]}
+    point = ordered_point(point)
     run_name = trial_run_name(cfg.name, trial_id)
 
     finished = find_run(uri, experiment, run_name, status="FINISHED")
@@ -95,11 +96,11 @@ def sweep_trial(point: dict, *, sweep: dict, parent_run_id: str) -> None:
     summary = _test_metrics(pre, "pretrain_")
     if "mask_ratio_effective" in pre:  # the fraction really masked at this L (MC²SleepNet: L − int(L·(1−r)))
         summary["pretrain_mask_ratio_effective"] = pre["mask_ratio_effective"]
-    tags = {"pretrain_run_id": pre_id}
+    tags = {PRETRAIN_RUN_TAG: pre_id}
     final_id, final = pre_id, pre
     if cfg.finetune:
         final_id, final = _run_stage(cfg, point, "finetune", trial_id, run_id, init_from=pre_id)
-        tags["finetune_run_id"] = final_id
+        tags[FINETUNE_RUN_TAG] = final_id
     summary.update(_test_metrics(final))
     summary = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
     tracker.metrics(summary, step=0)

@@ -31,6 +31,9 @@ ENDED_BY_TAG = "distsleep.ended_by"  # "scheduler" or "error": why a trial run d
 MODEL_RUN_TAG = "distsleep.model_run"  # an evaluation run: the training run that logged the model it evaluated
 MODEL_SOURCE_TAG = "distsleep.model_source"  # an evaluation run: the model as the user named it (path, runs:/, models:/)
 INIT_SOURCES_TAG = "distsleep.init_sources"  # the --init-from/--init-part sources of a run and their data
+# A sweep trial run's stage runs (plain names: they predate the distsleep. prefix and existing stores hold them)
+PRETRAIN_RUN_TAG = "pretrain_run_id"
+FINETUNE_RUN_TAG = "finetune_run_id"
 # Fail fast instead of retrying for minutes when a server is unreachable.
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -107,6 +110,18 @@ def tag_filter(key: str, value: str) -> str:
 
 def with_tag(runs, key: str, value: str) -> list:
     return [run for run in runs if run.data.tags.get(key) == str(value)]
+
+
+def sweep_runs(c, sweep: str) -> list:
+    """Every run of sweep `sweep` (its sweep run, trials and stages), in whichever experiments they were logged."""
+    experiments = [e.experiment_id for e in c.search_experiments(max_results=1000)]
+    found = c.search_runs(experiments, filter_string=tag_filter(SWEEP_TAG, sweep), max_results=5000)
+    return with_tag(found, SWEEP_TAG, sweep)
+
+
+def final_stage_run(run) -> str | None:
+    """The run id of a sweep trial's last stage (fine-tuning, else pre-training): the model the trial tests."""
+    return run.data.tags.get(FINETUNE_RUN_TAG) or run.data.tags.get(PRETRAIN_RUN_TAG)
 
 
 def find_run(uri: str, experiment: str, run_name: str, status: str | None = None):

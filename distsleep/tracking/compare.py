@@ -26,7 +26,8 @@ from distsleep.night_metrics import mean_over_nights, paired_difference, per_nig
 from distsleep.plots import confusion_grid_png, metric_curves_png, paired_differences_png
 from distsleep.shards.folds import FOLD_KEY
 from distsleep.stages import STAGE_NAMES
-from distsleep.tracking import ENDED_BY_TAG, KIND_TAG, SWEEP_TAG, client, download_json, download_text, tag_filter, with_tag
+from distsleep.tracking import (ENDED_BY_TAG, KIND_TAG, SWEEP_TAG, client, download_json, download_text, final_stage_run,
+                               sweep_runs)
 
 BASELINE_PREFIX = "baseline_yasa_"
 COLUMNS = [  # (header, metric key); accuracies and F1 shown in %, kappa as is (as in the paper)
@@ -114,14 +115,14 @@ def _csv_cells(values) -> tuple[str, ...]:
     return tuple("" if v is None else repr(v) for v in values)
 
 
-def _all_experiment_ids(c) -> list[str]:
-    return [e.experiment_id for e in c.search_experiments(max_results=1000)]
+def ordered_point(point: dict) -> dict:
+    """A trial's knobs in the order every label and table shows them: the masking ratio first, the rest by name."""
+    return {k: point[k] for k in ["mask_ratio", *sorted(k for k in point if k != "mask_ratio")] if k in point}
 
 
 def _knob_params(run, sweep_params: set[str]) -> dict:
-    """The swept values of a trial run, masking ratio first (and its cross-validation fold, if any)."""
-    names = ["mask_ratio", *sorted((sweep_params | {FOLD_KEY}) - {"mask_ratio"})]
-    return {k: run.data.params[k] for k in names if k in run.data.params}
+    """The swept values of a trial run (and its cross-validation fold, if any), in `ordered_point` order."""
+    return ordered_point({k: run.data.params[k] for k in sweep_params | {FOLD_KEY} if k in run.data.params})
 
 
 def point_label(point: dict) -> str:
@@ -145,7 +146,7 @@ def _trial_row(tracking_uri: str, run, knobs: set[str], with_confusion: bool) ->
     ended_by = run.data.tags.get(ENDED_BY_TAG)
     status = "stopped by scheduler" if ended_by == "scheduler" else run.info.status
     # The trial's test nights are those of its last stage (fine-tuning, else pre-training): its per-night summary.
-    stage_id = run.data.tags.get("finetune_run_id") or run.data.tags.get("pretrain_run_id")
+    stage_id = final_stage_run(run)
     night, nights = _night_data(tracking_uri, stage_id) if with_confusion and stage_id else (None, None)
     return Row(label=label, run_id=run.info.run_id, model=run.data.tags.get("model", "?"), params=params,
                metrics=dict(run.data.metrics), status=status, confusion=confusion, task=run.data.tags.get("task", "staging"),
@@ -194,8 +195,7 @@ def collect(tracking_uri: str, *, sweep: str | None = None, experiment: str | No
     c = client(tracking_uri)
     rows: list[Row] = []
     if sweep:
-        runs = with_tag(c.search_runs(_all_experiment_ids(c), filter_string=tag_filter(SWEEP_TAG, sweep), max_results=5000),
-                        SWEEP_TAG, sweep)
+        runs = sweep_runs(c, sweep)
         parents = [r for r in runs if r.data.tags.get(KIND_TAG) == "sweep"]
         trials = [r for r in runs if r.data.tags.get(KIND_TAG) == "trial"]
         if not parents and not trials:

@@ -6,7 +6,7 @@ the sweep selected on validation this way: for a cross-validation sweep, every f
 from __future__ import annotations
 
 from distsleep.errors import InputError
-from distsleep.tracking import KIND_TAG, SWEEP_TAG, client, tag_filter, with_tag
+from distsleep.tracking import FINETUNE_RUN_TAG, KIND_TAG, PRETRAIN_RUN_TAG, client, final_stage_run, sweep_runs
 
 SELECTED_RUN_TAG = "selected_run_id"  # the sweep run's tag naming its selected trial run(s), space-separated
 
@@ -18,11 +18,7 @@ class SweepLookupError(InputError):
 def selected_trials(uri: str, sweep: str) -> tuple[str, list[str]]:
     """(label, trial run ids) of the point sweep `sweep` selected on validation: one trial, or the K fold trials
     of a cross-validation point."""
-    c = client(uri)
-    experiments = [e.experiment_id for e in c.search_experiments(max_results=1000)]
-    runs = with_tag(c.search_runs(experiments, filter_string=tag_filter(SWEEP_TAG, sweep), max_results=5000),
-                    SWEEP_TAG, sweep)
-    parents = [r for r in runs if r.data.tags.get(KIND_TAG) == "sweep"]
+    parents = [r for r in sweep_runs(client(uri), sweep) if r.data.tags.get(KIND_TAG) == "sweep"]
     if not parents:
         raise SweepLookupError(f"sweep {sweep}", f"no sweep of that name in {uri}")
     tags = parents[0].data.tags
@@ -47,11 +43,11 @@ def trial_models(uri: str, trial_run_ids: list[str]) -> tuple[list[str], list[st
                                                     f"{run.data.tags.get(KIND_TAG)!r})")
         if run.info.status != "FINISHED":
             raise SweepLookupError(f"run {run_id}", f"the trial is {run.info.status}, not FINISHED: its model is not final")
-        stage = run.data.tags.get("finetune_run_id") or run.data.tags.get("pretrain_run_id")
+        stage = final_stage_run(run)
         shards = run.data.params.get("train.shards")
         if not stage or not shards:
-            raise SweepLookupError(f"run {run_id}", "the trial names no stage run or manifest (tags finetune_run_id / "
-                                                    "pretrain_run_id, param train.shards)")
+            raise SweepLookupError(f"run {run_id}", "the trial names no stage run or manifest (tags "
+                                                    f"{FINETUNE_RUN_TAG} / {PRETRAIN_RUN_TAG}, param train.shards)")
         models.append(stage)
         manifests.append(shards)
     return models, manifests
