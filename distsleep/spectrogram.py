@@ -31,6 +31,13 @@ def n_frames(n_samples: int = EPOCH_SAMPLES, win_length: int = WIN_LENGTH, hop_l
     return 1 + (n_samples - win_length) // hop_length
 
 
+def symmetric_hamming(length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """0.54 − 0.46·cos(2πn / (length − 1)): ``torch.hamming_window(length, periodic=False)`` written out, because
+    ONNX has no Hamming-window operator and the exported graph must build the window from arange and cos."""
+    n = torch.arange(length, dtype=dtype, device=device)
+    return 0.54 - 0.46 * torch.cos(n * (2 * torch.pi / (length - 1)))
+
+
 def torch_spectrogram(
     x: torch.Tensor,
     *,
@@ -60,8 +67,9 @@ def torch_spectrogram(
     # Length needed so that torch.stft yields exactly `frames` frames of n_fft samples.
     needed = (frames - 1) * hop_length + n_fft
     right = max(0, needed - left - n)
-    flat = torch.nn.functional.pad(flat, (left, right))
-    window = torch.hamming_window(win_length, periodic=False, dtype=dtype, device=x.device)
+    # cut to `needed` here rather than slicing the complex result: ONNX export cannot slice complex tensors
+    flat = torch.nn.functional.pad(flat, (left, right))[..., :needed]
+    window = symmetric_hamming(win_length, dtype, x.device)
     spec = torch.stft(
         flat,
         n_fft=n_fft,
@@ -70,8 +78,7 @@ def torch_spectrogram(
         window=window,
         center=False,
         return_complex=True,
-    )  # (N, freq, frames')
-    spec = spec[..., :frames]
+    )  # (N, freq, frames)
     log_mag = 20.0 * torch.log10(spec.abs() + eps)
     return log_mag.transpose(-1, -2).reshape(*lead, frames, n_fft // 2 + 1)
 

@@ -271,7 +271,9 @@ class SingleHeadCrossAttention(nn.Module):
         self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.scaled_dot_product_attention(self.q(x), self.k(y), self.v(y))
+        # as (batch, 1 head, tokens, dim): the same product, in the 4-D form ONNX export takes
+        q, k, v = self.q(x).unsqueeze(1), self.k(y).unsqueeze(1), self.v(y).unsqueeze(1)
+        return F.scaled_dot_product_attention(q, k, v).squeeze(1)
 
 
 class StateProjector(nn.Module):

@@ -526,6 +526,11 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 # ------------------------------------------------------------------------------------------- model
 
 
+def _sync_head_mode(module: "MaskedEncoderModel", incompatible_keys) -> None:
+    """After load_state_dict: the Python copy of the loaded `head_mode` buffer."""
+    module._head = HEAD_MODES[int(module.head_mode)]
+
+
 class MaskedEncoderModel(FreezableModel):
     """What NeuroNet and SynthSleepNet share around their encoders (module docstring, "Heads and stages"):
 
@@ -554,16 +559,22 @@ class MaskedEncoderModel(FreezableModel):
         self.head = nn.Linear(d, cfg.n_classes)
         # Which classifier produces "logits" outside pre-training; a buffer so it survives state_dict save/load.
         self.register_buffer("head_mode", torch.zeros((), dtype=torch.long))
+        # ... and its value as a Python string, kept in step by prepare_finetune and every load_state_dict, so
+        # that forward branches on a constant: reading the buffer inside torch.compile / torch.export (ONNX)
+        # would be a data-dependent branch (a graph break, an export failure).
+        self._head = HEAD_MODES[0]
+        self.register_load_state_dict_post_hook(_sync_head_mode)
 
     @property
     def active_head(self) -> str:
-        return HEAD_MODES[int(self.head_mode)]
+        return self._head
 
     def prepare_finetune(self, mode: str) -> None:
         """"linear": linear probing (only `linear_head` trains); "full": what `_finetune_trainable("full")` names.
         Sets `head_mode`; call after loading the pre-trained weights."""
         check_finetune_mode(mode)
         self.head_mode.fill_(HEAD_MODES.index(mode))
+        self._head = mode
         self._finetune_trainable(mode)
 
     def sample_visible(self, n: int, t: int, device: torch.device, generator: torch.Generator | None = None):
