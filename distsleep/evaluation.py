@@ -55,7 +55,7 @@ from distsleep.night_metrics import Night, evaluate_nights, write_evaluation
 from distsleep.runtime import connect_ray
 from distsleep.shards.loader import LoaderConfig, load_manifest, shard_checksums, shard_urls
 from distsleep.shards.manifest import manifest_hash, seen_people, split_records
-from distsleep.tracking import (KIND_TAG, MODEL_RUN_TAG, MODEL_SOURCE_TAG, RunLogger, check_reachable, client,
+from distsleep.tracking import (EVALUATED_SWEEP_TAG, KIND_TAG, MODEL_RUN_TAG, MODEL_SOURCE_TAG, RunLogger, check_reachable, client,
                                 experiment_id)
 from distsleep.train.evaluate import aggregate, score_windows
 
@@ -90,6 +90,7 @@ class EvaluateConfig(ConfigBase):
     verify_shards: str = "stored"
     allow_shard_commands: bool = False
     progress: bool = True
+    sweep: str | None = None  # provenance only: the sweep whose trial models these are (evaluate --sweep)
 
     def __post_init__(self):
         for name in ("model", "shards"):
@@ -178,13 +179,15 @@ def _track(cfg: EvaluateConfig, uri: str, parts: list[_Part], result: Evaluation
     tags = {KIND_TAG: "evaluation", MODEL_SOURCE_TAG: " ".join(p.located.name for p in parts), "model": bundle["model"]}
     if all(p.located.run_id for p in parts):  # a cross-validation: every fold's training run, space-separated
         tags[MODEL_RUN_TAG] = " ".join(p.located.run_id for p in parts)
+    if cfg.sweep:  # not distsleep.sweep: the sweep's own searches must not find its evaluations
+        tags[EVALUATED_SWEEP_TAG] = cfg.sweep
     name = f"evaluate-{bundle['model']}-{cfg.split}" + (f"-{len(parts)}-folds" if len(parts) > 1 else "")
     run_id = client(uri).create_run(experiment_id(uri, cfg.experiment), run_name=name,
                                     tags=tags).info.run_id
     logger = RunLogger(uri, run_id)
     summary = result.summary
     logger.params({"model_source": " ".join(p.located.name for p in parts), "shards": " ".join(cfg.shards),
-                   "folds": len(parts), "split": cfg.split, "stride": cfg.stride,
+                   "folds": len(parts), "split": cfg.split, "stride": cfg.stride, "sweep": cfg.sweep or "none",
                    "n_boot": cfg.n_boot, "seed": cfg.seed, "channels_read": ",".join(summary["channels"]["read"]),
                    "substituted": ",".join(f"{a}->{b}" for a, b in result.substituted.items()) or "none"})
     pooled = summary["pooled"]

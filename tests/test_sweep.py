@@ -23,7 +23,7 @@ from distsleep.night_metrics import paired_difference, per_night_values
 from distsleep.shards.pipeline import run_preprocess
 from distsleep.sweep.config import SweepConfig
 from distsleep.sweep.run import run_sweep
-from distsleep.tracking import KIND_TAG, SWEEP_TAG
+from distsleep.tracking import EVALUATED_SWEEP_TAG, KIND_TAG, SWEEP_TAG
 from distsleep.synth.cohort import CohortConfig, generate_cohort
 from distsleep.tracking import TrackingUnavailable
 from distsleep.train.config import TrainConfig
@@ -283,8 +283,11 @@ def test_cross_validation_sweep_tests_every_person_once(shards, tmp_path, ray_lo
 
     out = tmp_path / "cv-evaluation"
     assert cli_main(["evaluate", "--sweep", "cv", "--tracking-uri", train.tracking_uri, "--out", str(out), "--stride", "5",
-                     "--n-boot", "100", "--no-progress", "--no-tracking"]) == 0
+                     "--n-boot", "100", "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
+    evaluation, = _runs(train.tracking_uri, f"tags.`{EVALUATED_SWEEP_TAG}` = 'cv'")  # the run says what it judged
+    assert evaluation.data.tags[KIND_TAG] == "evaluation" and evaluation.data.params["folds"] == str(len(stages))
+    assert not [r for r in _runs(train.tracking_uri, f"tags.`{SWEEP_TAG}` = 'cv'") if r.data.tags[KIND_TAG] == "evaluation"]
     stage_of_fold = {Path(r.data.params["train.shards"]).name: r.info.run_id for r in stages}
     assert summary["model"]["run_id"].split() == [run for _, run in sorted(stage_of_fold.items())]
     assert [Path(f["manifest"]).name for f in summary["folds"]] == sorted(stage_of_fold)

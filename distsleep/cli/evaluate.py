@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, n_boot=args.n_boot, seed=args.seed, experiment=args.experiment,
                          tracking_uri=args.tracking_uri, track=not args.no_tracking, address=args.address,
                          verify_shards=args.verify_shards, allow_shard_commands=args.allow_shard_commands,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, sweep=args.sweep)
     result = run_evaluation(cfg)
     print(format_summary(result))
     return 0 if result.complete else 1

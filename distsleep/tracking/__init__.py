@@ -30,6 +30,7 @@ TRIAL_TAG = "distsleep.trial_id"  # the Tune trial a run belongs to
 ENDED_BY_TAG = "distsleep.ended_by"  # "scheduler" or "error": why a trial run did not finish
 MODEL_RUN_TAG = "distsleep.model_run"  # an evaluation run: the training run that logged the model it evaluated
 MODEL_SOURCE_TAG = "distsleep.model_source"  # an evaluation run: the model as the user named it (path, runs:/, models:/)
+EVALUATED_SWEEP_TAG = "distsleep.evaluated_sweep"  # an evaluation run of a sweep's trials (evaluate --sweep)
 INIT_SOURCES_TAG = "distsleep.init_sources"  # the --init-from/--init-part sources of a run and their data
 # A sweep trial run's stage runs (plain names: they predate the distsleep. prefix and existing stores hold them)
 PRETRAIN_RUN_TAG = "pretrain_run_id"
