@@ -26,6 +26,7 @@ can run code. Two kinds:
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
@@ -40,7 +41,10 @@ from distsleep.errors import InputError
 from distsleep.models import build_model, model_normalization, required_channels
 from distsleep.shards.manifest import manifest_hash, split_records
 from distsleep.stages import STAGE_NAMES
-from distsleep.tracking import client
+from distsleep.tracking import PER_NIGHT_ARTIFACTS, client, download_json
+from distsleep.tracking.model_card import model_card
+
+log = logging.getLogger("distsleep.bundle")
 
 RUN_ID = re.compile(r"^[0-9a-fA-F]{32}$")
 _RUNS_URI = re.compile(r"^runs:/(?P<run>[^/]+)/?(?P<path>.*)$")
@@ -263,6 +267,15 @@ def register_model(run_id: str, name: str, tracking_uri: str, aliases=()) -> str
     except Exception as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise BundleError(f"runs:/{run_id}", f"could not register its model as {name!r} in {tracking_uri}: {first}") from error
+    try:  # the card describes a version that exists either way: a failure here is reported, not raised
+        description, tags = model_card(registry.get_run(run_id), download_json(tracking_uri, run_id, f"{PER_NIGHT_ARTIFACTS}/summary.json"),
+                                       name, str(version))
+        registry.update_model_version(name, version, description=description)
+        for key, value in tags.items():
+            registry.set_model_version_tag(name, version, key, value)
+    except Exception as error:
+        log.warning("models:/%s/%s is registered, but its model card was not written (%s: %s)", name, version,
+                    type(error).__name__, str(error).strip().splitlines()[0] if str(error).strip() else "")
     return str(version)
 
 

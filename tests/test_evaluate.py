@@ -159,6 +159,11 @@ def test_training_registers_its_bundle_for_predict_and_evaluate(shards, cohort, 
     [training] = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     version = client.get_model_version_by_alias("stager", "candidate")
     assert (str(version.version), version.run_id) == ("1", training.info.run_id)
+    # its model card: the training run's own test figures and data, for a reader of the registry
+    assert version.tags["test_kappa"] == f"{training.data.metrics['test_kappa']:.4f}"
+    assert version.tags["data.manifest_hash"] == training.data.params["data.manifest_hash"]
+    assert f"κ {training.data.metrics['test_kappa']:.3f}" in version.description
+    assert "κ per night: mean" in version.description and "models:/stager/1" in version.description
 
     out = tmp_path / "eval"
     assert cli_main(["evaluate", "--model", "models:/stager/1", "--shards", str(shards), "--out", str(out),

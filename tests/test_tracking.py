@@ -86,3 +86,42 @@ def test_run_names_with_quotes_find_their_own_run(tmp_path, name):
     assert not resumed and resumed_again and again == run_id != other
     assert find_run(uri, "tests", name).info.run_id == run_id
     assert find_run(uri, "tests", name.replace("'", "_").replace('"', "_")) is None
+
+
+def test_model_card_reads_a_runs_figures_and_says_only_what_it_has(tmp_path):
+    """The registry's model card from a real MLflow run: a staging run with its per-night summary, and a binary-task
+    run without one (its AUROC listed as logged, no per-night line, no night count)."""
+    from distsleep.tracking.model_card import model_card
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("cards", artifact_location=(tmp_path / "artifacts").as_uri())
+    staging = client.create_run(experiment, tags={"model": "mc2sleepnet", "task": "staging", "stage": "finetune",
+                                                  "parameters": "6270000", "best_step": "400"}).info.run_id
+    for key, value in {"train.model_size": "paper", "train.select_metric": "macro_f1", "train.seq_len": "21",
+                       "train.shards": "/data/shhs/manifest.json", "data.manifest_hash": "abc123", "data.channels": "eeg_c4"}.items():
+        client.log_param(staging, key, value)
+    metrics = {"val_best_macro_f1": 0.81, "test_accuracy": 0.876, "test_kappa": 0.8234, "test_macro_f1": 0.79,
+               **{f"test_f1_{s}": f for s, f in zip(["W", "N1", "N2", "N3", "REM"], [0.9, 0.4, 0.88, 0.85, 0.87])}}
+    for key, value in metrics.items():
+        client.log_metric(staging, key, value)
+    nights = {"nights": 12, "subjects": 11, "per_night": {"kappa": {"mean": 0.8, "median": 0.81, "q25": 0.75,
+                                                                    "q75": 0.85, "ci_mean": [0.77, 0.83]}}}
+    text, tags = model_card(client.get_run(staging), nights, "stager", "3")
+    assert text.startswith("**mc2sleepnet** (preset `paper`, 6,270,000 parameters), finetune stage, staging task.")
+    assert "manifest `abc123` (`/data/shhs/manifest.json`), channels `eeg_c4`, windows of 21 epochs" in text
+    assert "step 400, the best validation macro_f1 (0.810); the test figures chose nothing" in text
+    assert ("Test (12 nights of 11 people outside the training split): accuracy 87.6 %, κ 0.823, macro-F1 79.0 %; "
+            "F1 W 90 N1 40 N2 88 N3 85 REM 87.") in text
+    assert "κ per night: mean 0.800 (95 % CI 0.770–0.830, people resampled), median 0.810 (IQR 0.750–0.850)" in text
+    assert f"Training run `{staging}`. Use it as `models:/stager/3`" in text
+    assert tags == {"model": "mc2sleepnet", "task": "staging", "stage": "finetune", "model_size": "paper",
+                    "data.manifest_hash": "abc123", "data.channels": "eeg_c4", "test_accuracy": "0.8760",
+                    "test_kappa": "0.8234", "test_macro_f1": "0.7900", "test_nights": "12"}
+
+    binary = client.create_run(experiment, tags={"model": "neuronet", "task": "apnea", "stage": "finetune"}).info.run_id
+    client.log_metric(binary, "test_auroc", 0.912)
+    client.log_metric(binary, "test_f1_positive", 0.7)
+    text, tags = model_card(client.get_run(binary), None, "apnea", "1")
+    assert "- Test: auroc 0.912, f1_positive 0.700." in text
+    assert "per night" not in text and "nights of" not in text and "parameters" not in text
+    assert tags == {"model": "neuronet", "task": "apnea", "stage": "finetune"}  # nothing it does not know

@@ -35,6 +35,8 @@ INIT_SOURCES_TAG = "distsleep.init_sources"  # the --init-from/--init-part sourc
 # A sweep trial run's stage runs (plain names: they predate the distsleep. prefix and existing stores hold them)
 PRETRAIN_RUN_TAG = "pretrain_run_id"
 FINETUNE_RUN_TAG = "finetune_run_id"
+# The artifact folder of a training run's per-night test evaluation (the files `distsleep evaluate` writes)
+PER_NIGHT_ARTIFACTS = "per_night"
 # Fail fast instead of retrying for minutes when a server is unreachable.
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",

@@ -26,8 +26,8 @@ from distsleep.night_metrics import mean_over_nights, paired_difference, per_nig
 from distsleep.plots import confusion_grid_png, metric_curves_png, paired_differences_png
 from distsleep.shards.folds import FOLD_KEY
 from distsleep.stages import STAGE_NAMES
-from distsleep.tracking import (ENDED_BY_TAG, KIND_TAG, SWEEP_TAG, client, download_json, download_text, final_stage_run,
-                               sweep_runs)
+from distsleep.tracking import (ENDED_BY_TAG, KIND_TAG, PER_NIGHT_ARTIFACTS, SWEEP_TAG, client, download_json, download_text,
+                               final_stage_run, sweep_runs)
 
 BASELINE_PREFIX = "baseline_yasa_"
 COLUMNS = [  # (header, metric key); accuracies and F1 shown in %, kappa as is (as in the paper)
@@ -40,7 +40,7 @@ COLUMNS = [  # (header, metric key); accuracies and F1 shown in %, kappa as is (
 # Per-night kappa: mean over nights and its 95 % subject-bootstrap CI, from the run's per-night summary.json
 # (a training run's per_night/ artifacts, an evaluation run's evaluation/, a sweep trial's last stage's per_night/);
 # shown when some row has one.
-NIGHT_FOLDERS = ("per_night", "evaluation")
+NIGHT_FOLDERS = (PER_NIGHT_ARTIFACTS, "evaluation")
 NIGHT_COLUMN = "kappa/night [95% CI]"
 # Paired against a reference run on the same test nights (the run selected on validation, or the one the user
 # names): mean over nights of this run's kappa minus the reference's, with its subject-bootstrap CI (a CI that

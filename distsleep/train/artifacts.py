@@ -18,6 +18,7 @@ from distsleep.night_metrics import Night, evaluate_nights, write_evaluation
 from distsleep.plots import confusion_png, f1_table, hypnogram_png
 from distsleep.shards.manifest import code_version, manifest_hash
 from distsleep.tasks import class_names
+from distsleep.tracking import PER_NIGHT_ARTIFACTS
 
 
 def make_bundle(cfg, model_cfg, weights: dict, manifest: dict, roles, trained_before=()) -> dict:
@@ -26,7 +27,6 @@ def make_bundle(cfg, model_cfg, weights: dict, manifest: dict, roles, trained_be
                         seq_len=cfg.seq_len, stage=cfg.stage, task=cfg.task, trained_before=trained_before)
 
 
-PER_NIGHT = "per_night"  # the artifact folder of the test set's per-night evaluation (as `distsleep evaluate` writes it)
 
 
 def per_night_files(directory: Path, predictions, manifest: dict, seed: int) -> list[Path]:
@@ -88,7 +88,7 @@ def write_run_artifacts(directory: Path, *, cfg, model_cfg, ds_config, manifest,
                              true=predictions.labels[record_id], probabilities=predictions.probabilities[record_id],
                              title=f"{record_id}: true vs predicted ({cfg.model} {cfg.stage})")
         files.append((path, None))
-        files += [(path, PER_NIGHT) for path in per_night_files(directory / PER_NIGHT, predictions, manifest, cfg.seed)]
+        files += [(path, PER_NIGHT_ARTIFACTS) for path in per_night_files(directory / PER_NIGHT_ARTIFACTS, predictions, manifest, cfg.seed)]
     bundle = directory / MODEL.file
     torch.save(make_bundle(cfg, model_cfg, weights, manifest, roles, trained_before), bundle)
     files.append((bundle, MODEL.folder))
