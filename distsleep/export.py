@@ -60,7 +60,7 @@ class ExportConfig(ConfigBase):
 
 
 class Probabilities(torch.nn.Module):
-    """The model as TorchScript sees it: windows in, stage probabilities out."""
+    """The model as an exported file holds it: windows in, stage probabilities out."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
@@ -97,7 +97,8 @@ def _check(run, wrapped: Probabilities, batch: torch.Tensor, what: str, source: 
                                       f"{difference:.3g} on the {name} ({tuple(inputs.shape)}); not written")
 
 
-def _torchscript_bytes(wrapped: Probabilities, batch: torch.Tensor, metadata: dict, source: str) -> bytes:
+def torchscript_bytes(wrapped: Probabilities, batch: torch.Tensor, metadata: dict, source: str) -> bytes:
+    """The TorchScript archive of `wrapped` traced on `batch`, with `metadata`; ExportError unless it is faithful."""
     with torch.no_grad(), warnings.catch_warnings():
         # The tracer warns about every shape-dependent Python branch; what matters is checked on three batch sizes.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -112,15 +113,15 @@ def _torchscript_bytes(wrapped: Probabilities, batch: torch.Tensor, metadata: di
 def _quiet_exporter():
     """torch.onnx's exporter prints its progress and onnxscript's optimizer logs each op it does not fold: keep the
     console to our summary (a failure's cause is in the error raised)."""
-    said = io.StringIO()
     loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
+        said = io.StringIO()
         with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            yield said
+            yield
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
@@ -135,7 +136,9 @@ def _first_cause(error: Exception) -> str:
     return f"{type(error).__name__}: {str(error).strip().splitlines()[0][:400] if str(error).strip() else ''}"
 
 
-def _onnx_bytes(wrapped: Probabilities, batch: torch.Tensor, metadata: dict, source: str) -> bytes:
+def onnx_bytes(wrapped: Probabilities, batch: torch.Tensor, metadata: dict, source: str) -> bytes:
+    """The ONNX model of `wrapped` exported on `batch` (batch dimension free), with `metadata`; ExportError unless
+    ONNX Runtime runs it faithfully."""
     import onnx
     import onnxruntime
 
@@ -178,7 +181,7 @@ def export_model(cfg: ExportConfig) -> Path:
                 "normalization": bundle.get("normalization", "uv"), "preprocess": bundle["preprocess"],
                 "model": bundle["model"], "stage": bundle.get("stage"), "source": located.name, "run_id": located.run_id,
                 "checked_on": {"shards": cfg.shards, "split": cfg.split, "shape": list(batch.shape), "tolerance": TOLERANCE}}
-    write = _onnx_bytes if cfg.format == "onnx" else _torchscript_bytes
+    write = onnx_bytes if cfg.format == "onnx" else torchscript_bytes
     data = write(wrapped, batch, metadata, located.name)
     out = Path(cfg.out)
     with atomic_path(out) as tmp:

@@ -4,6 +4,7 @@
   preprocess      our per-recording path vs the naive MNE route vs reading the bytes; 1 vs 2 Ray workers
   train           epochs/s of Ray Train + DeepSpeed vs a plain PyTorch loop (same model and data); 1 vs 2 workers
   loader          batches/s of the training stream with its shards on local disk vs in a bucket (s3://)
+  inference       windows/s scored on the CPU by the PyTorch model vs its exported TorchScript and ONNX files
 
     python jobs/benchmark.py SUBCOMMAND --help
 """
@@ -20,13 +21,14 @@ from distsleep.runtime import secure_local_ray  # noqa: E402
 
 secure_local_ray()
 
-from distsleep.bench import preprocess, realism, storage, train  # noqa: E402
+from distsleep.bench import inference, preprocess, realism, storage, train  # noqa: E402
 
 SUBCOMMANDS = {
     "synth-realism": (realism, "score a synthetic cohort with YASA's pretrained stager"),
     "preprocess": (preprocess, "records/s of our preprocessing path vs the naive MNE route, bytes, and Ray 1 vs 2 workers"),
     "train": (train, "epochs/s of Ray Train + DeepSpeed vs a plain PyTorch loop, 1 vs 2 workers, peak memory"),
     "loader": (storage, "batches/s of the training stream from local disk vs from a bucket, checksums on and off"),
+    "inference": (inference, "windows/s scored on the CPU: the PyTorch model vs its TorchScript and ONNX Runtime files"),
 }
 
 

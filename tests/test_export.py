@@ -96,8 +96,8 @@ def test_an_onnx_file_name_for_a_torchscript_export_is_refused(staging_shards, t
 def test_other_models_export_to_onnx_with_their_fine_tuned_head(name, finetune):
     """NeuroNet's classifier is chosen by a buffer (a data-dependent branch for torch.export unless mirrored in
     Python), ISATSleepNet's cross-attention is single-head: both must reach ONNX Runtime with the eager model's
-    probabilities at batch sizes 4, 2 and 1 (`_onnx_bytes` raises otherwise)."""
-    from distsleep.export import Probabilities, _onnx_bytes
+    probabilities at batch sizes 4, 2 and 1 (`onnx_bytes` raises otherwise)."""
+    from distsleep.export import Probabilities, onnx_bytes
     from distsleep.models.registry import build_model, get_spec
 
     torch.manual_seed(0)
@@ -110,5 +110,5 @@ def test_other_models_export_to_onnx_with_their_fine_tuned_head(name, finetune):
         model.load_state_dict(trained.state_dict())  # the head mode arrives through a checkpoint, as in a bundle
         assert model.active_head == finetune
     x = torch.randn(4, getattr(cfg, "seq_len", 5), spec.slots_for(cfg).input_channels, 3000) * 20
-    data = _onnx_bytes(Probabilities(model.eval()), x, {"format": "distsleep-onnx/1"}, name)
+    data = onnx_bytes(Probabilities(model.eval()), x, {"format": "distsleep-onnx/1"}, name)
     assert onnx.load_from_string(data).graph.input[0].name == "windows"
