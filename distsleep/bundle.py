@@ -268,8 +268,8 @@ def register_model(run_id: str, name: str, tracking_uri: str, aliases=()) -> str
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise BundleError(f"runs:/{run_id}", f"could not register its model as {name!r} in {tracking_uri}: {first}") from error
     try:  # the card describes a version that exists either way: a failure here is reported, not raised
-        description, tags = model_card(registry.get_run(run_id), download_json(tracking_uri, run_id, f"{PER_NIGHT_ARTIFACTS}/summary.json"),
-                                       name, str(version))
+        nights = download_json(tracking_uri, run_id, f"{PER_NIGHT_ARTIFACTS}/summary.json")
+        description, tags = model_card(registry.get_run(run_id), nights, name, str(version))
         registry.update_model_version(name, version, description=description)
         for key, value in tags.items():
             registry.set_model_version_tag(name, version, key, value)

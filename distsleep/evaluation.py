@@ -55,8 +55,8 @@ from distsleep.night_metrics import Night, evaluate_nights, write_evaluation
 from distsleep.runtime import connect_ray
 from distsleep.shards.loader import LoaderConfig, load_manifest, shard_checksums, shard_urls
 from distsleep.shards.manifest import manifest_hash, seen_people, split_records
-from distsleep.tracking import (EVALUATED_SWEEP_TAG, KIND_TAG, MODEL_RUN_TAG, MODEL_SOURCE_TAG, RunLogger, check_reachable, client,
-                                experiment_id)
+from distsleep.tracking import (EVALUATED_SWEEP_TAG, KIND_TAG, MODEL_RUN_TAG, MODEL_SOURCE_TAG, RunLogger, check_reachable,
+                                client, experiment_id)
 from distsleep.train.evaluate import aggregate, score_windows
 
 log = logging.getLogger("distsleep.evaluation")

@@ -97,8 +97,9 @@ def test_model_card_reads_a_runs_figures_and_says_only_what_it_has(tmp_path):
     experiment = client.create_experiment("cards", artifact_location=(tmp_path / "artifacts").as_uri())
     staging = client.create_run(experiment, tags={"model": "mc2sleepnet", "task": "staging", "stage": "finetune",
                                                   "parameters": "6270000", "best_step": "400"}).info.run_id
-    for key, value in {"train.model_size": "paper", "train.select_metric": "macro_f1", "train.seq_len": "21",
-                       "train.shards": "/data/shhs/manifest.json", "data.manifest_hash": "abc123", "data.channels": "eeg_c4"}.items():
+    params = {"train.model_size": "paper", "train.select_metric": "macro_f1", "train.seq_len": "21",
+              "train.shards": "/data/shhs/manifest.json", "data.manifest_hash": "abc123", "data.channels": "eeg_c4"}
+    for key, value in params.items():
         client.log_param(staging, key, value)
     metrics = {"val_best_macro_f1": 0.81, "test_accuracy": 0.876, "test_kappa": 0.8234, "test_macro_f1": 0.79,
                **{f"test_f1_{s}": f for s, f in zip(["W", "N1", "N2", "N3", "REM"], [0.9, 0.4, 0.88, 0.85, 0.87])}}

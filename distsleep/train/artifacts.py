@@ -88,7 +88,8 @@ def write_run_artifacts(directory: Path, *, cfg, model_cfg, ds_config, manifest,
                              true=predictions.labels[record_id], probabilities=predictions.probabilities[record_id],
                              title=f"{record_id}: true vs predicted ({cfg.model} {cfg.stage})")
         files.append((path, None))
-        files += [(path, PER_NIGHT_ARTIFACTS) for path in per_night_files(directory / PER_NIGHT_ARTIFACTS, predictions, manifest, cfg.seed)]
+        night_files = per_night_files(directory / PER_NIGHT_ARTIFACTS, predictions, manifest, cfg.seed)
+        files += [(path, PER_NIGHT_ARTIFACTS) for path in night_files]
     bundle = directory / MODEL.file
     torch.save(make_bundle(cfg, model_cfg, weights, manifest, roles, trained_before), bundle)
     files.append((bundle, MODEL.folder))
