@@ -271,9 +271,13 @@ class SingleHeadCrossAttention(nn.Module):
         self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        # as (batch, 1 head, tokens, dim): the same product, in the 4-D form ONNX export takes
-        q, k, v = self.q(x).unsqueeze(1), self.k(y).unsqueeze(1), self.v(y).unsqueeze(1)
-        return F.scaled_dot_product_attention(q, k, v).squeeze(1)
+        q, k, v = self.q(x), self.k(y), self.v(y)
+        if torch.compiler.is_exporting():
+            # ONNX's exporter takes attention only as (batch, heads, tokens, dim): the same product with one head.
+            # Training keeps the 3-D call, whose CPU kernel rounds differently (~1e-6); `distsleep export` checks
+            # the exported graph against this eager path.
+            return F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
+        return F.scaled_dot_product_attention(q, k, v)
 
 
 class StateProjector(nn.Module):
