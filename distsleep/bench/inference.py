@@ -50,12 +50,12 @@ def measure_inference(model_name: str, size: str, batch: int, threads: int, repe
     seq_len = getattr(cfg, "seq_len", 1)
     x = torch.randn(batch, seq_len, spec.slots_for(cfg).input_channels, 3000, generator=torch.Generator().manual_seed(seed)) * 20
     check = x[: min(8, batch)]
+    with torch.no_grad():
+        reference = wrapped(x)  # what every route's output is compared with
     rows = []
 
     def row(route: str, run, made_s: float | None = None) -> None:
         seconds, out = _time(run, x, repeats)
-        with torch.no_grad():
-            reference = wrapped(x)
         rows.append({"route": route, "s_per_pass": seconds, "windows_per_s": batch / seconds,
                      "epochs_per_s": batch * seq_len / seconds, "max_abs_difference": float((out - reference).abs().max()),
                      "export_s": made_s})

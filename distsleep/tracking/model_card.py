@@ -9,8 +9,9 @@ out. `distsleep.bundle.register_model` writes both onto the version it registers
 
 from __future__ import annotations
 
+from distsleep.stages import STAGE_NAMES
+
 TEST_FIGURES = (("accuracy", "accuracy", True), ("kappa", "κ", False), ("macro_f1", "macro-F1", True))
-STAGE_F1 = ("W", "N1", "N2", "N3", "REM")
 
 
 def _share(value: float, percent: bool) -> str:
@@ -26,8 +27,8 @@ def _test_line(metrics: dict, nights: dict | None) -> str | None:
         return None
     who = f" ({nights['nights']} nights of {nights['subjects']} people outside the training split)" if nights else ""
     line = f"- Test{who}: {', '.join(figures)}"
-    if all(f"test_f1_{s}" in metrics for s in STAGE_F1):
-        line += "; F1 " + " ".join(f"{s} {100 * metrics[f'test_f1_{s}']:.0f}" for s in STAGE_F1)
+    if all(f"test_f1_{s}" in metrics for s in STAGE_NAMES):
+        line += "; F1 " + " ".join(f"{s} {100 * metrics[f'test_f1_{s}']:.0f}" for s in STAGE_NAMES)
     return line + "."
 
 
