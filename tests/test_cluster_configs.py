@@ -382,6 +382,25 @@ def test_kuberay_binds_to_all_interfaces_only_with_a_reason():
             assert doc["spec"].get("type", "ClusterIP") == "ClusterIP", f"{path.name}: Service {doc['metadata']['name']} is exposed"
 
 
+def test_launcher_mlflow_server_runs_no_job_executors(launcher):
+    """The environment of `distsleep cluster start`'s server (SERVER_ENV): no GenAI job runner, no huey consumers."""
+    from distsleep.cluster.mlflow_server import SERVER_ENV
+
+    servers = [c for c in commands(launcher, "head_start_ray_commands") if "mlflow server" in c]
+    assert servers and all(f"{k}={v} " in c.split("mlflow server")[0] for c in servers for k, v in SERVER_ENV.items())
+
+
+def test_kuberay_mlflow_server_runs_no_job_executors():
+    from distsleep.cluster.mlflow_server import SERVER_ENV
+
+    containers = [c for _, doc in kuberay_docs() if doc["kind"] == "Deployment"
+                  for c in doc["spec"]["template"]["spec"]["containers"] if any("mlflow server" in s for s in walk_strings(c))]
+    assert containers
+    for container in containers:
+        env = {e["name"]: e["value"] for e in container.get("env") or []}
+        assert SERVER_ENV.items() <= env.items(), env
+
+
 def test_kuberay_mlflow_uri_names_a_service_that_accepts_it():
     services = {doc["metadata"]["name"]: {p["port"] for p in doc["spec"]["ports"]}
                 for _, doc in kuberay_docs() if doc["kind"] == "Service"}

@@ -360,6 +360,8 @@ def test_cluster_needs_its_token_listens_on_loopback_and_stops_completely(tmp_pa
         processes = local.cluster_processes(cluster)
         names = {p.name() for p in processes} | {" ".join(p.cmdline()[:3]) for p in processes}
         assert {"ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names and any("ray.util.client.server" in n for n in names)
+        # MLflow's server without its GenAI job runner and huey consumers (distsleep.cluster.mlflow_server)
+        assert any("uvicorn" in n for n in names) and not any("huey" in n or "_job_runner" in n for n in names), names
         listening = set()
         for p in processes:  # a short-lived process (a job supervisor) may end while it is being listed
             try:

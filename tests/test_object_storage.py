@@ -11,18 +11,17 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import s3fs
 
 from distsleep import store
+from distsleep.cluster.mlflow_server import start_mlflow_server
 from distsleep.locks import LockHeld, exclusive_lock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,27 +121,11 @@ def world(tmp_path_factory, object_store, ray_local) -> dict:
     fs().mkdir(name)
     bucket = f"s3://{name}"
     server_dir = tmp_path_factory.mktemp("s3-mlflow")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{server_dir / 'mlflow.db'}",
-         "--artifacts-destination", f"{bucket}/mlflow", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=open(server_dir / "server.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
-        except OSError:
-            assert time.time() < deadline, "the MLflow server did not start"
-            time.sleep(0.5)
+    server = start_mlflow_server(server_dir / "mlflow.db", f"{bucket}/mlflow", log=server_dir / "server.log")
     try:
-        yield {"root": root, "bad": bad, "bucket": bucket, "out": f"{bucket}/cohort", "mlflow": uri}
+        yield {"root": root, "bad": bad, "bucket": bucket, "out": f"{bucket}/cohort", "mlflow": server.uri}
     finally:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
+        server.stop()
 
 
 def _objects(prefix: str) -> dict[str, dict]:

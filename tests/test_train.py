@@ -16,6 +16,7 @@ import psutil
 import pytest
 import torch
 
+from distsleep.cluster.mlflow_server import start_mlflow_server
 from distsleep.config import PreprocessConfig, SplitConfig
 from distsleep.shards.pipeline import run_preprocess
 from distsleep.predict import predict_recording
@@ -252,30 +253,6 @@ def test_preflight_errors(shards, tmp_path):
 # ------------------------------------------------- a run is what it was: identity, lock, checksums, bundle
 
 
-def _mlflow_server(folder: Path) -> tuple[subprocess.Popen, str]:
-    """A real MLflow tracking server (SQLite store in `folder`) on 127.0.0.1."""
-    import socket
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
-                               f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts"),
-                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            return server, uri
-        except OSError:
-            time.sleep(0.5)
-    os.killpg(server.pid, signal.SIGKILL)
-    raise AssertionError("the MLflow server did not start")
-
-
 def _swapped_manifest(shards: Path, folder: Path) -> Path:
     """The same shards with the training and test records swapped (another dataset split, same record ids)."""
     manifest = json.loads(shards.read_text())
@@ -297,8 +274,8 @@ def bundle_lost(shards, tmp_path_factory, ray_local) -> dict:
     from distsleep.train.driver import TrainingFailed
 
     tmp = tmp_path_factory.mktemp("bundle-lost")
-    server, uri = _mlflow_server(tmp / "server")
-    cfg = tiny(shards, tmp, name="lost", max_steps=60, val_every=10, log_every=10, tracking_uri=uri)
+    server = start_mlflow_server(tmp / "server" / "mlflow.db", tmp / "server" / "artifacts")
+    cfg = tiny(shards, tmp, name="lost", max_steps=60, val_every=10, log_every=10, tracking_uri=server.uri)
     outcome = {}
 
     def launch():
@@ -312,8 +289,7 @@ def bundle_lost(shards, tmp_path_factory, ray_local) -> dict:
     try:
         _wait_for_checkpoint(tmp / "runs" / "lost")
     finally:
-        os.killpg(server.pid, signal.SIGKILL)  # the server and its uvicorn workers
-        server.wait()
+        server.stop()
     with pytest.raises(LaunchError) as second:  # the lock is the run's, whatever its tracking store
         run_training(dataclasses.replace(cfg, tracking_uri=f"sqlite:///{tmp / 'local.db'}"), check_cluster=False)
     thread.join(timeout=900)

@@ -55,6 +55,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from distsleep.atomic import write_json_atomic
+from distsleep.cluster.mlflow_server import start_mlflow_server
 from distsleep.runtime import LOOPBACK_SWITCH
 
 STATE_FILE = "cluster.json"
@@ -125,19 +126,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def _wait_http(url: str, timeout: float) -> None:
-    import urllib.request
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except Exception:
-            time.sleep(0.5)
-    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
 
 
 def _node_ports(host: str) -> list[str]:
@@ -280,24 +268,15 @@ def _start_mlflow(cluster: LocalCluster, host: str, artifacts_destination: str |
     """The MLflow server: SQLite store in the state dir, artifacts there too, in the cluster's bucket (with an
     object store) or at `artifacts_destination`; clients upload and download them through the server."""
     state = Path(cluster.state_dir)
-    port = free_port(host)
     store = state / "mlflow"
     store.mkdir(exist_ok=True)
     destination = artifacts_destination or (f"s3://{BUCKET}/mlflow" if cluster.object_store else str(store / "artifacts"))
-    log = open(state / "mlflow-server.log", "ab")
-    # Host-header allow-list: only the address it listens on (DNS-rebinding protection).
-    hosts = sorted({f"{host}:{port}", f"127.0.0.1:{port}", f"localhost:{port}"})
-    process = subprocess.Popen(
-        [_bin("mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-         "--artifacts-destination", destination, "--host", host, "--port", str(port),
-         "--workers", "1", "--allowed-hosts", ",".join(hosts)],
-        stdout=log, stderr=subprocess.STDOUT, env=_env(cluster.token_path, cluster.loopback, cluster.object_store),
-        start_new_session=True)
-    cluster.pids.append(process.pid)
-    cluster.pgids.append(process.pid)
-    cluster.mlflow_uri = f"http://{host}:{port}"
+    server = start_mlflow_server(store / "mlflow.db", destination, host=host, log=state / "mlflow-server.log",
+                                 env=_env(cluster.token_path, cluster.loopback, cluster.object_store), timeout=90)
+    cluster.pids.append(server.process.pid)
+    cluster.pgids.append(server.process.pid)
+    cluster.mlflow_uri = server.uri
     cluster.save()
-    _wait_http(f"{cluster.mlflow_uri}/health", timeout=90)
 
 
 def claim_temp_dir(path: str) -> None:

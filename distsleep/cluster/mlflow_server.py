@@ -1,0 +1,89 @@
+"""The MLflow tracking server that distsleep starts itself (`distsleep cluster start`, and the tests' servers):
+one command line and one environment for all of them.
+
+MLflow 3's `mlflow server` also starts, by default, a job runner and seven huey consumer processes for its
+server-side GenAI jobs (prompt optimisation, judges). distsleep submits none: they would cost eight Python
+processes and about 30 s of CPU at every start, so `SERVER_ENV` turns them off. The launcher configs in
+`cluster/` set the same variable on their servers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+@dataclass(frozen=True)
+class MlflowServer:
+    uri: str
+    process: subprocess.Popen
+
+    def stop(self) -> None:
+        """Kill the server's process group (uvicorn runs in a child process) and reap it; idempotent."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
+
+def server_command(store: str | Path, artifacts_destination: str, host: str, port: int) -> list[str]:
+    """`mlflow server` on `host:port` with a SQLite store at `store` (a file path). Clients upload and download
+    artifacts through the server. Host headers other than the address it listens on, 127.0.0.1 and localhost
+    are refused (DNS-rebinding protection)."""
+    hosts = sorted({f"{host}:{port}", f"127.0.0.1:{port}", f"localhost:{port}"})
+    mlflow = Path(sys.executable).parent / "mlflow"  # this environment's, not whatever is first on PATH
+    return [str(mlflow) if mlflow.exists() else "mlflow", "server", "--backend-store-uri", f"sqlite:///{store}",
+            "--artifacts-destination", artifacts_destination, "--host", host, "--port", str(port),
+            "--workers", "1", "--allowed-hosts", ",".join(hosts)]
+
+
+def start_mlflow_server(store: str | Path, artifacts_destination: str | Path, host: str = "127.0.0.1",
+                        port: int | None = None, log: str | Path | None = None, env: dict[str, str] | None = None,
+                        timeout: float = 120) -> MlflowServer:
+    """Start the server in a process group of its own and wait until it answers /health; its output goes to
+    `log` (default: nowhere). `env` is the server's environment (default: this process's)."""
+    if port is None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+    output = open(log, "ab") if log else subprocess.DEVNULL
+    try:
+        process = subprocess.Popen(server_command(store, str(artifacts_destination), host, port),
+                                   stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env={**(os.environ if env is None else env), **SERVER_ENV}, start_new_session=True)
+    finally:
+        if log:
+            output.close()
+    server = MlflowServer(uri=f"http://{host}:{port}", process=process)
+    try:
+        _wait_healthy(server, timeout, log)
+    except BaseException:  # an interrupted start leaves no server behind either
+        server.stop()
+        raise
+    return server
+
+
+def _wait_healthy(server: MlflowServer, timeout: float, log: str | Path | None) -> None:
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(f"{server.uri}/health", timeout=2)
+            return
+        except OSError:
+            code = server.process.poll()
+            if code is not None or time.time() > deadline:
+                what = f"exited with code {code}" if code is not None else f"did not answer within {timeout:.0f} s"
+                where = f"; see {log}" if log else ""
+                raise RuntimeError(f"the MLflow server at {server.uri} {what}{where}") from None
+            time.sleep(0.5)
