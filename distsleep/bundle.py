@@ -37,7 +37,7 @@ import mlflow
 import torch
 
 from distsleep.config import default_tracking_uri
-from distsleep.errors import InputError
+from distsleep.errors import InputError, first_line
 from distsleep.models import build_model, model_normalization, required_channels
 from distsleep.shards.manifest import manifest_hash, split_records
 from distsleep.stages import STAGE_NAMES
@@ -171,7 +171,7 @@ def _download(source: str, uri: str, run_id: str, artifact: str) -> Path:
     try:
         return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, tracking_uri=uri))
     except Exception as error:  # MlflowException, OSError, ... all mean "not there" to the user
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error) or type(error).__name__
         raise BundleError(source, f"could not download {artifact!r} of MLflow run {run_id} from {uri}: {first}") from error
 
 
@@ -184,7 +184,7 @@ def _registered_source(source: str, uri: str, name: str, version: str | None, al
             version = registry.get_model_version_by_alias(name, alias).version
         return registry.get_model_version_download_uri(name, version)
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error) or type(error).__name__
         raise BundleError(source, f"no such registered model version in {uri}: {first}") from error
 
 
@@ -265,7 +265,7 @@ def register_model(run_id: str, name: str, tracking_uri: str, aliases=()) -> str
         for alias in aliases:
             registry.set_registered_model_alias(name, alias, version)
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error) or type(error).__name__
         raise BundleError(f"runs:/{run_id}", f"could not register its model as {name!r} in {tracking_uri}: {first}") from error
     try:  # the card describes a version that exists either way: a failure here is reported, not raised
         nights = download_json(tracking_uri, run_id, f"{PER_NIGHT_ARTIFACTS}/summary.json")
@@ -275,7 +275,7 @@ def register_model(run_id: str, name: str, tracking_uri: str, aliases=()) -> str
             registry.set_model_version_tag(name, version, key, value)
     except Exception as error:
         log.warning("models:/%s/%s is registered, but its model card was not written (%s: %s)", name, version,
-                    type(error).__name__, str(error).strip().splitlines()[0] if str(error).strip() else "")
+                    type(error).__name__, first_line(error))
     return str(version)
 
 

@@ -49,3 +49,10 @@ class LengthMismatchError(InputError):
 
 class SplitFileError(InputError):
     """A published split file is unreadable, names a person in two splits, or names ids the cohort lacks."""
+
+
+def first_line(error: BaseException | str, limit: int | None = None) -> str:
+    """The first non-blank line of an error's message (at most `limit` characters), or "" when it has none: for
+    one-line summaries that must not fail on an exception raised without a message."""
+    line = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    return line[:limit] if limit else line

@@ -30,6 +30,7 @@ import torch
 from distsleep.atomic import atomic_path
 from distsleep.bundle import BundleError, load_model, map_roles, resolve
 from distsleep.config import ConfigBase
+from distsleep.errors import first_line
 from distsleep.errors import InputError
 from distsleep.shards.loader import LoaderConfig, eval_batches, load_manifest, shard_checksums, shard_urls
 from distsleep.stages import STAGE_NAMES
@@ -133,14 +134,13 @@ def _first_cause(error: Exception) -> str:
     for line in str(error).splitlines():
         if line.startswith("<class '"):
             return line.removeprefix("<class '").replace("'>", "", 1)[:400]
-    return f"{type(error).__name__}: {str(error).strip().splitlines()[0][:400] if str(error).strip() else ''}"
+    return f"{type(error).__name__}: {first_line(error, 400)}"
 
 
 def onnx_bytes(wrapped: Probabilities, batch: torch.Tensor, metadata: dict, source: str) -> bytes:
     """The ONNX model of `wrapped` exported on `batch` (batch dimension free), with `metadata`; ExportError unless
     ONNX Runtime runs it faithfully."""
     import onnx
-    import onnxruntime
 
     with _quiet_exporter():
         try:
@@ -156,15 +156,25 @@ def onnx_bytes(wrapped: Probabilities, batch: torch.Tensor, metadata: dict, sour
     entry.key, entry.value = METADATA, json.dumps(metadata, indent=1)
     data = proto.SerializeToString()
     onnx.checker.check_model(onnx.load_from_string(data))
+    _check(onnx_runner(data), wrapped, batch, "ONNX", source)
+    return data
+
+
+def onnx_runner(data: bytes, threads: int | None = None):
+    """windows -> probabilities through ONNX Runtime on the CPU, for an exported file's bytes; `threads` for its
+    intra-op pool (default: ONNX Runtime's choice)."""
+    import onnxruntime
+
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only
+    if threads is not None:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run([ONNX_OUTPUT], {ONNX_INPUT: x.numpy()})[0])
 
-    _check(run, wrapped, batch, "ONNX", source)
-    return data
+    return run
 
 
 def export_model(cfg: ExportConfig) -> Path:

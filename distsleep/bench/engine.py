@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 from torch.profiler import ProfilerActivity, profile
 
+from distsleep.errors import first_line
 from distsleep.shards.loader import (batches_per_epoch, endless_batches, load_manifest, make_train_loader,
                                      shard_checksums)
 from distsleep.tasks import targets
@@ -277,7 +278,7 @@ def _full_checks(cfg: TrainConfig, trainer, stream: Stream, device: torch.device
         fresh.load_state_dict(weights, strict=True)
         out["strict_load"] = "ok"
     except RuntimeError as error:
-        out["strict_load"] = str(error).splitlines()[0][:200]
+        out["strict_load"] = first_line(error, 200)
     return out
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from distsleep.bench.load import busy_cores
-from distsleep.export import Probabilities, onnx_bytes, torchscript_bytes
+from distsleep.export import Probabilities, onnx_bytes, onnx_runner, torchscript_bytes
 from distsleep.models.registry import build_model, get_spec
 
 
@@ -40,8 +40,6 @@ def _time(run, x: torch.Tensor, repeats: int) -> tuple[float, torch.Tensor]:
 
 
 def measure_inference(model_name: str, size: str, batch: int, threads: int, repeats: int, seed: int = 0) -> dict:
-    import onnxruntime
-
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     spec = get_spec(model_name)
@@ -66,11 +64,8 @@ def measure_inference(model_name: str, size: str, batch: int, threads: int, repe
     row("TorchScript file", scripted, time.perf_counter() - t0)
     t0 = time.perf_counter()
     data = onnx_bytes(wrapped, check, {}, "benchmark")
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    made = time.perf_counter() - t0
-    row("ONNX Runtime file", lambda v: torch.from_numpy(session.run(None, {"windows": v.numpy()})[0]), made)
+    runner = onnx_runner(data, threads)
+    row("ONNX Runtime file", runner, time.perf_counter() - t0)
     return {"model": model_name, "size": size, "seq_len": seq_len, "batch": batch, "threads": threads,
             "repeats": repeats, "parameters": sum(p.numel() for p in wrapped.parameters()),
             "onnx_mb": len(data) / 1e6, "rows": rows, "busy_cores": busy_cores()}

@@ -30,7 +30,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from distsleep.config import PreprocessConfig, SplitConfig
-from distsleep.errors import InputError
+from distsleep.errors import InputError, first_line
 from distsleep.atomic import TEMP_MARK
 from distsleep.locks import LockHeld, exclusive_lock
 from distsleep.runtime import connect_ray
@@ -245,7 +245,7 @@ def _run_locked(root: str | Path, out: str, config: PreprocessConfig, split: Spl
                 result = ray.get(ready[0])
             except ray.exceptions.RayError as error:  # the task's worker died more often than max_retries
                 result = {"status": "failed", "record_id": source.record_id, "error": type(error).__name__,
-                          "message": f"{source.signal_path}: worker failed {cluster.max_retries + 1} times: {str(error).splitlines()[0]}"}
+                          "message": f"{source.signal_path}: worker failed {cluster.max_retries + 1} times: {first_line(error)}"}
             if result["status"] == "ok":
                 summaries[source.record_id] = result["summary"]
             else:

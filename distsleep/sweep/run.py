@@ -30,6 +30,7 @@ from ray.tune.schedulers import ASHAScheduler
 from distsleep import store
 from distsleep.baselines.score import yasa_baseline
 from distsleep.cluster.preflight import ClusterCheckError, allow_pending, check_resources, resource_shortfall
+from distsleep.errors import first_line
 from distsleep.integrity import IntegrityError
 from distsleep.locks import LockHeld, exclusive_lock
 from distsleep.night_metrics import pooled_metrics
@@ -324,6 +325,6 @@ def _run_locked(cfg: SweepConfig, uri: str, max_concurrent: int, experiment_dir:
     for t in trials:
         if t["state"] != "completed":
             log.info("trial %s (%s): %s%s", t["trial_id"], point_label(t["point"]), t["state"],
-                     f" ({t['error'].splitlines()[0][:200]})" if t["error"] else "")
+                     f" ({first_line(t['error'], 200)})" if t["error"] else "")
     return SweepOutcome(name=cfg.name, parent_run_id=parent_run_id, tracking_uri=uri, resumed=resumed, trials=trials,
                         rows=rows, files=files, text=text)

@@ -19,6 +19,8 @@ from pathlib import Path
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
 
+from distsleep.errors import first_line
+
 log = logging.getLogger("distsleep.tracking")
 
 # Tags that tie runs together; sweeps, comparisons and the augmentation-effect job search by them.
@@ -62,7 +64,7 @@ def check_reachable(uri: str) -> None:
         hint = ("start it (cluster/local/start.sh does) or point MLFLOW_TRACKING_URI elsewhere"
                 if uri.startswith("http") else "check the path and its permissions")
         raise TrackingUnavailable(f"MLflow tracking store {uri} is not reachable ({type(error).__name__}: "
-                                  f"{str(error).splitlines()[0][:200]}); {hint}") from error
+                                  f"{first_line(error, 200)}); {hint}") from error
 
 
 def experiment_id(uri: str, name: str, artifact_root: str | None = None) -> str:

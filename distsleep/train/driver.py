@@ -33,6 +33,7 @@ from ray.train.torch import TorchTrainer
 from distsleep import store
 from distsleep.bundle import CHECKPOINT_GLOB
 from distsleep.cluster.preflight import ClusterCheckError, check_paths_visible, check_resources
+from distsleep.errors import first_line
 from distsleep.integrity import IntegrityError
 from distsleep.locks import LockHeld
 from distsleep.runtime import VERBOSE_ENV, connect_ray, quiet_worker_console, verbose
@@ -222,7 +223,7 @@ def _set_status(tracking_uri: str, run_id: str, status: str) -> None:
         client(tracking_uri).set_terminated(run_id, status)
     except Exception as error:
         log.warning("could not mark MLflow run %s %s in %s (%s: %s)", run_id, status, tracking_uri,
-                    type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "")
+                    type(error).__name__, first_line(error, 200))
 
 
 def fit_tracked(trainer, cfg, run_id: str, tracking_uri: str, storage: str):
