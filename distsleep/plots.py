@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only; no display on cluster nodes
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from distsleep.stages import STAGE_NAMES
 
-from distsleep.stages import STAGE_NAMES  # noqa: E402
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only; no display on cluster nodes). Imported on first use, not
+    with this module: most processes that import it (training workers other than rank 0, preprocessing tasks)
+    never draw, and pyplot costs each of them ~0.7 s of CPU at start."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
 
 # Hypnogram convention: wake on top, REM drawn between wake and N1, deeper sleep lower.
 HYPNOGRAM_LEVEL = {0: 4, 4: 3, 1: 2, 2: 1, 3: 0}
@@ -21,6 +29,7 @@ def confusion_png(confusion: list[list[int]], path: str | Path, title: str = "",
     names = list(names or STAGE_NAMES)
     matrix = np.asarray(confusion, dtype=float)
     normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 4.2), dpi=120)
     image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(names)):
@@ -47,6 +56,7 @@ def hypnogram_png(predicted: np.ndarray, path: str | Path, true: np.ndarray | No
                   probabilities: np.ndarray | None = None, title: str = "", epoch_seconds: float = 30.0) -> Path:
     """True (if given) and predicted hypnograms on one time axis, plus predicted class probabilities."""
     rows = 1 + (true is not None) + (probabilities is not None)
+    plt = pyplot()
     fig, axes = plt.subplots(rows, 1, figsize=(10, 1.6 * rows + 0.4), dpi=110, sharex=True, squeeze=False)
     hours = np.arange(len(predicted) + 1) * epoch_seconds / 3600
     panels = ([("true", true)] if true is not None else []) + [("predicted", predicted)]
@@ -90,6 +100,7 @@ def metric_curves_png(rows, metrics: list[tuple[str, str]], path: str | Path, ti
 
     `rows` have `.mask_ratio` and `.metrics`; `baseline` (a row or None) is drawn as dashed lines.
     """
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (key, name) in enumerate(metrics):
@@ -130,6 +141,7 @@ def confusion_grid_png(items: list[tuple[str, list[list[int]]]], path: str | Pat
     n = len(items)
     cols = min(columns, n)
     rows = (n + cols - 1) // cols
+    plt = pyplot()
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.1 * rows), dpi=110, squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
@@ -157,6 +169,7 @@ def confusion_grid_png(items: list[tuple[str, list[list[int]]]], path: str | Pat
 def kappa_distribution_png(kappas, path: str | Path, title: str = "") -> Path:
     """Per-night Cohen's kappa: every night as a dot over a box (median, IQR), plus a histogram."""
     values = np.asarray([k for k in kappas if np.isfinite(k)], dtype=float)
+    plt = pyplot()
     fig, (box, hist) = plt.subplots(1, 2, figsize=(7.6, 3.4), dpi=120, gridspec_kw={"width_ratios": [1, 2]})
     if values.size:
         box.boxplot(values, widths=0.5, showfliers=False)
@@ -179,6 +192,7 @@ def bland_altman_png(true, predicted, path: str | Path, name: str, unit: str = "
     true, predicted = np.asarray(true, dtype=float), np.asarray(predicted, dtype=float)
     ok = np.isfinite(true) & np.isfinite(predicted)
     mean, diff = (true[ok] + predicted[ok]) / 2, predicted[ok] - true[ok]
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 4.0), dpi=120)
     ax.scatter(mean, diff, s=12, alpha=0.7, color="tab:blue")
     label = f"{name} ({unit})" if unit else name
@@ -202,6 +216,7 @@ def paired_differences_png(items: list[tuple[str, float, float, float]], referen
     """Forest plot of paired per-night differences to a reference run: one line per (label, mean, CI low, CI high),
     the reference at 0; an interval that crosses 0 shows no difference on these nights."""
     labels = [reference, *(label for label, *_ in items)]
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.38 * len(labels)), dpi=120)
     y = np.arange(len(labels))[::-1]
     ax.axvline(0, color="gray", lw=1)
@@ -224,5 +239,6 @@ def _save(fig, path: str | Path) -> Path:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp)
+    plt = pyplot()
     plt.close(fig)
     return Path(path)

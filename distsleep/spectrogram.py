@@ -13,9 +13,7 @@ compute spectrograms on the GPU; the SciPy path is the reference the tests hold 
 from __future__ import annotations
 
 import numpy as np
-import scipy.fft
 import torch
-from scipy.signal import windows as sp_windows
 
 WIN_LENGTH = 200
 HOP_LENGTH = 100
@@ -92,6 +90,9 @@ def scipy_spectrogram(
     n_fft: int = N_FFT,
 ) -> np.ndarray:
     """NumPy/SciPy reference: explicit framing + ``scipy.fft.rfft``, float64, same layout as the torch path."""
+    import scipy.fft  # here, not at the top: training processes use only the torch path
+    from scipy.signal import windows as sp_windows
+
     x = np.asarray(x, dtype=np.float64)
     if x.shape[-1] < win_length:
         raise ValueError(f"last dimension must hold at least {win_length} samples, got {x.shape}")

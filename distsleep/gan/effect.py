@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distsleep.plots import plt
+from distsleep.plots import pyplot
 from distsleep.shards.augmented import load_augmentation
 from distsleep.stages import STAGE_NAMES
 from distsleep.tracking import KIND_TAG, RunLogger, check_reachable, compare, find_or_create_run, find_run
@@ -98,6 +98,7 @@ def per_class_png(summary: dict, metrics: dict, path: str | Path, title: str = "
     keys = [f"test_f1_{s}" for s in STAGE_NAMES] + ["test_macro_f1"]
     labels = [*STAGE_NAMES, "macro"]
     x = np.arange(len(keys))
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.4), dpi=110)
     for offset, arm, color in ((-0.2, "real", "tab:gray"), (0.2, "augmented", "tab:orange")):
         means = [100 * summary["metrics"].get(k, {}).get(arm, {}).get("mean", np.nan) for k in keys]

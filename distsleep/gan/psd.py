@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import welch
 
-from distsleep.plots import plt  # Agg backend set there
+from distsleep.plots import pyplot
 
 
 def welch_psd(x: np.ndarray, fs: float = 100.0, seconds: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
@@ -75,6 +75,7 @@ def psd_png(comparisons: dict[str, dict], path: str | Path, title: str = "") -> 
     """One row per stage, one panel per channel: mean +- 1 SD (over epochs) of the PSD in dB, real vs generated."""
     stages = list(comparisons)
     channels = comparisons[stages[0]]["curves"]["channels"]
+    plt = pyplot()
     fig, axes = plt.subplots(len(stages), len(channels), figsize=(3.6 * len(channels), 2.8 * len(stages)), dpi=110,
                              squeeze=False, sharex=True)
     for row, stage in enumerate(stages):
