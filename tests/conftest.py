@@ -112,6 +112,22 @@ def ray_local(object_store):
 
 
 @pytest.fixture(scope="session")
+def training_shards(tmp_path_factory, ray_local) -> Path:
+    """C4-A1 shards of a small synthetic SHHS1 cohort (8 nights x 2 h), split 5/1/2; yields the manifest path.
+    Shared by the training, sweep and cluster tests, which only read it (fold manifests land beside it)."""
+    from distsleep.config import PreprocessConfig, SplitConfig
+    from distsleep.shards.pipeline import run_preprocess
+    from distsleep.synth.cohort import CohortConfig, generate_cohort
+
+    root = tmp_path_factory.mktemp("train-cohort")
+    generate_cohort(root, CohortConfig(n_records=8, hours=2.0, seed=4, workers=2), progress=False)
+    out = tmp_path_factory.mktemp("train-shards")
+    result = run_preprocess(root, out, PreprocessConfig(), SplitConfig(), progress=False)
+    assert {k: v["records"] for k, v in result.manifest["totals"].items()} == {"train": 5, "val": 1, "test": 2}
+    return out / "manifest.json"
+
+
+@pytest.fixture(scope="session")
 def multimodal_shards(tmp_path_factory, ray_local) -> Path:
     """Multimodal shards (EEG C4/C3, EOG L/R, EMG, ECG, airflow; SynthSleepNet filters) of a small synthetic
     cohort with frequent apneas (median AHI 40): 8 nights x 1.5 h, split 5/1/2. Shared by the seed-model tests."""

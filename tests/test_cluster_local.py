@@ -78,14 +78,9 @@ def cohort(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def shards(cohort, tmp_path_factory, ray_local) -> Path:
+def shards(training_shards) -> Path:
     """Shards preprocessed on the test session's own Ray cluster (for the tests that are not about preprocessing)."""
-    from distsleep.config import PreprocessConfig, SplitConfig
-    from distsleep.shards.pipeline import run_preprocess
-
-    out = tmp_path_factory.mktemp("cluster-shards")
-    run_preprocess(cohort, out, PreprocessConfig(), SplitConfig(), progress=False)
-    return out / "manifest.json"
+    return training_shards
 
 
 @pytest.fixture(scope="module")

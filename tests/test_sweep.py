@@ -18,13 +18,10 @@ import mlflow
 import numpy as np
 import pytest
 
-from distsleep.config import PreprocessConfig, SplitConfig
 from distsleep.night_metrics import paired_difference, per_night_values
-from distsleep.shards.pipeline import run_preprocess
 from distsleep.sweep.config import SweepConfig
 from distsleep.sweep.run import run_sweep
 from distsleep.tracking import EVALUATED_SWEEP_TAG, KIND_TAG, SWEEP_TAG
-from distsleep.synth.cohort import CohortConfig, generate_cohort
 from distsleep.tracking import TrackingUnavailable
 from distsleep.train.config import TrainConfig
 from distsleep.train.driver import LaunchError
@@ -36,12 +33,8 @@ RATIOS = (0.0, 0.5, 0.75)
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory, ray_local) -> Path:
-    root = tmp_path_factory.mktemp("sweep-cohort")
-    generate_cohort(root, CohortConfig(n_records=8, hours=2.0, seed=4, workers=2), progress=False)
-    out = tmp_path_factory.mktemp("sweep-shards")
-    run_preprocess(root, out, PreprocessConfig(), SplitConfig(), progress=False)
-    return out / "manifest.json"
+def shards(training_shards) -> Path:
+    return training_shards
 
 
 def _runs(uri: str, query: str) -> list:

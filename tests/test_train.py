@@ -17,8 +17,6 @@ import pytest
 import torch
 
 from distsleep.cluster.mlflow_server import start_mlflow_server
-from distsleep.config import PreprocessConfig, SplitConfig
-from distsleep.shards.pipeline import run_preprocess
 from distsleep.predict import predict_recording
 from distsleep.synth.cohort import CohortConfig, generate_cohort, record_paths
 from distsleep.tracking import TrackingUnavailable
@@ -32,13 +30,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory, ray_local) -> Path:
-    root = tmp_path_factory.mktemp("train-cohort")
-    generate_cohort(root, CohortConfig(n_records=8, hours=2.0, seed=4, workers=2), progress=False)
-    out = tmp_path_factory.mktemp("train-shards")
-    result = run_preprocess(root, out, PreprocessConfig(), SplitConfig(), progress=False)
-    assert {k: v["records"] for k, v in result.manifest["totals"].items()} == {"train": 5, "val": 1, "test": 2}
-    return out / "manifest.json"
+def shards(training_shards) -> Path:
+    return training_shards
 
 
 def tiny(shards: Path, tmp: Path, **changes) -> TrainConfig:
