@@ -30,8 +30,7 @@ import torch
 from distsleep.atomic import atomic_path
 from distsleep.bundle import BundleError, load_model, map_roles, resolve
 from distsleep.config import ConfigBase
-from distsleep.errors import first_line
-from distsleep.errors import InputError
+from distsleep.errors import InputError, first_line
 from distsleep.shards.loader import LoaderConfig, eval_batches, load_manifest, shard_checksums, shard_urls
 from distsleep.stages import STAGE_NAMES
 
