@@ -46,7 +46,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -55,6 +54,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from distsleep.atomic import write_json_atomic
+from distsleep.cluster.host import free_port, venv_executable
 from distsleep.cluster.mlflow_server import start_mlflow_server
 from distsleep.runtime import LOOPBACK_SWITCH
 
@@ -122,23 +122,11 @@ class LocalCluster:
         return {"Authorization": f"Bearer {Path(self.token_path).read_text().strip()}"}
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def _node_ports(host: str) -> list[str]:
     """Ports Ray would otherwise take at fixed defaults (e.g. the job agent's 52365): two nodes on one host,
     or a leftover process of another cluster, would collide on them."""
     return [f"--dashboard-agent-listen-port={free_port(host)}", f"--dashboard-agent-grpc-port={free_port(host)}",
             f"--metrics-export-port={free_port(host)}", f"--runtime-env-agent-port={free_port(host)}"]
-
-
-def _bin(name: str) -> str:
-    """An executable of this environment (the venv's ray/mlflow), not whatever is first on PATH."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
 
 
 # Credentials a caller's environment may carry, which would take precedence over the cluster's own AWS files.
@@ -170,7 +158,7 @@ def _env(token_path: str, loopback: bool, object_store: dict[str, str] | None = 
 
 def _ray_start(cluster: LocalCluster, args: list[str], netns: str | None = None, gloo_if: str = "lo") -> None:
     """`ray start ARGS` in a process group of its own (recorded before it runs, so `stop` finds its daemons)."""
-    command = [sys.executable, "-m", "distsleep.cluster.ray_start"] if cluster.loopback else [_bin("ray")]
+    command = [sys.executable, "-m", "distsleep.cluster.ray_start"] if cluster.loopback else [venv_executable("ray")]
     # gloo picks its interface from the host name (127.0.0.1 here), which peers in other namespaces cannot
     # reach: pin it to the node's interface.
     command = ["env", f"GLOO_SOCKET_IFNAME={gloo_if}", *command, "start", *args]

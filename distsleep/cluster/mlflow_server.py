@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from distsleep.cluster.host import free_port, venv_executable
 
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
@@ -40,8 +41,7 @@ def server_command(store: str | Path, artifacts_destination: str, host: str, por
     artifacts through the server. Host headers other than the address it listens on, 127.0.0.1 and localhost
     are refused (DNS-rebinding protection)."""
     hosts = sorted({f"{host}:{port}", f"127.0.0.1:{port}", f"localhost:{port}"})
-    mlflow = Path(sys.executable).parent / "mlflow"  # this environment's, not whatever is first on PATH
-    return [str(mlflow) if mlflow.exists() else "mlflow", "server", "--backend-store-uri", f"sqlite:///{store}",
+    return [venv_executable("mlflow"), "server", "--backend-store-uri", f"sqlite:///{store}",
             "--artifacts-destination", artifacts_destination, "--host", host, "--port", str(port),
             "--workers", "1", "--allowed-hosts", ",".join(hosts)]
 
@@ -51,12 +51,7 @@ def start_mlflow_server(store: str | Path, artifacts_destination: str | Path, ho
                         timeout: float = 120) -> MlflowServer:
     """Start the server in a process group of its own and wait until it answers /health; its output goes to
     `log` (default: nowhere). `env` is the server's environment (default: this process's)."""
-    if port is None:
-        import socket
-
-        with socket.socket() as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
+    port = port or free_port(host)
     output = open(log, "ab") if log else subprocess.DEVNULL
     try:
         process = subprocess.Popen(server_command(store, str(artifacts_destination), host, port),

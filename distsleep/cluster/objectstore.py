@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from distsleep.cluster.host import free_port
+
 CREDENTIALS_FILE = "aws_credentials"
 CONFIG_FILE = "aws_config"
 REGION = "us-east-1"
@@ -28,12 +30,6 @@ REGION = "us-east-1"
 class S3Server:
     endpoint: str  # http://127.0.0.1:PORT
     pid: int
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _wait_listening(host: str, port: int, timeout: float, process: subprocess.Popen) -> None:
@@ -56,7 +52,7 @@ def start_s3_server(log: str | Path | None = None, host: str = "127.0.0.1", port
         import moto  # noqa: F401  (only to fail here with a clear message)
     except ImportError as error:
         raise RuntimeError("the local S3 server needs moto, a test dependency: pip install -e '.[test]'") from error
-    port = port or _free_port(host)
+    port = port or free_port(host)
     output = open(log, "ab") if log else subprocess.DEVNULL
     try:
         process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)], stdout=output,

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from distsleep.cluster.host import venv_executable
+
 # Ray refuses packages at its gRPC message limit (512 MiB, zipped); stay far below it.
 UPLOAD_LIMIT = 512 * 2**20
 UPLOAD_WARNING = 100 * 2**20
@@ -93,8 +95,7 @@ def submit(entrypoint: list[str], *, address: str | None, working_dir: str | Pat
     check_entrypoint(entrypoint, directory)
     for warning in warnings:
         print(f"distsleep submit: warning: {warning}", file=sys.stderr)
-    ray = Path(sys.executable).parent / "ray"
-    command = [str(ray) if ray.exists() else "ray", "job", "submit", "--working-dir", str(directory),
+    command = [venv_executable("ray"), "job", "submit", "--working-dir", str(directory),
                "--runtime-env-json", json.dumps(runtime_env(env or {}))]
     if address:
         command += ["--address", address]
