@@ -75,6 +75,21 @@ def test_trainer_step_in_bf16_with_compile_checkpoints_and_loads_strictly(shards
     assert "strict load ok" in format_result({"changes": {}, **result})
 
 
+def test_the_cpu_engine_starts_without_a_compiler(shards, tmp_path, monkeypatch):
+    """DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce when it starts (C++, ~30 s per fresh
+    environment) that training never calls: the trainer's engine starts and trains without building it, here
+    with no C++ compiler to build it with."""
+    extensions = tmp_path / "torch_extensions"
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(extensions))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    cfg = bench_train_config(shards, tmp_path, workers=1, model_size="small", batch_size=4, seq_len=5, steps=2,
+                             warmup=1, loader_workers=0, log_every=1)
+    result = run_isolated("engine", cfg, 2, 1, timeout=300)
+    assert "error" not in result, result.get("error")
+    assert result["timed_steps"] == 2 and result["losses_finite"]
+    assert not extensions.exists()
+
+
 def test_single_process_rows_are_read_in_the_ray_paths_windows():
     """The Ray path can only be read as one mean per `log_every` steps (what the loop logs), so the plain and
     engine rows are taken the same way: the median of the window means, not of single steps."""

@@ -73,6 +73,20 @@ class Engine:
         return self.engine.module
 
 
+def skip_inference_all_reduce_build() -> None:
+    """Keep DeepSpeed from JIT-compiling its shared-memory all-reduce when its communication backend starts.
+
+    On the CPU accelerator that op is C++ built on first use: about 30 s on 2 cores per fresh environment, and
+    on a node without a C++ compiler the engine does not start at all. Only tensor-parallel inference calls it
+    (`inference_all_reduce`); training all-reduces through the process group (gloo), so marking it incompatible
+    changes nothing that runs. On CUDA the op is never built either way.
+    """
+    import deepspeed.ops
+    from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
+    deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
+
+
 def build_engine(cfg: TrainConfig, model: torch.nn.Module, device: torch.device, world_size: int) -> Engine:
     """`model` (already on the CPU, frozen parts set) wrapped in the DeepSpeed engine every worker trains with.
 
@@ -89,9 +103,10 @@ def build_engine(cfg: TrainConfig, model: torch.nn.Module, device: torch.device,
                                  fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     ds_config = deepspeed_config(cfg)
+    skip_inference_all_reduce_build()
     if own_clipping:
         ds_config["gradient_clipping"] = 0.0  # clipped in train_step instead (see the module docstring)
-    with framework_output():  # DeepSpeed prints its CPU ops' build lines; the console stays ours
+    with framework_output():  # DeepSpeed's own console lines; the console stays ours
         engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                                config=ds_config, dist_init_required=False)
     if world_size == 1 and cfg.zero_stage == 0:
