@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\ndone in {time.perf_counter() - t0:.0f} s; everything is under {workdir}")
     print(f"MLflow: pre-training run {pre.run_id}, fine-tuning run {fine.run_id} in {tracking_uri}")
-    print(f"  view them: .venv/bin/mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1")
+    print(f"  view them: .venv/bin/distsleep ui --tracking-uri {tracking_uri}")
     return 0
 
 

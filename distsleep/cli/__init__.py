@@ -13,6 +13,7 @@
     distsleep sweep       Ray Tune sweep over the masking ratio (and other knobs): pre-train, fine-tune, test
     distsleep compare     Table-4-style comparison of a sweep's trials (or any runs) from MLflow, with plots
     distsleep submit      `ray job submit` of a job, with cluster pitfalls checked before the upload
+    distsleep ui          MLflow's web UI over a SQLite tracking store, on 127.0.0.1
 
 `distsleep.cli.<subcommand>` holds each one: its `DESCRIPTION`, `add_arguments(parser)` and `run(args)`, a
 thin layer over the library whose option defaults are the configs' own. Only the chosen subcommand's module
@@ -42,6 +43,7 @@ COMMANDS = {
     "gan": ("gan", "Physio-GAN: train a minority-stage generator, write synthetic training shards"),
     "compare": ("compare", "compare runs from MLflow: Table-4-style table (text, CSV, Markdown) and plots"),
     "submit": ("submit", "ray job submit, with cluster pitfalls checked before the upload"),
+    "ui": ("ui", "MLflow's web UI over a SQLite tracking store, on 127.0.0.1, until Ctrl-C"),
     "predict": ("predict", "score recordings with a trained model: stages, hypnogram, input report, cohort summary"),
     "evaluate": ("evaluate", "judge a trained model per night on a manifest's split: per-night metrics, sleep statistics, CIs"),
     "export": ("export", "write a trained model as a TorchScript file, checked against the PyTorch model"),
