@@ -109,6 +109,10 @@ def test_jobs_submitted_to_a_two_node_cluster(two_nodes, cohort, tmp_path):
     result = submit(cluster, "jobs/pretrain.py", *common, "--max-steps", "20", "--val-every", "10", "--name", "pre")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert len(train_worker_nodes(cluster)) == 2, "the two workers ran on different nodes"
+    # The console: rank 0's lines once each (one log monitor for the nodes sharing this host's session folder), and
+    # none of MLflow's "View run ... at" links.
+    assert result.stdout.count("] step 10: val acc") == 1, result.stdout[-3000:]
+    assert "View run" not in result.stdout and "View experiment" not in result.stdout, result.stdout[-3000:]
     assert sorted(runs.glob("pre/checkpoint_*/trainer_state.json"))
 
     # 3. a 2-trial sweep; half a CPU per worker, so both trials run at once and log to the server concurrently
@@ -116,6 +120,7 @@ def test_jobs_submitted_to_a_two_node_cluster(two_nodes, cohort, tmp_path):
                     "--cpus-per-worker", "0.5", "--mask-ratios", "0.25", "0.5", "--name", "sweep2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 trials completed" in result.stdout
+    assert "View run" not in result.stdout, result.stdout[-3000:]
 
     client = mlflow.MlflowClient(cluster.mlflow_uri)
     experiment = client.get_experiment_by_name("cluster")
@@ -425,6 +430,25 @@ def test_a_state_file_never_runs_commands_or_names_other_processes(tmp_path):
     (state / local.STATE_FILE).write_text(json.dumps({**data, "temp_dir": ""}))
     with pytest.raises(RuntimeError, match=r"temp_dir '' is not a cluster temp dir"):
         local.stop(state)
+
+
+def test_the_cluster_command_says_what_is_wrong_without_a_traceback(tmp_path):
+    """Node CPUs are whole numbers, as `ray start --num-cpus` takes them (an option parsed as 2.0 reached it as
+    "2.0" and Ray refused the head); a state dir without a cluster is named, with how to start one."""
+    command = [sys.executable, "-m", "distsleep.cluster.local"]
+    state = tmp_path / "none"
+    done = subprocess.run([*command, "env", "--state-dir", str(state)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and not done.stdout and "Traceback" not in done.stderr
+    assert f"{state / local.STATE_FILE}: no cluster was started from {state}" in done.stderr
+    assert "cluster/local/start.sh --state-dir" in done.stderr
+    done = subprocess.run([*command, "start", "--state-dir", str(state), "--head-cpus", "1.5"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and "--head-cpus: invalid int value: '1.5'" in done.stderr
+    assert local.whole_cpus(2.0, "--head-cpus") == 2 and isinstance(local.whole_cpus(2.0, "--head-cpus"), int)
+    for cpus in (0.5, 0):
+        with pytest.raises(ValueError, match=r"--worker-cpus .*: a node has a whole number of CPUs, at least 1"):
+            local.start(state, worker_cpus=cpus)
+    assert not state.exists()  # refused before anything was made
 
 
 EMBEDDED = """

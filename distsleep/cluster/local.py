@@ -95,6 +95,9 @@ class LocalCluster:
     @classmethod
     def load(cls, state_dir: str | Path) -> LocalCluster:
         path = Path(state_dir) / STATE_FILE
+        if not path.is_file():
+            raise RuntimeError(f"{path}: no cluster was started from {Path(state_dir).resolve()} (start one with "
+                               f"cluster/local/start.sh --state-dir {state_dir})")
         data = json.loads(path.read_text())
         data["nodes"] = [Node(**n) for n in data["nodes"]]
         # `stop` signals every process naming the temp dir and deletes it: only a dir `start` makes will do.
@@ -286,13 +289,22 @@ def claim_temp_dir(path: str) -> None:
                            "cluster from another --state-dir")
 
 
-def start(state_dir: str | Path, workers: int = 1, head_cpus: float = 1, worker_cpus: float = 1,
+def whole_cpus(value: float, option: str) -> int:
+    """A node's CPU count as `ray start --num-cpus` takes it: a whole number, at least 1 (else ValueError)."""
+    if float(value) != int(value) or int(value) < 1:
+        raise ValueError(f"{option} {value:g}: a node has a whole number of CPUs, at least 1 (ray start --num-cpus); "
+                         "give a job's workers fractions with its --cpus-per-worker instead")
+    return int(value)
+
+
+def start(state_dir: str | Path, workers: int = 1, head_cpus: int = 1, worker_cpus: int = 1,
           mlflow: bool = True, netns: bool = False, object_store_mb: int = 256,
           token_path: str | Path | None = None, object_store: bool = False,
           artifacts_destination: str | None = None) -> LocalCluster:
     """Start the cluster; `token_path` is an existing token file to use (default: a new one in the state dir).
     `object_store` starts the S3 server beside MLflow (module docstring); `artifacts_destination` is where
     MLflow keeps artifacts (default: the cluster's bucket with an object store, else the state dir)."""
+    head_cpus, worker_cpus = whole_cpus(head_cpus, "--head-cpus"), whole_cpus(worker_cpus, "--worker-cpus")
     state = Path(state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
     if (state / STATE_FILE).exists():
@@ -335,7 +347,10 @@ def start(state_dir: str | Path, workers: int = 1, head_cpus: float = 1, worker_
             ns, node_if, node_ip = (links[i - 1][0], links[i - 1][2], links[i - 1][3]) if links else (None, "lo", "127.0.0.1")
             _ray_start(cluster, [f"--address={cluster.ray_address}", f"--node-ip-address={node_ip}",
                                  f"--num-cpus={worker_cpus}", f"--resources={json.dumps({f'node_worker{i}': 1})}", *common,
-                                 *_node_ports("127.0.0.1")],
+                                 # The nodes share one session folder on this host: the head's log monitor already
+                                 # streams every worker's output to the drivers, and a monitor per node would
+                                 # print each line once per node.
+                                 "--include-log-monitor=false", *_node_ports("127.0.0.1")],
                        netns=ns, gloo_if=node_if)
             cluster.nodes.append(Node(f"worker{i}", node_ip, worker_cpus, ns))
             cluster.save()
@@ -521,8 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("start", help="start a head, N worker nodes and an MLflow server")
     p.add_argument("--state-dir", default=".cluster", help="where the cluster's state, MLflow store and logs live")
     p.add_argument("--workers", type=int, default=1, help="worker nodes (default 1)")
-    p.add_argument("--head-cpus", type=float, default=1)
-    p.add_argument("--worker-cpus", type=float, default=1)
+    p.add_argument("--head-cpus", type=int, default=1, help="CPUs of the head node (default 1)")
+    p.add_argument("--worker-cpus", type=int, default=1, help="CPUs of each worker node (default 1)")
     p.add_argument("--no-mlflow", action="store_true", help="no MLflow server")
     p.add_argument("--netns", choices=("auto", "yes", "no"), default="no",
                    help="worker nodes in their own network namespaces (needs root and `ip netns`; auto: when possible)")
@@ -537,6 +552,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("env", help="print the environment variables of a running cluster")
     p.add_argument("--state-dir", default=".cluster")
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except (RuntimeError, ValueError) as error:  # what went wrong and what to do, without a traceback
+        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "start":
         use_netns = args.netns == "yes" or (args.netns == "auto" and netns_available())
         cluster = start(args.state_dir, workers=args.workers, head_cpus=args.head_cpus, worker_cpus=args.worker_cpus,

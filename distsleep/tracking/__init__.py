@@ -39,11 +39,15 @@ PRETRAIN_RUN_TAG = "pretrain_run_id"
 FINETUNE_RUN_TAG = "finetune_run_id"
 # The artifact folder of a training run's per-night test evaluation (the files `distsleep evaluate` writes)
 PER_NIGHT_ARTIFACTS = "per_night"
-# Fail fast instead of retrying for minutes when a server is unreachable.
-HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+# The MLflow client settings of every process that tracks (drivers, trials, training workers): fail fast instead of
+# retrying for minutes when a server is unreachable, and keep MLflow's console output off ours.
+CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
             # no tqdm bar per downloaded artifact (the comparison fetches one small JSON per run)
-            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            # no "🏃 View run NAME at: URL" / "🧪 View experiment at: URL" on stdout whenever a run on a tracking
+            # server ends (each stage, trial and sweep of a job): our summaries name the run and its store
+            "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
 class TrackingUnavailable(RuntimeError):
@@ -51,7 +55,7 @@ class TrackingUnavailable(RuntimeError):
 
 
 def client(uri: str):
-    for key, value in HTTP_ENV.items():
+    for key, value in CLIENT_ENV.items():
         os.environ.setdefault(key, value)
     return mlflow.MlflowClient(tracking_uri=uri)
 

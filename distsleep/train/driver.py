@@ -40,7 +40,7 @@ from distsleep.runtime import VERBOSE_ENV, connect_ray, quiet_worker_console, ve
 from distsleep.shards.loader import load_manifest
 from distsleep.shards.storage import UnsafeEntryError
 from distsleep.store import CredentialsInLocation, check_no_credentials
-from distsleep.tracking import BUNDLE_TAG, HTTP_ENV, RunLogger, client, find_or_create_run
+from distsleep.tracking import BUNDLE_TAG, CLIENT_ENV, RunLogger, client, find_or_create_run
 from distsleep.train.identity import RunMismatch, launch_guard
 from distsleep.train.rendezvous import LocalRendezvousConfig
 from distsleep.train.step import device_of
@@ -182,7 +182,7 @@ MALLOC_ARENAS = "1"
 
 
 def worker_env(cfg, tracking_uri: str) -> dict[str, str]:
-    env = {"MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1", **HTTP_ENV,
+    env = {"MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1", **CLIENT_ENV,
            "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", MALLOC_ARENAS)}
     if verbose():
         env[VERBOSE_ENV] = "1"
