@@ -57,9 +57,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     store = sqlite_store(uri)
     _check_port(args.host, args.port)
-    server = start_mlflow_server(store, (store.parent / "mlartifacts").as_uri(), host=args.host, port=args.port)
-    # SIGTERM (a service manager, `kill`) ends the server as Ctrl-C does.
+    # SIGTERM (a service manager, `kill`) ends the server as Ctrl-C does (a start interrupted either way leaves none).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        server = start_mlflow_server(store, (store.parent / "mlartifacts").as_uri(), host=args.host, port=args.port)
+    except KeyboardInterrupt:
+        return 130
     try:
         print(f"MLflow UI for {store}: {server.uri}  (Ctrl-C stops it)", flush=True)
         code = server.process.wait()

@@ -1,5 +1,5 @@
-"""The MLflow tracking server that distsleep starts itself (`distsleep cluster start`, `distsleep ui`, the tests'
-servers): one command line and one environment for all of them.
+"""The MLflow tracking server that distsleep starts itself (the local cluster's, `distsleep ui`'s, the tests'):
+one command line and one environment for all of them.
 
 MLflow 3's `mlflow server` also starts, by default, a job runner and seven huey consumer processes for its
 server-side GenAI jobs (prompt optimisation, judges). distsleep submits none: they would cost eight Python

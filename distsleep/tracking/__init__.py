@@ -42,12 +42,12 @@ PER_NIGHT_ARTIFACTS = "per_night"
 # The MLflow client settings of every process that tracks (drivers, trials, training workers): fail fast instead of
 # retrying for minutes when a server is unreachable, and keep MLflow's console output off ours.
 CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-            # no tqdm bar per downloaded artifact (the comparison fetches one small JSON per run)
-            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-            # no "🏃 View run NAME at: URL" / "🧪 View experiment at: URL" on stdout whenever a run on a tracking
-            # server ends (each stage, trial and sweep of a job): our summaries name the run and its store
-            "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+              "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+              # no tqdm bar per downloaded artifact (the comparison fetches one small JSON per run)
+              "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+              # no "🏃 View run NAME at: URL" / "🧪 View experiment at: URL" on stdout whenever a run on a tracking
+              # server ends (each stage, trial and sweep of a job): our summaries name the run and its store
+              "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
 class TrackingUnavailable(RuntimeError):
