@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import signal
 import socket
+import sys
 from pathlib import Path
 
 from distsleep.cluster.mlflow_server import start_mlflow_server
@@ -63,10 +64,13 @@ def run(args: argparse.Namespace) -> int:
         server = start_mlflow_server(store, (store.parent / "mlartifacts").as_uri(), host=args.host, port=args.port)
     except KeyboardInterrupt:
         return 130
+    except RuntimeError as error:  # the server exited or did not answer: say so, without a traceback
+        print(f"distsleep ui: error: {error}", file=sys.stderr)
+        return 1
     try:
         print(f"MLflow UI for {store}: {server.uri}  (Ctrl-C stops it)", flush=True)
         code = server.process.wait()
-        print(f"distsleep ui: error: the MLflow server exited with code {code}")
+        print(f"distsleep ui: error: the MLflow server exited with code {code}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("stopped")
