@@ -90,9 +90,21 @@ def test_ui_serves_the_store_on_loopback_and_stops_with_everything_it_started(st
             time.sleep(0.2)
         assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     finally:
+        # On a failure above: SIGTERM lets `distsleep ui` stop its server, which runs in a process group of its own
+        # (a SIGKILL of the ui's group would leave it behind); whatever still runs after that is killed.
+        started = psutil.Process(ui.pid).children(recursive=True) if ui.poll() is None else []
         if ui.poll() is None:
-            os.killpg(ui.pid, signal.SIGKILL)
-            ui.wait()
+            ui.send_signal(signal.SIGTERM)
+            try:
+                ui.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(ui.pid, signal.SIGKILL)
+                ui.wait()
+        for process in started:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
 
 
 def test_ui_refuses_what_it_cannot_serve_and_creates_nothing(tmp_path, store):
