@@ -41,7 +41,7 @@ from distsleep.errors import InputError, first_line
 from distsleep.models import build_model, model_normalization, required_channels
 from distsleep.shards.manifest import manifest_hash, split_records
 from distsleep.stages import STAGE_NAMES
-from distsleep.tracking import PER_NIGHT_ARTIFACTS, client, download_json
+from distsleep.tracking import PER_NIGHT_ARTIFACTS, client, download_json, sqlite_file
 from distsleep.tracking.model_card import model_card
 
 log = logging.getLogger("distsleep.bundle")
@@ -157,8 +157,8 @@ def generator_bundle(*, weights: dict, gan_config, model_config, scaling: dict, 
 
 
 def _check_store(source: str, uri: str) -> None:
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
+    db = sqlite_file(uri)
+    if db is not None:
         if not db.is_file():
             # MLflow would silently create an empty store here and then report "run not found".
             raise BundleError(source, f"names an MLflow run or model, but there is no MLflow store at {db} "

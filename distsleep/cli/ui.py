@@ -13,6 +13,7 @@ from pathlib import Path
 from distsleep.cluster.mlflow_server import start_mlflow_server
 from distsleep.config import default_tracking_uri
 from distsleep.errors import InputError
+from distsleep.tracking import artifacts_beside, sqlite_file
 
 DESCRIPTION = ("Serve MLflow's web UI for the runs in a SQLite tracking store (the demo's demo/mlflow.db, a job's "
                "--tracking-uri) until Ctrl-C. It listens on 127.0.0.1 (this machine only) unless --host says "
@@ -30,11 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def sqlite_store(uri: str) -> Path:
     """The file of a sqlite:/// URI or a plain path; InputError when it is neither or holds no store."""
-    if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///"))
-    elif "://" not in uri:
-        path = Path(uri)
-    else:
+    path = sqlite_file(uri) or (Path(uri) if "://" not in uri else None)
+    if path is None:
         raise InputError(uri, "distsleep ui serves SQLite tracking stores (sqlite:///PATH or PATH)")
     path = path.expanduser().resolve()
     if not path.is_file():
@@ -61,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     # SIGTERM (a service manager, `kill`) ends the server as Ctrl-C does (a start interrupted either way leaves none).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        server = start_mlflow_server(store, (store.parent / "mlartifacts").as_uri(), host=args.host, port=args.port)
+        server = start_mlflow_server(store, artifacts_beside(store), host=args.host, port=args.port)
     except KeyboardInterrupt:
         return 130
     except RuntimeError as error:  # the server exited or did not answer: say so, without a traceback

@@ -71,14 +71,28 @@ def check_reachable(uri: str) -> None:
                                   f"{first_line(error, 200)}); {hint}") from error
 
 
+SQLITE_SCHEME = "sqlite:///"
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a sqlite:/// tracking URI; None for any other URI."""
+    return Path(uri.removeprefix(SQLITE_SCHEME)) if uri.startswith(SQLITE_SCHEME) else None
+
+
+def artifacts_beside(store: Path) -> str:
+    """Where the runs of a SQLite store keep their artifacts: mlartifacts/ beside the file, rather than in whatever
+    directory a worker runs in (a file:// URI)."""
+    return (store.parent / "mlartifacts").resolve().as_uri()
+
+
 def experiment_id(uri: str, name: str, artifact_root: str | None = None) -> str:
     c = client(uri)
     experiment = c.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    if artifact_root is None and uri.startswith("sqlite:///"):
-        # Keep artifacts beside the SQLite store rather than in whatever directory a worker runs in.
-        artifact_root = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    store = sqlite_file(uri)
+    if artifact_root is None and store is not None:
+        artifact_root = artifacts_beside(store)
     return c.create_experiment(name, artifact_location=artifact_root)
 
 

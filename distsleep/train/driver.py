@@ -40,7 +40,7 @@ from distsleep.runtime import VERBOSE_ENV, connect_ray, quiet_worker_console, ve
 from distsleep.shards.loader import load_manifest
 from distsleep.shards.storage import UnsafeEntryError
 from distsleep.store import CredentialsInLocation, check_no_credentials
-from distsleep.tracking import BUNDLE_TAG, CLIENT_ENV, RunLogger, client, find_or_create_run
+from distsleep.tracking import BUNDLE_TAG, CLIENT_ENV, RunLogger, client, find_or_create_run, sqlite_file
 from distsleep.train.identity import RunMismatch, launch_guard
 from distsleep.train.rendezvous import LocalRendezvousConfig
 from distsleep.train.step import device_of
@@ -132,8 +132,9 @@ def cluster_preflight(cfg, tracking_uri: str, check_demand: bool = True, inputs=
     paths = {"the shard manifest": (cfg.shards, False), "the storage path": (cfg.storage_path, True)}
     for location in inputs:
         paths[f"the augmentation {location}"] = (location, False)
-    if tracking_uri.startswith("sqlite:///"):
-        paths["the MLflow SQLite store"] = (tracking_uri.removeprefix("sqlite:///"), True)
+    store = sqlite_file(tracking_uri)
+    if store is not None:
+        paths["the MLflow SQLite store"] = (str(store), True)
     try:
         if check_demand:
             check_resources(cfg.demand(), "the training run")
