@@ -98,25 +98,27 @@ def f1_table(metrics: dict) -> str:
 def metric_curves_png(rows, metrics: list[tuple[str, str]], path: str | Path, title: str = "", baseline=None) -> Path:
     """One line per metric against the masking ratio (mean over the rows sharing a ratio, range shaded).
 
-    `rows` have `.mask_ratio` and `.metrics`; `baseline` (a row or None) is drawn as dashed lines.
+    `rows` have `.mask_ratio` and `.metrics`; `baseline` (a row or None) is drawn as dashed lines. A row pooled
+    over seeds (its metric's SD between seeds as `<key>_seed_sd`) shades its mean ± that SD.
     """
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (key, name) in enumerate(metrics):
-        by_ratio: dict[float, list[float]] = {}
+        by_ratio: dict[float, list[tuple[float, float]]] = {}  # ratio -> (value, its SD between seeds or 0)
         for row in rows:
             if key in row.metrics:
-                by_ratio.setdefault(row.mask_ratio, []).append(row.metrics[key])
+                sd = row.metrics.get(f"{key}_seed_sd", 0.0)
+                by_ratio.setdefault(row.mask_ratio, []).append((row.metrics[key], sd if np.isfinite(sd) else 0.0))
         if not by_ratio:
             continue
         ratios = sorted(by_ratio)
         x = np.asarray(ratios) * 100
-        mean = np.asarray([np.mean(by_ratio[r]) for r in ratios])
+        mean = np.asarray([np.mean([v for v, _ in by_ratio[r]]) for r in ratios])
         color = colors[i % len(colors)]
         ax.plot(x, mean, marker="o", color=color, label=name)
-        low = np.asarray([np.min(by_ratio[r]) for r in ratios])
-        high = np.asarray([np.max(by_ratio[r]) for r in ratios])
+        low = np.asarray([min(v - sd for v, sd in by_ratio[r]) for r in ratios])
+        high = np.asarray([max(v + sd for v, sd in by_ratio[r]) for r in ratios])
         if np.any(high > low):
             ax.fill_between(x, low, high, color=color, alpha=0.15)
         best = int(np.argmax(mean))
@@ -129,7 +131,8 @@ def metric_curves_png(rows, metrics: list[tuple[str, str]], path: str | Path, ti
     ax.set_ylabel("test metric")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    if ax.get_legend_handles_labels()[0]:  # runs without these metrics leave the axes empty
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -286,3 +286,39 @@ def test_cross_validation_sweep_tests_every_person_once(shards, tmp_path, ray_lo
     assert [Path(f["manifest"]).name for f in summary["folds"]] == sorted(stage_of_fold)
     assert sorted(r for fold in summary["folds"] for r in fold["records"]) == everyone
     assert summary["pooled"]["kappa"] == pytest.approx(row.metrics["test_kappa"], abs=1e-6)
+
+
+def test_a_sweep_over_seeds_shows_each_point_as_its_mean_and_evaluates_its_best_seed(shards, tmp_path, ray_local):
+    """--knob seed=0,1: the two trials of the point are one row (mean over seeds ± SD, as logged by the trials),
+    the point is selected on its mean validation value, and `evaluate --sweep` judges the seed with the better
+    validation value alone (its nights once, not once per seed)."""
+    from distsleep.cli import main as cli_main
+
+    train = TrainConfig(shards=str(shards), model_size="small", seq_len=5, batch_size=32, loader_workers=1, max_steps=10,
+                        val_every=5, num_workers=2, lr=0.001, storage_path=str(tmp_path / "runs"),
+                        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="seeds")
+    cfg = SweepConfig(name="seeds", train=train, mask_ratios=(0.5,), knobs={"seed": [0, 1]}, finetune=False,
+                      max_concurrent_trials=1, baseline=False)
+    outcome = run_sweep(cfg, out_dir=tmp_path / "comparison")
+    assert [t["state"] for t in outcome.trials] == ["completed"] * 2
+    trials = {t.data.params["seed"]: t for t in _runs(train.tracking_uri, f"tags.`{SWEEP_TAG}` = 'seeds' and "
+                                                                          f"tags.`{KIND_TAG}` = 'trial'")}
+    assert sorted(trials) == ["0", "1"]
+    row, = outcome.rows
+    assert row.label == "mask=0.50 (2 seeds)" and row.status == "FINISHED"
+    for key in ("test_accuracy", "test_kappa", "val_best_macro_f1"):
+        values = [trials[s].data.metrics[key] for s in ("0", "1")]
+        assert row.metrics[key] == pytest.approx(np.mean(values))
+        assert row.metrics[key + "_seed_sd"] == pytest.approx(np.std(values, ddof=1))
+    assert "±" in (tmp_path / "comparison" / "comparison.txt").read_text()
+    parent = mlflow.MlflowClient(train.tracking_uri).get_run(outcome.parent_run_id)
+    best = max(trials, key=lambda s: trials[s].data.metrics["val_best_macro_f1"])
+    assert parent.data.tags["selected_trial"] == row.label and parent.data.tags["selected_seed"] == best
+    assert parent.data.tags["selected_run_id"] == trials[best].info.run_id
+
+    out = tmp_path / "evaluation"
+    assert cli_main(["evaluate", "--sweep", "seeds", "--tracking-uri", train.tracking_uri, "--out", str(out),
+                     "--stride", "5", "--n-boot", "50", "--no-progress", "--no-tracking"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"]["run_id"] == trials[best].data.tags["pretrain_run_id"]
+    assert summary["pooled"]["kappa"] == pytest.approx(trials[best].data.metrics["test_kappa"], abs=1e-6)

@@ -31,9 +31,9 @@ def test_default_grid_is_table_4():
 
 
 def test_knobs_cross_the_ratios_and_reach_the_right_config():
-    cfg = sweep(mask_ratios=(0.15, 0.5), knobs={"lr": [1e-3, 1e-4], "infonce_temperature": [0.07]}, num_samples=2)
+    cfg = sweep(mask_ratios=(0.15, 0.5), knobs={"lr": [1e-3, 1e-4], "infonce_temperature": [0.07]})
     points = cfg.grid_points()
-    assert len(points) == 4 and cfg.n_trials == 8
+    assert len(points) == 4 and cfg.n_trials == 4
     assert {(p["mask_ratio"], p["lr"]) for p in points} == {(0.15, 1e-3), (0.15, 1e-4), (0.5, 1e-3), (0.5, 1e-4)}
     pre = cfg.trial_train_config({"mask_ratio": 0.15, "lr": 1e-4, "infonce_temperature": 0.07}, "pretrain")
     assert pre.stage == "pretrain" and pre.lr == 1e-4
@@ -49,6 +49,7 @@ def test_knobs_cross_the_ratios_and_reach_the_right_config():
     ({"knobs": {"lr": []}}, "without values"),
     ({"name": "a/b"}, "use letters"),
     ({"scheduler": "pbt"}, "scheduler"),
+    ({"num_samples": 2}, r"same seed; repeat each point with other seeds with --knob seed"),
     ({"train": TrainConfig(shards="/x", stage="finetune")}, "pre-training stage"),
 ])
 def test_bad_sweeps_are_refused(changes, message):

@@ -12,7 +12,9 @@ DESCRIPTION = ("Read test metrics from MLflow (never recomputed) and print a tab
                "fine-tuned accuracy, macro-F1, kappa, per-class F1, kappa per test night with its 95 % CI and its paired "
                "difference to a reference run on the same nights, best values marked, and the YASA baseline when the "
                "sweep scored it. A cross-validation sweep (--folds) shows one row per point, pooling its folds' test nights "
-               "from their logged confusion matrices and per-night results. Writes comparison.txt/.csv/.md, metrics_vs_mask_ratio.png, per_class_f1_vs_mask_ratio.png, "
+               "from their logged confusion matrices and per-night results; a sweep over seeds (--knob seed=0,1,2) shows one row "
+               "per point, the mean over its seeds ± the SD between them, selected on its mean validation value. Writes "
+               "comparison.txt/.csv/.md, metrics_vs_mask_ratio.png, per_class_f1_vs_mask_ratio.png, "
                "confusion_matrices.png and paired_kappa_per_night.png to --out.")
 
 

@@ -30,10 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="masking ratios to try (default: the paper's 0 .15 .25 .30 .40 .50 .60 .70 .75 .85)")
     g.add_argument("--knob", nargs="+", default=[], metavar="NAME=V1,V2",
                    help="more knobs crossed with the ratios: a training option (lr, seed, batch_size ...) or a model "
-                   "config field (infonce_temperature ...), e.g. --knob seed=0,1 infonce_temperature=0.07,0.2")
+                   "config field (infonce_temperature ...), e.g. --knob seed=0,1 infonce_temperature=0.07,0.2. With seed "
+                   "in a grid search, the comparison shows each point as the mean over its seeds ± their SD and selects "
+                   "the point on its mean validation value")
     g.add_argument("--search", choices=SEARCHES, default=d.search,
                    help="grid: every combination; random: --num-samples trials, ratio uniform in --mask-ratio-range")
-    g.add_argument("--num-samples", type=int, default=d.num_samples, help="grid: repetitions of the grid; random: trials")
+    g.add_argument("--num-samples", type=int, default=d.num_samples, help="random: trials (a grid: 1; repeat its points with --knob seed=0,1,2)")
     g.add_argument("--mask-ratio-range", type=float, nargs=2, default=d.mask_ratio_range, metavar=("LOW", "HIGH"))
     g.add_argument("--no-finetune", action="store_true", help="pre-training only (no fine-tuning stage)")
     g.add_argument("--finetune-steps", type=int, help="fine-tuning steps (default: --max-steps)")

@@ -35,7 +35,7 @@ class SweepConfig(ConfigBase):
     # the model's config (infonce_temperature ...), each with its list of values.
     knobs: dict = field(default_factory=dict)
     search: str = "grid"  # grid: every combination; random: num_samples draws (ratio uniform in mask_ratio_range)
-    num_samples: int = 1  # grid: repetitions of the whole grid; random: number of trials
+    num_samples: int = 1  # random: number of trials (a grid repeats points over seeds with knobs={"seed": [...]})
     mask_ratio_range: tuple[float, float] = (0.0, 0.85)
     finetune: bool = True  # each trial fine-tunes from its own best pre-training checkpoint
     finetune_steps: int | None = None  # default: the pre-training max_steps
@@ -77,9 +77,6 @@ class SweepConfig(ConfigBase):
                 raise ValueError(f"folds={self.folds}: cross-validation needs at least {MIN_FOLDS} folds (0: no cross-validation)")
             if self.search != "grid":
                 raise ValueError("cross-validation needs a grid search: every fold must train the same points")
-            if self.num_samples != 1:
-                raise ValueError("cross-validation repeats each point once per fold; repeat seeds with --knob seed=0,1 "
-                                 "instead of --num-samples")
             if self.scheduler != "fifo":
                 # ASHA ranks trials at a rung by their validation value: a fold's validation set holds other people
                 # than another fold's, so it would stop folds for their people, leaving points incomplete.
@@ -91,6 +88,11 @@ class SweepConfig(ConfigBase):
             raise ValueError(f"knobs without values: {empty}")
         if self.num_samples < 1:
             raise ValueError("num_samples must be >= 1")
+        if self.search == "grid" and self.num_samples != 1:
+            # Tune would train every point num_samples times with the same config, seed included: copies, not
+            # replicates. Seeds as a knob are crossed with the grid and pooled per point by the comparison.
+            raise ValueError(f"num_samples={self.num_samples} would repeat the grid with the same seed; repeat each "
+                             "point with other seeds with --knob seed=0,1,2 (num_samples is for --search random)")
         # A value the training or model config refuses (an uneven batch split, a ratio outside [0, 1) ...) fails now.
         points = self.grid_points() if self.search == "grid" else [{"mask_ratio": r} for r in self.mask_ratio_range]
         for point in points:

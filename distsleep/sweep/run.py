@@ -43,7 +43,7 @@ from distsleep.sweep.trial import sweep_trial
 from distsleep.tracking import (ENDED_BY_TAG, KIND_TAG, RUN_NAME_TAG, SWEEP_TAG, TRIAL_TAG, RunLogger, check_reachable,
                                 client, compare, experiment_id, find_run, tag_filter, with_tag)
 from distsleep.tracking.compare import BASELINE_PREFIX, point_label
-from distsleep.tracking.sweeps import SELECTED_RUN_TAG
+from distsleep.tracking.sweeps import SELECTED_RUN_TAG, SELECTED_SEED_TAG
 from distsleep.train.driver import LaunchError, cluster_preflight
 from distsleep.train.launch import preflight
 
@@ -186,14 +186,20 @@ def _trial_states(results, tune_metric: str) -> list[dict]:
 
 
 def record_selection(logger, rows) -> None:
-    """Tag the parent run with the trial chosen on validation (never on test) and log its metrics as
-    selected_*: its validation value and the test metrics it is reported with."""
+    """Tag the parent run with the point chosen on validation (never on test) and log its metrics as
+    selected_*: its validation value and the test metrics it is reported with. `SELECTED_RUN_TAG` names the
+    trial runs whose models stand for the point (`distsleep evaluate --sweep`): its trial, its K fold trials, or,
+    for a point repeated over seeds (selected on its mean), those of its seed with the best validation value."""
     chosen = compare.selected_run(rows)
     if chosen is None:
         logger.tags({"selected_by": "none: no trial has a validation metric"})
         return
     key = compare.selection_key(rows)
-    logger.tags({"selected_trial": chosen.label, SELECTED_RUN_TAG: chosen.run_id, "selected_by": f"validation {key}"})
+    tags = {"selected_trial": chosen.label, SELECTED_RUN_TAG: chosen.run_id, "selected_by": f"validation {key}"}
+    seed = compare.best_seed(chosen, key)
+    if seed is not None:
+        tags.update({SELECTED_RUN_TAG: seed[1].run_id, SELECTED_SEED_TAG: seed[0], "selected_point_run_ids": chosen.run_id})
+    logger.tags(tags)
     logger.metrics({f"selected_{k}": v for k, v in chosen.metrics.items() if k.startswith("test_") or k == key}, step=0)
 
 

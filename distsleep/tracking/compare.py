@@ -3,12 +3,15 @@ and the plots (metrics vs masking ratio, per-class F1 vs ratio, confusion matric
 
 Values are MLflow's logged metrics, never recomputed, so the table is the same from any machine that
 reaches the tracking server; a cross-validation sweep's row pools its folds from their logged test
-confusion matrices and per-night results (`pool_folds`). Rows are the trials of a sweep (or any runs with
-test metrics), plus the YASA baseline scored on the same test records when a sweep holds one.
+confusion matrices and per-night results (`pool_folds`), and a sweep repeated over training seeds (`--knob
+seed=0,1,2`) shows each point as the mean over its seeds with the SD between them (`pool_seeds`). Rows are the
+trials of a sweep (or any runs with test metrics), plus the YASA baseline scored on the same test records when
+a sweep holds one.
 
 Selection is on validation only: the run with the best validation metric (`val_best_<select metric>`,
 of its final stage, the one whose test metrics the row shows) is marked "selected (validation)"; test
-metrics are reported for every run and never pick anything. The stars on test columns show the best value
+metrics are reported for every run and never pick anything. A point pooled over folds or seeds is selected on
+its mean validation value, and only when every fold and seed finished. The stars on test columns show the best value
 of each column, for reading the table, not a choice.
 """
 
@@ -52,6 +55,8 @@ EVENT_COLUMNS = [("F1 event", "test_f1_positive"), ("AUROC", "test_auroc"), ("ma
 
 VALIDATION_PREFIX = "val_best_"
 SELECTED = "selected (validation)"
+SEED_KEY = "seed"  # the sweep knob that repeats every point with another training seed
+SEED_SD = "_seed_sd"  # suffix of a seed-pooled row's metric: the SD of that metric between its seeds
 
 
 def selection_key(rows) -> str | None:
@@ -85,6 +90,11 @@ class Row:
     nights: dict | None = None  # record -> (subject, kappa of that night), from the run's per_night.csv
     night_kappa_diff: dict | None = None  # paired_difference(this run's nights, the reference run's)
     reference: bool = False  # the run the others are paired with (pair_with_reference)
+
+    @property
+    def partial(self) -> bool:
+        """A pooled row missing a fold or a seed: shown, never selected, its test figures never starred."""
+        return bool(self.extra.get("partial"))
 
     def night_interval(self) -> tuple[float | None, float | None, float | None]:
         """(mean, CI low, CI high) of kappa per test night; Nones without a per-night summary."""
@@ -200,11 +210,10 @@ def collect(tracking_uri: str, *, sweep: str | None = None, experiment: str | No
         trials = [r for r in runs if r.data.tags.get(KIND_TAG) == "trial"]
         if not parents and not trials:
             raise CompareError(f"no sweep named {sweep!r} in {tracking_uri}")
-        knobs = set(json.loads(parents[0].data.params.get("sweep.knob_names", "[]"))) if parents else set()
+        knobs = _knob_names(parents[0] if parents else None)
         rows = [_trial_row(tracking_uri, r, knobs, with_confusion) for r in trials]
-        folds = int(parents[0].data.params.get("sweep.folds") or 0) if parents else 0
-        if folds:
-            rows = pool_folds(rows, folds)
+        if parents:
+            rows = pool_sweep(rows, *_replicates(parents[0]))
         for parent in parents[:1]:
             baseline = _baseline_row(tracking_uri, parent, with_confusion)
             if baseline:
@@ -214,23 +223,24 @@ def collect(tracking_uri: str, *, sweep: str | None = None, experiment: str | No
         if exp is None:
             raise CompareError(f"no experiment named {experiment!r} in {tracking_uri}")
         runs = c.search_runs([exp.experiment_id], max_results=5000)
-        folds = {r.data.tags.get(SWEEP_TAG): int(r.data.params.get("sweep.folds") or 0) for r in runs
-                 if r.data.tags.get(KIND_TAG) == "sweep"}
-        cross_validated: dict[str, list[Row]] = {}  # a cross-validation sweep's fold trials, pooled below
+        sweeps = {r.data.tags.get(SWEEP_TAG): r for r in runs if r.data.tags.get(KIND_TAG) == "sweep"}
+        replicates = {name: _replicates(r) for name, r in sweeps.items()}
+        pooled: dict[str, list[Row]] = {}  # the trials of a sweep over folds or seeds, pooled below
         for run in runs:
             kind = run.data.tags.get(KIND_TAG)
             if kind == "trial":
-                row = _trial_row(tracking_uri, run, set(), with_confusion)
                 sweep_name = run.data.tags.get(SWEEP_TAG)
-                (cross_validated.setdefault(sweep_name, []) if folds.get(sweep_name) else rows).append(row)
+                folds, seeds = replicates.get(sweep_name, (0, []))
+                row = _trial_row(tracking_uri, run, _knob_names(sweeps.get(sweep_name)), with_confusion)
+                (pooled.setdefault(sweep_name, []) if folds or seeds else rows).append(row)
             elif kind == "sweep":
                 baseline = _baseline_row(tracking_uri, run, with_confusion)
                 if baseline and not any(r.baseline for r in rows):
                     rows.append(baseline)
             elif kind != "stage" and "test_accuracy" in run.data.metrics:
                 rows.append(_plain_row(tracking_uri, run, with_confusion))
-        for sweep_name, trial_rows in cross_validated.items():
-            rows.extend(pool_folds(trial_rows, folds[sweep_name]))
+        for sweep_name, trial_rows in pooled.items():
+            rows.extend(pool_sweep(trial_rows, *replicates[sweep_name]))
     else:
         for run_id in run_ids or []:
             run = c.get_run(run_id)
@@ -244,6 +254,95 @@ def collect(tracking_uri: str, *, sweep: str | None = None, experiment: str | No
     if not rows:
         raise CompareError("no runs with test metrics to compare")
     return pair_with_reference(sort_rows(rows), reference)
+
+
+def _knob_names(parent) -> set[str]:
+    """The knobs a sweep run crossed with the masking ratio (none for a trial whose sweep run is not found)."""
+    return set(json.loads(parent.data.params.get("sweep.knob_names", "[]"))) if parent is not None else set()
+
+
+def _replicates(parent) -> tuple[int, list[str]]:
+    """(folds, training seeds) a sweep run repeats each grid point over: K of a K-fold cross-validation (0: none)
+    and the values of its `seed` knob, as its trials log them (pooled only in a grid search with two or more
+    seeds: a random search draws another ratio for every trial, so its seeds share no point)."""
+    params = parent.data.params
+    folds = int(params.get("sweep.folds") or 0)
+    seeds = json.loads(params.get("sweep.knobs") or "{}").get(SEED_KEY, [])
+    grid = params.get("sweep.search", "grid") == "grid"
+    return folds, [str(s) for s in seeds] if grid and len(seeds) > 1 else []
+
+
+def pool_sweep(rows: list[Row], folds: int, seeds: list[str]) -> list[Row]:
+    """A sweep's trial rows as one row per grid point: its folds pooled (`pool_folds`), then its seeds (`pool_seeds`)."""
+    if folds:
+        rows = pool_folds(rows, folds)
+    if seeds:
+        rows = pool_seeds(rows, seeds, folds)
+    return rows
+
+
+def pool_seeds(rows: list[Row], seeds: list[str], folds: int = 0) -> list[Row]:
+    """One row per grid point of a sweep repeated over training seeds (`--knob seed=0,1,2`), from its seeds' rows
+    (trials, or in a cross-validation sweep the seeds' fold-pooled rows; params with "seed").
+
+    Every seed is tested on the same nights, so each figure is the mean over the point's seeds, with the SD
+    between them as `<metric>_seed_sd`: neighbouring points are told apart against the seed-to-seed spread, not
+    by one lucky seed. Per-night kappa: each night's kappa averaged over the seeds, then the mean over the nights
+    and its subject-bootstrap CI (and paired with the reference likewise). The validation metric is the mean over
+    the seeds, set only when every seed finished: a point is selected on its mean, never on its best seed, and a
+    point missing a seed is shown but never selected."""
+    groups: dict[tuple, list[Row]] = {}
+    for row in rows:
+        if not row.baseline:
+            groups.setdefault(tuple((key, v) for key, v in row.params.items() if key != SEED_KEY), []).append(row)
+    return [_seed_row(dict(point), members, seeds, folds) for point, members in groups.items()] + \
+        [r for r in rows if r.baseline]
+
+
+def _spread_key(key: str) -> bool:
+    """Metrics a seed-pooled row gives with their SD between seeds: those the table shows."""
+    return key.startswith(("test_", "pretrain_test_", VALIDATION_PREFIX)) and not key.endswith("_sd")
+
+
+def _seed_row(point: dict, members: list[Row], seeds: list[str], folds: int) -> Row:
+    # A seed retried after a failure has two trial runs (Tune gives the retry a new id): the finished one counts.
+    finished = lambda r: r.status == "FINISHED" and any(k.startswith("test_") for k in r.metrics)  # noqa: E731
+    by_seed = {str(r.params.get(SEED_KEY)): r for r in sorted(members, key=finished)}
+    done = {s: by_seed[s] for s in seeds if s in by_seed and finished(by_seed[s])}
+    complete = len(done) == len(seeds)
+    metrics: dict = {"seeds_done": float(len(done))}
+    if done:
+        shared = set.intersection(*(set(r.metrics) for r in done.values())) - {"seeds_done"}
+        for key in sorted(shared):
+            if key.startswith(VALIDATION_PREFIX) and not complete:
+                continue  # a mean over fewer seeds is another experiment: no validation value, never selected
+            values = [r.metrics[key] for r in done.values()]
+            metrics[key] = float(np.mean(values))
+            if len(values) > 1 and _spread_key(key):
+                metrics[key + SEED_SD] = float(np.std(values, ddof=1))
+    nights = None
+    night_sets = [r.nights for r in done.values()]
+    if night_sets and all(night_sets) and all(n.keys() == night_sets[0].keys() for n in night_sets):
+        nights = {record: (subject, float(np.mean([n[record][1] for n in night_sets])))
+                  for record, (subject, _) in night_sets[0].items()}
+    confusions = [r.confusion for r in done.values()]
+    confusion = np.sum(confusions, axis=0).tolist() if confusions and all(c is not None for c in confusions) else None
+    first = members[0]
+    label = point_label({key: (float(v) if key == "mask_ratio" else v) for key, v in point.items()}) or first.label
+    how = ", ".join([f"{folds}-fold CV"] * bool(folds) + [f"{len(seeds)} seeds"])
+    return Row(label=f"{label} ({how})", run_id=" ".join(by_seed[s].run_id for s in seeds if s in by_seed),
+               model=first.model, params=point, metrics=metrics,
+               status="FINISHED" if complete else f"{len(done)}/{len(seeds)} seeds finished", task=first.task,
+               confusion=confusion, night_kappa=mean_over_nights(nights) if nights else None, nights=nights,
+               extra={"seeds": {s: r for s, r in by_seed.items()}, "cv_folds": folds, "partial": not complete})
+
+
+def best_seed(row: Row, key: str) -> tuple[str, Row] | None:
+    """(seed, its row) of a seed-pooled row's seed with the best validation `key`: the model `distsleep evaluate
+    --sweep` judges for the point (the point itself was selected on its mean over seeds). None for other rows."""
+    seeds = row.extra.get("seeds")
+    scored = [(s, r) for s, r in (seeds or {}).items() if math.isfinite(r.metrics.get(key, math.nan))]
+    return max(scored, key=lambda item: item[1].metrics[key]) if scored else None
 
 
 def pool_folds(rows: list[Row], k: int) -> list[Row]:
@@ -296,7 +395,7 @@ def _pooled_row(point: dict, members: list[Row], k: int) -> Row:
                status="FINISHED" if complete else f"{len(done)}/{k} folds finished", task=members[0].task,
                confusion=pooled["confusion"] if pooled else None,
                night_kappa=mean_over_nights(nights) if nights else None, nights=nights,
-               extra={"folds": {f: r.run_id for f, r in sorted(by_fold.items())}})
+               extra={"folds": {f: r.run_id for f, r in sorted(by_fold.items())}, "cv_folds": k, "partial": not complete})
 
 
 def pair_with_reference(rows: list[Row], reference: str | None = None) -> list[Row]:
@@ -334,10 +433,14 @@ def selected_run(rows: list[Row]) -> Row | None:
     return max(scored, key=lambda r: r.metrics[key]) if scored else None
 
 
-def _cell(key: str, value: float | None) -> str:
+def _cell(key: str, value: float | None, sd: float | None = None) -> str:
+    """A metric as the table shows it; a seed-pooled mean with its SD between seeds ("88.46±0.21")."""
     if value is None or not math.isfinite(value):
         return "-"
-    return f"{value:.3f}" if key.endswith("kappa") else f"{100 * value:.2f}"
+    text = f"{value:.3f}" if key.endswith("kappa") else f"{100 * value:.2f}"
+    if sd is not None and math.isfinite(sd):
+        text += f"±{sd:.3f}" if key.endswith("kappa") else f"±{100 * sd:.2f}"
+    return text
 
 
 def mask_cell(row: Row) -> str:
@@ -358,8 +461,8 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
               *([DIFF_COLUMN] if paired else []), "status"]
     chosen = selected_run(rows)
     # Stars compare like with like: rows of the same task (an apnea accuracy is not a staging one), and never a
-    # cross-validation point missing a fold (its test figures pool fewer people than the others').
-    starred = [r for r in rows if not r.baseline and not (r.extra.get("folds") and r.status != "FINISHED")]
+    # point missing a fold or a seed (its test figures pool fewer people or runs than the others').
+    starred = [r for r in rows if not r.baseline and not r.partial]
     starred_ids = {id(r) for r in starred}
     best = {}
     for _, key in cols:
@@ -371,7 +474,7 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
         line = [row.label, row.model, row.task, mask_cell(row)]
         for _, key in cols:
             value = row.metrics.get(key)
-            text = _cell(key, value)
+            text = _cell(key, value, row.metrics.get(key + SEED_SD))
             top = best.get((key, row.task))
             if id(row) in starred_ids and value is not None and top is not None and value == top and len(rows) > 1:
                 text += "*"
@@ -402,18 +505,27 @@ BASELINE_NOTE = ("baseline: YASA's published classifier was trained on NSRR nigh
 
 
 def cross_validation_note(rows: list[Row]) -> str | None:
-    folds = next((len(r.extra["folds"]) for r in rows if r.extra.get("folds")), None)
-    if folds is None:
+    if not any(r.extra.get("cv_folds") for r in rows):
         return None
     return ("cross-validation by person: each row pools the test nights of its folds (every person tested once; "
             "the metrics of the summed confusion matrices, per-night kappa over all nights); its validation value is "
             "the mean over the folds' validation sets, and a row missing a fold has none and is never selected")
 
 
+def seeds_note(rows: list[Row]) -> str | None:
+    counts = sorted({len(r.extra["seeds"]) for r in rows if r.extra.get("seeds")})
+    if not counts:
+        return None
+    return ("seeds: a row '(N seeds)' is the mean over its seeds' runs, ± the SD between seeds, all tested on the "
+            "same nights (kappa/night: each night's kappa averaged over the seeds); its validation value is the mean "
+            "over its seeds, so a point is selected on its mean, not its luckiest seed, and a row missing a seed has "
+            "none; `distsleep evaluate --sweep` judges the selected point's best seed on validation")
+
+
 def notes(rows: list[Row]) -> list[str]:
-    """The lines under every table: which run was selected and why, how cross-validation rows are pooled, and
-    what the baseline row is."""
-    return [selection_note(rows), *filter(None, [cross_validation_note(rows)]),
+    """The lines under every table: which run was selected and why, how cross-validation and seed rows are
+    pooled, and what the baseline row is."""
+    return [selection_note(rows), *filter(None, [cross_validation_note(rows), seeds_note(rows)]),
             *([BASELINE_NOTE] if any(r.baseline for r in rows) else [])]
 
 
@@ -444,6 +556,7 @@ def format_markdown(rows: list[Row]) -> str:
 
 def write_csv(rows: list[Row], path: Path) -> Path:
     keys = [k for _, k in columns(rows)]
+    keys += [k + SEED_SD for k in keys if any(k + SEED_SD in r.metrics for r in rows)]
     knob_names = sorted({k for r in rows for k in r.params})
     nightly = any(r.night_kappa for r in rows)
     night_keys = ["night_kappa_mean", "night_kappa_ci_low", "night_kappa_ci_high"] if nightly else []

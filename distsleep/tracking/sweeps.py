@@ -9,6 +9,7 @@ from distsleep.errors import InputError
 from distsleep.tracking import FINETUNE_RUN_TAG, KIND_TAG, PRETRAIN_RUN_TAG, client, final_stage_run, sweep_runs
 
 SELECTED_RUN_TAG = "selected_run_id"  # the sweep run's tag naming its selected trial run(s), space-separated
+SELECTED_SEED_TAG = "selected_seed"  # a point repeated over seeds: the seed whose trial(s) SELECTED_RUN_TAG names
 
 
 class SweepLookupError(InputError):
@@ -17,7 +18,7 @@ class SweepLookupError(InputError):
 
 def selected_trials(uri: str, sweep: str) -> tuple[str, list[str]]:
     """(label, trial run ids) of the point sweep `sweep` selected on validation: one trial, or the K fold trials
-    of a cross-validation point."""
+    of a cross-validation point; of a point repeated over seeds, those of its best seed on validation."""
     parents = [r for r in sweep_runs(client(uri), sweep) if r.data.tags.get(KIND_TAG) == "sweep"]
     if not parents:
         raise SweepLookupError(f"sweep {sweep}", f"no sweep of that name in {uri}")
@@ -25,7 +26,10 @@ def selected_trials(uri: str, sweep: str) -> tuple[str, list[str]]:
     if not tags.get(SELECTED_RUN_TAG):
         raise SweepLookupError(f"sweep {sweep}", f"no point selected ({tags.get('selected_by') or 'it has not finished'}); "
                                                  "name its trial runs with --trial")
-    return tags.get("selected_trial", ""), tags[SELECTED_RUN_TAG].split()
+    label = tags.get("selected_trial", "")
+    if tags.get(SELECTED_SEED_TAG):
+        label += f", its seed {tags[SELECTED_SEED_TAG]} (the best of its seeds on validation)"
+    return label, tags[SELECTED_RUN_TAG].split()
 
 
 def trial_models(uri: str, trial_run_ids: list[str]) -> tuple[list[str], list[str]]:
