@@ -305,8 +305,10 @@ def _spread_key(key: str) -> bool:
 
 
 def _seed_row(point: dict, members: list[Row], seeds: list[str], folds: int) -> Row:
+    def finished(row: Row) -> bool:
+        return row.status == "FINISHED" and any(key.startswith("test_") for key in row.metrics)
+
     # A seed retried after a failure has two trial runs (Tune gives the retry a new id): the finished one counts.
-    finished = lambda r: r.status == "FINISHED" and any(k.startswith("test_") for k in r.metrics)  # noqa: E731
     by_seed = {str(r.params.get(SEED_KEY)): r for r in sorted(members, key=finished)}
     done = {s: by_seed[s] for s in seeds if s in by_seed and finished(by_seed[s])}
     complete = len(done) == len(seeds)
@@ -334,12 +336,13 @@ def _seed_row(point: dict, members: list[Row], seeds: list[str], folds: int) -> 
                model=first.model, params=point, metrics=metrics,
                status="FINISHED" if complete else f"{len(done)}/{len(seeds)} seeds finished", task=first.task,
                confusion=confusion, night_kappa=mean_over_nights(nights) if nights else None, nights=nights,
-               extra={"seeds": {s: r for s, r in by_seed.items()}, "cv_folds": folds, "partial": not complete})
+               extra={"seeds": {s: by_seed[s] for s in seeds if s in by_seed}, "cv_folds": folds, "partial": not complete})
 
 
 def best_seed(row: Row, key: str) -> tuple[str, Row] | None:
-    """(seed, its row) of a seed-pooled row's seed with the best validation `key`: the model `distsleep evaluate
-    --sweep` judges for the point (the point itself was selected on its mean over seeds). None for other rows."""
+    """(seed, its row) of a seed-pooled row's seed with the best validation `key` (ties: the first in the sweep's
+    seed order): the model `distsleep evaluate --sweep` judges for the point (the point itself was selected on its
+    mean over seeds). None for other rows."""
     seeds = row.extra.get("seeds")
     scored = [(s, r) for s, r in (seeds or {}).items() if math.isfinite(r.metrics.get(key, math.nan))]
     return max(scored, key=lambda item: item[1].metrics[key]) if scored else None
@@ -517,7 +520,8 @@ def seeds_note(rows: list[Row]) -> str | None:
     if not counts:
         return None
     return ("seeds: a row '(N seeds)' is the mean over its seeds' runs, ± the SD between seeds, all tested on the "
-            "same nights (kappa/night: each night's kappa averaged over the seeds); its validation value is the mean "
+            "same nights (kappa/night: each night's kappa averaged over the seeds; its CIs resample people, not "
+            "seeds: the SD is the seed-to-seed spread); its validation value is the mean "
             "over its seeds, so a point is selected on its mean, not its luckiest seed, and a row missing a seed has "
             "none; `distsleep evaluate --sweep` judges the selected point's best seed on validation")
 
