@@ -84,6 +84,9 @@ def test_seed_rows_are_means_with_their_spread_and_the_point_is_selected_on_its_
     # Paired per night with the selected point on its seed-averaged nights.
     pair_with_reference(pooled)
     assert lucky.night_kappa_diff == paired_difference(lucky.nights, steady.nights)
+    # --reference names a pooled row by any of its trial runs.
+    pair_with_reference(pooled, reference="run-0.25-1")
+    assert lucky.reference and steady.night_kappa_diff == paired_difference(steady.nights, lucky.nights)
 
 
 def test_cross_validation_with_seeds_pools_folds_then_seeds():

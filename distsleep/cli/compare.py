@@ -25,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///$PWD/mlflow.db)")
     p.add_argument("--out", default="comparison", help="output folder (default ./comparison)")
     p.add_argument("--reference", metavar="RUN_ID",
-                   help="pair every run per test night with this one (default: the run selected on validation)")
+                   help="pair every run per test night with this one (a row pooled over folds or seeds: any of its "
+                        "trial runs; default: the run selected on validation)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -403,13 +403,14 @@ def _pooled_row(point: dict, members: list[Row], k: int) -> Row:
 
 def pair_with_reference(rows: list[Row], reference: str | None = None) -> list[Row]:
     """Set each row's `night_kappa_diff`: its per-night kappa minus that of the reference run, paired on the same
-    test nights (rows of another task or other nights get none). The reference is the run with id `reference`, or
-    by default the run selected on validation (a CompareError when `reference` is not among the rows or has no
+    test nights (rows of another task or other nights get none). The reference is the run with id `reference` (a
+    pooled row: any of its trial runs), or by default the run selected on validation (a CompareError when `reference` is not among the rows or has no
     per-night results). Returns `rows`."""
     if reference is None:
         chosen = selected_run(rows)
     else:
-        chosen = next((r for r in rows if r.run_id == reference and not r.baseline), None)
+        # A row pooled over folds or seeds is named by any of its trial runs.
+        chosen = next((r for r in rows if reference in r.run_id.split() and not r.baseline), None)
         if chosen is None:
             raise CompareError(f"--reference {reference}: not one of the runs compared")
         if not chosen.nights:
