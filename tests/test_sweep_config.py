@@ -50,6 +50,7 @@ def test_knobs_cross_the_ratios_and_reach_the_right_config():
     ({"name": "a/b"}, "use letters"),
     ({"scheduler": "pbt"}, "scheduler"),
     ({"num_samples": 2}, r"same seed; repeat each point with other seeds with --knob seed"),
+    ({"knobs": {"seed": [0, 1]}, "scheduler": "asha"}, "stop single seeds of a point"),
     ({"train": TrainConfig(shards="/x", stage="finetune")}, "pre-training stage"),
 ])
 def test_bad_sweeps_are_refused(changes, message):

@@ -86,6 +86,12 @@ class SweepConfig(ConfigBase):
         empty = [k for k, v in self.knobs.items() if not v]
         if empty:
             raise ValueError(f"knobs without values: {empty}")
+        if self.search == "grid" and len(self.knobs.get("seed", [])) > 1 and self.scheduler != "fifo":
+            # The comparison selects a point on its mean over seeds and only with every seed finished; ASHA stops
+            # single trials, so most points would lose a seed and none could be selected.
+            raise ValueError(f"seeds as a knob cannot use the {self.scheduler} scheduler: it would stop single seeds of "
+                             "a point, which is then never selected (a point is selected on its mean over all its "
+                             "seeds); use the fifo scheduler")
         if self.num_samples < 1:
             raise ValueError("num_samples must be >= 1")
         if self.search == "grid" and self.num_samples != 1:
