@@ -77,6 +77,7 @@ def test_seed_rows_are_means_with_their_spread_and_the_point_is_selected_on_its_
     assert cells[1][accuracy].startswith(f"{100 * steady.metrics['test_accuracy']:.2f}±"
                                          f"{100 * steady.metrics['test_accuracy_seed_sd']:.2f}")
     assert cells[1][-1].endswith("selected (validation)")
+    assert "±" in cells[1][header.index("val macro-f1")] and "±" not in cells[1][header.index("F1 N1")]
     # The model evaluate --sweep judges for the point: its seed with the best validation value.
     seed, row = best_seed(steady, "val_best_macro_f1")
     assert seed == "2" and row.run_id == "run-0.5-2"

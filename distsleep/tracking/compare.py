@@ -57,6 +57,7 @@ VALIDATION_PREFIX = "val_best_"
 SELECTED = "selected (validation)"
 SEED_KEY = "seed"  # the sweep knob that repeats every point with another training seed
 SEED_SD = "_seed_sd"  # suffix of a seed-pooled row's metric: the SD of that metric between its seeds
+SPREAD_COLUMNS = ("pretrain_test_accuracy", "test_accuracy", "test_macro_f1", "test_kappa")  # shown with their SD
 
 
 def selection_key(rows) -> str | None:
@@ -300,7 +301,7 @@ def pool_seeds(rows: list[Row], seeds: list[str], folds: int = 0) -> list[Row]:
 
 
 def _spread_key(key: str) -> bool:
-    """Metrics a seed-pooled row gives with their SD between seeds: those the table shows."""
+    """Metrics a seed-pooled row gives with their SD between seeds: the table's (the CSV holds every SD)."""
     return key.startswith(("test_", "pretrain_test_", VALIDATION_PREFIX)) and not key.endswith("_sd")
 
 
@@ -464,6 +465,8 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     header = ["run", "model", "task", "mask", *(h for h, _ in cols), *([NIGHT_COLUMN] if nightly else []),
               *([DIFF_COLUMN] if paired else []), "status"]
     chosen = selected_run(rows)
+    # Seed SDs in the headline columns (as the paper's table); per-class ones only in the CSV, to keep lines short.
+    spread_shown = {key for _, key in cols if key.startswith(VALIDATION_PREFIX)} | set(SPREAD_COLUMNS)
     # Stars compare like with like: rows of the same task (an apnea accuracy is not a staging one), and never a
     # point missing a fold or a seed (its test figures pool fewer people or runs than the others').
     starred = [r for r in rows if not r.baseline and not r.partial]
@@ -478,7 +481,7 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
         line = [row.label, row.model, row.task, mask_cell(row)]
         for _, key in cols:
             value = row.metrics.get(key)
-            text = _cell(key, value, row.metrics.get(key + SEED_SD))
+            text = _cell(key, value, row.metrics.get(key + SEED_SD) if key in spread_shown else None)
             top = best.get((key, row.task))
             if id(row) in starred_ids and value is not None and top is not None and value == top and len(rows) > 1:
                 text += "*"
@@ -520,7 +523,8 @@ def seeds_note(rows: list[Row]) -> str | None:
     counts = sorted({len(r.extra["seeds"]) for r in rows if r.extra.get("seeds")})
     if not counts:
         return None
-    return ("seeds: a row '(N seeds)' is the mean over its seeds' runs, ± the SD between seeds, all tested on the "
+    return ("seeds: a row '(N seeds)' is the mean over its seeds' runs, ± the SD between seeds (per-class SDs in the "
+            "CSV), all tested on the "
             "same nights (kappa/night: each night's kappa averaged over the seeds; its CIs resample people, not "
             "seeds: the SD is the seed-to-seed spread); its validation value is the mean "
             "over its seeds, so a point is selected on its mean, not its luckiest seed, and a row missing a seed has "
