@@ -301,7 +301,8 @@ def pool_seeds(rows: list[Row], seeds: list[str], folds: int = 0) -> list[Row]:
 
 
 def _spread_key(key: str) -> bool:
-    """Metrics a seed-pooled row gives with their SD between seeds: the table's (the CSV holds every SD)."""
+    """Metrics a seed-pooled row gives with their SD between seeds (`<key>_seed_sd`, all in the CSV; the table
+    shows those of its headline columns): test, pre-training test and validation metrics."""
     return key.startswith(("test_", "pretrain_test_", VALIDATION_PREFIX)) and not key.endswith("_sd")
 
 
@@ -405,8 +406,8 @@ def _pooled_row(point: dict, members: list[Row], k: int) -> Row:
 def pair_with_reference(rows: list[Row], reference: str | None = None) -> list[Row]:
     """Set each row's `night_kappa_diff`: its per-night kappa minus that of the reference run, paired on the same
     test nights (rows of another task or other nights get none). The reference is the run with id `reference` (a
-    pooled row: any of its trial runs), or by default the run selected on validation (a CompareError when `reference` is not among the rows or has no
-    per-night results). Returns `rows`."""
+    pooled row: any of its trial runs), or by default the run selected on validation (a CompareError when
+    `reference` is not among the rows or has no per-night results). Returns `rows`."""
     if reference is None:
         chosen = selected_run(rows)
     else:
