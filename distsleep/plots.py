@@ -95,11 +95,12 @@ def f1_table(metrics: dict) -> str:
     return "\n".join([head, sep, "| " + " | ".join(f"{v:.3f}" for v in values) + " |"])
 
 
-def metric_curves_png(rows, metrics: list[tuple[str, str]], path: str | Path, title: str = "", baseline=None) -> Path:
+def metric_curves_png(rows, metrics: list[tuple[str, str]], path: str | Path, title: str = "", baseline=None,
+                      spread_suffix: str | None = None) -> Path:
     """One line per metric against the masking ratio (mean over the rows sharing a ratio, range shaded).
 
-    `rows` have `.mask_ratio` and `.metrics`; `baseline` (a row or None) is drawn as dashed lines. A row pooled
-    over seeds (its metric's SD between seeds as `<key>_seed_sd`) shades its mean ± that SD.
+    `rows` have `.mask_ratio` and `.metrics`; `baseline` (a row or None) is drawn as dashed lines. With
+    `spread_suffix`, a row holding its metric's SD as `<key><spread_suffix>` (a mean over seeds) shades ± that SD.
     """
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
@@ -108,7 +109,7 @@ def metric_curves_png(rows, metrics: list[tuple[str, str]], path: str | Path, ti
         by_ratio: dict[float, list[tuple[float, float]]] = {}  # ratio -> (value, its SD between seeds or 0)
         for row in rows:
             if key in row.metrics:
-                sd = row.metrics.get(f"{key}_seed_sd", 0.0)
+                sd = row.metrics.get(f"{key}{spread_suffix}", 0.0) if spread_suffix else 0.0
                 by_ratio.setdefault(row.mask_ratio, []).append((row.metrics[key], sd if np.isfinite(sd) else 0.0))
         if not by_ratio:
             continue

@@ -145,6 +145,11 @@ def point_label(point: dict) -> str:
     return " ".join(parts)
 
 
+def _logged_point_label(params: dict) -> str:
+    """`point_label` of a trial's knobs as MLflow logged them (strings): the masking ratio read back as a number."""
+    return point_label({key: (float(v) if key == "mask_ratio" else v) for key, v in params.items()})
+
+
 def _trial_row(tracking_uri: str, run, knobs: set[str], with_confusion: bool) -> Row:
     params = _knob_params(run, knobs | {"mask_ratio"})
     confusion = None
@@ -153,7 +158,7 @@ def _trial_row(tracking_uri: str, run, knobs: set[str], with_confusion: bool) ->
         summary = download_json(tracking_uri, run.info.run_id, "trial_summary.json") or {}
         stages = summary.get("confusion") or {}
         confusion = stages.get("final") or stages.get("pretrain")
-    label = point_label({k: (float(v) if k == "mask_ratio" else v) for k, v in params.items()}) or run.info.run_name
+    label = _logged_point_label(params) or run.info.run_name
     ended_by = run.data.tags.get(ENDED_BY_TAG)
     status = "stopped by scheduler" if ended_by == "scheduler" else run.info.status
     # The trial's test nights are those of its last stage (fine-tuning, else pre-training): its per-night summary.
@@ -332,7 +337,7 @@ def _seed_row(point: dict, members: list[Row], seeds: list[str], folds: int) -> 
     confusions = [r.confusion for r in done.values()]
     confusion = np.sum(confusions, axis=0).tolist() if confusions and all(c is not None for c in confusions) else None
     first = members[0]
-    label = point_label({key: (float(v) if key == "mask_ratio" else v) for key, v in point.items()}) or first.label
+    label = _logged_point_label(point) or first.label
     how = ", ".join([f"{folds}-fold CV"] * bool(folds) + [f"{len(seeds)} seeds"])
     return Row(label=f"{label} ({how})", run_id=" ".join(by_seed[s].run_id for s in seeds if s in by_seed),
                model=first.model, params=point, metrics=metrics,
@@ -394,7 +399,7 @@ def _pooled_row(point: dict, members: list[Row], k: int) -> Row:
     nights = None
     if done and all(r.nights for r in done.values()):
         nights = {record: value for r in done.values() for record, value in r.nights.items()}
-    label = point_label({key: (float(v) if key == "mask_ratio" else v) for key, v in point.items()}) or members[0].label
+    label = _logged_point_label(point) or members[0].label
     return Row(label=f"{label} ({k}-fold CV)", run_id=" ".join(r.run_id for _, r in sorted(by_fold.items())),
                model=members[0].model, params=point, metrics=metrics,
                status="FINISHED" if complete else f"{len(done)}/{k} folds finished", task=members[0].task,
@@ -601,10 +606,11 @@ def write_comparison(rows: list[Row], out_dir: str | Path, title: str = "") -> d
         files["metrics_plot"] = metric_curves_png(
             with_ratio, [("pretrain_test_accuracy", "pre-training accuracy"), ("test_accuracy", "accuracy"),
                          ("test_macro_f1", "macro-F1"), ("test_kappa", "Cohen's kappa")],
-            out / "metrics_vs_mask_ratio.png", title=title or "test metrics vs masking ratio", baseline=baseline)
+            out / "metrics_vs_mask_ratio.png", title=title or "test metrics vs masking ratio", baseline=baseline,
+            spread_suffix=SEED_SD)
         files["f1_plot"] = metric_curves_png(
             with_ratio, [(f"test_f1_{n}", n) for n in STAGE_NAMES], out / "per_class_f1_vs_mask_ratio.png",
-            title=(title + ": " if title else "") + "per-class F1 vs masking ratio", baseline=None)
+            title=(title + ": " if title else "") + "per-class F1 vs masking ratio", baseline=None, spread_suffix=SEED_SD)
     matrices = [(r.label, r.confusion) for r in rows if r.confusion]
     if matrices:
         files["confusions"] = confusion_grid_png(matrices, out / "confusion_matrices.png")
