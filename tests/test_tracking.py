@@ -3,11 +3,14 @@ tracking server that is down."""
 
 from __future__ import annotations
 
+import logging
 import socket
+import time
 
 import mlflow
 import pytest
 
+from distsleep.cluster.mlflow_server import start_mlflow_server
 from distsleep.tracking import RunLogger, TrackingUnavailable, check_reachable, find_or_create_run
 
 
@@ -34,8 +37,8 @@ def test_logger_survives_a_lost_server(tmp_path):
     dead.metrics({"loss": 0.5}, step=2)
     dead.params({"a": "1"})
     dead.artifact(tmp_path / "mlflow.db")
-    dead.flush()  # the queued metric fails in MLflow's background thread; nothing reaches the caller
-    assert dead.failures >= 2
+    dead.flush()  # the metric fails in the logger's sender thread; nothing reaches the caller
+    assert dead.failures >= 2 and dead.down
     history = mlflow.MlflowClient(uri).get_metric_history(run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(1, 1.0)]
     # Non-zero ranks log nothing at all.
@@ -126,3 +129,48 @@ def test_model_card_reads_a_runs_figures_and_says_only_what_it_has(tmp_path):
     assert "- Test: auroc 0.912, f1_positive 0.700." in text
     assert "per night" not in text and "nights of" not in text and "parameters" not in text
     assert tags == {"model": "neuronet", "task": "apnea", "stage": "finetune"}  # nothing it does not know
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_what_a_lost_server_missed_is_written_when_it_is_back(tmp_path):
+    """A tracking server that goes away mid-run and comes back: one warning each way, nothing sent while it
+    rests, and the metrics, params and tags logged meanwhile are in the run afterwards."""
+    store, artifacts = tmp_path / "mlflow.db", tmp_path / "artifacts"
+    server = start_mlflow_server(store, artifacts)
+    port = int(server.uri.rsplit(":", 1)[1])
+    records = _Records()
+    logging.getLogger("distsleep.tracking").addHandler(records)
+    try:
+        run_id, _ = find_or_create_run(server.uri, "exp", "run-lost")
+        logger = RunLogger(server.uri, run_id, retry_after=3.0)
+        logger.metrics({"loss": 1.0}, step=1)
+        logger.flush()
+        server.stop()
+        logger.metrics({"loss": 0.9}, step=2)
+        logger.params({"lr": "0.001"})  # waits for the metric write in flight, which fails: the store is down
+        assert logger.down and len(records.messages) == 1 and "MLflow log metrics failed at" in records.messages[0]
+        logger.metric_rows([(3, {"loss": 0.8}), (4, {"loss": 0.7})])
+        logger.tags({"note": "kept"})
+        assert not logger.artifact(store)  # not held: a run's files are uploaded again by its relaunch
+        assert len(records.messages) == 1, records.messages  # one warning per outage, not one per call
+        server = start_mlflow_server(store, artifacts, port=port)
+        time.sleep(3.0)  # the logger's rest after the last failure
+        logger.metrics({"loss": 0.6}, step=5)
+        logger.flush()
+        assert not logger.down and "answers again" in records.messages[-1], records.messages
+        run = mlflow.MlflowClient(server.uri).get_run(run_id)
+        history = mlflow.MlflowClient(server.uri).get_metric_history(run_id, "loss")
+        assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 0.9), (3, 0.8), (4, 0.7), (5, 0.6)]
+        assert run.data.params == {"lr": "0.001"} and run.data.tags["note"] == "kept"
+        assert logger.artifact(store)
+    finally:
+        logging.getLogger("distsleep.tracking").removeHandler(records)
+        server.stop()

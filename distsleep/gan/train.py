@@ -314,13 +314,15 @@ def gan_loop_per_worker(config: dict) -> None:
             folder = Path(directory)
             (folder / "psd_comparison.json").write_text(json.dumps(
                 {"step": state["step"], "summary": summary, "stages": comparisons}, indent=1, sort_keys=True))
-            tracker.artifact(folder / "psd_comparison.json")
+            files = [(folder / "psd_comparison.json", None)]
             if comparisons:
                 psd_png(comparisons, folder / "psd_comparison.png",
                         title=f"Physio-GAN {cfg.name} step {state['step']}: Welch PSD, mean ± 1 SD over epochs")
-                tracker.artifact(folder / "psd_comparison.png")
+                files.append((folder / "psd_comparison.png", None))
             torch.save(bundle(), folder / GENERATOR.file)
-            if tracker.artifact(folder / GENERATOR.file, GENERATOR.folder):
+            files.append((folder / GENERATOR.file, GENERATOR.folder))
+            tracker.probe()  # a store that failed earlier in the run is asked again before the uploads
+            if all([tracker.artifact(path, where) for path, where in files]):  # else not FINISHED: a relaunch uploads
                 tracker.tags({BUNDLE_TAG: GENERATOR.artifact})
         tracker.tags({"final_step": str(state["step"])})
         tracker.flush()

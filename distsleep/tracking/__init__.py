@@ -4,8 +4,7 @@ tags that tie runs together, and (`compare.py`) the comparison of runs read back
 The driver creates (or, on a relaunch, finds) the MLflow run before training starts and hands its id
 to the workers; rank 0 logs through `RunLogger`, which uses the client API with an explicit run id (no
 global active run), and turns tracking failures into warnings: losing the tracking server mid-run costs
-metrics, not the run.
-"""
+neither the run nor, once the server answers again, what was logged meanwhile (`RunLogger`)."""
 
 from __future__ import annotations
 
@@ -14,12 +13,14 @@ import logging
 import os
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
 
 from distsleep.errors import first_line
+from distsleep.runtime import verbose
 
 log = logging.getLogger("distsleep.tracking")
 
@@ -177,66 +178,188 @@ def download_json(uri: str, run_id: str, artifact: str) -> dict | None:
         return None
 
 
-MAX_METRICS_PER_WRITE = 1000  # MLflow's limit on metrics in one log_batch
+MAX_METRICS_PER_WRITE = 1000  # MLflow's limits on one log_batch
+MAX_PARAMS_OR_TAGS_PER_WRITE = 100
+# Once the store fails a write, no write is sent for this long: each would cost the HTTP client's retries
+# (~3 s with CLIENT_ENV) and a training loop would log into a dead server every few steps.
+RETRY_AFTER_S = 30.0
+# Metric values kept for a store that does not answer (~100 bytes each); beyond it the oldest are dropped.
+MAX_HELD_METRICS = 500_000
 
 
 class RunLogger:
-    """Log to one MLflow run from one process; failures become (rate-limited) warnings."""
+    """Log to one MLflow run from one process; tracking failures never stop the work, and cost little.
 
-    def __init__(self, uri: str, run_id: str, enabled: bool = True):
-        self.uri, self.run_id, self.enabled = uri, run_id, enabled
+    Metrics are written off the caller's thread (one write in flight; what comes meanwhile goes into the next
+    write), params and tags at once. When a write fails the store counts as down: one warning, then for
+    RETRY_AFTER_S nothing is sent, after which the next write tries again. What could not be written meanwhile
+    (metrics, params, tags) is held and written first when the store answers again, at the latest by `flush`.
+    Artifacts are not held: while the store is down `artifact` returns False at once (counted in `failures`),
+    and a run whose files are not all uploaded is not confirmed (BUNDLE_TAG), so relaunching it uploads them.
+    """
+
+    def __init__(self, uri: str, run_id: str, enabled: bool = True, retry_after: float = RETRY_AFTER_S):
+        self.uri, self.run_id, self.enabled, self.retry_after = uri, run_id, enabled, retry_after
         self._client = client(uri) if enabled else None
-        self._last_warning = 0.0
-        self.failures = 0
+        self.failures = 0  # writes that failed or were not sent because the store was down
+        self.dropped = 0  # metric values given up beyond MAX_HELD_METRICS
+        self._down_since: float | None = None  # when the store last failed a write; None while it answers
+        self._held: dict[str, list] = {"params": [], "tags": [], "metrics": []}
+        self._sender: ThreadPoolExecutor | None = None
+        self._in_flight: Future | None = None
+        if enabled and not verbose():
+            # urllib3 prints a line per retry of every failed request; this logger warns once per outage
+            logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+
+    @property
+    def down(self) -> bool:
+        """Whether the store failed the last write this logger tried."""
+        return self._down_since is not None
+
+    def _may_send(self) -> bool:
+        return self._down_since is None or time.time() - self._down_since >= self.retry_after
+
+    def _failed(self, what: str, error: BaseException) -> None:
+        if self._down_since is None:
+            log.warning("MLflow %s failed at %s (%s: %s); the work goes on, and what is logged meanwhile is kept and "
+                        "written when the store answers again (tried every %.0f s)", what, self.uri,
+                        type(error).__name__, first_line(error, 200), self.retry_after)
+        self._down_since = time.time()
+
+    def _answered(self) -> None:
+        if self._down_since is not None:
+            log.warning("MLflow at %s answers again; what was kept meanwhile is written", self.uri)
+            self._down_since = None
+
+    def _hold(self, kind: str, items: list) -> None:
+        held = self._held[kind]
+        held.extend(items)
+        if kind == "metrics" and len(held) > MAX_HELD_METRICS:
+            self.dropped += len(held) - MAX_HELD_METRICS
+            del held[:len(held) - MAX_HELD_METRICS]
+
+    def _take_held(self) -> dict[str, list]:
+        batch, self._held = self._held, {"params": [], "tags": [], "metrics": []}
+        return batch
+
+    def _write(self, batch: dict[str, list]) -> tuple[dict[str, list], BaseException | None]:
+        """`batch` in MLflow-sized writes, params and tags first; on the first failure, what was not written
+        and the error. Runs in the sender thread for metrics: it touches nothing but `batch` and the client."""
+        for kind, size in (("params", MAX_PARAMS_OR_TAGS_PER_WRITE), ("tags", MAX_PARAMS_OR_TAGS_PER_WRITE),
+                           ("metrics", MAX_METRICS_PER_WRITE)):
+            items = batch[kind]
+            for i in range(0, len(items), size):
+                try:
+                    self._client.log_batch(self.run_id, **{kind: items[i:i + size]})
+                except Exception as error:
+                    batch[kind] = items[i:]
+                    return batch, error
+            batch[kind] = []
+        return batch, None
+
+    def _settle(self, unsent: dict[str, list], error: BaseException | None, what: str) -> None:
+        for kind, items in unsent.items():
+            self._hold(kind, items)
+        if error is not None:
+            self._failed(what, error)
+        else:
+            self._answered()
+
+    def _collect(self, wait: bool = False) -> None:
+        """The outcome of the write in flight, if it ended (or, with `wait`, once it ends)."""
+        if self._in_flight is None or not (wait or self._in_flight.done()):
+            return
+        unsent, error = self._in_flight.result()
+        self._in_flight = None
+        self._settle(unsent, error, "log metrics")
+
+    def _send(self) -> None:
+        """Start a write of everything held, unless one is in flight or the store is resting."""
+        self._collect()
+        if self._in_flight is not None or not any(self._held.values()) or not self._may_send():
+            return
+        if self._sender is None:
+            self._sender = ThreadPoolExecutor(1, thread_name_prefix="distsleep-mlflow")
+        self._in_flight = self._sender.submit(self._write, self._take_held())
 
     def _call(self, what: str, fn, *args, **kwargs):
+        """A write that is not held (artifacts, the run's end): tried unless the store is resting."""
+        self._collect()
+        if not self._may_send():
+            self.failures += 1
+            return None
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except Exception as error:
             self.failures += 1
-            if time.time() - self._last_warning > 60:
-                log.warning("MLflow %s failed (%s: %s); training continues", what, type(error).__name__, str(error)[:200])
-                self._last_warning = time.time()
+            self._failed(what, error)
             return None
+        self._answered()
+        return result
+
+    def _now(self, kind: str, items: list) -> None:
+        """Params or tags: written at once (others read them right after) after anything held before them."""
+        self._collect(wait=True)
+        self._hold(kind, items)
+        if not self._may_send():
+            self.failures += 1
+            return
+        unsent, error = self._write(self._take_held())
+        if error is not None:
+            self.failures += 1
+        self._settle(unsent, error, f"log {kind}")
 
     def params(self, params: dict[str, str]) -> None:
-        if not self.enabled:
-            return
-        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
-        for i in range(0, len(items), 100):
-            self._call("log params", self._client.log_batch, self.run_id, params=items[i:i + 100])
+        if self.enabled:
+            self._now("params", [Param(k, str(v)[:6000]) for k, v in sorted(params.items())])
+
+    def tags(self, tags: dict[str, str]) -> None:
+        if self.enabled:
+            self._now("tags", [RunTag(k, str(v)) for k, v in tags.items()])
 
     def metrics(self, metrics: dict[str, float], step: int) -> None:
         self.metric_rows([(step, metrics)])
 
     def metric_rows(self, rows: list[tuple[int, dict[str, float]]]) -> None:
-        """Metrics of several steps, [(step, {name: value})], in as few writes as MLflow allows."""
+        """Metrics of several steps, [(step, {name: value})]: queued, written off this thread.
+
+        A write to a SQLite file or a remote server costs ~10-30 ms, which must not sit inside the training
+        step; one write per batch of steps, not per step, cuts the sender's CPU (and GIL) time ~5x."""
         if not self.enabled:
             return
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for step, metrics in rows for k, v in metrics.items() if v is not None]
-        # Queued to MLflow's background logging thread: a write to a SQLite file or a remote server costs
-        # ~10-30 ms, which must not sit inside the training step. One write per batch of steps, not per
-        # step: that thread's CPU (and GIL) time for a window of 10 steps drops ~5x. `flush` drains the queue.
-        for i in range(0, len(items), MAX_METRICS_PER_WRITE):
-            self._call("log metrics", self._client.log_batch, self.run_id, metrics=items[i:i + MAX_METRICS_PER_WRITE],
-                       synchronous=False)
+        self._hold("metrics", [Metric(k, float(v), now, step) for step, metrics in rows for k, v in metrics.items()
+                               if v is not None])
+        self._send()
 
     def flush(self) -> None:
-        """Wait until queued metrics are written (before artifacts and the end of the run)."""
+        """Write what is queued or held, waiting for it (before artifacts and the end of the run); a store that
+        is still resting is tried once more. Whatever it did not take is warned about."""
         if not self.enabled:
             return
-        # This client's own store: mlflow.flush_async_logging() drains the store of the *global* tracking
-        # URI, which is another store (and queue) whenever this run's URI is not the process default.
-        self._call("flush metrics", self._client._tracking_client.store.flush_async_logging)
+        self._collect(wait=True)
+        if any(self._held.values()):
+            self._down_since = None if self._down_since is None else 0.0  # one more try now
+            self._send()
+            self._collect(wait=True)
+        held = [f"{len(items)} {kind}" for kind, items in self._held.items() if items]
+        if self.dropped:
+            held.append(f"{self.dropped} metric values dropped beyond the {MAX_HELD_METRICS} kept")
+        if held:
+            log.warning("MLflow at %s has not taken %s of run %s (kept by this process only)", self.uri,
+                        ", ".join(held), self.run_id)
 
-    def tags(self, tags: dict[str, str]) -> None:
-        if not self.enabled:
-            return
-        self._call("set tags", self._client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    def probe(self) -> bool:
+        """Whether the store answers now, asked at once even while it rests (before uploads that only count all
+        together: a store that failed a minute ago may be back)."""
+        if not self.enabled or not self.down:
+            return True
+        self._collect(wait=True)
+        self._down_since = 0.0
+        return self._call("read the run", self._client.get_run, self.run_id) is not None
 
     def artifact(self, path: str | Path, artifact_path: str | None = None) -> bool:
-        """Upload one file; False when it did not reach the store (warned, counted in `failures`)."""
+        """Upload one file; False when it did not reach the store (counted in `failures`)."""
         if not self.enabled:
             return True
         failures = self.failures

@@ -262,9 +262,10 @@ def train_loop_per_worker(config: dict) -> None:
                 test_metrics=test_metrics, predictions=predictions, state=state, weights=holder[0] or _cpu_state(engine),
                 world=world, augmented=augmented, trained_before=config.get("trained_before", ()),
             )
-            for path, folder in files:
-                if tracker.artifact(path, folder) and folder == "model":
-                    tracker.tags({BUNDLE_TAG: f"{folder}/{path.name}"})  # without it the driver does not mark FINISHED
+            tracker.probe()  # a store that failed earlier in the run is asked again before the uploads
+            uploaded = [tracker.artifact(path, folder) for path, folder in files]
+            if all(uploaded):  # without the tag the driver does not mark the run FINISHED: a relaunch uploads
+                tracker.tags({BUNDLE_TAG: next(f"{folder}/{path.name}" for path, folder in files if folder == "model")})
         tracker.tags({"best_step": str(state["best_step"]), "stopped_early": str(state["stopped_early"])})
         tracker.flush()
     # A final report so the driver's result carries the test metrics (every rank reports once more).
