@@ -15,6 +15,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DISTSLEEP_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Ray Train's controller polls its workers every 2 s: on the tests' two-worker runs that is up to ~2 s at each
+# start and end of a run (~3 s a launch in tests/test_train.py). The tests' clusters are small enough to poll
+# 4x as often; real clusters keep Ray's default.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 def _session_ray_token() -> str:
