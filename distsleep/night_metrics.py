@@ -10,6 +10,7 @@ Choices (said once, here):
 * REM latency is YASA's `Lat_REM`, minutes from the start of the hypnogram (not from sleep onset).
 * Confidence intervals are percentile bootstraps that resample SUBJECTS (all nights of a drawn subject come
   along), because nights of one person are not independent; the seed is fixed so reruns give the same CI.
+  A configuration trained with several seeds also has its seeds resampled (`mean_over_nights_and_seeds`).
 """
 
 from __future__ import annotations
@@ -242,6 +243,85 @@ def paired_difference(a: Mapping[str, tuple[str, float]], b: Mapping[str, tuple[
     index, weights = _subject_weights([a[r][0] for r in records], n_boot, seed)
     return {"mean": float(difference.mean()), "ci_mean": _bootstrap_mean(difference, index, weights, level),
             "nights": len(records), "subjects": int(weights.shape[1])}
+
+
+def _seed_nights(per_seed: Sequence[Mapping[str, tuple[str, float]]]) -> tuple[list[str], np.ndarray] | None:
+    """(the subject of each night, (seeds, nights) values) over the nights every seed scored with a finite
+    value; None when the seeds were not tested on the same nights of the same subjects."""
+    first = per_seed[0]
+    if any(m.keys() != first.keys() or any(m[r][0] != first[r][0] for r in m) for m in per_seed):
+        return None
+    records = sorted(r for r in first if all(math.isfinite(m[r][1]) for m in per_seed))
+    values = np.asarray([[m[r][1] for r in records] for m in per_seed], dtype=float).reshape(len(per_seed), -1)
+    return [first[r][0] for r in records], values
+
+
+def _seed_draws(n_seeds: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, n_seeds) how often each seed is drawn per resample."""
+    draws = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+    return np.stack([np.bincount(row, minlength=n_seeds) for row in draws]).astype(float)
+
+
+def _two_stage_means(nights: np.ndarray, index: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per resample, the mean over the drawn subjects' nights of `nights` ((n_boot, n_nights): each night's
+    value under that resample's drawn seeds)."""
+    members = np.zeros((nights.shape[1], weights.shape[1]))
+    members[np.arange(nights.shape[1]), index] = 1.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (weights * (nights @ members)).sum(axis=1) / (weights @ members.sum(axis=0))
+
+
+def _seed_averaged(values: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """(n_boot, n_nights): each night's value averaged over each resample's drawn seeds."""
+    return (draws @ values) / draws.sum(axis=1, keepdims=True)
+
+
+def mean_over_nights_and_seeds(per_seed: Sequence[Mapping[str, tuple[str, float]]], n_boot: int = 2000,
+                               seed: int = 0, level: float = 0.95) -> dict | None:
+    """One configuration trained with several seeds, each model tested on the same nights (`per_seed`: per seed,
+    record -> (subject, value)): each night's value averaged over the seeds, its mean over the nights, and the
+    CI of that mean from a two-stage bootstrap that draws the subjects and, independently, the seeds ("seeds":
+    how many).
+
+    The CI then answers for the configuration, not for these few trained models: it widens with the spread
+    between seeds, which a CI over people alone leaves out. Drawing people and seeds independently is the usual
+    approximation for two crossed factors (a little wide where a night's noise differs between seeds); with 3
+    seeds the seed draws are coarse (10 distinct multisets) and, as any bootstrap of 3 values, rather too narrow
+    in their part. With one seed it is `mean_over_nights`, exactly. None without a shared finite night."""
+    if len(per_seed) == 1:
+        return mean_over_nights(per_seed[0], n_boot, seed, level)
+    found = _seed_nights(per_seed)
+    if found is None or not found[0]:
+        return None
+    subjects, values = found
+    index, weights = _subject_weights(subjects, n_boot, seed)
+    draws = _seed_draws(len(per_seed), n_boot, np.random.default_rng([seed, 1]))
+    means = _two_stage_means(_seed_averaged(values, draws), index, weights)
+    return {"mean": float(values.mean(axis=0).mean()), "ci_mean": _interval(means, level), "nights": len(subjects),
+            "seeds": len(per_seed)}
+
+
+def paired_difference_over_seeds(a: Sequence[Mapping[str, tuple[str, float]]],
+                                 b: Sequence[Mapping[str, tuple[str, float]]], n_boot: int = 2000, seed: int = 0,
+                                 level: float = 0.95) -> dict | None:
+    """`paired_difference` of two configurations each trained with one or more seeds (per seed, record ->
+    (subject, value)): the mean over nights of (a's seed-averaged value − b's), its CI from resamples that draw
+    the subjects once for both (paired) and each side's seeds independently ("seeds": how many on each side).
+    One seed each: `paired_difference`, exactly. None unless every model was tested on the same nights of the
+    same subjects, with at least two nights finite everywhere."""
+    if len(a) == len(b) == 1:
+        return paired_difference(a[0], b[0], n_boot, seed, level)
+    both = _seed_nights([*a, *b])
+    if both is None or len(both[0]) < 2:
+        return None
+    subjects, values = both
+    index, weights = _subject_weights(subjects, n_boot, seed)
+    side_a, side_b = values[:len(a)], values[len(a):]
+    nights = (_seed_averaged(side_a, _seed_draws(len(a), n_boot, np.random.default_rng([seed, 1])))
+              - _seed_averaged(side_b, _seed_draws(len(b), n_boot, np.random.default_rng([seed, 2]))))
+    difference = side_a.mean(axis=0) - side_b.mean(axis=0)
+    return {"mean": float(difference.mean()), "ci_mean": _interval(_two_stage_means(nights, index, weights), level),
+            "nights": len(subjects), "subjects": int(weights.shape[1]), "seeds": [len(a), len(b)]}
 
 
 def per_night_values(csv_text: str, metric: str = "kappa") -> dict[str, tuple[str, float]]:

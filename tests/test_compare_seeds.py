@@ -10,7 +10,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from distsleep.night_metrics import mean_over_nights, paired_difference, staging_metrics
+from distsleep.night_metrics import (mean_over_nights, mean_over_nights_and_seeds, paired_difference,
+                                    paired_difference_over_seeds, staging_metrics)
 from distsleep.sweep.run import record_selection
 from distsleep.tracking import KIND_TAG, SWEEP_TAG, RunLogger
 from distsleep.tracking.compare import (Row, best_seed, collect, format_text, notes, pair_with_reference, pool_seeds,
@@ -61,10 +62,11 @@ def test_seed_rows_are_means_with_their_spread_and_the_point_is_selected_on_its_
     assert steady.metrics["val_best_macro_f1"] == pytest.approx(0.71)
     assert lucky.metrics["val_best_macro_f1"] == pytest.approx(0.67)
     assert steady.confusion == np.sum([r.confusion for r in members], axis=0).tolist()
-    # Per-night kappa: each night averaged over the seeds, then over the nights with its subject-bootstrap CI.
+    # Per-night kappa: each night averaged over the seeds, then over the nights; its CI draws people and seeds.
     assert steady.nights == {rec: (subj, pytest.approx(np.mean([r.nights[rec][1] for r in members])))
                              for rec, subj in NIGHTS.items()}
-    assert steady.night_kappa == mean_over_nights(steady.nights)
+    assert steady.night_kappa == mean_over_nights_and_seeds([r.nights for r in members])
+    assert steady.night_kappa["mean"] == pytest.approx(mean_over_nights(steady.nights)["mean"])
 
     # Selected on the mean: mask 0.5, not the lucky seed's point; mask 0.75 lacks a seed, so it has no validation
     # value and is never selected, and its test figures, over fewer runs, get no stars.
@@ -84,10 +86,13 @@ def test_seed_rows_are_means_with_their_spread_and_the_point_is_selected_on_its_
     assert any(line.startswith("seeds: ") for line in notes(pooled))
     # Paired per night with the selected point on its seed-averaged nights.
     pair_with_reference(pooled)
-    assert lucky.night_kappa_diff == paired_difference(lucky.nights, steady.nights)
+    lucky_runs = [r.nights for r in rows if r.params["mask_ratio"] == "0.25"]
+    assert lucky.night_kappa_diff == paired_difference_over_seeds(lucky_runs, [r.nights for r in members])
+    assert lucky.night_kappa_diff["mean"] == pytest.approx(paired_difference(lucky.nights, steady.nights)["mean"])
     # --reference names a pooled row by any of its trial runs.
     pair_with_reference(pooled, reference="run-0.25-1")
-    assert lucky.reference and steady.night_kappa_diff == paired_difference(steady.nights, lucky.nights)
+    assert lucky.reference and steady.night_kappa_diff == paired_difference_over_seeds([r.nights for r in members],
+                                                                                       lucky_runs)
 
 
 def test_cross_validation_with_seeds_pools_folds_then_seeds():

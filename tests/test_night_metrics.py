@@ -11,8 +11,9 @@ import pytest
 import yasa
 from sklearn.metrics import accuracy_score, cohen_kappa_score
 
-from distsleep.night_metrics import (CSV_COLUMNS, SLEEP_STATISTICS, Night, evaluate_nights, night_row,
-                                     paired_difference, per_night_values, write_evaluation)
+from distsleep.night_metrics import (CSV_COLUMNS, SLEEP_STATISTICS, Night, evaluate_nights, mean_over_nights,
+                                     mean_over_nights_and_seeds, night_row, paired_difference,
+                                     paired_difference_over_seeds, per_night_values, write_evaluation)
 
 YASA_LABELS = np.array(["WAKE", "N1", "N2", "N3", "REM"])
 
@@ -139,6 +140,46 @@ def test_paired_difference_sees_what_side_by_side_intervals_hide():
     # Not the same nights (or not the same people): not paired.
     assert paired_difference(a, {r: v for r, v in list(b.items())[1:]}) is None
     assert paired_difference(a, {r: ("someone else", v) for r, (_, v) in b.items()}) is None
+
+
+def test_a_configurations_interval_widens_with_the_spread_between_its_seeds():
+    rng = np.random.default_rng(4)
+    subjects = [f"s{i:02d}" for i in range(20) for _ in range(2)]
+    base = {f"{s}-n{k}": (s, float(v)) for k, (s, v) in enumerate(zip(subjects, rng.uniform(0.6, 0.9, 40)))}
+
+    def seed_runs(offsets):
+        return [{r: (s, v + off + float(rng.normal(0, 0.002))) for r, (s, v) in base.items()} for off in offsets]
+
+    def averaged(runs):
+        return {r: (s, float(np.mean([run[r][1] for run in runs]))) for r, (s, _) in base.items()}
+
+    # One seed: the people-only interval, exactly.
+    assert mean_over_nights_and_seeds([base]) == mean_over_nights(base)
+    # Seeds that agree: about the people-only interval of their averaged nights.
+    agree = seed_runs([0.0, 0.0, 0.0])
+    people = mean_over_nights(averaged(agree))
+    both = mean_over_nights_and_seeds(agree)
+    assert both["mean"] == pytest.approx(people["mean"]) and both["seeds"] == 3 and both["nights"] == 40
+    assert both["ci_mean"] == pytest.approx(people["ci_mean"], abs=0.002)
+    # Seeds 0.04 apart: the same mean, and an interval that answers for the configuration, not three models.
+    spread = seed_runs([-0.04, 0.0, 0.04])
+    people = mean_over_nights(averaged(spread))
+    both = mean_over_nights_and_seeds(spread)
+    assert both["mean"] == pytest.approx(people["mean"])
+    assert both["ci_mean"][0] < people["ci_mean"][0] and both["ci_mean"][1] > people["ci_mean"][1]
+    assert (both["ci_mean"][1] - both["ci_mean"][0]) > 1.5 * (people["ci_mean"][1] - people["ci_mean"][0])
+
+    # Paired: a configuration 0.01 better than a single model on every night. Over people alone its seed-averaged
+    # nights differ clearly; with seeds 0.04 apart, three seeds cannot tell.
+    other = {r: (s, v - 0.01) for r, (s, v) in base.items()}
+    alone = paired_difference(averaged(spread), other)
+    paired = paired_difference_over_seeds(spread, [other])
+    assert paired["mean"] == pytest.approx(alone["mean"]) and paired["seeds"] == [3, 1]
+    assert alone["ci_mean"][0] > 0 and paired["ci_mean"][0] < 0 < paired["ci_mean"][1]
+    assert paired_difference_over_seeds([base], [other]) == paired_difference(base, other)
+    # Not the same nights of the same people: nothing to pair or pool.
+    assert paired_difference_over_seeds(spread, [{r: v for r, v in list(other.items())[1:]}]) is None
+    assert mean_over_nights_and_seeds([base, {r: ("someone else", v) for r, (_, v) in base.items()}]) is None
 
 
 def test_per_night_values_read_back_the_csv(tmp_path):

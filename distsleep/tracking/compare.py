@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from distsleep.night_metrics import mean_over_nights, paired_difference, per_night_values, pooled_metrics
+from distsleep.night_metrics import (mean_over_nights, mean_over_nights_and_seeds, paired_difference_over_seeds,
+                                    per_night_values, pooled_metrics)
 from distsleep.plots import confusion_grid_png, metric_curves_png, paired_differences_png
 from distsleep.shards.folds import FOLD_KEY
 from distsleep.stages import STAGE_NAMES
@@ -40,14 +41,15 @@ COLUMNS = [  # (header, metric key); accuracies and F1 shown in %, kappa as is (
     ("kappa", "test_kappa"),
     *[(f"F1 {name}", f"test_f1_{name}") for name in STAGE_NAMES],
 ]
-# Per-night kappa: mean over nights and its 95 % subject-bootstrap CI, from the run's per-night summary.json
+# Per-night kappa: mean over nights and its 95 % subject-bootstrap CI (a row over seeds: people and seeds
+# resampled), from the run's per-night summary.json
 # (a training run's per_night/ artifacts, an evaluation run's evaluation/, a sweep trial's last stage's per_night/);
 # shown when some row has one.
 NIGHT_FOLDERS = (PER_NIGHT_ARTIFACTS, "evaluation")
 NIGHT_COLUMN = "kappa/night [95% CI]"
 # Paired against a reference run on the same test nights (the run selected on validation, or the one the user
 # names): mean over nights of this run's kappa minus the reference's, with its subject-bootstrap CI (a CI that
-# holds 0: no difference these nights show).
+# holds 0: no difference these nights show; rows over seeds resample their seeds too).
 DIFF_COLUMN = "Δkappa/night vs reference [95% CI]"
 # Shown only when some row has them: the binary tasks (apnea, hypopnea).
 EVENT_COLUMNS = [("F1 event", "test_f1_positive"), ("AUROC", "test_auroc"), ("majority acc", "test_majority_accuracy")]
@@ -89,7 +91,7 @@ class Row:
     extra: dict = field(default_factory=dict)
     night_kappa: dict | None = None  # {"mean", "ci_mean": [low, high]} over the test nights
     nights: dict | None = None  # record -> (subject, kappa of that night), from the run's per_night.csv
-    night_kappa_diff: dict | None = None  # paired_difference(this run's nights, the reference run's)
+    night_kappa_diff: dict | None = None  # paired_difference_over_seeds(this row's nights, the reference's)
     reference: bool = False  # the run the others are paired with (pair_with_reference)
 
     @property
@@ -293,8 +295,8 @@ def pool_seeds(rows: list[Row], seeds: list[str], folds: int = 0) -> list[Row]:
 
     Every seed is tested on the same nights, so each figure is the mean over the point's seeds, with the SD
     between them as `<metric>_seed_sd`: neighbouring points are told apart against the seed-to-seed spread, not
-    by one lucky seed. Per-night kappa: each night's kappa averaged over the seeds, then the mean over the nights
-    and its subject-bootstrap CI (and paired with the reference likewise). The validation metric is the mean over
+    by one lucky seed. Per-night kappa: each night's kappa averaged over the seeds, then the mean over the nights,
+    its CI drawing people and seeds (`mean_over_nights_and_seeds`; paired with the reference likewise). The validation metric is the mean over
     the seeds, set only when every seed finished: a point is selected on its mean, never on its best seed, and a
     point missing a seed is shown but never selected."""
     groups: dict[tuple, list[Row]] = {}
@@ -342,8 +344,9 @@ def _seed_row(point: dict, members: list[Row], seeds: list[str], folds: int) -> 
     return Row(label=f"{label} ({how})", run_id=" ".join(by_seed[s].run_id for s in seeds if s in by_seed),
                model=first.model, params=point, metrics=metrics,
                status="FINISHED" if complete else f"{len(done)}/{len(seeds)} seeds finished", task=first.task,
-               confusion=confusion, night_kappa=mean_over_nights(nights) if nights else None, nights=nights,
-               extra={"seeds": {s: by_seed[s] for s in seeds if s in by_seed}, "cv_folds": folds, "partial": not complete})
+               confusion=confusion, night_kappa=mean_over_nights_and_seeds(night_sets) if nights else None,
+               nights=nights, extra={"seeds": {s: by_seed[s] for s in seeds if s in by_seed}, "cv_folds": folds,
+                                     "partial": not complete, "seed_nights": night_sets if nights else None})
 
 
 def best_seed(row: Row, key: str) -> tuple[str, Row] | None:
@@ -425,8 +428,13 @@ def pair_with_reference(rows: list[Row], reference: str | None = None) -> list[R
     for row in rows:
         row.night_kappa_diff, row.reference = None, row is chosen
         if chosen is not None and chosen.nights and row.nights and row is not chosen and row.task == chosen.task:
-            row.night_kappa_diff = paired_difference(row.nights, chosen.nights)
+            row.night_kappa_diff = paired_difference_over_seeds(seed_nights(row), seed_nights(chosen))
     return rows
+
+
+def seed_nights(row: Row) -> list[dict]:
+    """A row's per-night values per seed: its seeds' (a seed-pooled row) or its own, as a list of one."""
+    return row.extra.get("seed_nights") or [row.nights]
 
 
 def sort_rows(rows: list[Row]) -> list[Row]:
@@ -531,8 +539,9 @@ def seeds_note(rows: list[Row]) -> str | None:
         return None
     return ("seeds: a row '(N seeds)' is the mean over its seeds' runs, ± the SD between seeds (per-class SDs in the "
             "CSV), all tested on the "
-            "same nights (kappa/night: each night's kappa averaged over the seeds; its CIs resample people, not "
-            "seeds: the SD is the seed-to-seed spread); its validation value is the mean "
+            "same nights (kappa/night: each night's kappa averaged over the seeds; its CIs, and those of the paired "
+            "differences, resample people and seeds, so they answer for the configuration, not for these few "
+            "models); its validation value is the mean "
             "over its seeds, so a point is selected on its mean, not its luckiest seed, and a row missing a seed has "
             "none; `distsleep evaluate --sweep` judges the selected point's best seed on validation")
 
