@@ -342,6 +342,9 @@ class RunLogger:
             self._down_since = None if self._down_since is None else 0.0  # one more try now
             self._send()
             self._collect(wait=True)
+        if self._sender is not None:  # a driver makes a logger per trial: no idle thread stays behind each
+            self._sender.shutdown(wait=False)
+            self._sender = None
         held = [f"{len(items)} {kind}" for kind, items in self._held.items() if items]
         if self.dropped:
             held.append(f"{self.dropped} metric values dropped beyond the {MAX_HELD_METRICS} kept")
