@@ -142,9 +142,13 @@ def _subject_weights(subjects: Sequence[str], n_boot: int, seed: int) -> tuple[n
     """(index of each night's subject, (n_boot, n_subjects) how often each subject is drawn per resample)."""
     names = {name: i for i, name in enumerate(sorted(set(subjects)))}
     index = np.asarray([names[s] for s in subjects])
-    draws = np.random.default_rng(seed).integers(0, len(names), size=(n_boot, len(names)))
-    weights = np.stack([np.bincount(row, minlength=len(names)) for row in draws]).astype(float)
-    return index, weights
+    return index, _draw_counts(len(names), n_boot, np.random.default_rng(seed))
+
+
+def _draw_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, n) how often each of n units (subjects, seeds) is drawn when n are drawn with replacement."""
+    draws = rng.integers(0, n, size=(n_boot, n))
+    return np.stack([np.bincount(row, minlength=n) for row in draws]).astype(float)
 
 
 def _interval(samples: np.ndarray, level: float) -> list[float]:
@@ -256,12 +260,6 @@ def _seed_nights(per_seed: Sequence[Mapping[str, tuple[str, float]]]) -> tuple[l
     return [first[r][0] for r in records], values
 
 
-def _seed_draws(n_seeds: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot, n_seeds) how often each seed is drawn per resample."""
-    draws = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
-    return np.stack([np.bincount(row, minlength=n_seeds) for row in draws]).astype(float)
-
-
 def _two_stage_means(nights: np.ndarray, index: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Per resample, the mean over the drawn subjects' nights of `nights` ((n_boot, n_nights): each night's
     value under that resample's drawn seeds)."""
@@ -295,7 +293,7 @@ def mean_over_nights_and_seeds(per_seed: Sequence[Mapping[str, tuple[str, float]
         return None
     subjects, values = found
     index, weights = _subject_weights(subjects, n_boot, seed)
-    draws = _seed_draws(len(per_seed), n_boot, np.random.default_rng([seed, 1]))
+    draws = _draw_counts(len(per_seed), n_boot, np.random.default_rng([seed, 1]))
     means = _two_stage_means(_seed_averaged(values, draws), index, weights)
     return {"mean": float(values.mean(axis=0).mean()), "ci_mean": _interval(means, level), "nights": len(subjects),
             "seeds": len(per_seed)}
@@ -317,8 +315,8 @@ def paired_difference_over_seeds(a: Sequence[Mapping[str, tuple[str, float]]],
     subjects, values = both
     index, weights = _subject_weights(subjects, n_boot, seed)
     side_a, side_b = values[:len(a)], values[len(a):]
-    nights = (_seed_averaged(side_a, _seed_draws(len(a), n_boot, np.random.default_rng([seed, 1])))
-              - _seed_averaged(side_b, _seed_draws(len(b), n_boot, np.random.default_rng([seed, 2]))))
+    nights = (_seed_averaged(side_a, _draw_counts(len(a), n_boot, np.random.default_rng([seed, 1])))
+              - _seed_averaged(side_b, _draw_counts(len(b), n_boot, np.random.default_rng([seed, 2]))))
     difference = side_a.mean(axis=0) - side_b.mean(axis=0)
     return {"mean": float(difference.mean()), "ci_mean": _interval(_two_stage_means(nights, index, weights), level),
             "nights": len(subjects), "subjects": int(weights.shape[1]), "seeds": [len(a), len(b)]}

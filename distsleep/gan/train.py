@@ -321,8 +321,7 @@ def gan_loop_per_worker(config: dict) -> None:
                 files.append((folder / "psd_comparison.png", None))
             torch.save(bundle(), folder / GENERATOR.file)
             files.append((folder / GENERATOR.file, GENERATOR.folder))
-            tracker.probe()  # a store that failed earlier in the run is asked again before the uploads
-            if all([tracker.artifact(path, where) for path, where in files]):  # else not FINISHED: a relaunch uploads
+            if tracker.artifacts(files):  # without the tag the run is not FINISHED: a relaunch uploads
                 tracker.tags({BUNDLE_TAG: GENERATOR.artifact})
         tracker.tags({"final_step": str(state["step"])})
         tracker.flush()

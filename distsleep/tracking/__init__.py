@@ -231,6 +231,11 @@ class RunLogger:
             log.warning("MLflow at %s answers again; what was kept meanwhile is written", self.uri)
             self._down_since = None
 
+    def _end_rest(self) -> None:
+        """Let the next write go out now even if the store is resting (it still counts as down until one lands)."""
+        if self._down_since is not None:
+            self._down_since = 0.0
+
     def _hold(self, kind: str, items: list) -> None:
         held = self._held[kind]
         held.extend(items)
@@ -339,7 +344,7 @@ class RunLogger:
             return
         self._collect(wait=True)
         if any(self._held.values()):
-            self._down_since = None if self._down_since is None else 0.0  # one more try now
+            self._end_rest()  # one more try now
             self._send()
             self._collect(wait=True)
         if self._sender is not None:  # a driver makes a logger per trial: no idle thread stays behind each
@@ -352,15 +357,6 @@ class RunLogger:
             log.warning("MLflow at %s has not taken %s of run %s (kept by this process only)", self.uri,
                         ", ".join(held), self.run_id)
 
-    def probe(self) -> bool:
-        """Whether the store answers now, asked at once even while it rests (before uploads that only count all
-        together: a store that failed a minute ago may be back)."""
-        if not self.enabled or not self.down:
-            return True
-        self._collect(wait=True)
-        self._down_since = 0.0
-        return self._call("read the run", self._client.get_run, self.run_id) is not None
-
     def artifact(self, path: str | Path, artifact_path: str | None = None) -> bool:
         """Upload one file; False when it did not reach the store (counted in `failures`)."""
         if not self.enabled:
@@ -368,6 +364,15 @@ class RunLogger:
         failures = self.failures
         self._call("log artifact", self._client.log_artifact, self.run_id, str(path), artifact_path)
         return self.failures == failures
+
+    def artifacts(self, files: list[tuple[Path, str | None]]) -> bool:
+        """Upload every (file, folder); True only when all reached the store. A store that failed earlier is asked
+        again first, even while it rests: the files only count together (a run is confirmed with all of them)."""
+        if self.enabled and self.down:
+            self._collect(wait=True)
+            self._end_rest()
+            self._call("read the run", self._client.get_run, self.run_id)
+        return all([self.artifact(path, folder) for path, folder in files])
 
     def finish(self, status: str = "FINISHED") -> None:
         if not self.enabled:

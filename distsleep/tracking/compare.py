@@ -296,9 +296,9 @@ def pool_seeds(rows: list[Row], seeds: list[str], folds: int = 0) -> list[Row]:
     Every seed is tested on the same nights, so each figure is the mean over the point's seeds, with the SD
     between them as `<metric>_seed_sd`: neighbouring points are told apart against the seed-to-seed spread, not
     by one lucky seed. Per-night kappa: each night's kappa averaged over the seeds, then the mean over the nights,
-    its CI drawing people and seeds (`mean_over_nights_and_seeds`; paired with the reference likewise). The validation metric is the mean over
-    the seeds, set only when every seed finished: a point is selected on its mean, never on its best seed, and a
-    point missing a seed is shown but never selected."""
+    its CI drawing people and seeds (`mean_over_nights_and_seeds`; paired with the reference likewise). The
+    validation metric is the mean over the seeds, set only when every seed finished: a point is selected on its
+    mean, never on its best seed, and a point missing a seed is shown but never selected."""
     groups: dict[tuple, list[Row]] = {}
     for row in rows:
         if not row.baseline:

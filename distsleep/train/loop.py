@@ -262,9 +262,7 @@ def train_loop_per_worker(config: dict) -> None:
                 test_metrics=test_metrics, predictions=predictions, state=state, weights=holder[0] or _cpu_state(engine),
                 world=world, augmented=augmented, trained_before=config.get("trained_before", ()),
             )
-            tracker.probe()  # a store that failed earlier in the run is asked again before the uploads
-            uploaded = [tracker.artifact(path, folder) for path, folder in files]
-            if all(uploaded):  # without the tag the driver does not mark the run FINISHED: a relaunch uploads
+            if tracker.artifacts(files):  # without the tag the driver does not mark the run FINISHED
                 tracker.tags({BUNDLE_TAG: next(f"{folder}/{path.name}" for path, folder in files if folder == "model")})
         tracker.tags({"best_step": str(state["best_step"]), "stopped_early": str(state["stopped_early"])})
         tracker.flush()
