@@ -11,7 +11,7 @@ import mlflow
 import pytest
 
 from distsleep.cluster.mlflow_server import start_mlflow_server
-from distsleep.tracking import RunLogger, TrackingUnavailable, check_reachable, find_or_create_run
+from distsleep.tracking import UNSENT_FILE, RunLogger, TrackingUnavailable, check_reachable, find_or_create_run
 
 
 def closed_port() -> int:
@@ -174,3 +174,44 @@ def test_what_a_lost_server_missed_is_written_when_it_is_back(tmp_path):
     finally:
         logging.getLogger("distsleep.tracking").removeHandler(records)
         server.stop()
+
+
+def test_what_a_store_missed_outlives_the_process_through_a_checkpoint(tmp_path):
+    """A run whose store is down when it checkpoints: the checkpoint keeps what was not taken, and a relaunch
+    resuming from it writes that to the run, once (the original writer's late copy adds no duplicates); a relaunch
+    that continues into a new MLflow run writes it to the run the checkpoint was written for."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id, _ = find_or_create_run(uri, "exp", "run-kept")
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    store = RunLogger(uri, run_id)
+    assert not store.keep_unsent(checkpoint) and not (checkpoint / UNSENT_FILE).exists()  # nothing held: no file
+    dead = RunLogger(f"http://127.0.0.1:{closed_port()}", run_id)  # the same run, its server gone
+    dead.metric_rows([(1, {"loss": 1.0, "lr": 0.1}), (2, {"loss": float("nan")})])
+    dead.params({"a": "1"})
+    dead.tags({"note": "kept"})
+    assert dead.keep_unsent(checkpoint)
+
+    relaunch = RunLogger(uri, run_id)
+    assert relaunch.write_kept(checkpoint) == 3
+    relaunch.flush()
+    assert RunLogger(uri, run_id).write_kept(tmp_path) == 0  # a checkpoint without the file
+    client = mlflow.MlflowClient(uri)
+    history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "loss"))
+    assert history[0] == (1, 1.0) and history[1][0] == 2 and history[1][1] != history[1][1]  # NaN kept as NaN
+    run = client.get_run(run_id)
+    assert run.data.params == {"a": "1"} and run.data.tags["note"] == "kept" and run.data.metrics["lr"] == 0.1
+    # The same values written again (the first process got through after all, or a second relaunch): no duplicates.
+    again = RunLogger(uri, run_id)
+    again.write_kept(checkpoint)
+    again.flush()
+    assert len(client.get_metric_history(run_id, "loss")) == 2
+    # Continued into a new MLflow run (a larger --max-steps): what was kept still goes to its own run.
+    newer, _ = find_or_create_run(uri, "exp", "run-kept-continued")
+    (checkpoint / UNSENT_FILE).write_text(
+        (checkpoint / UNSENT_FILE).read_text().replace('"loss", 1.0', '"loss", 0.75'))
+    continued = RunLogger(uri, newer)
+    assert continued.write_kept(checkpoint) == 3
+    continued.flush()
+    assert sorted(m.value for m in client.get_metric_history(run_id, "loss") if m.step == 1) == [0.75, 1.0]
+    assert client.get_metric_history(newer, "loss") == []

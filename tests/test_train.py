@@ -19,7 +19,7 @@ import torch
 from distsleep.cluster.mlflow_server import start_mlflow_server
 from distsleep.predict import predict_recording
 from distsleep.synth.cohort import CohortConfig, generate_cohort, record_paths
-from distsleep.tracking import TrackingUnavailable
+from distsleep.tracking import BUNDLE_TAG, TrackingUnavailable
 from distsleep.train.config import TrainConfig
 from distsleep.train.driver import LaunchError
 from distsleep.train.identity import RunMismatch, check_init_sources
@@ -287,7 +287,7 @@ def bundle_lost(shards, tmp_path_factory, ray_local) -> dict:
         run_training(dataclasses.replace(cfg, tracking_uri=f"sqlite:///{tmp / 'local.db'}"), check_cluster=False)
     thread.join(timeout=900)
     return {"cfg": cfg, "tmp": tmp, "outcome": outcome, "second": str(second.value),
-            "store": f"sqlite:///{tmp / 'server' / 'mlflow.db'}"}
+            "store": f"sqlite:///{tmp / 'server' / 'mlflow.db'}", "port": int(server.uri.rsplit(":", 1)[1])}
 
 
 def test_a_run_whose_bundle_was_not_uploaded_is_not_finished(bundle_lost):
@@ -348,6 +348,26 @@ def test_init_from_a_run_that_trained_on_the_test_records_is_refused(bundle_lost
     with pytest.raises(LaunchError, match=r"--init-from .*runs/lost was trained on the people of 5 test record\(s\)"):
         run_training(cfg, check_cluster=False)
     assert not (tmp / "runs" / "ft-leak").exists(), "refused before anything was created"
+
+
+def test_a_relaunch_once_the_store_is_back_completes_the_run_and_its_history(bundle_lost):
+    """The relaunch the failure message advises, with the server back: no step trained again, the bundle uploaded,
+    the run FINISHED, and the metrics of the steps trained while the server was down (kept by the checkpoints)
+    in the run's history. Last of the tests on this fixture: it finishes the run they look at."""
+    tmp = bundle_lost["tmp"]
+    server = start_mlflow_server(tmp / "server" / "mlflow.db", tmp / "server" / "artifacts", port=bundle_lost["port"])
+    try:
+        outcome = run_training(bundle_lost["cfg"], check_cluster=False)
+        tracking = mlflow.MlflowClient(server.uri)
+        run = tracking.get_run(outcome.run_id)
+        assert run.info.status == "FINISHED" and BUNDLE_TAG in run.data.tags and "test_kappa" in run.data.metrics
+        assert run.data.metrics["resumes"] == 1, "resumed from the last checkpoint, not trained again"
+        # Validation every 10 steps to 60; the server died after the checkpoint of step 10.
+        assert [m.step for m in sorted(tracking.get_metric_history(outcome.run_id, "val_kappa"), key=lambda m: m.step)] \
+            == [10, 20, 30, 40, 50, 60]
+        assert {m.step for m in tracking.get_metric_history(outcome.run_id, "epochs_per_s")} >= {20, 30, 40, 50, 60}
+    finally:
+        server.stop()
 
 
 def test_init_from_is_checked_by_person_and_through_the_sources_own_sources(shards, tmp_path):

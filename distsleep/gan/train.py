@@ -20,6 +20,7 @@ Checkpoint (every `checkpoint_every` generator steps and at the end, written by 
     gan_state.pt        generator, critic, both optimizers, step (torch.load(weights_only=True))
     generator.pt        the generator bundle (`distsleep.bundle.generator_bundle`), so a checkpoint can feed `augment`
     trainer_state.json  step, resume count and the MLflow run id (`driver.finished_launch`)
+    mlflow_unsent.json  only when the tracking store was down: what it had not taken, written by a relaunch
 
 MLflow (rank 0): the config as params; per logged step loss_critic, loss_generator, loss_adversarial,
 loss_spectral, loss_moment, gradient_penalty, wasserstein_estimate (critic score of real minus generated
@@ -166,12 +167,14 @@ def gan_loop_per_worker(config: dict) -> None:
         with checkpoint.as_directory() as directory:
             verify_checksums(directory, "the checkpoint to resume from")
             saved = load_file(Path(directory) / STATE_FILE, map_location=device)
+            kept = tracker.write_kept(directory)  # what the tracking store missed before this checkpoint
         generator.load_state_dict(saved["generator"])
         critic.load_state_dict(saved["critic"])
         opt_g.load_state_dict(saved["opt_generator"])
         opt_d.load_state_dict(saved["opt_critic"])
         state = {"step": int(saved["step"]), "resumes": int(saved.get("resumes", 0)) + 1}
-        say(f"resumed from checkpoint at step {state['step']} (resume #{state['resumes']})")
+        say(f"resumed from checkpoint at step {state['step']} (resume #{state['resumes']})"
+            f"{f'; {kept} metric values the tracking store had missed are written now' if kept else ''}")
         tracker.metrics({"resumes": state["resumes"]}, state["step"])
     else:
         _broadcast_parameters(generator, world)
@@ -248,6 +251,7 @@ def gan_loop_per_worker(config: dict) -> None:
                             "step": state["step"], "resumes": state["resumes"]}, Path(directory) / STATE_FILE)
                 torch.save(bundle(), Path(directory) / GENERATOR.file)
                 (Path(directory) / "trainer_state.json").write_text(json.dumps({**state, "mlflow_run_id": run_id}))
+                tracker.keep_unsent(directory)  # a relaunch from here writes what the store has not taken
                 write_checksums(directory)
             ray.train.report({"step": state["step"], **metrics},
                              checkpoint=ray.train.Checkpoint.from_directory(directory) if rank == 0 else None)

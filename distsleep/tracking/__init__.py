@@ -185,6 +185,8 @@ MAX_PARAMS_OR_TAGS_PER_WRITE = 100
 RETRY_AFTER_S = 30.0
 # Metric values kept for a store that does not answer (~100 bytes each); beyond it the oldest are dropped.
 MAX_HELD_METRICS = 500_000
+# In a checkpoint: what the tracking store had not taken when the checkpoint was written (`RunLogger.keep_unsent`)
+UNSENT_FILE = "mlflow_unsent.json"
 
 
 class RunLogger:
@@ -196,6 +198,8 @@ class RunLogger:
     (metrics, params, tags) is held and written first when the store answers again, at the latest by `flush`.
     Artifacts are not held: while the store is down `artifact` returns False at once (counted in `failures`),
     and a run whose files are not all uploaded is not confirmed (BUNDLE_TAG), so relaunching it uploads them.
+    What is held outlives the process only through a checkpoint: `keep_unsent` writes it into one, and
+    `write_kept` writes it to its run when a relaunch resumes from that checkpoint.
     """
 
     def __init__(self, uri: str, run_id: str, enabled: bool = True, retry_after: float = RETRY_AFTER_S):
@@ -354,8 +358,43 @@ class RunLogger:
         if self.dropped:
             held.append(f"{self.dropped} metric values dropped beyond the {MAX_HELD_METRICS} kept")
         if held:
-            log.warning("MLflow at %s has not taken %s of run %s (kept by this process only)", self.uri,
-                        ", ".join(held), self.run_id)
+            log.warning("MLflow at %s has not taken %s of run %s (lost with this process unless a checkpoint kept "
+                        "them)", self.uri, ", ".join(held), self.run_id)
+
+    def keep_unsent(self, folder: str | Path) -> bool:
+        """Write what the store has not taken yet (held params, tags and metrics) into `folder`, a checkpoint being
+        written, as UNSENT_FILE; False when nothing is held. It stays held here too: whichever of this process and
+        a relaunch resuming from the checkpoint writes it first, the other's copy is a duplicate, which MLflow's SQL
+        stores drop (same key, step, value and timestamp)."""
+        if not self.enabled:
+            return False
+        self._collect(wait=True)  # a write in flight that fails comes back into what is held
+        if not any(self._held.values()):
+            return False
+        held = {"run_id": self.run_id,
+                "params": [[p.key, p.value] for p in self._held["params"]],
+                "tags": [[t.key, t.value] for t in self._held["tags"]],
+                "metrics": [[m.key, m.value, m.timestamp, m.step] for m in self._held["metrics"]]}
+        (Path(folder) / UNSENT_FILE).write_text(json.dumps(held))
+        return True
+
+    def write_kept(self, folder: str | Path) -> int:
+        """Write what a checkpoint's UNSENT_FILE kept to its run: this logger's, or the run the checkpoint was written
+        for when it continues into a new MLflow run. Returns the number of metric values kept (0 without the file)."""
+        path = Path(folder) / UNSENT_FILE
+        if not self.enabled or not path.is_file():
+            return 0
+        kept = json.loads(path.read_text())
+        same = kept["run_id"] == self.run_id
+        target = self if same else RunLogger(self.uri, kept["run_id"], retry_after=self.retry_after)
+        target._hold("params", [Param(k, v) for k, v in kept["params"]])
+        target._hold("tags", [RunTag(k, v) for k, v in kept["tags"]])
+        target._hold("metrics", [Metric(k, float(v), int(t), int(step)) for k, v, t, step in kept["metrics"]])
+        if same:
+            self._send()
+        else:
+            target.flush()
+        return len(kept["metrics"])
 
     def artifact(self, path: str | Path, artifact_path: str | None = None) -> bool:
         """Upload one file; False when it did not reach the store (counted in `failures`)."""

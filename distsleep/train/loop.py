@@ -8,6 +8,8 @@ Checkpoint (one per validation, reported by every rank into one merged directory
     trainer_state.json step, best validation metric and step, patience counter, MLflow run id (rank 0)
     best_model.pt      fp32 weights of the best validation so far (rank 0), so a resumed run still
                        evaluates and exports the best model, not the last one
+    mlflow_unsent.json only while the tracking store is down: what it has not taken (rank 0), written to the run
+                       by a relaunch that resumes from here (`RunLogger.keep_unsent`)
     checksums-rankR.json  sha256 of the files rank R wrote; verified before a resume loads anything (DeepSpeed
                        unpickles its optimizer state)
 """
@@ -151,7 +153,9 @@ def train_loop_per_worker(config: dict) -> None:
             state["resumes"] = state.get("resumes", 0) + 1
             if rank == 0 and (Path(directory) / bundle.MODEL.checkpoint_weights).exists():
                 best_weights = bundle.load_file(Path(directory) / bundle.MODEL.checkpoint_weights)
-        _log(rank, f"resumed from checkpoint at step {state['step']} (resume #{state['resumes']})")
+            kept = tracker.write_kept(directory)  # what the tracking store missed before this checkpoint
+        _log(rank, f"resumed from checkpoint at step {state['step']} (resume #{state['resumes']})"
+                   f"{f'; {kept} metric values the tracking store had missed are written now' if kept else ''}")
         tracker.metrics({"resumes": state["resumes"]}, state["step"])
     state["mlflow_run_id"] = config["mlflow_run_id"]  # which run its checkpoints belong to (`driver.finished_launch`)
     # Params go to each MLflow run once: a relaunch of an interrupted run reuses its run (already has them);
@@ -198,6 +202,7 @@ def train_loop_per_worker(config: dict) -> None:
                 (Path(directory) / "trainer_state.json").write_text(json.dumps(state))
                 if best_weights is not None:
                     torch.save(best_weights, Path(directory) / bundle.MODEL.checkpoint_weights)
+                tracker.keep_unsent(directory)  # a relaunch from here writes what the store has not taken
             write_checksums(directory, f"checksums-rank{rank}.json")
             ray.train.report({"step": step, "stage": cfg.stage, **val, "val_best_" + cfg.select_metric: state["best_metric"]},
                              checkpoint=ray.train.Checkpoint.from_directory(directory))
