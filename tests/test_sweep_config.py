@@ -234,3 +234,39 @@ def test_each_trial_is_paired_with_the_selected_one_on_the_same_test_nights(tmp_
         pair_with_reference(rows, reference="p")  # the baseline row has no per-night results to pair with
     with pytest.raises(CompareError, match="no per-night results"):
         pair_with_reference([*rows[:3], Row("no nights", "e", "mc2sleepnet", {}, {})], reference="e")
+
+
+def test_a_trial_is_finished_only_once_the_store_holds_its_record(tmp_path):
+    """A trial's own run (what `compare` reads) is FINISHED only when the store holds its summary metrics, stage
+    tags and trial_summary.json; otherwise the trial fails (so that a relaunched sweep records it) and says why."""
+    import socket
+
+    import mlflow
+
+    from distsleep.sweep.trial import TrialNotRecorded, record_trial
+    from distsleep.tracking import TRIAL_SUMMARY, RunLogger, find_or_create_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    point, summary, tags = {"mask_ratio": 0.5}, {"test_kappa": 0.8, "val_best_macro_f1": 0.7}, {"pretrain_run_id": "p1"}
+    run_id, _ = find_or_create_run(uri, "exp", "s/trial-1")
+    record_trial(RunLogger(uri, run_id), point, summary, tags, confusion={"pretrain": None, "final": None})
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics == summary and run.data.tags["pretrain_run_id"] == "p1"
+    assert [f.path for f in client.list_artifacts(run_id)] == [TRIAL_SUMMARY]
+
+    # Metrics and tags taken, the file not (its artifact folder cannot be made): not FINISHED, the file named.
+    (tmp_path / "not-a-folder").write_text("")
+    experiment = client.create_experiment("broken-artifacts", artifact_location=(tmp_path / "not-a-folder" / "x").as_uri())
+    broken = client.create_run(experiment).info.run_id
+    with pytest.raises(TrialNotRecorded, match=rf"mask=0.50: .*lacks artifact {TRIAL_SUMMARY} of its trial run {broken}"
+                                               r".*Relaunch the sweep once the store works"):
+        record_trial(RunLogger(uri, broken), point, summary, tags, confusion={})
+    assert client.get_run(broken).info.status == "RUNNING" and client.get_run(broken).data.metrics == summary
+
+    # The store gone altogether.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(TrialNotRecorded, match=r"lacks the run itself \(the store did not answer"):
+        record_trial(RunLogger(dead, run_id), point, summary, tags, confusion={})

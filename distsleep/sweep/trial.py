@@ -22,8 +22,8 @@ import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from distsleep.sweep.config import SweepConfig
-from distsleep.tracking import (FINETUNE_RUN_TAG, KIND_TAG, PRETRAIN_RUN_TAG, SWEEP_TAG, TRIAL_TAG, RunLogger, download_json,
-                               find_or_create_run, find_run)
+from distsleep.tracking import (FINETUNE_RUN_TAG, KIND_TAG, PRETRAIN_RUN_TAG, SWEEP_TAG, TRIAL_SUMMARY, TRIAL_TAG, RunLogger,
+                               download_json, find_or_create_run, find_run, run_lacks)
 from distsleep.tracking.compare import ordered_point, point_label
 from distsleep.train.launch import run_training
 
@@ -103,17 +103,35 @@ def sweep_trial(point: dict, *, sweep: dict, parent_run_id: str) -> None:
         tags[FINETUNE_RUN_TAG] = final_id
     summary.update(_test_metrics(final))
     summary = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+    confusion = {"pretrain": _confusion(uri, pre_id), "final": _confusion(uri, final_id) if cfg.finetune else None}
+    record_trial(tracker, point, summary, tags, confusion)
+    # The last result Tune sees for this trial: its test metrics (the scheduler's metric included).
+    ray.tune.report({**summary, "trial_complete": 1})
+
+
+class TrialNotRecorded(RuntimeError):
+    """A trial whose stages finished but whose own MLflow run the store did not take whole."""
+
+
+def record_trial(tracker: RunLogger, point: dict, summary: dict, tags: dict, confusion: dict) -> None:
+    """The trial run's summary metrics, stage-run tags and trial_summary.json (what `compare` reads), then the run
+    FINISHED, only once the store is seen to hold them all. Otherwise TrialNotRecorded, and the run is not FINISHED:
+    Tune counts the trial failed, and a relaunch of the sweep runs it again, which finds its stages finished and
+    records it without training (a trial that Tune counted complete would never be recorded)."""
     tracker.metrics(summary, step=0)
     tracker.tags(tags)
     with tempfile.TemporaryDirectory() as directory:
-        path = Path(directory) / "trial_summary.json"
-        path.write_text(json.dumps({
-            "point": point, "metrics": summary, **tags,
-            "confusion": {"pretrain": _confusion(uri, pre_id), "final": _confusion(uri, final_id) if cfg.finetune else None},
-        }, indent=1))
+        path = Path(directory) / TRIAL_SUMMARY
+        path.write_text(json.dumps({"point": point, "metrics": summary, **tags, "confusion": confusion}, indent=1))
         tracker.artifact(path)
-    tracker.finish("FINISHED")
-    if tracker.failures:
-        log.warning("%s: %d MLflow call(s) failed for trial run %s", point_label(point), tracker.failures, run_id)
-    # The last result Tune sees for this trial: its test metrics (the scheduler's metric included).
-    ray.tune.report({**summary, "trial_complete": 1})
+    tracker.flush()
+    lacks = run_lacks(tracker.uri, tracker.run_id, metrics=summary, tags=tags, artifacts=[TRIAL_SUMMARY])
+    if not lacks:
+        failures = tracker.failures
+        tracker.finish("FINISHED")
+        lacks = ["its FINISHED status"] if tracker.failures > failures else []
+    if lacks:
+        raise TrialNotRecorded(f"{point_label(point)}: its stages finished, but MLflow at {tracker.uri} lacks "
+                               f"{', '.join(lacks[:4])}{' ...' if len(lacks) > 4 else ''} of its trial run "
+                               f"{tracker.run_id}. Relaunch the sweep once the store works: this trial is run again "
+                               "from its finished stages, without training them again.")

@@ -40,6 +40,8 @@ PRETRAIN_RUN_TAG = "pretrain_run_id"
 FINETUNE_RUN_TAG = "finetune_run_id"
 # The artifact folder of a training run's per-night test evaluation (the files `distsleep evaluate` writes)
 PER_NIGHT_ARTIFACTS = "per_night"
+# A sweep trial run's artifact: its point, summary metrics, stage runs and confusion matrices (what `compare` reads)
+TRIAL_SUMMARY = "trial_summary.json"
 # The MLflow client settings of every process that tracks (drivers, trials, training workers): fail fast instead of
 # retrying for minutes when a server is unreachable, and keep MLflow's console output off ours.
 CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
@@ -158,6 +160,20 @@ def find_run(uri: str, experiment: str, run_name: str, status: str | None = None
     found = c.search_runs([exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=50)
     found = with_tag(found, RUN_NAME_TAG, run_name)
     return found[0] if found else None
+
+
+def run_lacks(uri: str, run_id: str, metrics=(), tags=(), artifacts=()) -> list[str]:
+    """What of `metrics`, `tags` (names) and `artifacts` (paths) run `run_id` does not hold in the store at `uri`;
+    the whole run when the store cannot be read. Empty when it holds them all."""
+    try:
+        c = client(uri)
+        run = c.get_run(run_id)
+        stored = {f.path for f in c.list_artifacts(run_id)} if artifacts else set()
+    except Exception as error:
+        return [f"the run itself (the store did not answer: {type(error).__name__})"]
+    lacks = [f"metric {name}" for name in metrics if name not in run.data.metrics]
+    lacks += [f"tag {name}" for name in tags if name not in run.data.tags]
+    return lacks + [f"artifact {path}" for path in artifacts if path not in stored]
 
 
 def download_text(uri: str, run_id: str, artifact: str) -> str | None:

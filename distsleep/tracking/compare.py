@@ -30,8 +30,8 @@ from distsleep.night_metrics import (mean_over_nights, mean_over_nights_and_seed
 from distsleep.plots import confusion_grid_png, metric_curves_png, paired_differences_png
 from distsleep.shards.folds import FOLD_KEY
 from distsleep.stages import STAGE_NAMES
-from distsleep.tracking import (ENDED_BY_TAG, KIND_TAG, PER_NIGHT_ARTIFACTS, SWEEP_TAG, client, download_json, download_text,
-                               final_stage_run, sweep_runs)
+from distsleep.tracking import (ENDED_BY_TAG, KIND_TAG, PER_NIGHT_ARTIFACTS, SWEEP_TAG, TRIAL_SUMMARY, client, download_json,
+                               download_text, final_stage_run, sweep_runs)
 
 BASELINE_PREFIX = "baseline_yasa_"
 COLUMNS = [  # (header, metric key); accuracies and F1 shown in %, kappa as is (as in the paper)
@@ -157,7 +157,7 @@ def _trial_row(tracking_uri: str, run, knobs: set[str], with_confusion: bool) ->
     confusion = None
     stages = {}
     if with_confusion:
-        summary = download_json(tracking_uri, run.info.run_id, "trial_summary.json") or {}
+        summary = download_json(tracking_uri, run.info.run_id, TRIAL_SUMMARY) or {}
         stages = summary.get("confusion") or {}
         confusion = stages.get("final") or stages.get("pretrain")
     label = _logged_point_label(params) or run.info.run_name
