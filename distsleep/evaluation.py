@@ -127,6 +127,7 @@ class EvaluationResult:
     substituted: dict[str, str]
     run_id: str | None = None
     probabilities: dict[str, Path] = field(default_factory=dict)
+    tracked: bool = True  # False when the MLflow run did not take all of it (then the run is FAILED)
 
     @property
     def complete(self) -> bool:
@@ -173,8 +174,9 @@ def _write_probabilities(folder: Path, nights: dict[str, dict]) -> dict[str, Pat
     return paths
 
 
-def _track(cfg: EvaluateConfig, uri: str, parts: list[_Part], result: EvaluationResult) -> str:
-    """The MLflow evaluation run: tags naming the model run(s) and source(s), metrics, and the written files."""
+def _track(cfg: EvaluateConfig, uri: str, parts: list[_Part], result: EvaluationResult) -> tuple[str, bool]:
+    """The MLflow evaluation run: tags naming the model run(s) and source(s), metrics, and the written files;
+    (its id, whether the store took all of it). A run the store did not take whole is FAILED, not FINISHED."""
     bundle = parts[0].bundle
     tags = {KIND_TAG: "evaluation", MODEL_SOURCE_TAG: " ".join(p.located.name for p in parts), "model": bundle["model"]}
     if all(p.located.run_id for p in parts):  # a cross-validation: every fold's training run, space-separated
@@ -201,12 +203,12 @@ def _track(cfg: EvaluateConfig, uri: str, parts: list[_Part], result: Evaluation
     for name, stat in summary["sleep_statistics"].items():
         metrics[f"{name}_bias"] = stat["difference"]["mean"]
     logger.metrics({k: v for k, v in metrics.items() if v is not None and np.isfinite(v)}, step=0)
-    for path in result.files.values():
-        logger.artifact(path, "evaluation")
-    for path in result.probabilities.values():
-        logger.artifact(path, f"evaluation/{PROBABILITIES}")
-    logger.finish("FINISHED" if result.complete else "FAILED")
-    return run_id
+    uploaded = logger.artifacts([(path, "evaluation") for path in result.files.values()]
+                                + [(path, f"evaluation/{PROBABILITIES}") for path in result.probabilities.values()])
+    logger.flush()
+    whole = uploaded and not logger.down
+    logger.finish("FINISHED" if result.complete and whole else "FAILED")
+    return run_id, whole
 
 
 def _prepare(cfg: EvaluateConfig, model: str, shards: str, uri: str) -> _Part:
@@ -326,7 +328,7 @@ def run_evaluation(cfg: EvaluateConfig) -> EvaluationResult:
     result.probabilities = _write_probabilities(out / PROBABILITIES, scored)
     result.files = write_evaluation(out, nights, rows, summary)
     if cfg.track:
-        result.run_id = _track(cfg, uri, parts, result)
+        result.run_id, result.tracked = _track(cfg, uri, parts, result)
     return result
 
 
@@ -356,6 +358,9 @@ def format_summary(result: EvaluationResult) -> str:
         lines.append(f"FAILED {failure['shard']}: {failure['reason']}")
     lines.append(f"files in {result.out.resolve()}: " + ", ".join(p.name for p in result.files.values())
                  + f", {PROBABILITIES}/*.npz ({len(result.probabilities)})")
-    if result.run_id:
+    if result.run_id and not result.tracked:
+        lines.append(f"MLflow evaluation run {result.run_id}: FAILED, the store did not take all of it (the files "
+                     "above are complete; evaluate again to record it)")
+    elif result.run_id:
         lines.append(f"MLflow evaluation run {result.run_id}")
     return "\n".join(lines)

@@ -86,6 +86,26 @@ def test_evaluate_one_row_per_test_night_with_yasa_statistics_and_an_mlflow_run(
     assert {"per_night.csv", "summary.json", "per_night_kappa.png", "probabilities"} <= artifacts
 
 
+def test_an_evaluation_run_the_store_did_not_take_whole_is_not_finished(shards, tmp_path, capsys):
+    """The store takes the metrics but not the files (its artifact folder cannot be made): the files in --out are
+    complete, the MLflow run is FAILED and not FINISHED, the console says so and the exit status is 1."""
+    bundle = write_bundle(tmp_path / "model" / "model.pt")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (tmp_path / "not-a-folder").write_text("")
+    client = mlflow.MlflowClient(uri)
+    client.create_experiment("broken", artifact_location=(tmp_path / "not-a-folder" / "x").as_uri())
+    out = tmp_path / "eval"
+    status = cli_main(["evaluate", "--model", str(bundle), "--shards", str(shards), "--out", str(out), "--tracking-uri",
+                       uri, "--experiment", "broken", "--n-boot", "50", "--stride", "5", "--no-progress"])
+    console = capsys.readouterr().out
+    assert status == 1, console
+    [run] = client.search_runs([client.get_experiment_by_name("broken").experiment_id])
+    assert run.info.status == "FAILED" and "test_kappa" in run.data.metrics
+    assert f"MLflow evaluation run {run.info.run_id}: FAILED, the store did not take all of it" in console
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] and (out / "per_night.csv").stat().st_size > 0
+
+
 def test_a_model_from_another_dataset_is_evaluated_through_the_substituted_role(shards, tmp_path, capsys):
     # A model trained on Sleep-EDF's Fpz-Cz, evaluated on SHHS shards: read through C4-A1, which fills its input slot.
     bundle = write_bundle(tmp_path / "sleep-edf-model.pt", source="sleep-edf", role="eeg_fpz_cz")

@@ -22,8 +22,9 @@ DESCRIPTION = ("Score every night of a split of a preprocessing manifest with a 
                "says which roles were substituted. Cross-validation: several --model with as many --shards (each fold's "
                "model and its fold manifest), or --sweep NAME for the point a sweep selected on validation (every fold of "
                "a cross-validation point), score each model on its own manifest and pool the nights, so every person is "
-               "judged by the model that never saw them. Exit status: 0 all nights evaluated, 1 some failed (listed; the "
-               "others are evaluated), 2 the model or the shards cannot be used.")
+               "judged by the model that never saw them. Exit status: 0 all nights evaluated and recorded, 1 some failed "
+               "(listed; the others are evaluated) or the MLflow run did not take all of it (marked FAILED; the files "
+               "are complete), 2 the model or the shards cannot be used.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -86,4 +87,4 @@ def run(args: argparse.Namespace) -> int:
                          progress=not args.no_progress, sweep=args.sweep)
     result = run_evaluation(cfg)
     print(format_summary(result))
-    return 0 if result.complete else 1
+    return 0 if result.complete and result.tracked else 1

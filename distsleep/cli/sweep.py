@@ -85,4 +85,8 @@ def run(args: argparse.Namespace) -> int:
     print(outcome.text)
     print(f"comparison: {', '.join(str(p) for p in outcome.files.values())}")
     print(f"MLflow parent run {outcome.parent_run_id} in {outcome.tracking_uri} (experiment {config.train.experiment!r})")
-    return 1 if counts["failed"] else 0
+    if not outcome.recorded:
+        print(f"distsleep sweep: the store did not take the comparison and selection of run {outcome.parent_run_id} "
+              "whole, so it is FAILED (the comparison files above are complete); relaunch the sweep unchanged to "
+              "record them", file=sys.stderr)
+    return 1 if counts["failed"] or not outcome.recorded else 0

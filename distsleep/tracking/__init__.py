@@ -430,7 +430,9 @@ class RunLogger:
         return all([self.artifact(path, folder) for path, folder in files])
 
     def finish(self, status: str = "FINISHED") -> None:
+        """Write what is held, then end the run with `status`; tried even while the store rests (the last call)."""
         if not self.enabled:
             return
         self.flush()
+        self._end_rest()
         self._call("end run", self._client.set_terminated, self.run_id, status)
