@@ -203,12 +203,9 @@ def _track(cfg: EvaluateConfig, uri: str, parts: list[_Part], result: Evaluation
     for name, stat in summary["sleep_statistics"].items():
         metrics[f"{name}_bias"] = stat["difference"]["mean"]
     logger.metrics({k: v for k, v in metrics.items() if v is not None and np.isfinite(v)}, step=0)
-    uploaded = logger.artifacts([(path, "evaluation") for path in result.files.values()]
-                                + [(path, f"evaluation/{PROBABILITIES}") for path in result.probabilities.values()])
-    logger.flush()
-    whole = uploaded and not logger.down
-    logger.finish("FINISHED" if result.complete and whole else "FAILED")
-    return run_id, whole
+    logger.artifacts([(path, "evaluation") for path in result.files.values()]
+                     + [(path, f"evaluation/{PROBABILITIES}") for path in result.probabilities.values()])
+    return run_id, logger.finish("FINISHED" if result.complete else "FAILED")
 
 
 def _prepare(cfg: EvaluateConfig, model: str, shards: str, uri: str) -> _Part:

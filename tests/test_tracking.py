@@ -215,3 +215,46 @@ def test_what_a_store_missed_outlives_the_process_through_a_checkpoint(tmp_path)
     continued.flush()
     assert sorted(m.value for m in client.get_metric_history(run_id, "loss") if m.step == 1) == [0.75, 1.0]
     assert client.get_metric_history(newer, "loss") == []
+
+
+def test_a_run_the_store_did_not_take_whole_never_ends_finished(tmp_path):
+    """`finish` ends a run FINISHED only when the store took everything the logger was given; an artifact whose
+    upload failed, or values still held, make it FAILED and `finish` says so (False). A later upload of the same
+    file makes up for the failed one."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    report = tmp_path / "report.json"
+    report.write_text("{}")
+
+    whole, _ = find_or_create_run(uri, "exp", "whole")
+    logger = RunLogger(uri, whole)
+    logger.metrics({"kappa": 0.8}, step=0)
+    assert logger.artifact(report, "out") and logger.missing() == []
+    assert logger.finish("FINISHED") and client.get_run(whole).info.status == "FINISHED"
+    failed, _ = find_or_create_run(uri, "exp", "failed-whole")
+    assert RunLogger(uri, failed).finish("FAILED") and client.get_run(failed).info.status == "FAILED"
+
+    # An artifact folder that cannot be made (a file stands where it should go): the file is named, the run FAILED.
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    experiment = client.create_experiment("broken", artifact_location=(blocker / "x").as_uri())
+    lost = client.create_run(experiment).info.run_id
+    logger = RunLogger(uri, lost, retry_after=0)
+    logger.metrics({"kappa": 0.8}, step=0)
+    assert not logger.artifact(report, "out") and logger.missing() == ["artifact out/report.json"]
+    assert not logger.finish("FINISHED")
+    run = client.get_run(lost)
+    assert run.info.status == "FAILED" and run.data.metrics == {"kappa": 0.8}
+
+    # The same file uploaded again once the folder can be made: nothing missing, FINISHED.
+    mended = client.create_run(experiment).info.run_id
+    logger = RunLogger(uri, mended, retry_after=0)
+    assert not logger.artifact(report, "out")
+    blocker.unlink()
+    assert logger.artifact(report, "out") and logger.missing() == []
+    assert logger.finish() and client.get_run(mended).info.status == "FINISHED"
+
+    # Values the store never took (its server gone): held, named, and the end not written either.
+    dead = RunLogger(f"http://127.0.0.1:{closed_port()}", whole, retry_after=0)
+    dead.metrics({"late": 1.0}, step=1)
+    assert not dead.finish() and dead.missing() == ["1 metrics"]

@@ -45,6 +45,7 @@ class EffectResult:
     runs: dict  # (seed, arm) -> MLflow run id
     summary: dict  # see `summarise`
     files: dict  # name -> path
+    recorded: bool = True  # False when the store did not take the parent run whole (then it is FAILED)
 
 
 def default_name(model: str) -> str:
@@ -149,11 +150,11 @@ def run_effect(base, augmentation: str, seeds, out_dir: str | Path | None = None
         files["effect"].write_text(json.dumps({"summary": summary, "runs": {f"{s}/{a}": r for (s, a), r in runs.items()},
                                                "augmentation": str(augmentation)}, indent=1))
         files["per_class"] = per_class_png(summary, metrics, out / "per_class_f1_effect.png")
-        for path in files.values():
-            tracker.artifact(path)
+        tracker.artifacts([(path, None) for path in files.values()])
         tracker.metrics({**{f"{arm}_mean_{k}": m[arm]["mean"] for k, m in summary["metrics"].items() for arm in ARMS},
                          **{f"delta_{k}": m["delta_mean"] for k, m in summary["metrics"].items()}}, step=0)
-        tracker.finish("FINISHED")
+        # FAILED unless the store took it all; a relaunch reuses the run (its arms are found finished) and logs again
+        recorded = tracker.finish("FINISHED")
         if not out_dir:
             files = {name: f"runs:/{parent}/{Path(path).name}" for name, path in files.items()}
-    return EffectResult(run_id=parent, runs=runs, summary=summary, files=files)
+    return EffectResult(run_id=parent, runs=runs, summary=summary, files=files, recorded=recorded)

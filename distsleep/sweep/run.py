@@ -323,15 +323,13 @@ def _run_locked(cfg: SweepConfig, uri: str, max_concurrent: int, experiment_dir:
     target = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix=f"sweep-{cfg.name}-"))
     files = compare.write_comparison(rows, target, title=f"sweep {cfg.name} ({cfg.train.model})")
     logger = RunLogger(uri, parent_run_id)
-    uploaded = logger.artifacts([(path, "comparison") for path in files.values()])
+    logger.artifacts([(path, "comparison") for path in files.values()])
     counts = {s: sum(t["state"] == s for t in trials) for s in ("completed", "stopped", "failed")}
     logger.metrics({f"trials_{k}": v for k, v in counts.items()}, step=0)
     record_selection(logger, rows)
-    logger.flush()
     # Not FINISHED unless the store holds the comparison and the selection (`evaluate --sweep` reads the latter);
     # a relaunch of the sweep reuses this run and records them again.
-    recorded = uploaded and not logger.down
-    logger.finish("FINISHED" if counts["failed"] == 0 and recorded else "FAILED")
+    recorded = logger.finish("FINISHED" if counts["failed"] == 0 else "FAILED")
     for t in trials:
         if t["state"] != "completed":
             log.info("trial %s (%s): %s%s", t["trial_id"], point_label(t["point"]), t["state"],

@@ -126,10 +126,8 @@ def record_trial(tracker: RunLogger, point: dict, summary: dict, tags: dict, con
         tracker.artifact(path)
     tracker.flush()
     lacks = run_lacks(tracker.uri, tracker.run_id, metrics=summary, tags=tags, artifacts=[TRIAL_SUMMARY])
-    if not lacks:
-        failures = tracker.failures
-        tracker.finish("FINISHED")
-        lacks = ["its FINISHED status"] if tracker.failures > failures else []
+    if not lacks and not tracker.finish("FINISHED"):
+        lacks = ["its FINISHED status"]
     if lacks:
         raise TrialNotRecorded(f"{point_label(point)}: its stages finished, but MLflow at {tracker.uri} lacks "
                                f"{', '.join(lacks[:4])}{' ...' if len(lacks) > 4 else ''} of its trial run "

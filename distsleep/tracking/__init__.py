@@ -225,6 +225,7 @@ class RunLogger:
         self.dropped = 0  # metric values given up beyond MAX_HELD_METRICS
         self._down_since: float | None = None  # when the store last failed a write; None while it answers
         self._held: dict[str, list] = {"params": [], "tags": [], "metrics": []}
+        self._not_uploaded: set[str] = set()  # artifact paths in the run whose last upload failed
         self._sender: ThreadPoolExecutor | None = None
         self._in_flight: Future | None = None
         if enabled and not verbose():
@@ -418,7 +419,12 @@ class RunLogger:
             return True
         failures = self.failures
         self._call("log artifact", self._client.log_artifact, self.run_id, str(path), artifact_path)
-        return self.failures == failures
+        where = f"{artifact_path}/{Path(path).name}" if artifact_path else Path(path).name
+        if self.failures == failures:
+            self._not_uploaded.discard(where)  # a later upload of the same file makes up for a failed one
+            return True
+        self._not_uploaded.add(where)
+        return False
 
     def artifacts(self, files: list[tuple[Path, str | None]]) -> bool:
         """Upload every (file, folder); True only when all reached the store. A store that failed earlier is asked
@@ -429,10 +435,28 @@ class RunLogger:
             self._call("read the run", self._client.get_run, self.run_id)
         return all([self.artifact(path, folder) for path, folder in files])
 
-    def finish(self, status: str = "FINISHED") -> None:
-        """Write what is held, then end the run with `status`; tried even while the store rests (the last call)."""
+    def missing(self) -> list[str]:
+        """What this logger was given that the store has not taken: held values, values dropped, artifacts whose
+        last upload failed ([] when the run's record is whole)."""
+        missing = [f"{len(items)} {kind}" for kind, items in self._held.items() if items]
+        if self.dropped:
+            missing.append(f"{self.dropped} metric values dropped")
+        missing += [f"artifact {where}" for where in sorted(self._not_uploaded)]
+        return missing
+
+    def finish(self, status: str = "FINISHED") -> bool:
+        """Write what is held, then end the run: with `status`, except that a run the store has not taken whole
+        (`missing` after the flush) ends FAILED, never FINISHED. True when the store took everything, the end
+        included. Tried even while the store rests (the last call)."""
         if not self.enabled:
-            return
+            return True
         self.flush()
+        missing = self.missing()
+        if missing and status == "FINISHED":
+            status = "FAILED"
+            log.warning("MLflow run %s is marked FAILED, not FINISHED: the store at %s has not taken %s", self.run_id,
+                        self.uri, ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else ""))
         self._end_rest()
+        failures = self.failures
         self._call("end run", self._client.set_terminated, self.run_id, status)
+        return not missing and self.failures == failures
