@@ -54,6 +54,7 @@ def test_ui_serves_the_store_on_loopback_and_stops_with_everything_it_started(st
     port = free_port()
     ui = subprocess.Popen(_ui("--tracking-uri", f"sqlite:///{store}", "--port", str(port)), cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    tree = []
     try:
         line = ui.stdout.readline()
         assert line.startswith(f"MLflow UI for {store}: http://127.0.0.1:{port}"), line + ui.stderr.read()
@@ -86,25 +87,58 @@ def test_ui_serves_the_store_on_loopback_and_stops_with_everything_it_started(st
         assert ui.wait(timeout=30) == 0
         assert "stopped" in ui.stdout.read()
         deadline = time.time() + 10
-        while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in tree) and time.time() < deadline:
+        while _alive(tree) and time.time() < deadline:
             time.sleep(0.2)
-        assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not _alive(tree)
     finally:
-        # On a failure above: SIGTERM lets `distsleep ui` stop its server, which runs in a process group of its own
-        # (a SIGKILL of the ui's group would leave it behind); whatever still runs after that is killed.
-        started = psutil.Process(ui.pid).children(recursive=True) if ui.poll() is None else []
-        if ui.poll() is None:
-            ui.send_signal(signal.SIGTERM)
-            try:
-                ui.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(ui.pid, signal.SIGKILL)
-                ui.wait()
-        for process in started:
-            try:
-                process.kill()
-            except psutil.NoSuchProcess:
-                pass
+        _clean_up(ui, tree)
+
+
+def _clean_up(ui: subprocess.Popen, tree: list[psutil.Process]) -> None:
+    """After a failure: SIGTERM lets `distsleep ui` stop its server, which runs in a process group of its own
+    (a SIGKILL of the ui's group would leave it behind); whatever still runs after that is killed."""
+    started = tree + (psutil.Process(ui.pid).children(recursive=True) if ui.poll() is None else [])
+    if ui.poll() is None:
+        ui.send_signal(signal.SIGTERM)
+        try:
+            ui.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(ui.pid, signal.SIGKILL)
+            ui.wait()
+    for process in started:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def _alive(tree: list[psutil.Process]) -> list[psutil.Process]:
+    return [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.parametrize("how", [signal.SIGHUP, signal.SIGKILL], ids=["its-terminal-closed", "killed"])
+def test_ui_leaves_no_server_behind_when_its_terminal_closes_or_it_is_killed(store, how):
+    """Closing the terminal (SIGHUP) stops the server as Ctrl-C does; a SIGKILL, which `distsleep ui` cannot
+    handle, ends it through the server's parent-death signal. Either way the port is free again."""
+    port = free_port()
+    ui = subprocess.Popen(_ui("--tracking-uri", f"sqlite:///{store}", "--port", str(port)), cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    tree = []
+    try:
+        line = ui.stdout.readline()
+        assert line.startswith(f"MLflow UI for {store}: http://127.0.0.1:{port}"), line + ui.stderr.read()
+        tree = psutil.Process(ui.pid).children(recursive=True)
+        assert len(tree) >= 2, [" ".join(p.cmdline()) for p in tree]  # `mlflow server` and its uvicorn
+        ui.send_signal(how)
+        ui.wait(timeout=30)
+        deadline = time.time() + 20
+        while _alive(tree) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not _alive(tree), [" ".join(p.cmdline()) for p in _alive(tree)]
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listens there any more
+    finally:
+        _clean_up(ui, tree)
 
 
 def test_ui_refuses_what_it_cannot_serve_and_creates_nothing(tmp_path, store):

@@ -56,10 +56,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     store = sqlite_store(uri)
     _check_port(args.host, args.port)
-    # SIGTERM (a service manager, `kill`) ends the server as Ctrl-C does (a start interrupted either way leaves none).
+    # SIGTERM (a service manager, `kill`) and SIGHUP (its terminal closed) end the server as Ctrl-C does (a start
+    # interrupted either way leaves none); a SIGKILL ends it through the parent-death signal.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.default_int_handler)
     try:
-        server = start_mlflow_server(store, artifacts_beside(store), host=args.host, port=args.port)
+        server = start_mlflow_server(store, artifacts_beside(store), host=args.host, port=args.port,
+                                     ends_with_caller=True)
     except KeyboardInterrupt:
         return 130
     except RuntimeError as error:  # the server exited or did not answer: say so, without a traceback

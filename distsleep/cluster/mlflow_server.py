@@ -9,9 +9,11 @@ processes and about 30 s of CPU at every start, so `SERVER_ENV` turns them off. 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -46,17 +48,35 @@ def server_command(store: str | Path, artifacts_destination: str, host: str, por
             "--workers", "1", "--allowed-hosts", ",".join(hosts)]
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _ended_with(parent: int):
+    """A preexec function: the child gets SIGTERM when `parent` (the process starting it) dies, even by SIGKILL
+    (Linux's parent-death signal; the server passes SIGTERM on to its uvicorn process). It exits at once if
+    `parent` died before the signal was set."""
+    def set_up() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+    return set_up
+
+
 def start_mlflow_server(store: str | Path, artifacts_destination: str | Path, host: str = "127.0.0.1",
                         port: int | None = None, log: str | Path | None = None, env: dict[str, str] | None = None,
-                        timeout: float = 120) -> MlflowServer:
+                        timeout: float = 120, ends_with_caller: bool = False) -> MlflowServer:
     """Start the server in a process group of its own and wait until it answers /health; its output goes to
-    `log` (default: nowhere). `env` is the server's environment (default: this process's)."""
+    `log` (default: nowhere). `env` is the server's environment (default: this process's). With
+    `ends_with_caller` (Linux) the server stops when the calling process dies, however it dies; otherwise it runs
+    until `stop` (a cluster's server outlives the command that started it)."""
     port = port or free_port(host)
+    tied = ends_with_caller and sys.platform.startswith("linux")
     output = open(log, "ab") if log else subprocess.DEVNULL
     try:
         process = subprocess.Popen(server_command(store, str(artifacts_destination), host, port),
                                    stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env={**(os.environ if env is None else env), **SERVER_ENV}, start_new_session=True)
+                                   env={**(os.environ if env is None else env), **SERVER_ENV}, start_new_session=True,
+                                   preexec_fn=_ended_with(os.getpid()) if tied else None)
     finally:
         if log:
             output.close()
