@@ -160,14 +160,10 @@ def _interval(samples: np.ndarray, level: float) -> list[float]:
 
 
 def _bootstrap_mean(values: np.ndarray, index: np.ndarray, weights: np.ndarray, level: float) -> list[float]:
-    """CI of the mean over nights when subjects are resampled (each drawn subject brings all its nights)."""
+    """CI of the mean over nights when subjects are resampled (each drawn subject brings all its nights); nights
+    without a finite value are left out."""
     ok = np.isfinite(values)
-    n_subjects = weights.shape[1]
-    sums = np.bincount(index[ok], weights=values[ok], minlength=n_subjects)
-    counts = np.bincount(index[ok], minlength=n_subjects).astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = (weights @ sums) / (weights @ counts)
-    return _interval(means, level)
+    return _interval(_two_stage_means(values[ok][None, :], index[ok], weights), level)
 
 
 def _describe(values: np.ndarray) -> dict:
@@ -261,8 +257,9 @@ def _seed_nights(per_seed: Sequence[Mapping[str, tuple[str, float]]]) -> tuple[l
 
 
 def _two_stage_means(nights: np.ndarray, index: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Per resample, the mean over the drawn subjects' nights of `nights` ((n_boot, n_nights): each night's
-    value under that resample's drawn seeds)."""
+    """Per resample, the mean over the drawn subjects' nights (`weights`: how often each subject is drawn) of
+    `nights`: (n_boot, n_nights), each night's value under that resample's drawn seeds, or (1, n_nights) for
+    values that do not change between resamples."""
     members = np.zeros((nights.shape[1], weights.shape[1]))
     members[np.arange(nights.shape[1]), index] = 1.0
     with np.errstate(invalid="ignore", divide="ignore"):
