@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from distsleep.atomic import atomic_path, write_json_atomic, write_text_atomic
-from distsleep.metrics import staging_metrics
+from distsleep.metrics import class_f1, confusion, confusion_metrics, staging_metrics
 from distsleep.stages import EPOCH_SECONDS, NUM_STAGES, STAGE_NAMES, UNSCORED
 
 # Our column name -> (YASA sleep_statistics key, unit).
@@ -93,37 +93,16 @@ def night_row(night: Night) -> dict:
 def _confusion(night: Night) -> np.ndarray:
     true, predicted = np.asarray(night.true), np.asarray(night.predicted)
     scored = true >= 0
-    matrix = np.zeros((NUM_STAGES, NUM_STAGES), dtype=np.int64)
-    np.add.at(matrix, (true[scored], predicted[scored]), 1)
-    return matrix
+    return confusion(true[scored], predicted[scored], NUM_STAGES)
 
 
-def _confusion_metrics(matrices: np.ndarray) -> dict[str, np.ndarray]:
-    """Accuracy, kappa and macro-F1 of each (..., K, K) confusion matrix, as sklearn computes them."""
-    matrices = np.asarray(matrices, dtype=float)
-    n = matrices.sum(axis=(-2, -1))
-    diagonal = np.diagonal(matrices, axis1=-2, axis2=-1)
-    rows, cols = matrices.sum(axis=-1), matrices.sum(axis=-2)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        observed = diagonal.sum(axis=-1) / n
-        expected = (rows * cols).sum(axis=-1) / n**2
-        kappa = (observed - expected) / (1 - expected)
-        f1 = np.where(rows + cols > 0, 2 * diagonal / (rows + cols), np.nan)  # NaN: stage neither true nor predicted
-        present = (rows + cols > 0).sum(axis=-1)
-        macro_f1 = np.where(present > 0, np.nansum(f1, axis=-1) / present, np.nan)
-    return {"accuracy": observed, "kappa": kappa, "macro_f1": macro_f1}
-
-
-def pooled_metrics(confusion) -> dict:
+def pooled_metrics(counts) -> dict:
     """staging_metrics' figures from a confusion matrix (rows = truth) alone: for results pooled from parts whose
     labels are not at hand, such as the test folds of a cross-validation (sums of their matrices)."""
-    matrix = np.asarray(confusion, dtype=np.int64)
-    diagonal, rows, cols = np.diagonal(matrix), matrix.sum(axis=1), matrix.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        f1 = np.where(rows + cols > 0, 2 * diagonal / (rows + cols), np.nan)
-    summary = _confusion_metrics(matrix)
+    matrix = np.asarray(counts, dtype=np.int64)
+    summary = confusion_metrics(matrix)
     return {"n_epochs": int(matrix.sum()), **{k: float(v) for k, v in summary.items()},
-            "f1": {name: float(v) for name, v in zip(STAGE_NAMES, f1)}, "confusion": matrix.tolist()}
+            "f1": {name: float(v) for name, v in zip(STAGE_NAMES, class_f1(matrix))}, "confusion": matrix.tolist()}
 
 
 def mean_over_nights(values: Mapping[str, tuple[str, float]], n_boot: int = 2000, seed: int = 0,
@@ -189,7 +168,7 @@ def summarize(nights: Sequence[Night], rows: Sequence[dict], n_boot: int = 2000,
     predicted = np.concatenate([np.asarray(n.predicted) for n in nights])
     pooled = staging_metrics(true, predicted)
     per_subject = np.stack([confusions[index == i].sum(axis=0) for i in range(weights.shape[1])])
-    resampled = _confusion_metrics(np.einsum("bs,sij->bij", weights, per_subject))
+    resampled = confusion_metrics(np.einsum("bs,sij->bij", weights, per_subject))
     pooled["ci"] = {name: _interval(resampled[name], level) for name in PER_NIGHT_METRICS}
 
     per_night = {}

@@ -12,9 +12,8 @@ unscorable are left out of the respiratory tasks too, as they are from staging.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, f1_score, roc_auc_score
 
-from distsleep.metrics import staging_metrics
+from distsleep.metrics import auroc, class_f1, confusion, confusion_metrics, staging_metrics
 from distsleep.stages import STAGE_NAMES
 
 # Column of the event flags (distsleep.shards.format.EVENT_COLUMNS) each binary task reads.
@@ -53,20 +52,20 @@ def binary_metrics(y_true: np.ndarray, p_positive: np.ndarray, names: list[str],
     y_true, p_positive = np.asarray(y_true), np.asarray(p_positive, dtype=np.float64)
     scored = y_true >= 0
     t, p = y_true[scored], p_positive[scored]
-    pred = (p >= threshold).astype(np.int64)
-    per_class = f1_score(t, pred, labels=[0, 1], average=None, zero_division=0)
-    auroc = float(roc_auc_score(t, p)) if len(np.unique(t)) == 2 else float("nan")
+    matrix = confusion(t, (p >= threshold).astype(np.int64), 2)
+    per_class = class_f1(matrix, zero_division=0.0)  # both classes count in the macro-F1, as sklearn's labels=[0, 1]
+    summary = confusion_metrics(matrix)
     return {
         "n_epochs": int(scored.sum()),
-        "accuracy": float(accuracy_score(t, pred)) if len(t) else float("nan"),
+        "accuracy": float(summary["accuracy"]),
         "f1_positive": float(per_class[1]),
-        "auroc": auroc,
+        "auroc": auroc(t, p),
         "macro_f1": float(np.mean(per_class)),
-        "kappa": float(cohen_kappa_score(t, pred, labels=[0, 1])),
+        "kappa": float(summary["kappa"]),
         "prevalence": float(t.mean()) if len(t) else float("nan"),
         "majority_accuracy": float(max(t.mean(), 1 - t.mean())) if len(t) else float("nan"),
         "f1": {name: float(v) for name, v in zip(names, per_class)},
-        "confusion": confusion_matrix(t, pred, labels=[0, 1]).tolist(),
+        "confusion": matrix.tolist(),
     }
 
 
