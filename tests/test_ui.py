@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -50,7 +51,10 @@ def _get(url: str, host: str | None = None) -> tuple[int, bytes]:
         return error.code, error.read()
 
 
-def test_ui_serves_the_store_on_loopback_and_stops_with_everything_it_started(store):
+@contextlib.contextmanager
+def _serving(store: Path):
+    """`distsleep ui` over `store` on a free port: yields (its process, the port, the processes it started) once it
+    says it serves; afterwards whatever it started is stopped, also when the test failed (`_clean_up`)."""
     port = free_port()
     ui = subprocess.Popen(_ui("--tracking-uri", f"sqlite:///{store}", "--port", str(port)), cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -58,6 +62,14 @@ def test_ui_serves_the_store_on_loopback_and_stops_with_everything_it_started(st
     try:
         line = ui.stdout.readline()
         assert line.startswith(f"MLflow UI for {store}: http://127.0.0.1:{port}"), line + ui.stderr.read()
+        tree.extend(psutil.Process(ui.pid).children(recursive=True))
+        yield ui, port, tree
+    finally:
+        _clean_up(ui, tree)
+
+
+def test_ui_serves_the_store_on_loopback_and_stops_with_everything_it_started(store):
+    with _serving(store) as (ui, port, tree):
         base = f"http://127.0.0.1:{port}"
         status, body = _get(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=ui-test")
         assert status == 200, body
@@ -75,7 +87,6 @@ def test_ui_serves_the_store_on_loopback_and_stops_with_everything_it_started(st
         by_name = f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=ui-test"
         assert _get(by_name, host=f"attacker.example:{port}")[0] == 403
 
-        tree = psutil.Process(ui.pid).children(recursive=True)
         names = [" ".join(p.cmdline()) for p in tree]
         assert any("uvicorn" in n or "mlflow" in n for n in names), names
         assert not any("huey" in n or "_job_runner" in n for n in names), names  # MLflow's GenAI job processes
@@ -90,13 +101,11 @@ def test_ui_serves_the_store_on_loopback_and_stops_with_everything_it_started(st
         while _alive(tree) and time.time() < deadline:
             time.sleep(0.2)
         assert not _alive(tree)
-    finally:
-        _clean_up(ui, tree)
 
 
 def _clean_up(ui: subprocess.Popen, tree: list[psutil.Process]) -> None:
-    """After a failure: SIGTERM lets `distsleep ui` stop its server, which runs in a process group of its own
-    (a SIGKILL of the ui's group would leave it behind); whatever still runs after that is killed."""
+    """Whatever a test (passed or failed) left running: SIGTERM lets `distsleep ui` stop its server, which runs in a
+    process group of its own (a SIGKILL of the ui's group would leave it behind); what still runs is killed."""
     started = tree + (psutil.Process(ui.pid).children(recursive=True) if ui.poll() is None else [])
     if ui.poll() is None:
         ui.send_signal(signal.SIGTERM)
@@ -120,14 +129,7 @@ def _alive(tree: list[psutil.Process]) -> list[psutil.Process]:
 def test_ui_leaves_no_server_behind_when_its_terminal_closes_or_it_is_killed(store, how):
     """Closing the terminal (SIGHUP) stops the server as Ctrl-C does; a SIGKILL, which `distsleep ui` cannot
     handle, ends it through the server's parent-death signal. Either way the port is free again."""
-    port = free_port()
-    ui = subprocess.Popen(_ui("--tracking-uri", f"sqlite:///{store}", "--port", str(port)), cwd=REPO,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    tree = []
-    try:
-        line = ui.stdout.readline()
-        assert line.startswith(f"MLflow UI for {store}: http://127.0.0.1:{port}"), line + ui.stderr.read()
-        tree = psutil.Process(ui.pid).children(recursive=True)
+    with _serving(store) as (ui, port, tree):
         assert len(tree) >= 2, [" ".join(p.cmdline()) for p in tree]  # `mlflow server` and its uvicorn
         ui.send_signal(how)
         ui.wait(timeout=30)
@@ -137,8 +139,6 @@ def test_ui_leaves_no_server_behind_when_its_terminal_closes_or_it_is_killed(sto
         assert not _alive(tree), [" ".join(p.cmdline()) for p in _alive(tree)]
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listens there any more
-    finally:
-        _clean_up(ui, tree)
 
 
 def test_ui_refuses_what_it_cannot_serve_and_creates_nothing(tmp_path, store):
