@@ -171,10 +171,12 @@ def cmd_effect(args: argparse.Namespace) -> int:
         return status
     print(format_summary(result.summary))
     print(f"MLflow parent run {result.run_id}; arms: " + ", ".join(f"seed {s} {a} {r}" for (s, a), r in sorted(result.runs.items())))
-    print(f"table and plots: {result.files.get('text')}, {result.files.get('per_class')}")
+    if result.files:
+        print(f"table and plots: {result.files.get('text')}, {result.files.get('per_class')}")
     if not result.recorded:
         print(f"gan effect: the store did not take parent run {result.run_id} whole, so it is FAILED (the figures above "
-              "are complete); relaunch unchanged to record them (the finished arms are not trained again)",
+              "are complete; give --out to keep the table and plots here); relaunch unchanged to record them (the "
+              "finished arms are not trained again)",
               file=sys.stderr)
         return 1
     return 0

@@ -44,7 +44,7 @@ class EffectResult:
     run_id: str  # the parent MLflow run
     runs: dict  # (seed, arm) -> MLflow run id
     summary: dict  # see `summarise`
-    files: dict  # name -> path
+    files: dict  # name -> path (a runs:/ URI without out_dir; none when the run is not recorded)
     recorded: bool = True  # False when the store did not take the parent run whole (then it is FAILED)
 
 
@@ -155,6 +155,6 @@ def run_effect(base, augmentation: str, seeds, out_dir: str | Path | None = None
                          **{f"delta_{k}": m["delta_mean"] for k, m in summary["metrics"].items()}}, step=0)
         # FAILED unless the store took it all; a relaunch reuses the run (its arms are found finished) and logs again
         recorded = tracker.finish("FINISHED")
-        if not out_dir:
-            files = {name: f"runs:/{parent}/{Path(path).name}" for name, path in files.items()}
+        if not out_dir:  # the files were written to a scratch folder: MLflow holds them only if the run is whole
+            files = {name: f"runs:/{parent}/{Path(path).name}" for name, path in files.items()} if recorded else {}
     return EffectResult(run_id=parent, runs=runs, summary=summary, files=files, recorded=recorded)
