@@ -68,14 +68,16 @@ def staging_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     without N3 down to 0.8. A stage scored but never predicted, or predicted but never scored, has F1 0."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     scored = y_true >= 0
-    matrix = confusion(y_true[scored], y_pred[scored], NUM_STAGES)
+    return pooled_metrics(confusion(y_true[scored], y_pred[scored], NUM_STAGES))
+
+
+def pooled_metrics(counts) -> dict:
+    """staging_metrics' figures from a confusion matrix (rows = truth) alone: also for results pooled from parts
+    whose labels are not at hand, such as the test folds of a cross-validation (sums of their matrices)."""
+    matrix = np.asarray(counts, dtype=np.int64)
     summary = confusion_metrics(matrix)
-    return {
-        "n_epochs": int(scored.sum()),
-        **{name: float(value) for name, value in summary.items()},
-        "f1": {name: float(v) for name, v in zip(STAGE_NAMES, class_f1(matrix))},
-        "confusion": matrix.tolist(),
-    }
+    return {"n_epochs": int(matrix.sum()), **{name: float(value) for name, value in summary.items()},
+            "f1": {name: float(v) for name, v in zip(STAGE_NAMES, class_f1(matrix))}, "confusion": matrix.tolist()}
 
 
 def format_confusion(confusion: list[list[int]]) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from distsleep.atomic import atomic_path, write_json_atomic, write_text_atomic
-from distsleep.metrics import class_f1, confusion, confusion_metrics, staging_metrics
+from distsleep.metrics import confusion, confusion_metrics, staging_metrics
 from distsleep.stages import EPOCH_SECONDS, NUM_STAGES, STAGE_NAMES, UNSCORED
 
 # Our column name -> (YASA sleep_statistics key, unit).
@@ -94,15 +94,6 @@ def _confusion(night: Night) -> np.ndarray:
     true, predicted = np.asarray(night.true), np.asarray(night.predicted)
     scored = true >= 0
     return confusion(true[scored], predicted[scored], NUM_STAGES)
-
-
-def pooled_metrics(counts) -> dict:
-    """staging_metrics' figures from a confusion matrix (rows = truth) alone: for results pooled from parts whose
-    labels are not at hand, such as the test folds of a cross-validation (sums of their matrices)."""
-    matrix = np.asarray(counts, dtype=np.int64)
-    summary = confusion_metrics(matrix)
-    return {"n_epochs": int(matrix.sum()), **{k: float(v) for k, v in summary.items()},
-            "f1": {name: float(v) for name, v in zip(STAGE_NAMES, class_f1(matrix))}, "confusion": matrix.tolist()}
 
 
 def mean_over_nights(values: Mapping[str, tuple[str, float]], n_boot: int = 2000, seed: int = 0,

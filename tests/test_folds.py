@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distsleep.metrics import staging_metrics
-from distsleep.night_metrics import mean_over_nights, pooled_metrics
+from distsleep.metrics import pooled_metrics, staging_metrics
+from distsleep.night_metrics import mean_over_nights
 from distsleep.shards.folds import (FoldError, assign_folds, fold_location, fold_manifest, manifest_location,
                                     write_fold_manifests)
 from distsleep.shards.loader import load_manifest, shard_urls

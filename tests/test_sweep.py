@@ -234,7 +234,7 @@ def test_cross_validation_sweep_tests_every_person_once(shards, tmp_path, ray_lo
     """--folds 3: each fold trial trains on its fold's manifest; the comparison's row pools the three folds' test
     nights (the whole cohort), its figures those of the summed test confusion matrices, and YASA is scored on the
     same nights."""
-    from distsleep.night_metrics import pooled_metrics
+    from distsleep.metrics import pooled_metrics
     from distsleep.shards.manifest import split_records
     from distsleep.tracking import compare, download_json
 

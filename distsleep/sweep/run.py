@@ -33,7 +33,7 @@ from distsleep.cluster.preflight import ClusterCheckError, allow_pending, check_
 from distsleep.errors import first_line
 from distsleep.integrity import IntegrityError
 from distsleep.locks import LockHeld, exclusive_lock
-from distsleep.night_metrics import pooled_metrics
+from distsleep.metrics import pooled_metrics
 from distsleep.runtime import connect_ray
 from distsleep.shards.folds import FoldError, fold_location, write_fold_manifests
 from distsleep.sweep.config import FOLD_KEY, SweepConfig

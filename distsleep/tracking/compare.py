@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from distsleep.metrics import pooled_metrics
 from distsleep.night_metrics import (mean_over_nights, mean_over_nights_and_seeds, paired_difference_over_seeds,
-                                    per_night_values, pooled_metrics)
+                                    per_night_values)
 from distsleep.plots import confusion_grid_png, metric_curves_png, paired_differences_png
 from distsleep.shards.folds import FOLD_KEY
 from distsleep.stages import STAGE_NAMES
