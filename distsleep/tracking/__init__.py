@@ -371,12 +371,17 @@ class RunLogger:
         if self._sender is not None:  # a driver makes a logger per trial: no idle thread stays behind each
             self._sender.shutdown(wait=False)
             self._sender = None
-        held = [f"{len(items)} {kind}" for kind, items in self._held.items() if items]
-        if self.dropped:
-            held.append(f"{self.dropped} metric values dropped beyond the {MAX_HELD_METRICS} kept")
+        held = self._untaken_values()
         if held:
             log.warning("MLflow at %s has not taken %s of run %s (lost with this process unless a checkpoint kept "
                         "them)", self.uri, ", ".join(held), self.run_id)
+
+    def _untaken_values(self) -> list[str]:
+        """The params, tags and metric values the store has not taken: those still held and those dropped."""
+        held = [f"{len(items)} {kind}" for kind, items in self._held.items() if items]
+        if self.dropped:
+            held.append(f"{self.dropped} metric values dropped beyond the {MAX_HELD_METRICS} kept")
+        return held
 
     def keep_unsent(self, folder: str | Path) -> bool:
         """Write what the store has not taken yet (held params, tags and metrics) into `folder`, a checkpoint being
@@ -438,11 +443,7 @@ class RunLogger:
     def missing(self) -> list[str]:
         """What this logger was given that the store has not taken: held values, values dropped, artifacts whose
         last upload failed ([] when the run's record is whole)."""
-        missing = [f"{len(items)} {kind}" for kind, items in self._held.items() if items]
-        if self.dropped:
-            missing.append(f"{self.dropped} metric values dropped")
-        missing += [f"artifact {where}" for where in sorted(self._not_uploaded)]
-        return missing
+        return self._untaken_values() + [f"artifact {where}" for where in sorted(self._not_uploaded)]
 
     def finish(self, status: str = "FINISHED") -> bool:
         """Write what is held, then end the run: with `status`, except that a run the store has not taken whole
