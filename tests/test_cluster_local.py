@@ -430,6 +430,15 @@ def test_a_state_file_never_runs_commands_or_names_other_processes(tmp_path):
     (state / local.STATE_FILE).write_text(json.dumps({**data, "temp_dir": ""}))
     with pytest.raises(RuntimeError, match=r"temp_dir '' is not a cluster temp dir"):
         local.stop(state)
+    # Object-store variables reach the environment of what the cluster commands start and the eval'ed lines: only
+    # those `start` writes are taken (a key is not quoted, and LD_PRELOAD would load a library into every command).
+    for key in (f"AWS_ENDPOINT_URL=x; touch {tmp_path / 'ran'}; X", "LD_PRELOAD"):
+        (state / local.STATE_FILE).write_text(json.dumps({**data, "object_store": {key: "/tmp/x"}}))
+        env = subprocess.run([sys.executable, "-m", "distsleep.cluster.local", "env", "--state-dir", str(state)],
+                             capture_output=True, text=True)
+        assert env.returncode != 0 and "export" not in env.stdout, env.stdout
+        assert "object_store holds variables `start` never writes" in env.stderr and repr(key) in env.stderr, env.stderr
+    assert not (tmp_path / "ran").exists()
 
 
 def test_the_cluster_command_says_what_is_wrong_without_a_traceback(tmp_path):

@@ -119,6 +119,23 @@ def test_shard_reads_back_with_tarfile_and_webdataset(tmp_path):
         read_shard(cut)
 
 
+@pytest.mark.parametrize("record_id", ["../../escaped", "/tmp/escaped", ".hidden", "a\\b", "", "bell\a"])
+def test_a_shard_whose_record_id_is_not_a_file_name_is_refused(tmp_path, record_id):
+    """A record id names files (its probabilities in `evaluate`, its hypnogram plot in training): a shard saying
+    its record is `../../escaped` is refused where any reader decodes it, naming the shard, before anything is
+    written under that name."""
+    sample = make_sample("shhs1-200001", 1, 5)
+    sample.meta["record_id"] = record_id
+    path = tmp_path / "shhs1-200001.tar"
+    write_shard(path, sample)
+    with pytest.raises(ValueError, match=rf"{path}: record id .* is not a (plain file name|non-empty string).*not "
+                                         "written by distsleep"):
+        read_shard(path)
+    with pytest.raises(ValueError, match=rf"{path}: record id"):
+        next(eval_sequences([str(path)], LoaderConfig(seq_len=5), world_size=1, rank=0))
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["shhs1-200001.tar"]
+
+
 @pytest.mark.parametrize("n_epochs, n_channels", [(33, 1), (1080, 2), (0, 1)])
 def test_shard_bytes_are_webdatasets_tar_and_write_shard_reports_them(tmp_path, n_epochs, n_channels):
     """`shard_bytes` frames the tar itself (to copy the signal once); the bytes must be exactly those of

@@ -28,6 +28,7 @@ from scipy.signal import resample_poly
 from distsleep.bench.load import busy_cores
 from distsleep.config import PreprocessConfig, SplitConfig
 from distsleep.metrics import format_values
+from distsleep.runtime import secure_local_ray
 from distsleep.shards.convert import convert_record, load_record, record_to_sample, shard_path
 from distsleep.shards.format import write_shard
 from distsleep.shards.pipeline import ClusterOptions, discover, run_preprocess
@@ -151,6 +152,7 @@ def time_ray(root: Path, n_records: int, config, scratch: Path, cpus: int, repea
     """run_preprocess over n_records on a local Ray cluster of `cpus` CPUs, start-up excluded: a warm-up
     run on 2 records right after ray.init makes the worker processes exist and import their modules."""
     options = ClusterOptions(cpus_per_task=1)
+    secure_local_ray()  # token auth and loopback, whoever calls this
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         run_preprocess(root, scratch / f"ray{cpus}-warmup", config, SplitConfig(), limit=min(2, n_records), cluster=options, progress=False)

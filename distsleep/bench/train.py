@@ -21,7 +21,7 @@ from distsleep.bench.engine import (GOAL_GPU_SPEEDUP, PAPER_S_PER_1000_STEPS, PA
 from distsleep.bench.load import settle
 from distsleep.config import PreprocessConfig, SplitConfig
 from distsleep.models import build_model, get_spec, list_models
-from distsleep.runtime import configure_console
+from distsleep.runtime import configure_console, secure_local_ray
 from distsleep.shards.convert import convert_record
 from distsleep.shards.pipeline import discover, run_preprocess
 from distsleep.synth.cohort import CohortConfig, generate_cohort
@@ -167,6 +167,7 @@ def measure_train(shards: str | Path, scratch: str | Path, *, model_size: str, b
     started = bool(workers) and not ray.is_initialized()
     if workers:
         if started:  # the Ray Train V2 controller needs the dashboard's state API: keep it (loopback only)
+            secure_local_ray()  # token auth and loopback, whoever calls this
             ray.init(log_to_driver=False, configure_logging=False)
     try:
         for repeat in range(repeats):
@@ -425,6 +426,7 @@ def run(args: argparse.Namespace) -> int:
         if models:
             ray_started = False
             if not ray.is_initialized():
+                secure_local_ray()  # token auth and loopback, whoever calls this
                 ray.init(log_to_driver=False, configure_logging=False)
                 ray_started = True
             try:

@@ -56,6 +56,7 @@ from pathlib import Path
 from distsleep.atomic import write_json_atomic
 from distsleep.cluster.host import free_port, venv_executable
 from distsleep.cluster.mlflow_server import start_mlflow_server
+from distsleep.cluster.objectstore import client_env, create_bucket, start_s3_server, write_aws_files
 from distsleep.runtime import LOOPBACK_SWITCH
 
 STATE_FILE = "cluster.json"
@@ -104,6 +105,12 @@ class LocalCluster:
         if not TEMP_DIR.fullmatch(str(data.get("temp_dir", ""))):
             raise RuntimeError(f"{path}: temp_dir {data.get('temp_dir')!r} is not a cluster temp dir (/tmp/dsc-<hex>) "
                                "that `start` writes; refusing to use this state file")
+        # Its object-store variables go into the environment of what the cluster commands start and into the
+        # `env` lines users eval: only the variables `start` writes (a key such as LD_PRELOAD or `X; cmd` would run code).
+        unknown = sorted(set(data.get("object_store") or {}) - set(client_env("", "", "")))
+        if unknown:
+            raise RuntimeError(f"{path}: object_store holds variables `start` never writes ({', '.join(map(repr, unknown))}); "
+                               "refusing to use this state file")
         return cls(**data)
 
     def env(self) -> dict[str, str]:
@@ -242,8 +249,6 @@ BUCKET = "distsleep"  # the bucket of the cluster's object store
 
 def _start_object_store(cluster: LocalCluster, host: str) -> None:
     """The S3 server (its process group recorded for `stop`), the AWS files in the state dir, and the bucket."""
-    from distsleep.cluster.objectstore import client_env, create_bucket, start_s3_server, write_aws_files
-
     state = Path(cluster.state_dir)
     credentials, config = write_aws_files(state)
     server = start_s3_server(log=state / "s3-server.log", host=host,

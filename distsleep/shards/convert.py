@@ -16,7 +16,7 @@ from scipy import signal as sps
 
 from distsleep.config import PreprocessConfig
 from distsleep.errors import AnnotationError, SamplingRateError
-from distsleep.shards.format import EVENT_COLUMNS, ShardSample, quantize, write_shard
+from distsleep.shards.format import EVENT_COLUMNS, ShardSample, quantize, record_id_problem, write_shard
 from distsleep.signal import percentiles_of_codes, resample
 from distsleep.sources.record import Event, Record
 from distsleep.sources.shhs import load_nsrr_record
@@ -205,6 +205,9 @@ def convert_record(source: RecordSource, config: PreprocessConfig, out: str | Pa
     rerun skips a record only when its summary has the same config hash and input stamp and its shard still
     has the recorded sha256 (see `completed_summary`).
     """
+    problem = record_id_problem(source.record_id)
+    if problem:  # the id names the shard: rename the file rather than write a shard the loader refuses
+        raise ValueError(f"{source.signal_path}: {problem}")
     stamp = source_stamp(source)
     record = load_record(source, config)
     sample = record_to_sample(record, config, source.signal_path)

@@ -119,19 +119,38 @@ def _load_npy(raw: bytes) -> np.ndarray:
     return np.load(io.BytesIO(raw), allow_pickle=False)
 
 
+def record_id_problem(record_id) -> str | None:
+    """Why `record_id` cannot be a record id, or None. A record id names files (its shard, its probabilities,
+    its hypnogram plot), so it must be one plain file name: a shard that says its record is `../../x` must not
+    make evaluation write outside its folder."""
+    if not isinstance(record_id, str) or not record_id:
+        return f"record id {record_id!r} is not a non-empty string"
+    if len(record_id) > 200 or record_id.startswith(".") or any(c in record_id for c in "/\\") \
+            or not record_id.isprintable():
+        return (f"record id {record_id!r} is not a plain file name (a path separator, a leading dot, a control "
+                "character or over 200 characters)")
+    return None
+
+
 def decode_sample(raw: dict) -> ShardSample:
     """A WebDataset sample dict (bytes values, as yielded by `wds.WebDataset(urls)`) to a ShardSample; a
-    ValueError naming the shard when a member is missing (a tar cut short at a member boundary)."""
+    ValueError naming the shard when a member is missing (a tar cut short at a member boundary) or its record id
+    (meta.json's, else the sample key) is not a plain file name (`record_id_problem`)."""
+    where = raw.get("__url__", "a shard")
     missing = [m for m in ("signals.npy", "labels.npy", "events.npy", "meta.json") if m not in raw]
     if missing:
-        raise ValueError(f"{raw.get('__url__', 'a shard')}: sample {raw.get('__key__')!r} lacks {', '.join(missing)} "
+        raise ValueError(f"{where}: sample {raw.get('__key__')!r} lacks {', '.join(missing)} "
                          "(a shard cut short or not written by distsleep; preprocess it again)")
+    meta = json.loads(raw["meta.json"])
+    problem = record_id_problem(meta.get("record_id", raw["__key__"]) if isinstance(meta, dict) else None)
+    if problem:
+        raise ValueError(f"{where}: {problem}; this shard was not written by distsleep")
     return ShardSample(
         key=raw["__key__"],
         signals=_load_npy(raw["signals.npy"]),
         labels=_load_npy(raw["labels.npy"]),
         events=_load_npy(raw["events.npy"]),
-        meta=json.loads(raw["meta.json"]),
+        meta=meta,
     )
 
 
