@@ -95,12 +95,14 @@ class Located:
 # ------------------------------------------------------------------------------------------------ formats
 
 
-def bundle_data(manifest: dict, trained_before=()) -> dict:
-    """What a model bundle records about its training data (read back to keep the people of a fine-tuning run's
-    validation and test records out of what its source learned from): its training records and those its own
-    --init-from sources learned from (`trained_before`)."""
-    return {"manifest_hash": manifest_hash(manifest), "records": {"train": split_records(manifest)["train"]},
-            "trained_before": sorted(trained_before)}
+def bundle_data(manifest: dict, trained_before=(), selected_before=()) -> dict:
+    """What a model bundle records about its data (read back to keep the people a model depends on out of the
+    records that later judge it): its training and validation records, the records its --init-from sources
+    and the generators of its synthetic epochs learned from (`trained_before`), and those that chose its
+    sources' checkpoints (`selected_before`)."""
+    splits = split_records(manifest)
+    return {"manifest_hash": manifest_hash(manifest), "records": {"train": splits["train"], "val": splits["val"]},
+            "trained_before": sorted(trained_before), "selected_before": sorted(selected_before)}
 
 
 def trained_records(data: dict) -> set[str]:
@@ -110,8 +112,16 @@ def trained_records(data: dict) -> set[str]:
     return set(data.get("records", {}).get("train", [])) | set(data.get("trained_before", []))
 
 
+def selected_records(data: dict) -> set[str]:
+    """Every record whose scores chose a model's weights, given its `data`: its validation records (its best
+    checkpoint and early stop) and those that chose its --init-from sources' ("selected_before"). They must not
+    be among the test records that judge it or a model started from it; they may be its validation records
+    again (fine-tuning on the manifest it was pre-trained on). Empty for a bundle older than this record."""
+    return set(data.get("records", {}).get("val", [])) | set(data.get("selected_before", []))
+
+
 def model_bundle(*, model: str, model_config, weights: dict, manifest: dict, roles, seq_len: int, stage: str,
-                 task: str = "staging", trained_before=()) -> dict:
+                 task: str = "staging", trained_before=(), selected_before=()) -> dict:
     """The trained model as one file: fp32 weights plus what inference needs to reproduce the inputs."""
     return {
         "format": MODEL.format,
@@ -125,7 +135,7 @@ def model_bundle(*, model: str, model_config, weights: dict, manifest: dict, rol
         "stage": stage,
         "task": task,
         "normalization": model_normalization(model),
-        "data": bundle_data(manifest, trained_before),  # what it was trained on: a run starting from it checks its splits against this
+        "data": bundle_data(manifest, trained_before, selected_before),  # what it was trained on: a run starting from it checks its splits against this
     }
 
 

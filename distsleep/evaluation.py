@@ -29,8 +29,10 @@ a `fold` column, and `summary.json` a `folds` list (model, manifest, records).
 
 Seen people: a bundle records what it learned from (`bundle.trained_records`). Scoring a validation or test
 split that holds a person it learned from (any night of theirs, e.g. a manifest split with another seed) is
-refused: the figures would measure memorisation. A bundle that does not say is evaluated, and summary.json
-says the check could not be made. The MLflow metrics are named after the split (`test_kappa`,
+refused: the figures would measure memorisation. So is scoring a test split that holds a person who chose the
+model (its validation records and its sources', `bundle.selected_records`; e.g. a fold's model on another
+fold's test people, who were its validation people). A bundle that does not say what it learned from is
+evaluated, and summary.json says the check could not be made. The MLflow metrics are named after the split (`test_kappa`,
 `val_kappa`, `train_kappa`), so only a test split's evaluation is ever read as a test result.
 """
 
@@ -46,7 +48,7 @@ import ray
 import torch
 
 from distsleep.atomic import atomic_path
-from distsleep.bundle import BundleError, Located, load_model, map_roles, resolve, trained_records
+from distsleep.bundle import BundleError, Located, load_model, map_roles, resolve, selected_records, trained_records
 from distsleep.config import ConfigBase, default_tracking_uri
 from distsleep.errors import InputError
 from distsleep.fanout import run_each
@@ -232,6 +234,14 @@ def _prepare(cfg: EvaluateConfig, model: str, shards: str, uri: str) -> _Part:
                                           "a manifest split the way the model's training data was (the same "
                                           "--split-seed or split file, or its own fold manifest) or on people it "
                                           "never saw")
+    if learned is not None and cfg.split == "test":
+        picked = seen_people(manifest, selected_records(bundle["data"]) - learned)["test"]
+        if picked:
+            raise EvaluationError(shards, f"{located.name} was selected (its best checkpoint, early stop) on the people "
+                                          f"of {len(picked)} of its test records (e.g. {', '.join(picked[:3])}), who "
+                                          "would then judge the model they chose: evaluate on a manifest split the way "
+                                          "the model's data was (the same --split-seed or split file, or its own fold "
+                                          "manifest)")
     loader = LoaderConfig(seq_len=int(bundle["seq_len"]), batch_size=cfg.batch_size, num_workers=0, channels=list(roles),
                           stride=cfg.stride, normalization=bundle.get("normalization", "uv"),
                           checksums=shard_checksums(manifest, base), verify=cfg.verify_shards)

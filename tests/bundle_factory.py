@@ -13,12 +13,13 @@ from distsleep.models import build_model
 from distsleep.models.mc2sleepnet import MC2SleepNetConfig
 
 
-def write_bundle(path: Path, source: str = "shhs", role: str = "eeg_c4", trained_on=()) -> Path:
-    """A bundle as if trained on `source` shards of channel `role`, whose training records were `trained_on`."""
+def write_bundle(path: Path, source: str = "shhs", role: str = "eeg_c4", trained_on=(), validated_on=()) -> Path:
+    """A bundle as if trained on `source` shards of channel `role`, whose training records were `trained_on` and
+    validation records (which chose its checkpoint) `validated_on`."""
     torch.manual_seed(0)
     model_cfg = MC2SleepNetConfig.small()
     model = build_model("mc2sleepnet", model_cfg)
-    manifest = {"config": {"preprocess": PreprocessConfig(source=source, channels=(role,)).to_dict()}, "records": {r: {"split": "train"} for r in trained_on}}
+    manifest = {"config": {"preprocess": PreprocessConfig(source=source, channels=(role,)).to_dict()}, "records": {r: {"split": "train"} for r in trained_on} | {r: {"split": "val"} for r in validated_on}}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model_bundle(model="mc2sleepnet", model_config=model_cfg, weights=model.state_dict(), manifest=manifest,
                             roles=[role], seq_len=model_cfg.seq_len, stage="finetune"), path)

@@ -76,7 +76,7 @@ def test_mlflow_runs_and_registered_models(model_file, tmp_path):
     with pytest.raises(BundleError, match="no such registered model version"):
         resolve("models:/stager/7", tracking_uri=uri)
     model, loaded = load_model(resolve("models:/stager/1", tracking_uri=uri).path)
-    assert loaded["channels"] == ["eeg_c4"] and loaded["data"]["records"] == {"train": ["r1"]} and not model.training
+    assert loaded["channels"] == ["eeg_c4"] and loaded["data"]["records"] == {"train": ["r1"], "val": []} and not model.training
     with pytest.raises(BundleError, match="could not download"):
         resolve("0123456789abcdef0123456789abcdef", tracking_uri=uri)
     with pytest.raises(BundleError, match="no MLflow store"):

@@ -139,6 +139,15 @@ def test_people_the_model_learned_from_are_never_scored_and_metrics_name_their_s
     error = capsys.readouterr().err
     assert status == 2 and f"1 of its test records (e.g. {by_split['test'][0]};" in error and "memorisation" in error
     assert not (tmp_path / "x").exists()
+    # Selected on this manifest's validation nights and on another visit of a test person: that person would judge
+    # the model they chose. Its own validation people may be scored (as validation figures, below).
+    chosen = write_bundle(tmp_path / "chosen.pt", trained_on=by_split["train"], validated_on=[*by_split["val"], f"shhs2-{person}"])
+    status = cli_main(["evaluate", "--model", str(chosen), "--shards", str(shards), "--out", str(tmp_path / "x"),
+                       "--no-tracking", "--no-progress"])
+    error = capsys.readouterr().err
+    assert status == 2 and f"selected (its best checkpoint, early stop) on the people of 1 of its test records (e.g. " \
+                           f"{by_split['test'][0]})" in error, error
+    assert not (tmp_path / "x").exists()
 
     # Its validation people it never saw: scored, and logged as validation figures, never as test ones.
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -232,8 +241,8 @@ def test_cross_validation_folds_are_pooled_each_night_judged_by_the_model_that_n
 
     folds = write_fold_manifests(shards, 3, seed=0)  # beside the cohort's manifest, over the same shards
     fold_splits = [split_records(json.loads(Path(f).read_text())) for f in folds]
-    # Each fold's model as if trained on its fold's training and validation people.
-    models = [str(write_bundle(tmp_path / f"fold{i}" / "model.pt", trained_on=[*s["train"], *s["val"]]))
+    # Each fold's model as if trained on its fold's training people and selected on its validation people.
+    models = [str(write_bundle(tmp_path / f"fold{i}" / "model.pt", trained_on=s["train"], validated_on=s["val"]))
               for i, s in enumerate(fold_splits, 1)]
     uri, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "cv"
     status = cli_main(["evaluate", "--model", *models, "--shards", *folds, "--out", str(out), "--tracking-uri", uri,
@@ -267,8 +276,11 @@ def test_cross_validation_folds_are_pooled_each_night_judged_by_the_model_that_n
     assert run.data.metrics["test_kappa"] == pytest.approx(expected["kappa"])
 
     # Refused before scoring: a fold's model on another fold's test people (fold 1's model learned fold 3's
-    # people), a night in two folds, and models without a manifest each.
+    # people; fold 1's validation people, who chose its checkpoint, are fold 2's test people), a night in two
+    # folds, and models without a manifest each.
+    assert fold_splits[0]["val"] == fold_splits[1]["test"]
     refusals = {"memorisation": (models, [folds[2], folds[0], folds[1]]),
+                "would then judge the model they chose": (models, [folds[1], folds[2], folds[0]]),
                 "pooled folds must not score a night twice": ([models[0]] * 2, [folds[0]] * 2),
                 "one manifest per model": (models, folds[:2])}
     for expected_error, (given_models, given_folds) in refusals.items():

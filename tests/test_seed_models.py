@@ -80,6 +80,10 @@ def test_supervised_models_train_and_beat_majority(multimodal_shards, store, mod
     listed = json.loads(Path(augment[0]).read_text())["shards"] if augment else []
     assert run.data.params["data.augmentation_shards"] == str(len(listed))
     assert data["augmentation"]["manifests"] == augment and len(data["augmentation"]["shards"]) == len(listed)
+    # The generator's people are people the model learned from (through its synthetic epochs): carried on, so that
+    # evaluating it or a model started from it on them is refused like its own training people.
+    generator = json.loads(Path(augment[0]).read_text())["generator"]["train_records"] if augment else []
+    assert data["trained_before"] == sorted(generator) and (not augment or generator)
 
 
 def latest_state(storage: Path) -> dict:

@@ -219,11 +219,15 @@ def test_finetune_from_pretraining(shards, tmp_path):
     assert run.data.params["train.init_from"] == pre.run_id
     # What the pre-training learned from travels on: a run starting from this one is checked against it too.
     learned = sorted(r for r, e in json.loads(shards.read_text())["records"].items() if e["split"] == "train")
+    chose = sorted(r for r, e in json.loads(shards.read_text())["records"].items() if e["split"] == "val")
     for folder, name in (("", "data.json"), ("model", "model.pt")):
         path = Path(tracking.download_artifacts(outcome.run_id, f"{folder}/{name}".lstrip("/"), str(tmp_path / "fine-files")))
         data = json.loads(path.read_text()) if name.endswith(".json") else torch.load(path, weights_only=True)["data"]
         assert data["trained_before"] == learned, name
-    assert json.loads((tmp_path / "runs" / "fine" / "run_identity.json").read_text())["trained_before"] == learned
+        # ... and so does who chose it: the pre-training's validation people (the fine-tuning's own too)
+        assert data["selected_before"] == chose and (data["records"]["val"] == chose), name
+    identity = json.loads((tmp_path / "runs" / "fine" / "run_identity.json").read_text())
+    assert (identity["trained_before"], identity["selected_before"]) == (learned, chose)
     assert "mask_ratio_effective" in run.data.metrics and run.data.metrics["mask_ratio_effective"] == 0.0
     assert outcome.metrics["test_accuracy"] > majority_accuracy(shards, "test")
 
@@ -384,8 +388,22 @@ def test_init_from_is_checked_by_person_and_through_the_sources_own_sources(shar
         cfg = tiny(shards, tmp_path, stage="finetune", init_from=str(tmp_path / name))
         with pytest.raises(RunMismatch, match=rf"the people of 1 test record\(s\) of .* \(e.g. {test_record};"):
             check_init_sources(cfg, manifest, cfg.tracking_uri)
+    # A source chosen on a test person (its validation records, or its own source's) would be judged by them.
+    val_records = sorted(r for r, e in manifest["records"].items() if e["split"] == "val")
+    for name, data in (("picked", {"records": {"train": train_records, "val": [other_visit]}}),
+                       ("picked-chain", {"records": {"train": train_records}, "selected_before": [other_visit]})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run_identity.json").write_text(json.dumps({"manifest_hash": "x", **data}))
+        cfg = tiny(shards, tmp_path, stage="finetune", init_from=str(tmp_path / name))
+        with pytest.raises(RunMismatch, match=rf"was selected \(its best checkpoint, early stop\) on the people of 1 test "
+                                              rf"record\(s\) of .* \(e.g. {test_record}\)"):
+            check_init_sources(cfg, manifest, cfg.tracking_uri)
+    # Its training people elsewhere and its validation people this run's validation people (fine-tuning on the
+    # manifest it was pre-trained on): allowed, and both carried on.
     (tmp_path / "clean").mkdir()
-    (tmp_path / "clean" / "run_identity.json").write_text(json.dumps({"records": {"train": train_records},
-                                                                      "trained_before": ["shhs2-999999"]}))
-    found, learned = check_init_sources(tiny(shards, tmp_path, init_from=str(tmp_path / "clean")), manifest, "")
+    (tmp_path / "clean" / "run_identity.json").write_text(json.dumps({"records": {"train": train_records, "val": val_records},
+                                                                      "trained_before": ["shhs2-999999"],
+                                                                      "selected_before": ["shhs2-999998"]}))
+    found, learned, selected = check_init_sources(tiny(shards, tmp_path, init_from=str(tmp_path / "clean")), manifest, "")
     assert learned == sorted([*train_records, "shhs2-999999"]) and found[str(tmp_path / "clean")]["train_records"] == len(learned)
+    assert selected == sorted([*val_records, "shhs2-999998"])

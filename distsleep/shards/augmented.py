@@ -52,6 +52,12 @@ def check_fits(manifest: dict, manifest_name: str, *, where: str, source_hash, c
                                 "same night or another night of the same person)")
 
 
+def generator_records(augmentation: dict) -> list[str]:
+    """The records the generator of an augmentation manifest was trained on: a model trained on its epochs
+    learned from those people too."""
+    return list(augmentation.get("generator", {}).get("train_records", []))
+
+
 def load_augmentation(path_or_url, allow_commands: bool = False) -> tuple[dict, str]:
     """An augmentation manifest and the base its relative shard paths resolve against (its folder).
 
@@ -94,7 +100,7 @@ def augmented_train_urls(augmentation_manifest, training: dict, channels=None, a
         raise AugmentationError(f"{where}: has no channel(s) {missing} (it generated {generated}); train the GAN "
                                 "with those --channels or read fewer channels")
     check_fits(training, "the training manifest", where=where, source_hash=augmentation.get("source_config_hash"),
-               channels=generated, train_records=augmentation.get("generator", {}).get("train_records", []),
+               channels=generated, train_records=generator_records(augmentation),
                source=augmentation.get("source_manifest", ""))
     urls = [resolve_shard(str(entry["shard"]), base) for entry in augmentation.get("shards", [])]
     missing_files = [u for u in urls if "://" not in u and not Path(u).is_file()]

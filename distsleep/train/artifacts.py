@@ -21,10 +21,11 @@ from distsleep.tasks import class_names
 from distsleep.tracking import PER_NIGHT_ARTIFACTS
 
 
-def make_bundle(cfg, model_cfg, weights: dict, manifest: dict, roles, trained_before=()) -> dict:
+def make_bundle(cfg, model_cfg, weights: dict, manifest: dict, roles, trained_before=(), selected_before=()) -> dict:
     """The run's model bundle (`distsleep.bundle`): its weights, preprocessing, channels and training data."""
     return model_bundle(model=cfg.model, model_config=model_cfg, weights=weights, manifest=manifest, roles=roles,
-                        seq_len=cfg.seq_len, stage=cfg.stage, task=cfg.task, trained_before=trained_before)
+                        seq_len=cfg.seq_len, stage=cfg.stage, task=cfg.task, trained_before=trained_before,
+                        selected_before=selected_before)
 
 
 
@@ -50,9 +51,10 @@ def _environment(world: int, cfg) -> dict:
 
 
 def write_run_artifacts(directory: Path, *, cfg, model_cfg, ds_config, manifest, roles, test_metrics, predictions,
-                        state, weights, world, augmented=(), trained_before=()) -> list[tuple[Path, str | None]]:
+                        state, weights, world, augmented=(), trained_before=(), selected_before=()) -> list[tuple[Path, str | None]]:
     """Write the run's artifacts into `directory`; returns (file, MLflow artifact folder) pairs.
-    `trained_before`: the records the run's --init-from sources learned from (data.json and the bundle keep them)."""
+    `trained_before` / `selected_before`: the records the run's --init-from sources and synthetic epochs' generators
+    learned from / that chose its sources (data.json and the bundle keep them, `bundle.bundle_data`)."""
     files: list[tuple[Path, str | None]] = []
 
     def dump(name: str, payload, folder: str | None = None) -> None:
@@ -68,7 +70,7 @@ def write_run_artifacts(directory: Path, *, cfg, model_cfg, ds_config, manifest,
                        "shards": cfg.shards, "channels": list(roles), "records": splits,
                        "split_source": manifest.get("split"),  # stable hash + seed, or a published split file
                        "evaluated_test_records": sorted(predictions.labels),
-                       "trained_before": sorted(trained_before),
+                       "trained_before": sorted(trained_before), "selected_before": sorted(selected_before),
                        # synthetic epochs: training stream only (never validation/test), with their provenance
                        "augmentation": {"manifests": list(cfg.augment_shards), "shards": list(augmented)},
                        "preprocess": manifest["config"]["preprocess"]})
@@ -91,6 +93,6 @@ def write_run_artifacts(directory: Path, *, cfg, model_cfg, ds_config, manifest,
         night_files = per_night_files(directory / PER_NIGHT_ARTIFACTS, predictions, manifest, cfg.seed)
         files += [(path, PER_NIGHT_ARTIFACTS) for path in night_files]
     bundle = directory / MODEL.file
-    torch.save(make_bundle(cfg, model_cfg, weights, manifest, roles, trained_before), bundle)
+    torch.save(make_bundle(cfg, model_cfg, weights, manifest, roles, trained_before, selected_before), bundle)
     files.append((bundle, MODEL.folder))
     return files

@@ -37,6 +37,7 @@ from distsleep.errors import first_line
 from distsleep.integrity import IntegrityError
 from distsleep.locks import LockHeld
 from distsleep.runtime import VERBOSE_ENV, connect_ray, quiet_worker_console, verbose
+from distsleep.shards.augmented import generator_records
 from distsleep.shards.loader import load_manifest
 from distsleep.shards.storage import UnsafeEntryError
 from distsleep.store import CredentialsInLocation, check_no_credentials
@@ -159,12 +160,12 @@ def run_storage(storage_path: str, name: str) -> str:
 
 
 @contextmanager
-def guarded_launch(cfg, manifest: dict, storage: str, augmentations=(), trained_before=()):
+def guarded_launch(cfg, manifest: dict, storage: str, augmentations=(), trained_before=(), selected_before=()):
     """`identity.launch_guard` for the block, its refusals (another launch running, another run under this
     name, a changed checkpoint) raised as LaunchErrors."""
     with ExitStack() as stack:
         try:
-            stack.enter_context(launch_guard(cfg, manifest, storage, augmentations, trained_before))
+            stack.enter_context(launch_guard(cfg, manifest, storage, augmentations, trained_before, selected_before))
         except (LockHeld, RunMismatch, IntegrityError) as error:
             raise LaunchError(str(error)) from error
         yield
@@ -308,26 +309,30 @@ def finished_launch(cfg, storage: str, tracking_uri: str) -> Launched | None:
 def launch(cfg, manifest: dict, loop: Callable[[dict], None], config_key: str, *, tracking_uri: str, tags: dict,
            address: str | None = None, check_cluster: bool = True, inputs=(), augmentations=(),
            checkpoint_config: CheckpointConfig, callbacks: list | None = None,
-           display_name: str | None = None, trained_before=()) -> Launched:
+           display_name: str | None = None, trained_before=(), selected_before=()) -> Launched:
     """The driver steps after the job's own preflight: connect, check the cluster (unless the caller did, as a
     sweep does for all of its trials), then, holding the run's launch guard, either the run as it stands when
     it has already finished (`finished_launch`), or the MLflow run (found or created, tagged `tags`) and
     `fit()` of `loop` with `{config_key: cfg.to_dict(), mlflow_run_id, tracking_uri, mlflow_new_run,
-    trained_before}` as its config (`trained_before`: the records its --init-from sources learned from, which
-    its bundle and data.json carry on)."""
+    trained_before, selected_before}` as its config, which its bundle and data.json carry on: the records its
+    --init-from sources (`trained_before`) and the generators of its synthetic epochs (`augmentations`) learned
+    from, and those that chose its sources (`selected_before`)."""
     connect_ray(address)
     if check_cluster:
         cluster_preflight(cfg, tracking_uri, inputs=inputs)
     storage = run_storage(cfg.storage_path, cfg.name)
+    # The generators' people count as learned from: the model learns their synthetic epochs.
+    learned = sorted(set(trained_before) | {r for a in augmentations for r in generator_records(a)})
     # one launch per name, the same run, verified checkpoints
-    with guarded_launch(cfg, manifest, storage, augmentations, trained_before):
+    with guarded_launch(cfg, manifest, storage, augmentations, learned, selected_before):
         done = finished_launch(cfg, storage, tracking_uri)
         if done is not None:
             return done
         run_id, resumed = find_or_create_run(tracking_uri, cfg.experiment, cfg.name, cfg.parent_run_id, tags,
                                              display_name)
         loop_config = {config_key: cfg.to_dict(), "mlflow_run_id": run_id, "tracking_uri": tracking_uri,
-                       "mlflow_new_run": not resumed, "trained_before": sorted(trained_before)}
+                       "mlflow_new_run": not resumed, "trained_before": learned,
+                       "selected_before": sorted(selected_before)}
         trainer = build_trainer(loop, loop_config, cfg, tracking_uri, checkpoint_config=checkpoint_config,
                                 callbacks=callbacks)
         result, logged = fit_tracked(trainer, cfg, run_id, tracking_uri, storage)

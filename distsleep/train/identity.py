@@ -14,7 +14,10 @@ refused (naming the first). STORAGE may be an s3:// prefix: the identity file an
 `--init-from` / `--init-part` sources are identified the same way (a run's identity file, a bundle's
 "data", an MLflow run's data.json): a run is refused when a person of its validation or test records was
 in what the source learned from (its training records and, as "trained_before", those of its own sources,
-any night of that person), since its scores would measure memorisation.
+any night of that person), since its scores would measure memorisation, and when a person of its test records
+chose the source's weights (the source's validation records and, as "selected_before", its sources'): test
+people must not have picked the model they judge. The source's validation people may be this run's validation
+people again (fine-tuning on the manifest the source was pre-trained on).
 """
 
 from __future__ import annotations
@@ -52,13 +55,16 @@ def identity_config(cfg) -> dict:
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in OPERATIONAL_FIELDS}
 
 
-def run_identity(cfg, manifest: dict, augmentations: list[dict] = (), trained_before=()) -> dict:
-    """What the run is (module docstring); `trained_before`: the records its --init-from sources learned from."""
+def run_identity(cfg, manifest: dict, augmentations: list[dict] = (), trained_before=(), selected_before=()) -> dict:
+    """What the run is (module docstring); `trained_before` / `selected_before`: the records its --init-from
+    sources and synthetic epochs' generators learned from / that chose its sources (a relaunch may differ in them
+    only through its sources, which its config names)."""
     config = json.loads(json.dumps(identity_config(cfg), default=str))
     return {"format": IDENTITY_FORMAT, "name": cfg.name, "config": config, "config_hash": canonical_hash(config),
             "manifest": str(cfg.shards), "manifest_hash": manifest_hash(manifest),
             "augmentation_hash": canonical_hash([manifest_hash(a) for a in augmentations]),
-            "records": split_records(manifest), "trained_before": sorted(trained_before)}
+            "records": split_records(manifest), "trained_before": sorted(trained_before),
+            "selected_before": sorted(selected_before)}
 
 
 def _differences(before: dict, now: dict) -> list[str]:
@@ -106,12 +112,13 @@ def verify_checkpoints(storage: str) -> None:
 
 
 @contextmanager
-def launch_guard(cfg, manifest: dict, storage: str, augmentations: list[dict] = (), trained_before=()):
+def launch_guard(cfg, manifest: dict, storage: str, augmentations: list[dict] = (), trained_before=(),
+                 selected_before=()):
     """For the duration of a launch: the run's lock (a lease object when the storage is s3://, see locks.py),
     its identity checked (or recorded) and its checkpoints verified."""
     with exclusive_lock(store.join(storage, LOCK_FILE), f"run {cfg.name!r} ({storage})",
                         "wait for that launch to end, or give this one another --name"):
-        check_identity(storage, run_identity(cfg, manifest, augmentations, trained_before))
+        check_identity(storage, run_identity(cfg, manifest, augmentations, trained_before, selected_before))
         verify_checkpoints(storage)
         yield
 
@@ -127,8 +134,8 @@ def _identity_near(path: Path) -> dict | None:
 
 
 def source_data(source: str, tracking_uri: str) -> dict | None:
-    """{"manifest_hash", "records": {split: ids}, "trained_before": ids} of the run or bundle a run starts from,
-    or None if unknown."""
+    """{"manifest_hash", "records": {split: ids}, "trained_before": ids, "selected_before": ids} of the run or
+    bundle a run starts from, or None if unknown."""
     path = Path(source)
     if path.is_dir():
         identity = _identity_near(path)
@@ -139,7 +146,7 @@ def source_data(source: str, tracking_uri: str) -> dict | None:
         if data is None or "records" not in data:
             return None
         return {"manifest_hash": data.get("manifest_hash"), "records": data["records"],
-                "trained_before": data.get("trained_before", [])}
+                "trained_before": data.get("trained_before", []), "selected_before": data.get("selected_before", [])}
     try:
         located = bundle.resolve(source, bundle.MODEL, tracking_uri=tracking_uri)
     except bundle.BundleError:
@@ -148,12 +155,13 @@ def source_data(source: str, tracking_uri: str) -> dict | None:
     return blob.get("data") if isinstance(blob, dict) else None
 
 
-def check_init_sources(cfg, manifest: dict, tracking_uri: str) -> tuple[dict[str, dict], list[str]]:
-    """({source: its data}, the records all sources learned from) for `cfg.init_from` and `cfg.init_parts`.
-    RunMismatch when a source learned from a person of this run's validation or test records
-    (`seen_people`), or does not say what it trained on."""
+def check_init_sources(cfg, manifest: dict, tracking_uri: str) -> tuple[dict[str, dict], list[str], list[str]]:
+    """({source: its data}, the records all sources learned from, the records that chose their weights) for
+    `cfg.init_from` and `cfg.init_parts`. RunMismatch when a source learned from a person of this run's
+    validation or test records or was chosen on a person of its test records (`seen_people`), or does not say
+    what it trained on."""
     sources = [s for s in [cfg.init_from, *getattr(cfg, "init_parts", {}).values()] if s]
-    found, learned = {}, set()
+    found, learned, selected = {}, set(), set()
     for source in sources:
         data = source_data(str(source), tracking_uri)
         if data is None:
@@ -169,6 +177,14 @@ def check_init_sources(cfg, manifest: dict, tracking_uri: str) -> tuple[dict[str
                                   f"another night of the same person): this run's {split} scores would measure "
                                   "memorisation. Fine-tune on a manifest with the source's split (the same --split-seed "
                                   "and records) or start from a run that never saw them")
+        chose = bundle.selected_records(data)
+        picked = seen_people(manifest, chose - trained)["test"]
+        if picked:
+            raise RunMismatch(f"--init-from {source} was selected (its best checkpoint, early stop) on the people of "
+                              f"{len(picked)} test record(s) of {cfg.shards} (e.g. {', '.join(picked[:3])}): they would "
+                              "judge a model they helped choose. Fine-tune on a manifest with the source's split (the "
+                              "same --split-seed and records; for cross-validation, the source's own fold manifest)")
         found[str(source)] = {"manifest_hash": data.get("manifest_hash"), "train_records": len(trained)}
         learned |= trained
-    return found, sorted(learned)
+        selected |= chose
+    return found, sorted(learned), sorted(selected)

@@ -65,14 +65,15 @@ def preflight(cfg: TrainConfig) -> dict:
     return manifest
 
 
-def init_sources(cfg: TrainConfig, manifest: dict, tracking_uri: str) -> tuple[dict[str, str], list[str]]:
+def init_sources(cfg: TrainConfig, manifest: dict, tracking_uri: str) -> tuple[dict[str, str], list[str], list[str]]:
     """The --init-from/--init-part sources checked against this run's splits: (their MLflow tags, the records
-    they learned from). LaunchError if a source learned from a person of this run's validation or test records."""
+    they learned from, the records that chose them). LaunchError if a source learned from a person of this
+    run's validation or test records or was chosen on a person of its test records."""
     try:
-        found, learned = check_init_sources(cfg, manifest, tracking_uri)
+        found, learned, selected = check_init_sources(cfg, manifest, tracking_uri)
     except RunMismatch as error:
         raise LaunchError(str(error)) from error
-    return ({INIT_SOURCES_TAG: json.dumps(found, sort_keys=True)} if found else {}), learned
+    return ({INIT_SOURCES_TAG: json.dumps(found, sort_keys=True)} if found else {}), learned, selected
 
 
 def run_training(cfg: TrainConfig, address: str | None = None, *, callbacks: list | None = None,
@@ -83,14 +84,15 @@ def run_training(cfg: TrainConfig, address: str | None = None, *, callbacks: lis
     check_reachable(tracking_uri)
     manifest = preflight(cfg)
     tags = {"model": cfg.model, "stage": cfg.stage, "task": cfg.task, **{k: str(v) for k, v in cfg.run_tags.items()}}
-    source_tags, trained_before = init_sources(cfg, manifest, tracking_uri)
+    source_tags, trained_before, selected_before = init_sources(cfg, manifest, tracking_uri)
     tags.update(source_tags)
     augmentations = [load_augmentation(path, cfg.allow_shard_commands)[0] for path in cfg.augment_shards]
     run = launch(cfg, manifest, train_loop_per_worker, "train", tracking_uri=tracking_uri, tags=tags, address=address,
                  check_cluster=check_cluster, inputs=cfg.augment_shards, augmentations=augmentations,
                  checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=f"val_{cfg.select_metric}",
                                                     checkpoint_score_order="max"),
-                 callbacks=callbacks, display_name=display_name, trained_before=trained_before)
+                 callbacks=callbacks, display_name=display_name, trained_before=trained_before,
+                 selected_before=selected_before)
     best = None
     if run.result.best_checkpoints:
         best = max(run.result.best_checkpoints,

@@ -266,6 +266,7 @@ def train_loop_per_worker(config: dict) -> None:
                 Path(directory), cfg=cfg, model_cfg=model_cfg, ds_config=ds_config, manifest=manifest, roles=roles,
                 test_metrics=test_metrics, predictions=predictions, state=state, weights=holder[0] or _cpu_state(engine),
                 world=world, augmented=augmented, trained_before=config.get("trained_before", ()),
+                selected_before=config.get("selected_before", ()),
             )
             if tracker.artifacts(files):  # without the tag the driver does not mark the run FINISHED
                 tracker.tags({BUNDLE_TAG: next(f"{folder}/{path.name}" for path, folder in files if folder == "model")})
