@@ -34,6 +34,35 @@ def fs() -> s3fs.S3FileSystem:
 # ------------------------------------------------------------------------------------------------- store
 
 
+def test_a_sweeps_tune_state_in_a_bucket_is_verified_before_a_restore_unpickles_it(bucket, tmp_path):
+    """A restore unpickles tuner.pkl, the searcher state and the cloudpickled trials: in a bucket as in a folder,
+    the newest of each is checked against the checksums Tune's save recorded beside them."""
+    import hashlib
+
+    from distsleep.integrity import IntegrityError
+    from distsleep.sweep.state import STATE_CHECKSUMS, verify_tune_state
+
+    for base in (f"{bucket}/runs/table4", str(tmp_path / "table4")):
+        files = {"tuner.pkl": b"tuner", "experiment_state-2026-11-29_10-00-00.json": b"old",
+                 "experiment_state-2026-11-29_11-00-00.json": b"newest", "searcher-state-2026-11-29_11-00-00.pkl": b"s"}
+        for name, data in files.items():
+            store.write_bytes(store.join(base, name), data)
+        with pytest.raises(IntegrityError, match=rf"{STATE_CHECKSUMS}: no readable checksums"):
+            verify_tune_state(base)
+        recorded = {n: hashlib.sha256(d).hexdigest() for n, d in files.items() if "10-00-00" not in n}
+        store.write_json(store.join(base, STATE_CHECKSUMS), {"sha256": recorded})
+        verify_tune_state(base)  # the older state file is not what Tune loads
+        newest = store.join(base, "experiment_state-2026-11-29_11-00-00.json")
+        store.write_bytes(newest, b"newest, changed")
+        with pytest.raises(IntegrityError, match=rf"{newest}: Tune state changed since Tune wrote it"):
+            verify_tune_state(base)
+        store.write_bytes(newest, b"newest")
+        store.write_bytes(store.join(base, "searcher-state-2026-11-29_12-00-00.pkl"), b"unrecorded")
+        with pytest.raises(IntegrityError, match=r"searcher-state-2026-11-29_12-00-00.pkl: Tune state file without a "
+                                                 r"recorded checksum"):
+            verify_tune_state(base)
+
+
 def test_store_writes_reads_and_lists_objects(bucket, tmp_path):
     for base in (f"{bucket}/out", str(tmp_path / "out")):
         store.make_folder(base)

@@ -271,12 +271,11 @@ def _check_identity(cfg: SweepConfig, experiment_dir: str, restoring: bool) -> N
 
 def _verify_tune_state(experiment_dir: str) -> None:
     """The Tune state a restore would unpickle matches the checksums recorded when Tune wrote it (LaunchError
-    if not). A URL storage path is not listed here."""
-    if "://" not in experiment_dir:
-        try:
-            verify_tune_state(experiment_dir)
-        except IntegrityError as error:
-            raise LaunchError(str(error)) from error
+    if not), in a folder or an s3:// prefix alike."""
+    try:
+        verify_tune_state(experiment_dir)
+    except IntegrityError as error:
+        raise LaunchError(str(error)) from error
 
 
 def _run_locked(cfg: SweepConfig, uri: str, max_concurrent: int, experiment_dir: str, out_dir) -> SweepOutcome:

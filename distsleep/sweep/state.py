@@ -12,7 +12,6 @@ checksums-tune-state.json there, so the checksums travel with the files they des
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from ray.tune import Callback
@@ -60,28 +59,32 @@ class StateChecksums(Callback):
         return {"_staging": None, "_storage": None}  # pickled into tuner.pkl: a new launch finds its own folder
 
 
-def newest_state_files(experiment: Path) -> list[Path]:
-    """tuner.pkl and, per pattern, the newest file (the one Tune loads: names carry the session's timestamp)."""
-    found = [experiment / TUNER_FILE]
+def newest_state_files(experiment: str | Path) -> list[str]:
+    """Names of tuner.pkl and, per pattern, of the newest file (the one Tune loads: names carry the session's
+    timestamp) in `experiment` (a folder or an s3:// prefix)."""
+    found = [TUNER_FILE]
     for pattern in STATE_PATTERNS:
-        matches = sorted(experiment.glob(pattern))
+        matches = store.children(experiment, pattern)
         if matches:
             found.append(matches[-1])
     return found
 
 
 def verify_tune_state(experiment: str) -> None:
-    """IntegrityError naming the first state file of the sweep at `experiment` (a local folder) that differs from
-    the checksums recorded when Tune wrote it, or that has none."""
-    folder = Path(experiment)
+    """IntegrityError naming the first state file of the sweep at `experiment` (a folder or an s3:// prefix) that
+    differs from the checksums recorded when Tune wrote it, or that has none. The checksums travel with the files:
+    this finds a changed, cut or foreign file, not one rewritten together with its checksum by whoever can
+    write the storage (as for checkpoints, `integrity.py`)."""
+    where = store.join(experiment, STATE_CHECKSUMS)
     try:
-        recorded = json.loads((folder / STATE_CHECKSUMS).read_text())["sha256"]
-    except (OSError, ValueError, KeyError) as error:
-        raise IntegrityError(f"{folder / STATE_CHECKSUMS}: no readable checksums of the sweep's Tune state ({error}); "
-                             "it cannot be verified before Tune unpickles it. Start the sweep under a new --name") from error
-    for path in newest_state_files(folder):
-        if path.name not in recorded:
+        recorded = store.read_json(where)["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise IntegrityError(f"{where}: no readable checksums of the sweep's Tune state ({error}); it cannot be "
+                             "verified before Tune unpickles it. Start the sweep under a new --name") from error
+    for name in newest_state_files(experiment):
+        path = store.join(experiment, name)
+        if name not in recorded:
             raise IntegrityError(f"{path}: Tune state file without a recorded checksum; refusing to load it")
-        if store.sha256(path) != recorded[path.name]:
+        if store.sha256(path) != recorded[name]:
             raise IntegrityError(f"{path}: Tune state changed since Tune wrote it (sha256 differs from the recorded "
                                  "one); refusing to load it. Start the sweep under a new --name")
