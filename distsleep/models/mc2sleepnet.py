@@ -170,6 +170,8 @@ class MC2SleepNetConfig(ConfigBase):
     cross_attention: bool = True  # the sequence stacks attend to each other
     # augmentation (pretrain stage, training mode only)
     augment: bool = True
+    # The paper names additive noise on the spectrogram without its level: ours, a standard deviation of 1 dB
+    # (the spectrogram is in dB, floored at -40 dB).
     spec_noise_db: float = 1.0
     raw_augment: RawAugmentConfig = field(default_factory=RawAugmentConfig)
 
@@ -581,7 +583,10 @@ class MC2SleepNet(FreezableModel):
         return sg, sp
 
     def _inputs(self, flat: torch.Tensor, pretraining: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The raw and spectrogram inputs of the branches in use (augmented in pre-training)."""
+        """The raw and spectrogram inputs of the branches in use (augmented in pre-training). The paper adds its
+        augmentations for contrastive learning and does not say whether the sequence level sees them; here the one
+        augmented pass feeds both the InfoNCE views and the cross-masked sequence heads (no second, clean pass),
+        so pre-training's sequence loss is also trained on augmented epochs. Fine-tuning sees clean inputs."""
         cfg, dtype = self.cfg, next(self.parameters()).dtype
         spec = self.spectrogram(flat) if cfg.uses_spectrogram else None
         raw = flat.float() / cfg.raw_scale_uv if cfg.uses_raw else None
