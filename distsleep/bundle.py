@@ -39,7 +39,7 @@ import torch
 from distsleep.config import default_tracking_uri
 from distsleep.errors import InputError, first_line
 from distsleep.models import build_model, model_normalization, required_channels
-from distsleep.shards.manifest import manifest_hash, split_records
+from distsleep.shards.manifest import manifest_hash, seen_people, split_records
 from distsleep.stages import STAGE_NAMES
 from distsleep.tracking import PER_NIGHT_ARTIFACTS, client, download_json, sqlite_file
 from distsleep.tracking.model_card import model_card
@@ -118,6 +118,21 @@ def selected_records(data: dict) -> set[str]:
     be among the test records that judge it or a model started from it; they may be its validation records
     again (fine-tuning on the manifest it was pre-trained on). Empty for a bundle older than this record."""
     return set(data.get("records", {}).get("val", [])) | set(data.get("selected_before", []))
+
+
+@dataclass(frozen=True)
+class PeopleOverlap:
+    """The records of a manifest whose people a model depends on (`people_overlap`)."""
+    learned: dict[str, list[str]]  # {"val": [...], "test": [...]}: a person the model learned from
+    chose_test: list[str]  # test records of a person who chose it (and did not teach it)
+
+
+def people_overlap(manifest: dict, data: dict) -> PeopleOverlap:
+    """Which validation and test records of `manifest` belong to a person that a model with `data` learned from
+    (`trained_records`), and which test records to a person that chose it (`selected_records`): the one check
+    behind `evaluate`'s and `--init-from`'s refusals. Choosing people may be validation people again."""
+    learned = trained_records(data)
+    return PeopleOverlap(seen_people(manifest, learned), seen_people(manifest, selected_records(data) - learned)["test"])
 
 
 def model_bundle(*, model: str, model_config, weights: dict, manifest: dict, roles, seq_len: int, stage: str,

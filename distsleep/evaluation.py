@@ -48,7 +48,7 @@ import ray
 import torch
 
 from distsleep.atomic import atomic_path
-from distsleep.bundle import BundleError, Located, load_model, map_roles, resolve, selected_records, trained_records
+from distsleep.bundle import BundleError, Located, load_model, map_roles, people_overlap, resolve, trained_records
 from distsleep.config import ConfigBase, default_tracking_uri
 from distsleep.errors import InputError
 from distsleep.fanout import run_each
@@ -56,7 +56,7 @@ from distsleep.metrics import staging_metrics
 from distsleep.night_metrics import Night, evaluate_nights, write_evaluation
 from distsleep.runtime import connect_ray
 from distsleep.shards.loader import LoaderConfig, load_manifest, shard_checksums, shard_urls
-from distsleep.shards.manifest import manifest_hash, seen_people, split_records
+from distsleep.shards.manifest import manifest_hash, split_records
 from distsleep.tracking import (EVALUATED_SWEEP_TAG, KIND_TAG, MODEL_RUN_TAG, MODEL_SOURCE_TAG, RunLogger, check_reachable,
                                 client, experiment_id)
 from distsleep.train.evaluate import aggregate, score_windows
@@ -225,8 +225,9 @@ def _prepare(cfg: EvaluateConfig, model: str, shards: str, uri: str) -> _Part:
     roles, substituted = map_roles(bundle, shard_roles, f"the shards of {shards}", located.name)
     notes = preprocessing_notes(bundle, manifest, shards)
     learned = trained_records(bundle["data"]) if isinstance(bundle.get("data"), dict) else None
-    if learned is not None and cfg.split != "train":
-        seen = seen_people(manifest, learned)[cfg.split]
+    overlap = people_overlap(manifest, bundle["data"]) if learned is not None else None
+    if overlap is not None and cfg.split != "train":
+        seen = overlap.learned[cfg.split]
         if seen:
             raise EvaluationError(shards, f"{located.name} learned from the people of {len(seen)} of its {cfg.split} "
                                           f"records (e.g. {', '.join(seen[:3])}; the same night or another night of "
@@ -234,8 +235,8 @@ def _prepare(cfg: EvaluateConfig, model: str, shards: str, uri: str) -> _Part:
                                           "a manifest split the way the model's training data was (the same "
                                           "--split-seed or split file, or its own fold manifest) or on people it "
                                           "never saw")
-    if learned is not None and cfg.split == "test":
-        picked = seen_people(manifest, selected_records(bundle["data"]) - learned)["test"]
+    if overlap is not None and cfg.split == "test":
+        picked = overlap.chose_test
         if picked:
             raise EvaluationError(shards, f"{located.name} was selected (its best checkpoint, early stop) on the people "
                                           f"of {len(picked)} of its test records (e.g. {', '.join(picked[:3])}), who "

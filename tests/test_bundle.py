@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from distsleep import bundle
-from distsleep.bundle import GENERATOR, MODEL, BundleError, load_model, resolve
+from distsleep.bundle import GENERATOR, MODEL, BundleError, load_model, people_overlap, resolve
 from distsleep.config import PreprocessConfig
 from distsleep.models import build_model
 from distsleep.models.mc2sleepnet import MC2SleepNetConfig
@@ -81,3 +81,21 @@ def test_mlflow_runs_and_registered_models(model_file, tmp_path):
         resolve("0123456789abcdef0123456789abcdef", tracking_uri=uri)
     with pytest.raises(BundleError, match="no MLflow store"):
         resolve(run_id, tracking_uri=f"sqlite:///{tmp_path / 'elsewhere.db'}")
+
+
+def test_the_people_a_model_depends_on_are_found_by_what_they_did():
+    manifest = {"config": {"preprocess": {"source": "shhs"}},
+                "records": {"shhs1-200001": {"split": "test"}, "shhs1-200002": {"split": "test"},
+                            "shhs1-200003": {"split": "test"}, "shhs1-200004": {"split": "val"},
+                            "shhs1-200005": {"split": "test"}, "shhs1-200006": {"split": "train"}}}
+    # 200001 taught it (and also chose it: reported once, as a teacher); 200002 chose it as its validation
+    # person, 200003 chose its --init-from source (another visit); 200004 chose it but is validation again,
+    # which is allowed; 200005 is new to it.
+    data = {"records": {"train": ["shhs1-200001", "shhs1-200006"], "val": ["shhs1-200002", "shhs1-200004",
+                                                                           "shhs1-200001"]},
+            "trained_before": [], "selected_before": ["shhs2-200003"]}
+    overlap = people_overlap(manifest, data)
+    assert overlap.learned == {"val": [], "test": ["shhs1-200001"]}
+    assert overlap.chose_test == ["shhs1-200002", "shhs1-200003"]
+    # A bundle older than the validation record is checked on what it learned from only.
+    assert people_overlap(manifest, {"records": {"train": ["shhs1-200005"]}}).chose_test == []

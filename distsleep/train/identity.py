@@ -30,7 +30,7 @@ from pathlib import Path
 from distsleep import bundle, store
 from distsleep.integrity import verify_checksums
 from distsleep.locks import exclusive_lock
-from distsleep.shards.manifest import canonical_hash, manifest_hash, seen_people, split_records
+from distsleep.shards.manifest import canonical_hash, manifest_hash, split_records
 from distsleep.tracking import download_json
 
 IDENTITY_FILE = "run_identity.json"
@@ -158,8 +158,8 @@ def source_data(source: str, tracking_uri: str) -> dict | None:
 def check_init_sources(cfg, manifest: dict, tracking_uri: str) -> tuple[dict[str, dict], list[str], list[str]]:
     """({source: its data}, the records all sources learned from, the records that chose their weights) for
     `cfg.init_from` and `cfg.init_parts`. RunMismatch when a source learned from a person of this run's
-    validation or test records or was chosen on a person of its test records (`seen_people`), or does not say
-    what it trained on."""
+    validation or test records or was chosen on a person of its test records (`bundle.people_overlap`), or does
+    not say what it trained on."""
     sources = [s for s in [cfg.init_from, *getattr(cfg, "init_parts", {}).values()] if s]
     found, learned, selected = {}, set(), set()
     for source in sources:
@@ -168,8 +168,8 @@ def check_init_sources(cfg, manifest: dict, tracking_uri: str) -> tuple[dict[str
             raise RunMismatch(f"--init-from {source}: cannot tell which records it was trained on (no {IDENTITY_FILE}, "
                               "bundle data or data.json artifact), so its training records cannot be kept out of this "
                               "run's validation and test records; start from a run or bundle made by this version")
-        trained = bundle.trained_records(data)
-        seen = seen_people(manifest, trained)
+        overlap = bundle.people_overlap(manifest, data)
+        seen = overlap.learned
         for split in ("test", "val"):
             if seen[split]:
                 raise RunMismatch(f"--init-from {source} was trained on the people of {len(seen[split])} {split} "
@@ -177,14 +177,14 @@ def check_init_sources(cfg, manifest: dict, tracking_uri: str) -> tuple[dict[str
                                   f"another night of the same person): this run's {split} scores would measure "
                                   "memorisation. Fine-tune on a manifest with the source's split (the same --split-seed "
                                   "and records) or start from a run that never saw them")
-        chose = bundle.selected_records(data)
-        picked = seen_people(manifest, chose - trained)["test"]
+        picked = overlap.chose_test
         if picked:
             raise RunMismatch(f"--init-from {source} was selected (its best checkpoint, early stop) on the people of "
                               f"{len(picked)} test record(s) of {cfg.shards} (e.g. {', '.join(picked[:3])}): they would "
                               "judge a model they helped choose. Fine-tune on a manifest with the source's split (the "
                               "same --split-seed and records; for cross-validation, the source's own fold manifest)")
+        trained = bundle.trained_records(data)
         found[str(source)] = {"manifest_hash": data.get("manifest_hash"), "train_records": len(trained)}
         learned |= trained
-        selected |= chose
+        selected |= bundle.selected_records(data)
     return found, sorted(learned), sorted(selected)
