@@ -52,6 +52,11 @@ CHANNEL_SETS: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 CHANNEL_SET_RECIPES = {"multimodal": "synthsleepnet"}
+# Minutes of wake kept before the first and after the last sleep epoch when a config does not say
+# (`trim_wake_minutes="source"`). Sleep-EDF's cassette recordings run about a day and are two-thirds wake; its
+# staging papers (MC²SleepNet's Table 1: 192,233 epochs, 34 % wake, for SC 2013/2018) keep 30 minutes each
+# side. NSRR PSGs run lights-off to lights-on and are kept whole, as the SHHS papers do.
+SOURCE_WAKE_TRIM: dict[str, float] = {"sleep-edf": 30.0}
 
 
 def canonical_json(obj) -> str:
@@ -233,7 +238,9 @@ class PreprocessConfig(ConfigBase):
     target_rate: float = 100.0
     bandpass: tuple[float, float] | None = None  # zero-phase band-pass (Hz) before resampling, every channel
     filter_recipe: str | None = None  # per-role band-passes (FILTER_RECIPES); overrides `bandpass` per role
-    trim_wake_minutes: float | None = None  # keep this much wake around the sleep period
+    # minutes of wake kept around the sleep period; None: the whole recording; "source": SOURCE_WAKE_TRIM's
+    # (resolved at construction, so a written config always holds the number or None)
+    trim_wake_minutes: float | str | None = "source"
     epoch_seconds: float = 30.0
     # source "nsrr" only: the cohort whose alias table applies (None: from each file's name, else unknown)
     cohort: str | None = None
@@ -244,6 +251,12 @@ class PreprocessConfig(ConfigBase):
         if self.source not in SOURCES:
             raise ValueError(f"unknown source {self.source!r}; choose one of {', '.join(SOURCES)}")
         object.__setattr__(self, "channels", tuple(self.channels) or (STAGING_EEG[self.source],))
+        if self.trim_wake_minutes == "source":
+            object.__setattr__(self, "trim_wake_minutes", SOURCE_WAKE_TRIM.get(self.source))
+        elif self.trim_wake_minutes is not None and not (isinstance(self.trim_wake_minutes, (int, float))
+                                                          and 0 <= self.trim_wake_minutes < float("inf")):
+            raise ValueError(f"trim_wake_minutes must be minutes >= 0, None (the whole recording) or 'source', "
+                             f"got {self.trim_wake_minutes!r}")
         if self.cohort is not None and (self.source != "nsrr" or self.cohort not in NSRR_COHORTS):
             raise ValueError(f"cohort {self.cohort!r} needs source 'nsrr' and one of {', '.join(NSRR_COHORTS)}")
         if self.channel_map is not None:

@@ -65,7 +65,7 @@ log = logging.getLogger("distsleep.evaluation")
 
 PROBABILITIES = "probabilities"  # the folder of per-record .npz files under `out`
 # Preprocessing settings that change what the model sees; a difference is reported, not refused.
-COMPARED_SETTINGS = ("bandpass", "filter_recipe")
+COMPARED_SETTINGS = ("bandpass", "filter_recipe", "trim_wake_minutes")
 
 
 class EvaluationError(InputError):
@@ -191,7 +191,8 @@ def _track(cfg: EvaluateConfig, uri: str, parts: list[_Part], result: Evaluation
     logger = RunLogger(uri, run_id)
     summary = result.summary
     logger.params({"model_source": " ".join(p.located.name for p in parts), "shards": " ".join(cfg.shards),
-                   "folds": len(parts), "split": cfg.split, "stride": cfg.stride, "sweep": cfg.sweep or "none",
+                   "folds": len(parts), "split": cfg.split, "stride": cfg.stride, "seq_len": int(bundle["seq_len"]),
+                   "sweep": cfg.sweep or "none",
                    "n_boot": cfg.n_boot, "seed": cfg.seed, "channels_read": ",".join(summary["channels"]["read"]),
                    "substituted": ",".join(f"{a}->{b}" for a, b in result.substituted.items()) or "none"})
     pooled = summary["pooled"]
@@ -323,7 +324,9 @@ def run_evaluation(cfg: EvaluateConfig) -> EvaluationResult:
                   # the records it learned from, checked against this split's people; None: a bundle does not say
                   "trained_records": None if None in learned else sum(len(x) for x in learned)},
         "data": {"manifest": " ".join(cfg.shards), "manifest_hash": " ".join(manifest_hash(p.manifest) for p in parts),
-                 "split": cfg.split, "source": first.manifest["config"]["preprocess"].get("source")},
+                 "split": cfg.split, "source": first.manifest["config"]["preprocess"].get("source"),
+                 # None: whole recordings; minutes: wake kept around sleep (Sleep-EDF's default 30)
+                 "trim_wake_minutes": first.manifest["config"]["preprocess"].get("trim_wake_minutes")},
         "channels": {"model": list(first.bundle["channels"]), "read": first.roles, "substituted": substituted},
         "preprocessing_differences": sorted({note for part in parts for note in part.notes}),
         "windows": {"seq_len": int(first.bundle["seq_len"]), "stride": cfg.stride},
@@ -345,7 +348,9 @@ def format_summary(result: EvaluationResult) -> str:
     s = result.summary
     pooled, night = s["pooled"], s["per_night"]["kappa"]
     folds = s.get("folds")
-    lines = [f"{s['nights']} nights of {s['subjects']} subjects ({s['epochs']} scored epochs), model "
+    trim = s["data"].get("trim_wake_minutes")
+    lines = [f"{s['nights']} nights of {s['subjects']} subjects ({s['epochs']} scored epochs"
+             + ("" if trim is None else f", {trim:g} min of wake kept around sleep") + "), model "
              f"{s['model']['name']} " + (f"({len(folds)} folds pooled, each night scored by the fold model that never "
                                          "saw its person)" if folds else f"({s['model']['source']})"),
              f"pooled: accuracy {pooled['accuracy']:.3f}  kappa {pooled['kappa']:.3f} (95% CI {pooled['ci']['kappa'][0]:.3f}"

@@ -7,7 +7,8 @@ The sleep statistics are YASA's (`Hypnogram.sleep_statistics`, AASM definitions)
 Choices (said once, here):
 * Epochs the scorer left unscored (-1) are unscored in the predicted hypnogram too, so true and predicted
   statistics describe the same epochs (the model outputs a stage for every epoch).
-* REM latency is YASA's `Lat_REM`, minutes from the start of the hypnogram (not from sleep onset).
+* REM latency is AASM's, minutes from sleep onset to the first REM epoch: YASA's `Lat_REM` counts from the
+  start of the hypnogram, so it is `Lat_REM - SOL` (as YASA's documentation gives it).
 * Confidence intervals are percentile bootstraps that resample SUBJECTS (all nights of a drawn subject come
   along), because nights of one person are not independent; the seed is fixed so reruns give the same CI.
   A configuration trained with several seeds also has its seeds resampled (`mean_over_nights_and_seeds`).
@@ -28,13 +29,14 @@ from distsleep.atomic import atomic_path, write_json_atomic, write_text_atomic
 from distsleep.metrics import confusion, confusion_metrics, staging_metrics
 from distsleep.stages import EPOCH_SECONDS, NUM_STAGES, STAGE_NAMES, UNSCORED
 
+REM_LATENCY = "Lat_REM - SOL"  # not a YASA key: derived in `sleep_statistics`
 # Our column name -> (YASA sleep_statistics key, unit).
 SLEEP_STATISTICS: dict[str, tuple[str, str]] = {
     "tst_min": ("TST", "min"),
     "se_pct": ("SE", "%"),
     "waso_min": ("WASO", "min"),
     "sol_min": ("SOL", "min"),
-    "rem_latency_min": ("Lat_REM", "min"),
+    "rem_latency_min": (REM_LATENCY, "min"),
     "pct_n1": ("%N1", "%"),
     "pct_n2": ("%N2", "%"),
     "pct_n3": ("%N3", "%"),
@@ -70,7 +72,8 @@ def sleep_statistics(stages: np.ndarray, epoch_seconds: float = EPOCH_SECONDS) -
 
     hypnogram = yasa.Hypnogram.from_integers(np.asarray(stages, dtype=int), mapping=_YASA_MAPPING,
                                              freq=f"{epoch_seconds:g}s")
-    stats = hypnogram.sleep_statistics()
+    stats = dict(hypnogram.sleep_statistics())
+    stats[REM_LATENCY] = stats.get("Lat_REM", math.nan) - stats.get("SOL", math.nan)
     return {name: float(stats.get(key, math.nan)) for name, (key, _) in SLEEP_STATISTICS.items()}
 
 

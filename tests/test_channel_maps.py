@@ -111,7 +111,10 @@ def test_preprocess_config_threads_cohort_and_map_into_shards(mesa_night, tmp_pa
 def test_existing_configs_keep_their_hash():
     # Values computed on main before cohorts and channel maps existed: existing shards are not redone.
     assert PreprocessConfig().content_hash() == "e566fdf257bf6e8d"
-    assert PreprocessConfig(source="sleep-edf", channels=("eeg_fpz_cz",)).content_hash() == "3a775c0da87bbc8f"
+    # A Sleep-EDF manifest written before the source's wake-trim default holds trim_wake_minutes None explicitly.
+    old_sleep_edf = PreprocessConfig(source="sleep-edf", channels=("eeg_fpz_cz",), trim_wake_minutes=None)
+    assert old_sleep_edf.content_hash() == "3a775c0da87bbc8f"
+    assert PreprocessConfig.from_dict(old_sleep_edf.to_dict()).content_hash() == "3a775c0da87bbc8f"
     assert "cohort" not in PreprocessConfig().to_dict() and "channel_map" not in PreprocessConfig().to_dict()
 
 
@@ -155,3 +158,30 @@ def test_resolution_rules():
             for alias in role.aliases:
                 owners.setdefault(alias.upper(), set()).add(role.name)
         assert all(len(names) == 1 for names in owners.values()), cohort
+
+
+def test_sleep_edf_keeps_30_minutes_of_wake_around_sleep_unless_told_otherwise():
+    """Sleep-EDF's day-long recordings are trimmed to 30 min of wake either side of sleep by default (the
+    protocol of its staging papers, MC²SleepNet's Table 1); NSRR nights are kept whole; the number written
+    is what was applied, and `--trim-wake none` keeps a whole Sleep-EDF recording."""
+    from distsleep.cli import build_parser
+    from distsleep.cli.preprocess import preprocess_config
+
+    assert PreprocessConfig(source="sleep-edf").trim_wake_minutes == 30.0
+    assert PreprocessConfig(source="sleep-edf").to_dict()["trim_wake_minutes"] == 30.0
+    assert PreprocessConfig().trim_wake_minutes is None and PreprocessConfig(source="nsrr").trim_wake_minutes is None
+    assert PreprocessConfig.multimodal("sleep-edf").trim_wake_minutes == 30.0
+    for bad in (-1, "all", float("inf")):
+        with pytest.raises(ValueError, match="trim_wake_minutes must be minutes >= 0"):
+            PreprocessConfig(source="sleep-edf", trim_wake_minutes=bad)
+
+    def parsed(*options):
+        args = build_parser().parse_args(["preprocess", "--root", "r", "--out", "o", *options])
+        return preprocess_config(args).trim_wake_minutes
+
+    assert parsed("--source", "sleep-edf") == 30.0
+    assert parsed("--source", "sleep-edf", "--trim-wake", "none") is None
+    assert parsed("--source", "sleep-edf", "--trim-wake", "15") == 15.0
+    assert parsed() is None and parsed("--trim-wake", "30") == 30.0
+    with pytest.raises(SystemExit):
+        parsed("--trim-wake", "half")

@@ -176,3 +176,30 @@ def test_a_random_search_with_seeds_is_not_pooled(tmp_path):
     _log_sweep(uri, "random", search="random")
     rows = collect(uri, sweep="random", with_confusion=False)
     assert len(rows) == 9 and all("seeds" not in r.label for r in rows)
+
+
+def test_rows_scored_from_other_windows_are_labelled_and_never_paired():
+    """A training run's test pass (stride L) beside `distsleep evaluate` (stride 1) of the same model: the table
+    shows each row's windows and does not report their difference as a model difference."""
+    rng = np.random.default_rng(11)
+
+    def row(name, windows, val=None):
+        true = rng.integers(0, 5, 300)
+        final = staging_metrics(true, np.where(rng.random(300) < 0.8, true, rng.integers(0, 5, 300)))
+        metrics = {"test_accuracy": final["accuracy"], "test_kappa": final["kappa"], "test_macro_f1": final["macro_f1"],
+                   **({"val_best_macro_f1": val} if val is not None else {})}
+        return Row(name, f"run-{name}", "mc2sleepnet", {}, metrics, windows=windows,
+                   nights={r: (s, float(rng.random())) for r, s in NIGHTS.items()})
+
+    trained, evaluated, other = row("trained", (21, 21), 0.7), row("evaluated", (21, 1)), row("other", (21, 21), 0.6)
+    rows = pair_with_reference([trained, evaluated, other])
+    assert trained.reference and other.night_kappa_diff is not None and evaluated.night_kappa_diff is None
+    header, cells = table(rows)
+    column = header.index("windows L/stride")
+    assert [line[column] for line in cells] == ["21/21", "21/1", "21/21"]
+    [note] = [n for n in notes(rows) if "windows" in n]
+    assert "pooled over all scored test epochs" in note and "Δkappa/night pairs only rows scored as the reference" in note
+    # One kind of windows: no column, one note saying which.
+    alike = pair_with_reference([row("a", (21, 1), 0.5), row("b", (21, 1), 0.4)])
+    assert "windows L/stride" not in table(alike)[0] and all(r.night_kappa_diff or r.reference for r in alike)
+    assert any("each epoch the mean of the windows of 21 epochs holding it, at stride 1" in n for n in notes(alike))

@@ -205,8 +205,13 @@ def test_training_registers_its_bundle_for_predict_and_evaluate(shards, cohort, 
     assert {"per_night.csv", "summary.json", "per_night_kappa.png", "bland_altman_tst_min.png"} <= logged
     assert cli_main(["compare", training.info.run_id, evaluation.info.run_id, "--tracking-uri", uri,
                      "--out", str(tmp_path / "compare")]) == 0
-    assert "kappa/night [95% CI]" in (tmp_path / "compare" / "comparison.txt").read_text()
+    text = (tmp_path / "compare" / "comparison.txt").read_text()
+    assert "kappa/night [95% CI]" in text
     table = {row["run_id"]: row for row in csv.DictReader(open(tmp_path / "compare" / "comparison.csv"))}
+    # Both were scored from the same windows (--stride 5 = L), read from each run's own params, and say so.
+    assert {(row["test_seq_len"], row["test_stride"]) for row in table.values()} == {("5", "5")}
+    assert "each epoch scored once, from non-overlapping windows of 5 epochs" in text
+    assert "windows L/stride" not in text
     evaluated = json.loads((out / "summary.json").read_text())["per_night"]["kappa"]
     assert float(table[evaluation.info.run_id]["night_kappa_mean"]) == pytest.approx(evaluated["mean"])
     assert float(table[evaluation.info.run_id]["night_kappa_ci_low"]) == pytest.approx(evaluated["ci_mean"][0])

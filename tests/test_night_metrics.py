@@ -39,7 +39,8 @@ def _nights(n_subjects: int, nights_per_subject: int = 2, seed: int = 0, minutes
 def _yasa_stats(stages: np.ndarray) -> dict:
     """YASA's own statistics from its string labels (UNS for unscored), independently of our mapping."""
     labels = np.where(stages < 0, "UNS", YASA_LABELS[np.clip(stages, 0, 4)])
-    return yasa.Hypnogram(list(labels), n_stages=5).sleep_statistics()
+    stats = yasa.Hypnogram(list(labels), n_stages=5).sleep_statistics()
+    return {**stats, "Lat_REM - SOL": stats["Lat_REM"] - stats["SOL"]}  # AASM's REM latency, per YASA's docs
 
 
 def test_one_row_per_night_with_yasa_sleep_statistics():
@@ -63,6 +64,10 @@ def test_night_without_rem_has_undefined_rem_latency():
     true = np.array([0] * 10 + [2] * 50 + [0] * 5, dtype=np.int8)
     row = night_row(Night("r", "s", true, true.copy()))
     assert np.isnan(row["rem_latency_min_true"]) and row["tst_min_true"] == 25.0 and row["kappa"] == 1.0
+    # AASM's REM latency counts from sleep onset: 10 min of wake, then 20 min of N2 before the first REM epoch.
+    with_rem = np.array([0] * 20 + [2] * 40 + [4] * 10 + [0] * 5, dtype=np.int8)
+    row = night_row(Night("r", "s", with_rem, with_rem.copy()))
+    assert (row["sol_min_true"], row["rem_latency_min_true"]) == (10.0, 20.0)
     with pytest.raises(ValueError, match="predicted"):
         Night("r", "s", true, true[:-1])
 

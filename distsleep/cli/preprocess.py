@@ -52,7 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="only the first N recordings (sorted by id)")
     p.add_argument("--target-rate", type=float, default=d["target_rate"], help="Hz (default %(default)g)")
     p.add_argument("--bandpass", type=float, nargs=2, metavar=("LOW", "HIGH"), help="zero-phase band-pass in Hz, e.g. 0.3 40")
-    p.add_argument("--trim-wake", type=float, metavar="MIN", help="keep MIN minutes of wake around the sleep period (e.g. 30)")
+    p.add_argument("--trim-wake", type=_trim_minutes, default="source", metavar="MIN|none",
+                   help="keep MIN minutes of wake before the first and after the last sleep epoch; none keeps the "
+                        "whole recording (default: 30 for sleep-edf, its papers' protocol; none for NSRR cohorts)")
     p.add_argument("--n-val", type=int, default=s["n_val"],
                    help="validation subjects (default %(default)s; small cohorts get at most 10%%)")
     p.add_argument("--train-fraction", type=float, default=s["train_fraction"],
@@ -73,6 +75,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-mb", type=int, default=c["memory_per_task_mb"], help="memory reserved per recording task (MB)")
     p.add_argument("--max-retries", type=int, default=c["max_retries"], help="retries of a task whose worker process died")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _trim_minutes(text: str) -> float | str | None:
+    """--trim-wake: minutes, "none" (the whole recording) or "source" (the default: the source's protocol)."""
+    if text.lower() in ("none", "source"):
+        return None if text.lower() == "none" else "source"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither minutes nor 'none'") from None
 
 
 def preprocess_config(args: argparse.Namespace) -> PreprocessConfig:

@@ -52,6 +52,7 @@ NIGHT_COLUMN = "kappa/night [95% CI]"
 # names): mean over nights of this run's kappa minus the reference's, with its subject-bootstrap CI (a CI that
 # holds 0: no difference these nights show; rows over seeds resample their seeds too).
 DIFF_COLUMN = "Δkappa/night vs reference [95% CI]"
+WINDOWS_COLUMN = "windows L/stride"  # shown when rows' test epochs were scored from different windows
 # Shown only when some row has them: the binary tasks (apnea, hypopnea).
 EVENT_COLUMNS = [("F1 event", "test_f1_positive"), ("AUROC", "test_auroc"), ("majority acc", "test_majority_accuracy")]
 
@@ -94,6 +95,8 @@ class Row:
     nights: dict | None = None  # record -> (subject, kappa of that night), from the run's per_night.csv
     night_kappa_diff: dict | None = None  # paired_difference_over_seeds(this row's nights, the reference's)
     reference: bool = False  # the run the others are paired with (pair_with_reference)
+    windows: tuple[int | None, int] | None = None  # (L, stride) of the windows that scored its test epochs
+
 
     @property
     def partial(self) -> bool:
@@ -116,6 +119,29 @@ class Row:
 
 class CompareError(ValueError):
     pass
+
+
+def test_windows(run) -> tuple[int | None, int] | None:
+    """(L, stride) of the windows whose predictions scored a run's test epochs, from its params: a training run
+    or trial scores non-overlapping windows by default (`val_stride` None = L: each epoch once), `distsleep
+    evaluate` every window (`--stride 1`: each epoch the mean of the L windows holding it). The two differ a
+    little (README: about 0.015 kappa on the demo sweep), so rows say which they are. None: not logged."""
+    params = run.data.params
+    if run.data.tags.get(KIND_TAG) == "evaluation":
+        seq_len, stride = params.get("seq_len"), params.get("stride")
+    else:
+        seq_len, stride = params.get("train.seq_len"), params.get("train.val_stride")
+        stride = seq_len if stride in (None, "None") else stride
+    try:
+        return (None if seq_len in (None, "None") else int(seq_len)), int(stride)
+    except (TypeError, ValueError):
+        return None
+
+
+def _shared_windows(members: list[Row]) -> tuple[int | None, int] | None:
+    """The windows of a pooled row: its members', when they all agree."""
+    found = {m.windows for m in members}
+    return found.pop() if len(found) == 1 else None
 
 
 def _interval(summary: dict | None) -> tuple[float | None, float | None, float | None]:
@@ -169,7 +195,7 @@ def _trial_row(tracking_uri: str, run, knobs: set[str], with_confusion: bool) ->
     night, nights = _night_data(tracking_uri, stage_id) if with_confusion and stage_id else (None, None)
     return Row(label=label, run_id=run.info.run_id, model=run.data.tags.get("model", "?"), params=params,
                metrics=dict(run.data.metrics), status=status, confusion=confusion, task=run.data.tags.get("task", "staging"),
-               night_kappa=night, nights=nights, extra={"stage_confusion": stages})
+               night_kappa=night, nights=nights, extra={"stage_confusion": stages}, windows=test_windows(run))
 
 
 def _night_data(tracking_uri: str, run_id: str) -> tuple[dict | None, dict | None]:
@@ -195,7 +221,7 @@ def _plain_row(tracking_uri: str, run, with_confusion: bool) -> Row:
     night, nights = _night_data(tracking_uri, run.info.run_id) if with_confusion else (None, None)
     return Row(label=run.info.run_name or run.info.run_id[:8], run_id=run.info.run_id, model=run.data.tags.get("model", "?"),
                params=params, metrics=dict(run.data.metrics), status=run.info.status, confusion=confusion,
-               task=run.data.tags.get("task", "staging"), night_kappa=night, nights=nights)
+               task=run.data.tags.get("task", "staging"), night_kappa=night, nights=nights, windows=test_windows(run))
 
 
 def _baseline_row(tracking_uri: str, parent, with_confusion: bool) -> Row | None:
@@ -347,7 +373,8 @@ def _seed_row(point: dict, members: list[Row], seeds: list[str], folds: int) -> 
                status="FINISHED" if complete else f"{len(done)}/{len(seeds)} seeds finished", task=first.task,
                confusion=confusion, night_kappa=mean_over_nights_and_seeds(night_sets) if nights else None,
                nights=nights, extra={"seeds": {s: by_seed[s] for s in seeds if s in by_seed}, "cv_folds": folds,
-                                     "partial": not complete, "seed_nights": night_sets if nights else None})
+                                     "partial": not complete, "seed_nights": night_sets if nights else None},
+               windows=_shared_windows(members))
 
 
 def best_seed(row: Row, key: str) -> tuple[str, Row] | None:
@@ -409,14 +436,17 @@ def _pooled_row(point: dict, members: list[Row], k: int) -> Row:
                status="FINISHED" if complete else f"{len(done)}/{k} folds finished", task=members[0].task,
                confusion=pooled["confusion"] if pooled else None,
                night_kappa=mean_over_nights(nights) if nights else None, nights=nights,
-               extra={"folds": {f: r.run_id for f, r in sorted(by_fold.items())}, "cv_folds": k, "partial": not complete})
+               extra={"folds": {f: r.run_id for f, r in sorted(by_fold.items())}, "cv_folds": k, "partial": not complete},
+               windows=_shared_windows(members))
 
 
 def pair_with_reference(rows: list[Row], reference: str | None = None) -> list[Row]:
     """Set each row's `night_kappa_diff`: its per-night kappa minus that of the reference run, paired on the same
     test nights (rows of another task or other nights get none). The reference is the run with id `reference` (a
     pooled row: any of its trial runs), or by default the run selected on validation (a CompareError when
-    `reference` is not among the rows or has no per-night results). Returns `rows`."""
+    `reference` is not among the rows or has no per-night results). Rows whose test epochs were scored from
+    other windows (`test_windows`: a training pass beside an evaluation) are not paired: their difference would
+    mix the model with the way it was scored. Returns `rows`."""
     if reference is None:
         chosen = selected_run(rows)
     else:
@@ -428,7 +458,8 @@ def pair_with_reference(rows: list[Row], reference: str | None = None) -> list[R
             raise CompareError(f"--reference {reference}: the run has no per-night results (per_night/ or evaluation/)")
     for row in rows:
         row.night_kappa_diff, row.reference = None, row is chosen
-        if chosen is not None and chosen.nights and row.nights and row is not chosen and row.task == chosen.task:
+        if (chosen is not None and chosen.nights and row.nights and row is not chosen and row.task == chosen.task
+                and row.windows == chosen.windows):
             row.night_kappa_diff = paired_difference_over_seeds(seed_nights(row), seed_nights(chosen))
     return rows
 
@@ -472,13 +503,29 @@ def mask_cell(row: Row) -> str:
     return shown if effective is None or round(100 * effective) == round(100 * row.mask_ratio) else f"{shown} ({100 * effective:.0f}%)"
 
 
+def window_kinds(rows: list[Row]) -> set:
+    """The distinct test windows (L, stride) of the model rows (the baseline scores epochs, not windows)."""
+    return {r.windows for r in rows if not r.baseline}
+
+
+def windows_cell(row: Row) -> str:
+    if row.baseline:
+        return "epochs"
+    if row.windows is None:
+        return "?"
+    seq_len, stride = row.windows
+    return f"{'?' if seq_len is None else seq_len}/{stride}"
+
+
 def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
-    """Header and cells; the best model value of each column carries a '*'."""
+    """Header and cells; the best model value of each column carries a '*'. A WINDOWS_COLUMN when rows were
+    scored from different windows."""
     cols = columns(rows)
     nightly = any(r.night_kappa for r in rows)
     paired = any(r.night_kappa_diff for r in rows)
-    header = ["run", "model", "task", "mask", *(h for h, _ in cols), *([NIGHT_COLUMN] if nightly else []),
-              *([DIFF_COLUMN] if paired else []), "status"]
+    mixed = len(window_kinds(rows)) > 1
+    header = ["run", "model", "task", "mask", *([WINDOWS_COLUMN] if mixed else []), *(h for h, _ in cols),
+              *([NIGHT_COLUMN] if nightly else []), *([DIFF_COLUMN] if paired else []), "status"]
     chosen = selected_run(rows)
     # Seed SDs in the headline columns (as the paper's table); per-class ones only in the CSV, to keep lines short.
     spread_shown = {key for _, key in cols if key.startswith(VALIDATION_PREFIX)} | set(SPREAD_COLUMNS)
@@ -493,7 +540,7 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
             best[key, task] = max(values) if values and key != "test_majority_accuracy" else None
     cells = []
     for row in rows:
-        line = [row.label, row.model, row.task, mask_cell(row)]
+        line = [row.label, row.model, row.task, mask_cell(row), *([windows_cell(row)] if mixed else [])]
         for _, key in cols:
             value = row.metrics.get(key)
             text = _cell(key, value, row.metrics.get(key + SEED_SD) if key in spread_shown else None)
@@ -547,10 +594,30 @@ def seeds_note(rows: list[Row]) -> str | None:
             "none; `distsleep evaluate --sweep` judges the selected point's best seed on validation")
 
 
+def windows_note(rows: list[Row]) -> str | None:
+    """How the rows' test epochs were scored: pooled over every scored test epoch, each epoch's prediction from
+    the windows of L epochs at the row's stride (one kind for all rows, or the column when they differ)."""
+    kinds = window_kinds(rows)
+    how = ("accuracy, macro-F1, kappa and per-class F1 are pooled over all scored test epochs (kappa/night: one "
+           "kappa per night, then their mean); ")
+    if len(kinds) > 1:
+        return how + (f"rows were scored from different windows ({WINDOWS_COLUMN}; stride L = each epoch scored once, "
+                      "as a training run's test pass; stride 1 = each epoch the mean of the L windows holding it, as "
+                      "`distsleep evaluate`): their figures differ a little by that alone, and Δkappa/night pairs only "
+                      "rows scored as the reference was")
+    if not kinds or None in kinds:
+        return how + "the windows that scored them are not logged"
+    seq_len, stride = next(iter(kinds))
+    if seq_len is not None and stride == seq_len:
+        return how + f"each epoch scored once, from non-overlapping windows of {seq_len} epochs"
+    return how + (f"each epoch the mean of the windows of {'L' if seq_len is None else seq_len} epochs holding it, "
+                  f"at stride {stride}")
+
+
 def notes(rows: list[Row]) -> list[str]:
-    """The lines under every table: which run was selected and why, how cross-validation and seed rows are
-    pooled, and what the baseline row is."""
-    return [selection_note(rows), *filter(None, [cross_validation_note(rows), seeds_note(rows)]),
+    """The lines under every table: which run was selected and why, how the test epochs were scored, how
+    cross-validation and seed rows are pooled, and what the baseline row is."""
+    return [selection_note(rows), *filter(None, [windows_note(rows), cross_validation_note(rows), seeds_note(rows)]),
             *([BASELINE_NOTE] if any(r.baseline for r in rows) else [])]
 
 
@@ -591,10 +658,12 @@ def write_csv(rows: list[Row], path: Path) -> Path:
     with open(path, "w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(["label", "run_id", "model", "task", "baseline", "status", "selected_on_validation",
-                         *knob_names, *keys, *night_keys, *diff_keys])
+                         "test_seq_len", "test_stride", *knob_names, *keys, *night_keys, *diff_keys])
         chosen = selected_run(rows)
         for r in rows:
+            seq_len, stride = r.windows or (None, None)
             writer.writerow([r.label, r.run_id, r.model, r.task, int(r.baseline), r.status, int(r is chosen),
+                             "" if seq_len is None else seq_len, "" if stride is None else stride,
                              *(r.params.get(k, "") for k in knob_names),
                              *("" if r.metrics.get(k) is None else repr(float(r.metrics[k])) for k in keys),
                              *(_csv_cells(r.night_interval()) if nightly else ()),
