@@ -136,3 +136,29 @@ def test_find_shhs_pairs(tmp_path):
     ]
     assert find_shhs_pairs(psg) == pairs
     assert find_shhs_pairs(tmp_path / "elsewhere") == []
+
+
+def test_events_outside_the_kept_epochs_flag_nothing(tmp_path):
+    """An event before the recording (a corrupt start), past its end, or in wake trimmed off flags no epoch (a
+    negative end once indexed from the array's end and flagged most of the night), and the reader notes it."""
+    from distsleep.config import PreprocessConfig
+    from distsleep.shards.convert import event_flags, record_to_sample
+    from distsleep.sources.record import Event
+
+    edf = _shhs_edf(tmp_path / "shhs1-200009.edf")
+    stages = [("Wake|0", 0, 120), ("Stage 2 sleep|2", 120, 60), ("Wake|0", 180, 120)]
+    events = [("Respiratory|Respiratory", "Hypopnea|Hypopnea", -300.0, 15.0),  # before the recording
+              ("Respiratory|Respiratory", "Hypopnea|Hypopnea", 130.0, 15.0),   # in epoch 4
+              ("Respiratory|Respiratory", "Obstructive apnea|Obstructive Apnea", 20.0, 10.0),  # wake, trimmed
+              ("Respiratory|Respiratory", "Hypopnea|Hypopnea", 400.0, 20.0)]  # past the end
+    (tmp_path / "a.xml").write_bytes(nsrr_xml(stages, events))
+    record = load_shhs_record(edf, tmp_path / "a.xml")
+    assert record.problems == ["2 scored event(s) lie outside the recording's 10 epochs (e.g. hypopnea at -300 s): "
+                               "they flag no epoch"]
+    sample = record_to_sample(record, PreprocessConfig(), edf)
+    assert sample.events[:, 1].tolist() == [0, 0, 0, 0, 1, 0, 0, 0, 0, 0] and sample.events[:, 0].tolist()[0] == 1
+    # Trimmed to 1 minute of wake around the sleep epochs 4-5: epochs 2..7 kept; the apnea at 20 s is cut off.
+    trimmed = record_to_sample(record, PreprocessConfig(trim_wake_minutes=1), edf)
+    assert trimmed.meta["kept_epochs"] == [2, 8]
+    assert trimmed.events[:, 0].tolist() == [0] * 6 and trimmed.events[:, 1].tolist() == [0, 0, 1, 0, 0, 0]
+    assert event_flags([Event("hypopnea", -300.0, 15.0)], 10, 30.0).sum() == 0

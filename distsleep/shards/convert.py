@@ -103,7 +103,8 @@ def code_stats(codes: np.ndarray, scale: float) -> dict:
 
 
 def event_flags(events: list[Event], n_epochs: int, epoch_seconds: float, offset_s: float = 0.0) -> np.ndarray:
-    """uint8 (n_epochs, 3): 1 where an apnea / hypopnea / desaturation overlaps the epoch."""
+    """uint8 (n_epochs, 3): 1 where an apnea / hypopnea / desaturation overlaps the epoch. Events outside the
+    epochs kept (before the recording, past its end, in wake trimmed off) flag nothing."""
     flags = np.zeros((n_epochs, len(EVENT_COLUMNS)), dtype=np.uint8)
     for event in events:
         if event.kind.endswith("apnea"):
@@ -117,7 +118,8 @@ def event_flags(events: list[Event], n_epochs: int, epoch_seconds: float, offset
         start, stop = event.start - offset_s, event.start - offset_s + max(event.duration, 1e-6)
         first = max(0, int(np.floor(start / epoch_seconds)))
         last = min(n_epochs, int(np.ceil(stop / epoch_seconds)))
-        flags[first:last, column] = 1
+        if last > first:  # a negative `last` would otherwise index from the end and flag most of the night
+            flags[first:last, column] = 1
     return flags
 
 

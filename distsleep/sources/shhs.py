@@ -103,6 +103,10 @@ def load_nsrr_record(
                 f"annotations have {ann.n_epochs} epochs, signal has {n_signal}: truncated both to {n_epochs}"
             )
         stages, raw, events = ann.stages[:n_epochs], ann.raw_stage_codes[:n_epochs], ann.events
+        outside = [e for e in events if e.start + e.duration <= 0 or e.start >= n_epochs * EPOCH_SECONDS]
+        if outside:
+            problems.append(f"{len(outside)} scored event(s) lie outside the recording's {n_epochs} epochs (e.g. "
+                            f"{outside[0].kind} at {outside[0].start:g} s): they flag no epoch")
         if ann.start_clock is not None and ann.start_clock != header.start_time.time():
             problems.append(
                 f"annotation start clock {ann.start_clock.isoformat()} differs from EDF start time "
