@@ -50,12 +50,12 @@ import torch
 from distsleep.atomic import atomic_path
 from distsleep.bundle import BundleError, Located, load_model, map_roles, people_overlap, resolve, trained_records
 from distsleep.config import ConfigBase, default_tracking_uri
-from distsleep.errors import InputError
+from distsleep.errors import InputError, first_line
 from distsleep.fanout import run_each
 from distsleep.metrics import staging_metrics
 from distsleep.night_metrics import Night, evaluate_nights, write_evaluation
 from distsleep.runtime import connect_ray
-from distsleep.shards.loader import LoaderConfig, load_manifest, shard_checksums, shard_urls
+from distsleep.shards.loader import LoaderConfig, load_manifest, shard_checksums, shard_identities, shard_urls
 from distsleep.shards.manifest import manifest_hash, split_records
 from distsleep.tracking import (EVALUATED_SWEEP_TAG, KIND_TAG, MODEL_RUN_TAG, MODEL_SOURCE_TAG, RunLogger, check_reachable,
                                 client, experiment_id)
@@ -218,7 +218,11 @@ def _prepare(cfg: EvaluateConfig, model: str, shards: str, uri: str) -> _Part:
     if bundle.get("task", "staging") != "staging":
         raise BundleError(located.name, f"this model was trained for the {bundle['task']} task; `evaluate` judges "
                                         "sleep staging")
-    manifest, base = load_manifest(shards, allow_commands=cfg.allow_shard_commands)
+    try:
+        manifest, base = load_manifest(shards, allow_commands=cfg.allow_shard_commands)
+        identities = shard_identities(manifest, base)
+    except (OSError, ValueError) as error:  # unreadable or not JSON, a refused entry, two records on one shard
+        raise EvaluationError(shards, f"cannot use this shard manifest: {first_line(str(error))}") from error
     urls = shard_urls(manifest, cfg.split, base)
     if not urls:
         raise EvaluationError(shards, f"the manifest has no {cfg.split} records")
@@ -246,7 +250,8 @@ def _prepare(cfg: EvaluateConfig, model: str, shards: str, uri: str) -> _Part:
                                           "manifest)")
     loader = LoaderConfig(seq_len=int(bundle["seq_len"]), batch_size=cfg.batch_size, num_workers=0, channels=list(roles),
                           stride=cfg.stride, normalization=bundle.get("normalization", "uv"),
-                          checksums=shard_checksums(manifest, base), verify=cfg.verify_shards)
+                          checksums=shard_checksums(manifest, base), verify=cfg.verify_shards,
+                          identities=identities)
     return _Part(located, bundle, shards, manifest, urls, list(roles), substituted, notes, learned, loader)
 
 

@@ -31,7 +31,7 @@ from distsleep.atomic import atomic_path
 from distsleep.bundle import BundleError, load_model, map_roles, resolve
 from distsleep.config import ConfigBase
 from distsleep.errors import InputError, first_line
-from distsleep.shards.loader import LoaderConfig, eval_batches, load_manifest, shard_checksums, shard_urls
+from distsleep.shards.loader import LoaderConfig, eval_batches, load_manifest, shard_checksums, shard_identities, shard_urls
 from distsleep.stages import STAGE_NAMES
 
 TOLERANCE = 1e-5  # max |difference| of probabilities between the exported and the PyTorch model
@@ -79,7 +79,8 @@ def check_batch(cfg: ExportConfig, bundle: dict, where: str) -> torch.Tensor:
     roles, _ = map_roles(bundle, manifest.get("channels") or manifest["config"]["preprocess"]["channels"],
                          f"the shards of {cfg.shards}", where)
     loader = LoaderConfig(seq_len=int(bundle["seq_len"]), batch_size=cfg.batch_size, num_workers=0, channels=list(roles),
-                          normalization=bundle.get("normalization", "uv"), checksums=shard_checksums(manifest, base))
+                          normalization=bundle.get("normalization", "uv"), checksums=shard_checksums(manifest, base),
+                          identities=shard_identities(manifest, base))
     batch = next(iter(eval_batches(urls[:1], loader, 1, 0)))
     return batch.signals.float()
 

@@ -36,7 +36,8 @@ def shards(staging_shards) -> Path:
 
 def yasa_stats(stages: np.ndarray) -> dict:
     labels = np.where(stages < 0, "UNS", YASA_LABELS[np.clip(stages, 0, 4)])
-    return yasa.Hypnogram(list(labels), n_stages=5).sleep_statistics()
+    stats = yasa.Hypnogram(list(labels), n_stages=5).sleep_statistics()
+    return {**stats, "Lat_REM - SOL": stats["Lat_REM"] - stats["SOL"]}  # AASM's REM latency, per YASA's docs
 
 
 def test_evaluate_one_row_per_test_night_with_yasa_statistics_and_an_mlflow_run(shards, tmp_path, capsys):
@@ -294,3 +295,34 @@ def test_cross_validation_folds_are_pooled_each_night_judged_by_the_model_that_n
         error = capsys.readouterr().err
         assert status == 2 and expected_error in error, error
     assert not (tmp_path / "no").exists()
+
+
+def test_an_unusable_manifest_is_an_error_naming_it_and_nothing_runs(shards, tmp_path, capsys):
+    """A cut manifest, one whose entry is a `pipe:` command, or one naming a shard twice: exit 2 with the
+    manifest named (not a traceback), the command never run, nothing written."""
+    bundle = write_bundle(tmp_path / "model.pt")
+    manifest = json.loads(Path(shards).read_text())
+    base = Path(shards).resolve().parent
+    for entry in manifest["records"].values():
+        entry["shard"] = str(base / entry["shard"])
+    marker = tmp_path / "ran"
+    test_ids = sorted(r for r, e in manifest["records"].items() if e["split"] == "test")
+    cut = tmp_path / "cut.json"
+    cut.write_text(json.dumps(manifest)[:200])
+    piped = json.loads(json.dumps(manifest))
+    piped["records"][test_ids[0]]["shard"] = f"pipe:touch {marker}"
+    twice = json.loads(json.dumps(manifest))
+    twice["records"][test_ids[1]]["shard"] = twice["records"][test_ids[0]]["shard"]
+    for name, content, problem in (("cut.json", None, "cannot use this shard manifest"),
+                                   ("piped.json", piped, "pipe:"),
+                                   ("twice.json", twice, "of the manifest name this one shard")):
+        path = tmp_path / name
+        if content is not None:
+            path.write_text(json.dumps(content))
+        out = tmp_path / f"eval-{name}"
+        status = cli_main(["evaluate", "--model", str(bundle), "--shards", str(path), "--out", str(out),
+                           "--no-tracking", "--no-progress"])
+        error = capsys.readouterr().err
+        assert status == 2 and f"distsleep evaluate: error: {path}: cannot use this shard manifest" in error, error
+        assert problem in error and "Traceback" not in error and not out.exists()
+    assert not marker.exists()

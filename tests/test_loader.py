@@ -31,6 +31,7 @@ from distsleep.shards.loader import (
     load_manifest,
     make_eval_loader,
     make_train_loader,
+    shard_identities,
     shard_urls,
     train_dataset,
     window_starts,
@@ -429,3 +430,39 @@ def test_windows_per_visit_caps_each_visit(dataset):
     cap = -(-len(dataset["nights"][first].labels) // 5)
     visit = windows[:cap]
     assert {r for r, _ in visit} == {first} and len({s for _, s in visit}) == cap
+
+
+def test_a_manifest_must_name_the_record_and_config_each_shard_holds(dataset, tmp_path):
+    """A manifest edited by hand: an entry pointing at a shard of another preprocessing config (its sha256
+    correct) or at another record's shard is refused where the shard is read, naming it, in the evaluation
+    pass and the training stream; two records naming one shard are refused from the manifest alone."""
+    manifest, base = load_manifest(dataset["root"])
+    test_ids = shard_urls(manifest, "test", base)
+    other = make_sample("rec-900", 900, 25)
+    other.meta["config_hash"] = "another-config"
+    write_shard(tmp_path / "rec-900.tar", other)
+    mixed = json.loads(json.dumps(manifest))
+    first_test = sorted(r for r, e in manifest["records"].items() if e["split"] == "test")[0]
+    mixed["records"][first_test]["shard"] = str(tmp_path / "rec-900.tar")
+    urls = shard_urls(mixed, "test", base)
+    cfg = LoaderConfig(seq_len=5, identities=shard_identities(mixed, base))
+    with pytest.raises(ValueError, match=r"rec-900\.tar: holds record rec-900, but the manifest lists it as record "
+                                         + first_test):
+        list(eval_sequences(urls, cfg, world_size=1, rank=0))
+    other.meta["record_id"], other.key = first_test, first_test  # the right record, another preprocessing
+    write_shard(tmp_path / "rec-900.tar", other)
+    with pytest.raises(ValueError, match=r"rec-900\.tar: preprocessed with config another-config, but the "
+                                         "manifest's config is test"):
+        list(eval_sequences(urls, cfg, world_size=1, rank=0))
+    train_cfg = LoaderConfig(seq_len=5, batch_size=2, num_workers=0, identities=cfg.identities)
+    with pytest.raises(ValueError, match=r"rec-900\.tar: preprocessed with config another-config"):
+        for _ in make_train_loader(urls, train_cfg, world_size=1, rank=0, batches_per_epoch=50):
+            pass
+    # Unmixed, the same checks pass: every night of the split is read.
+    assert {s.record_id for s in eval_sequences(test_ids, LoaderConfig(seq_len=5, identities=shard_identities(
+        manifest, base)), world_size=1, rank=0)} == {r for r, e in manifest["records"].items() if e["split"] == "test"}
+    twice = json.loads(json.dumps(manifest))
+    second_test = sorted(r for r, e in manifest["records"].items() if e["split"] == "test")[1]
+    twice["records"][second_test]["shard"] = twice["records"][first_test]["shard"]
+    with pytest.raises(ValueError, match=f"records {first_test} and {second_test} of the manifest name this one shard"):
+        shard_identities(twice, base)

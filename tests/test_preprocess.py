@@ -321,6 +321,30 @@ def test_killed_driver_then_rerun_completes(long_dataset, ray_local, tmp_path):
     assert _hashes(target) == _hashes(reference)
     assert not list(target.rglob("*.tmp-*"))
 
+    # --overwrite with another config, killed once its first shard is replaced: the old manifest must not stand
+    # over the new shards (a reader would take them for the old dataset).
+    new_hash = PreprocessConfig(target_rate=128.0).content_hash()
+    driver = subprocess.Popen([sys.executable, "-m", "distsleep.cli", "preprocess", "--root", str(dataset), "--out",
+                               str(target), "--quiet", "--overwrite", "--target-rate", "128"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def replaced() -> bool:
+        for path in (target / "records").glob("*.json"):
+            try:
+                if json.loads(path.read_text())["config_hash"] == new_hash:
+                    return True
+            except (ValueError, OSError):  # being replaced this instant
+                pass
+        return False
+
+    deadline = time.time() + 120
+    while time.time() < deadline and driver.poll() is None and not replaced():
+        time.sleep(0.01)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert replaced() and len(list((target / "records").glob("*.json"))) == 3
+    assert not (target / "manifest.json").exists() and not (target / "failures.jsonl").exists()
+
 
 @pytest.mark.realdata
 def test_sleep_edf_source_on_real_files(shared_data, ray_local, tmp_path):

@@ -39,7 +39,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from distsleep.errors import first_line
 from distsleep.shards.loader import (batches_per_epoch, endless_batches, load_manifest, make_train_loader,
-                                     shard_checksums)
+                                     shard_checksums, shard_identities)
 from distsleep.tasks import targets
 from distsleep.train.config import TrainConfig, lr_lambda
 from distsleep.train.evaluate import aggregate, evaluate, score_windows
@@ -91,7 +91,7 @@ def open_stream(cfg: TrainConfig, pin_memory: bool = False) -> Stream:
     manifest, base = load_manifest(cfg.shards, allow_commands=cfg.allow_shard_commands)
     model, model_cfg = model_and_config(cfg)
     roles = input_roles(cfg, manifest, model_cfg)
-    lcfg = loader_config(cfg, roles, shard_checksums(manifest, base))
+    lcfg = loader_config(cfg, roles, shard_checksums(manifest, base), shard_identities(manifest, base))
     streams = stream_urls(cfg, manifest, base, roles)
     per_epoch = batches_per_epoch(manifest, 1, lcfg.batch_size, seq_len=cfg.seq_len, records=streams.labelled)
     loader = make_train_loader(streams.training, lcfg, 1, 0, per_epoch, pin_memory=pin_memory)

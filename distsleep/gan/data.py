@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from distsleep.shards.convert import robust_stats
-from distsleep.shards.loader import _read_nights, shard_checksums, shard_urls
+from distsleep.shards.loader import _read_nights, shard_checksums, shard_identities, shard_urls
 from distsleep.stages import STAGE_NAMES
 
 
@@ -167,13 +167,14 @@ def read_training_epochs(manifest: dict, base: str, channels, stages, rank: int,
     counts = check_training_data(manifest, stages, channels, source)
     per_rank, mode = assign_records(counts, list(stages), world_size)
     mine = per_rank[rank]
-    subset = {"records": {r: manifest["records"][r] for r in mine}}
+    subset = {"records": {r: manifest["records"][r] for r in mine}, "config_hash": manifest.get("config_hash")}
     urls = shard_urls(subset, "train", base)
     capacity = -(-max_per_stage // world_size)
     reservoirs = {i: _Reservoir(capacity, np.random.default_rng([seed, rank, i])) for i in range(len(stages))}
     seen = {i: 0 for i in range(len(stages))}  # epochs of each stage met so far, for the "epochs" mode stride
     stats = []
-    for night in _read_nights(urls, list(channels), checksums=shard_checksums(subset, base)):
+    for night in _read_nights(urls, list(channels), checksums=shard_checksums(subset, base),
+                              identities=shard_identities(subset, base)):
         entry = manifest["records"].get(night.record_id)
         if entry is None or entry["split"] != "train":
             # Never train a generator on validation/test data: that would leak them into augmented training sets.

@@ -90,6 +90,22 @@ def shard_checksums(manifest: dict, base: str) -> dict[str, str]:
     return {resolve_shard(str(e["shard"]), base): str(e["sha256"]) for _, e in shard_entries(manifest) if e.get("sha256")}
 
 
+def shard_identities(manifest: dict, base: str) -> dict[str, tuple[str, str | None]]:
+    """Resolved shard location -> (record id, preprocessing config hash) that a preprocessing manifest says the
+    shard holds, for the loader to check against the shard's own meta.json: a manifest edited by hand could
+    otherwise mix shards of another preprocessing config, or score one night under two names. ValueError when
+    two records name one shard."""
+    found: dict[str, tuple[str, str | None]] = {}
+    for record_id, entry in sorted(manifest.get("records", {}).items()):
+        if isinstance(entry, dict) and "shard" in entry:
+            location = resolve_shard(str(entry["shard"]), base)
+            if location in found:
+                raise ValueError(f"{location}: records {found[location][0]} and {record_id} of the manifest name this "
+                                 "one shard; each record has its own")
+            found[location] = (record_id, manifest.get("config_hash"))
+    return found
+
+
 def shard_urls(manifest: dict, split: str, base: str, records=None) -> list[str]:
     """Shard locations of one split, sorted by record id.
 
@@ -164,7 +180,8 @@ class LoaderConfig:
     per-channel median and inter-quartile range, computed over the whole night at preprocessing time
     (`meta["channel_stats"]`), so a window is scaled the same wherever it was cut from.
 
-    `checksums` (shard location -> sha256, from `shard_checksums`) makes the reader check each shard's bytes
+    `identities` (from `shard_identities`) makes it check that each shard holds the record and preprocessing
+    config its manifest says. `checksums` (shard location -> sha256, from `shard_checksums`) makes the reader check each shard's bytes
     before decoding them; `verify` says which (`storage.should_verify`): "stored" (default: local files and
     object stores such as s3://; the hash costs a few ms per shard), "local", "all" (http(s) too) or "none".
     """
@@ -180,6 +197,7 @@ class LoaderConfig:
     normalization: str = "uv"
     checksums: dict[str, str] | None = None
     verify: str = "stored"
+    identities: dict[str, tuple[str, str | None]] | None = None  # `shard_identities`: checked on every shard read
 
     def __post_init__(self) -> None:
         if self.verify not in VERIFY_MODES:
@@ -271,10 +289,21 @@ def robust_scaling(meta: dict, keep: list[int], source: str) -> tuple[np.ndarray
     return 1.0 / iqr, -median / iqr
 
 
-def _load_night(raw: dict, channels: Sequence[int | str] | None, normalization: str = "uv") -> _Night:
+def _load_night(raw: dict, channels: Sequence[int | str] | None, normalization: str = "uv",
+                identities: dict[str, tuple[str, str | None]] | None = None) -> _Night:
     """A raw webdataset sample to a _Night with only the configured channels (clear errors name the shard)."""
     source = str(raw.get("__url__", raw.get("__key__")))
     sample = decode_sample(raw)
+    expected = identities.get(source) if identities else None
+    if expected is not None:
+        record_id, config_hash = expected
+        held = str(sample.meta.get("record_id", sample.key))
+        if held != record_id:
+            raise ValueError(f"{source}: holds record {held}, but the manifest lists it as record {record_id}")
+        if config_hash is not None and sample.meta.get("config_hash") != config_hash:
+            raise ValueError(f"{source}: preprocessed with config {sample.meta.get('config_hash')}, but the manifest's "
+                             f"config is {config_hash}: one dataset must not mix two preprocessings (preprocess the "
+                             "recordings again into one --out)")
     scale = np.asarray(sample.meta["scale_uv"], dtype=np.float32)
     n_epochs, n_channels = sample.signals.shape[:2] if sample.signals.ndim == 3 else (-1, -1)
     if n_epochs < 0 or scale.shape != (n_channels,) or sample.labels.shape != (n_epochs,) \
@@ -302,13 +331,14 @@ def _shard_reader(checksums: dict[str, str] | None, verify: str = "stored"):
 
 
 def _read_nights(urls: list[str], channels: Sequence[int | str] | None, normalization: str = "uv",
-                 checksums: dict[str, str] | None = None, verify: str = "stored") -> Iterator[_Night]:
+                 checksums: dict[str, str] | None = None, verify: str = "stored",
+                 identities: dict[str, tuple[str, str | None]] | None = None) -> Iterator[_Night]:
     """Nights of `urls` in the given order, read once (no shuffle, no resampling, no node split)."""
     if not urls:
         return
     pipeline = wds.DataPipeline(wds.SimpleShardList(urls), _shard_reader(checksums, verify))
     for raw in pipeline:
-        yield _load_night(raw, channels, normalization)
+        yield _load_night(raw, channels, normalization, identities)
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -441,7 +471,7 @@ class TrainStream(IterableDataset):
         return wds.DataPipeline(
             wds.ResampledShards(self.urls, seed=shard_seed, worker_seed=_zero, deterministic=True),
             _shard_reader(cfg.checksums, cfg.verify),
-            wds.map(lambda raw: _load_night(raw, cfg.channels, cfg.normalization)),
+            wds.map(lambda raw: _load_night(raw, cfg.channels, cfg.normalization, cfg.identities)),
             lambda nights: _windows(nights, cfg.seq_len, random.Random(window_seed), len(self.urls), cfg.windows_per_visit),
             # initial = bufsize: the first batches would otherwise all come from the first night
             wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, rng=random.Random(shuffle_seed)),
@@ -590,7 +620,8 @@ def eval_sequences(urls: Sequence[str], cfg: LoaderConfig, world_size: int, rank
     each exactly once. Ranks may yield different counts, so do not run collectives inside the pass.
     """
     _check_rank(world_size, rank)
-    for night in _read_nights(sorted(urls)[rank::world_size], cfg.channels, cfg.normalization, cfg.checksums, cfg.verify):
+    for night in _read_nights(sorted(urls)[rank::world_size], cfg.channels, cfg.normalization, cfg.checksums, cfg.verify,
+                              cfg.identities):
         yield from _night_sequences(_check_real(night), cfg.seq_len, cfg.eval_stride)
 
 
@@ -633,7 +664,7 @@ class EvalStream(IterableDataset):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         nights = _read_nights(self.urls[worker::num_workers], self.cfg.channels, self.cfg.normalization,
-                              self.cfg.checksums, self.cfg.verify)
+                              self.cfg.checksums, self.cfg.verify, self.cfg.identities)
         sequences = (seq for night in nights for seq in _night_sequences(_check_real(night), self.cfg.seq_len,
                                                                          self.cfg.eval_stride))
         yield from _batched(sequences, self.batch_size)

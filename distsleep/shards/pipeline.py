@@ -39,7 +39,7 @@ from distsleep.shards.manifest import FAILURES_NAME, MANIFEST_NAME, build_manife
 from distsleep.shards.splits import published_splits, read_split_file
 from distsleep.sources.subjects import subject_of, visit_of
 from distsleep.stages import STAGE_NAMES
-from distsleep.store import check_no_credentials, display, is_url, join, make_folder, read_json, write_json
+from distsleep.store import check_no_credentials, display, is_url, join, make_folder, read_json, remove, write_json
 
 
 @dataclass(frozen=True)
@@ -213,6 +213,9 @@ def _run_locked(root: str | Path, out: str, config: PreprocessConfig, split: Spl
     if not overwrite:
         check_same_dataset(out, config, split, root=root, published=published,
                            records=[s.record_id for s in sources] + [d["record_id"] for d in duplicated])
+    if overwrite:  # the dataset being replaced stops being one before any of its shards changes
+        for name in (MANIFEST_NAME, FAILURES_NAME):
+            remove(join(out, name))
     make_folder(join(out, "shards"))
     _clean_stale_temporaries(out)
     config_hash = config.content_hash()

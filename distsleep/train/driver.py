@@ -38,7 +38,7 @@ from distsleep.integrity import IntegrityError
 from distsleep.locks import LockHeld
 from distsleep.runtime import VERBOSE_ENV, connect_ray, quiet_worker_console, verbose
 from distsleep.shards.augmented import generator_records
-from distsleep.shards.loader import load_manifest
+from distsleep.shards.loader import load_manifest, shard_identities
 from distsleep.shards.storage import UnsafeEntryError
 from distsleep.store import CredentialsInLocation, check_no_credentials
 from distsleep.tracking import BUNDLE_TAG, CLIENT_ENV, RunLogger, client, find_or_create_run, sqlite_file
@@ -118,11 +118,15 @@ def open_manifest(shards: str, allow_commands: bool = False) -> dict:
     if not shards:
         raise LaunchError("no shards given: pass --shards PATH/TO/manifest.json (the output of `distsleep preprocess`)")
     try:
-        manifest, _ = load_manifest(shards, allow_commands=allow_commands)
+        manifest, base = load_manifest(shards, allow_commands=allow_commands)
     except UnsafeEntryError as error:
         raise LaunchError(str(error)) from error
     except Exception as error:
         raise LaunchError(f"cannot read the shard manifest {shards}: {error}") from error
+    try:
+        shard_identities(manifest, base)  # two records naming one shard: refused before launch, not mid-run
+    except ValueError as error:
+        raise LaunchError(f"{shards}: {error}") from error
     return manifest
 
 

@@ -28,12 +28,15 @@ def model_and_config(cfg):
     return build_model(cfg.model, model_cfg), model_cfg
 
 
-def loader_config(cfg, roles, checksums: dict[str, str] | None = None) -> LoaderConfig:
+def loader_config(cfg, roles, checksums: dict[str, str] | None = None,
+                  identities: dict[str, tuple[str, str | None]] | None = None) -> LoaderConfig:
     """The loader settings of a run: its window, batch, shuffle and worker options on the channels `roles`,
-    scaled the way the model expects, each shard checked against `checksums` as --verify-shards says."""
+    scaled the way the model expects, each shard checked against `checksums` as --verify-shards says and
+    against the record and config its manifest names (`identities`)."""
     return LoaderConfig(seq_len=cfg.seq_len, batch_size=cfg.per_worker_batch, shuffle_buffer=cfg.shuffle_buffer,
                         num_workers=cfg.loader_workers, seed=cfg.seed, channels=list(roles), stride=cfg.val_stride,
-                        normalization=get_spec(cfg.model).normalization, verify=cfg.verify_shards, checksums=checksums)
+                        normalization=get_spec(cfg.model).normalization, verify=cfg.verify_shards, checksums=checksums,
+                        identities=identities)
 
 
 def input_roles(cfg, manifest: dict, model_cfg) -> tuple[str, ...]:

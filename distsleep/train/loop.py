@@ -33,7 +33,8 @@ import torch.distributed as dist
 from distsleep import bundle
 from distsleep.integrity import verify_checksums, write_checksums
 from distsleep.shards.augmented import augmentation_checksums
-from distsleep.shards.loader import batches_per_epoch, endless_batches, load_manifest, make_train_loader, shard_checksums
+from distsleep.shards.loader import (batches_per_epoch, endless_batches, load_manifest, make_train_loader, shard_checksums,
+                                     shard_identities)
 from distsleep.tasks import SCALAR_METRICS
 from distsleep.tracking import BUNDLE_TAG
 from distsleep.train import artifacts
@@ -117,7 +118,8 @@ def train_loop_per_worker(config: dict) -> None:
     model, model_cfg = model_and_config(cfg)
     roles = input_roles(cfg, manifest, model_cfg)
     loader_cfg = loader_config(cfg, roles, {**shard_checksums(manifest, base),
-                                            **augmentation_checksums(cfg.augment_shards, cfg.allow_shard_commands)})
+                                            **augmentation_checksums(cfg.augment_shards, cfg.allow_shard_commands)},
+                               shard_identities(manifest, base))
     streams = stream_urls(cfg, manifest, base, roles)
     train_urls, augmented, val_urls, test_urls = streams.train, streams.augmented, streams.val, streams.test
     per_epoch = batches_per_epoch(manifest, world, batch, seq_len=cfg.seq_len, records=streams.labelled)
