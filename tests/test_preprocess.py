@@ -121,6 +121,15 @@ def test_split_is_subject_wise_and_seeded(converted):
     assert manifest["config"]["split"]["seed"] == 0 and len(manifest["config_hash"]) == 16
 
 
+def _another_night(edf: Path) -> None:
+    """Flip the lowest bit of every sample of `edf`: to the preprocessing, another night (a copied night is refused
+    as one night under two record ids) with the same header, length and stages."""
+    data = bytearray(edf.read_bytes())
+    header = int(data[184:192].decode())  # the header's size in bytes
+    samples = np.frombuffer(data, dtype="<i2", offset=header, count=(len(data) - header) // 2)
+    edf.write_bytes(bytes(data[:header]) + (samples ^ 1).astype("<i2").tobytes() + bytes(data[header + samples.nbytes:]))
+
+
 def test_visits_subsets_and_published_split_through_the_cli(dataset, converted, tmp_path, capsys):
     """An SHHS2 night of an SHHS1 participant is the same person (same split); the SHHS subsets leave it out
     without converting it; --split-file places records exactly as the file says, recorded in the manifest."""
@@ -131,6 +140,7 @@ def test_visits_subsets_and_published_split_through_the_cli(dataset, converted, 
     for kind, suffix in (("edfs", ".edf"), ("annotations-events-nsrr", "-nsrr.xml")):
         (psg / kind / "shhs2").mkdir()
         shutil.copy(psg / kind / "shhs1" / f"shhs1-300001{suffix}", psg / kind / "shhs2" / f"shhs2-300001{suffix}")
+    _another_night(psg / "edfs" / "shhs2" / "shhs2-300001.edf")  # the same signals twice would be refused
     # Each step below changes the selection or split of the dataset in `out`: --overwrite says that is meant.
     common = ["preprocess", "--root", str(root), "--out", str(out), "--quiet", "--max-failures", "3", "--overwrite"]
 
@@ -231,6 +241,57 @@ def test_recordings_sharing_a_record_id_all_fail_by_name(dataset, converted, tmp
         assert failure["error"] == "DuplicateRecordId" and "2 recordings share the record id" in failure["message"]
         assert f"copy/{GOOD[0]}.edf" in failure["message"] and f"shhs1/{GOOD[0]}.edf" in failure["message"]
         assert not (tmp_path / "out" / "shards" / f"{GOOD[0]}.tar").exists()
+
+
+def test_one_night_under_two_record_ids_is_refused_until_one_is_removed(dataset, converted, tmp_path):
+    """A night copied under another person's id (other file names, so other record ids and other shards) would put
+    one person's night in two splits: every copy fails, naming the others; removing the copy lets the original in
+    without converting anything again."""
+    root, out, copy = tmp_path / "cohort", tmp_path / "out", "shhs1-300099"
+    shutil.copytree(dataset, root)
+    original = record_paths(root, GOOD[0])
+    for kind, path in record_paths(root, copy).items():
+        if original[kind].exists():
+            shutil.copy(original[kind], path)
+    result = run_preprocess(root, out, PreprocessConfig(), SplitConfig(), progress=False)
+    assert result.converted == len(GOOD) + 1, "the copy is converted like any recording"
+    failures = {f["record_id"]: f for f in map(json.loads, (out / "failures.jsonl").read_text().splitlines())}
+    assert set(failures) == {GOOD[0], copy, "shhs1-300005", "shhs1-300006", "shhs1-300007"}
+    for rid, other in ((GOOD[0], copy), (copy, GOOD[0])):
+        assert failures[rid]["error"] == "DuplicateSignals"
+        assert f"{rid}.edf" in failures[rid]["message"] and f"same signals as {other}" in failures[rid]["message"]
+    manifest = result.manifest
+    assert sorted(manifest["records"]) == GOOD[1:]
+    reasons = {e["record_id"]: e["reason"] for e in manifest["excluded"]}
+    assert reasons[GOOD[0]].startswith("DuplicateSignals: ") and f"same signals as {copy}" in reasons[GOOD[0]]
+    assert f"same signals as {GOOD[0]}" in reasons[copy]
+    # The copies count as failures: 3 bad recordings + 2 copies. Reruns read the fingerprints from the summaries.
+    common = ["preprocess", "--root", str(root), "--out", str(out), "--quiet"]
+    assert cli_main([*common, "--max-failures", "4"]) == 1
+    assert cli_main([*common, "--max-failures", "5"]) == 0
+    assert json.loads((out / "manifest.json").read_text()) | {"code_version": None} == manifest | {"code_version": None}
+    # The fingerprint lives in the summary, not in the shard: every other shard is what a run without the copy wrote.
+    assert {n: h for n, h in _hashes(out).items() if n != f"{copy}.tar"} == _hashes(converted[0])
+
+    # Summaries written before fingerprints existed are not compared: such a folder resumes as it did.
+    older = tmp_path / "older"
+    shutil.copytree(out, older)
+    for marker in (older / "records").glob("*.json"):
+        summary = json.loads(marker.read_text())
+        summary.pop("signal_fingerprint")
+        marker.chmod(0o644)
+        marker.write_text(json.dumps(summary))
+    resumed = run_preprocess(root, older, PreprocessConfig(), SplitConfig(), progress=False)
+    assert resumed.converted == 0 and {GOOD[0], copy} <= set(resumed.manifest["records"])
+
+    # The copy removed, the original joins the manifest from its existing shard.
+    for path in record_paths(root, copy).values():
+        path.unlink(missing_ok=True)
+    rerun = run_preprocess(root, out, PreprocessConfig(), SplitConfig(), progress=False)
+    assert rerun.converted == 0 and rerun.skipped == len(GOOD)
+    assert sorted(rerun.manifest["records"]) == GOOD and copy not in {e["record_id"] for e in rerun.manifest["excluded"]}
+    assert {f["record_id"] for f in rerun.failures} == {"shhs1-300005", "shhs1-300006", "shhs1-300007"}
+    assert rerun.manifest["records"] == json.loads((converted[0] / "manifest.json").read_text())["records"]
 
 
 def test_subsets_and_options(dataset, converted, tmp_path):

@@ -6,6 +6,7 @@ the benchmark measures it against the naive route.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -178,6 +179,19 @@ def record_to_sample(record: Record, config: PreprocessConfig, path: str | Path)
     )
 
 
+def signal_fingerprint(sample: ShardSample) -> str:
+    """sha256 of the signals a sample holds: its shape, each channel's scale (uV per code) and its int16 codes, as
+    little-endian bytes. Two records of one preprocessing config with the same fingerprint hold the same signals
+    (one night copied under another name); the record id, labels and events are not in it. Kept in the record's
+    summary, never in the shard (whose bytes it leaves alone), so a rerun compares records without reading them."""
+    digest = hashlib.sha256()
+    digest.update(np.asarray(sample.signals.shape, dtype="<i8").tobytes())
+    digest.update(np.asarray(sample.meta["scale_uv"], dtype="<f8").tobytes())
+    codes = np.ascontiguousarray(sample.signals, dtype="<i2")  # no copy for the int16 array record_to_sample builds
+    digest.update(codes.reshape(-1).view(np.uint8))
+    return digest.hexdigest()
+
+
 def source_stamp(source: RecordSource) -> dict:
     """Size and modification time of a recording's input files: a rerun redoes a record whose inputs
     changed (another cohort with the same record ids, an edited XML) instead of keeping its old shard."""
@@ -225,6 +239,7 @@ def convert_record(source: RecordSource, config: PreprocessConfig, out: str | Pa
         "events": {name: int(sample.events[:, i].sum()) for i, name in enumerate(EVENT_COLUMNS)},
         "channels": sample.meta["channels"],
         "kept_epochs": sample.meta["kept_epochs"],
+        "signal_fingerprint": signal_fingerprint(sample),  # the pipeline refuses records holding the same signals
         "config_hash": config.content_hash(),
         "source": stamp,
         "notes": list(record.problems),

@@ -13,7 +13,10 @@ preprocessing or split config, another split file's contents or another input ro
 this run would leave out (a smaller --limit, recordings gone from the root), is refused unless `overwrite`
 says to replace it: two datasets never mix, and a dataset never shrinks without being told to. Two
 recordings with the same record id (the id names the shard, the marker and the person) are both failures
-naming both files: which one a rerun kept would otherwise change from run to run.
+naming both files: which one a rerun kept would otherwise change from run to run. So are records holding the
+same signals under different ids (a night copied under another person's id would be two people to the split):
+each record's summary carries a fingerprint of its quantised signals (`convert.signal_fingerprint`), compared
+when the manifest is assembled, and every copy fails naming the others.
 
 OUT may be an object-store prefix (s3://bucket/cohort): the Ray tasks then write each shard and marker
 straight to the bucket (`store.py`), the lock is a lease object (`locks.py`), and the manifest is written
@@ -138,6 +141,28 @@ def duplicate_ids(sources: list[RecordSource]) -> tuple[list[RecordSource], list
     return unique, failures
 
 
+def duplicate_signals(summaries: list[dict], signal_paths: dict[str, str]) -> tuple[list[dict], list[dict]]:
+    """(the summaries whose signals are theirs alone, one failure per record whose signal fingerprint another record
+    shares). One night under two record ids (a recording copied under another name) would be two people to the
+    split, so it could be trained on and tested on: every copy fails, naming the others, and none is guessed to be
+    the original. `signal_paths` (record id -> recording) names the files. Summaries written by a version before
+    fingerprints (no "signal_fingerprint") are not compared: such folders resume as before, unchecked."""
+    by_print: dict[str, list[str]] = {}
+    for summary in summaries:
+        if summary.get("signal_fingerprint"):
+            by_print.setdefault(summary["signal_fingerprint"], []).append(summary["record_id"])
+    copies = {rid: sorted(ids) for ids in by_print.values() if len(ids) > 1 for rid in ids}
+    failures = []
+    for rid, ids in sorted(copies.items()):
+        others = [o for o in ids if o != rid]
+        failures.append({"record_id": rid, "error": "DuplicateSignals",
+                         "message": f"{signal_paths.get(rid, rid)}: holds the same signals as {', '.join(others)} "
+                                    f"({', '.join(signal_paths.get(o, o) for o in others)}): one night under "
+                                    f"{len(ids)} record ids would count as {len(ids)} people in the splits; none of "
+                                    "them goes into the manifest: keep one recording and rerun"})
+    return [s for s in summaries if s["record_id"] not in copies], failures
+
+
 def input_root(root: str | Path) -> str:
     """The input root as the manifest records it (absolute), to tell another cohort from this one."""
     return str(Path(root).expanduser().resolve())
@@ -257,8 +282,10 @@ def _run_locked(root: str | Path, out: str, config: PreprocessConfig, split: Spl
             bar.set_postfix(failed=len(failures))
         bar.close()
 
-    manifest = build_manifest(list(summaries.values()), failures, config, split, published, not_selected,
-                              root=input_root(root))
+    # From the summaries (converted now or before), so a rerun compares every record without reading a shard.
+    unique, copies = duplicate_signals(list(summaries.values()), {s.record_id: s.signal_path for s in sources})
+    failures += copies
+    manifest = build_manifest(unique, failures, config, split, published, not_selected, root=input_root(root))
     # The manifest last: a dataset is complete (and usable) only once it is there.
     write_json(join(out, FAILURES_NAME), sorted(failures, key=lambda f: f["record_id"]), lines=True)
     write_json(join(out, MANIFEST_NAME), manifest)
