@@ -106,6 +106,12 @@ def test_failure_message_says_what_happened_and_how_to_resume(tmp_path):
     assert "Relaunch with the same --name" in message
     other = failure_message(TrainConfig(shards="/x", name="r", max_failures=2), ValueError("bad shard\ndetails"), str(tmp_path / "none"))
     assert "ValueError: bad shard" in other and "no checkpoint was committed" in other and "up to --max-failures 2" in other
+    # A shard that no longer matches its manifest: relaunching would read it again, so the data comes first.
+    from distsleep.shards.storage import ShardChecksumError
+
+    changed = failure_message(cfg, ShardChecksumError("/s/shards/shhs1-1.tar: sha256 ab, the manifest says cd"), str(storage))
+    assert "The data is at fault, not the run" in changed and "Rebuild the shards" in changed and "(step 40)" in changed
+    assert "Relaunch with the same --name to resume" not in changed
 
 
 def test_failure_message_lists_each_ranks_cause():

@@ -65,6 +65,12 @@ _LOST_WORKER_SIGNS = ("ActorDiedError", "ActorUnavailableError", "node has died"
                       "Connection reset by peer", "connectFullMesh")
 
 
+# A shard that no longer matches its manifest (changed or cut bytes, another record or preprocessing): relaunching
+# reads it again, so the message sends people to the data first.
+_DATA_SIGNS = ("ShardChecksumError", "EmptyShardError", "inconsistent shard", "but the manifest lists it as record",
+               "one dataset must not mix two preprocessings")
+
+
 def _first_line(error: BaseException) -> str:
     return next((line.strip() for line in str(error).splitlines() if line.strip()), "")[:200]
 
@@ -106,6 +112,10 @@ def failure_message(cfg, error: BaseException, storage: str) -> str:
     where = f"the last checkpoint (step {step}) is in {storage}" if step is not None else f"no checkpoint was committed in {storage}"
     retries = (f"it was restarted up to --max-failures {cfg.max_failures} time(s)" if cfg.max_failures
                else "--max-failures 0: no automatic restart")
+    if any(sign in text for sign in _DATA_SIGNS):
+        return (f"training run {cfg.name!r} failed: {cause}; {where}. The data is at fault, not the run: a shard no "
+                f"longer matches the manifest {cfg.shards}, and a relaunch would read it again. Rebuild the shards "
+                "(`distsleep preprocess` into the same --out redoes changed ones), then relaunch with the same --name")
     return (f"training run {cfg.name!r} failed: {cause}; {retries}; {where}. Relaunch with the same --name to resume "
             f"from the last checkpoint, or set --max-failures N to restart automatically while the cluster has room.")
 
