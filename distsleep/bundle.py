@@ -311,17 +311,56 @@ def _looks_like_state_dict(blob) -> bool:
     return isinstance(blob, dict) and bool(blob) and all(isinstance(v, torch.Tensor) for v in blob.values())
 
 
+# How a file torch.save wrote begins: a zip archive (its format since PyTorch 1.6) or, before, a pickle (PROTO
+# opcode and protocol 2-5). Anything else is no PyTorch file at all, and is refused without unpickling a byte.
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTOCOLS = tuple(bytes([0x80, p]) for p in (2, 3, 4, 5))
+LEGACY_TORCH_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)  # what a pre-1.6 torch.save writes first
+
+
+def _head(path, size: int) -> bytes:
+    if hasattr(path, "read"):  # a file object (bundle bytes sent to a Ray task): read and rewind
+        start = path.tell()
+        head = path.read(size)
+        path.seek(start)
+        return head
+    with open(path, "rb") as stream:
+        return stream.read(size)
+
+
+def _refused_object(error: Exception) -> str:
+    """What torch's safe unpickler refused, without the rest of its message: that goes on to advise retrying with
+    weights_only=False (or allowlisting the class), i.e. running whatever code the file holds."""
+    text = str(error)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it names {found[1]}"
+    found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    return found[1].strip().rstrip(".") if found else type(error).__name__
+
+
 def load_file(path: str | os.PathLike, map_location="cpu"):
     """torch.load(weights_only=True) of a bundle or checkpoint file, its refusals as BundleErrors. Every file this
     project reads back with torch (bundles, checkpoint weights and states) is loaded here."""
     try:
+        head = _head(path, len(LEGACY_TORCH_MAGIC))
+    except OSError as error:
+        raise BundleError(path, f"cannot be read ({type(error).__name__}: {error})") from error
+    if not head.startswith(ZIP_MAGIC) and head[:2] not in PICKLE_PROTOCOLS:
+        # torch would report random bytes or a JSON file as holding unsafe objects and suggest weights_only=False.
+        raise BundleError(path, f"not a PyTorch model file: torch.save writes a zip archive, and this file "
+                                f"{'is empty' if not head else f'begins with {head[:8]!r}'}; expected a distsleep "
+                                "bundle (model.pt) or training checkpoint")
+    if not head.startswith(ZIP_MAGIC) and not head.startswith(LEGACY_TORCH_MAGIC):
+        raise BundleError(path, "not a PyTorch model file but a plain Python pickle (torch.save did not write it); "
+                                "refused unread, since unpickling can run arbitrary code")
+    try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        detail = str(error).strip().splitlines()
-        raise BundleError(path, "refused: the file holds Python objects other than tensors and plain values, and "
-                                "loading those can run arbitrary code (torch.load weights_only=True: "
-                                f"{detail[0] if detail else type(error).__name__}); a distsleep bundle never does") from error
-    except Exception as error:  # truncated zip, not a torch file at all, ...
+        raise BundleError(path, "refused: the file holds Python objects other than tensors and plain values "
+                                f"({_refused_object(error)}; torch.load with weights_only=True does not load them), "
+                                "and loading those can run arbitrary code; a distsleep bundle never holds any") from error
+    except Exception as error:  # truncated zip, a zip archive torch did not write, ...
         raise BundleError(path, f"cannot be read as a bundle ({type(error).__name__}: {error})") from error
 
 

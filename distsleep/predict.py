@@ -29,12 +29,17 @@ are optional for both sources; metrics and the "true" hypnogram appear only when
 
 Outputs in `out_dir` (all prefixed by the record id): `_stages.csv`, `_hypnogram.edf` (EDF+ annotations
 only, Sleep-EDF wording), `_hypnogram.png`, `_input_report.json`, and with annotations `_metrics.json` and
-`_confusion.png`; written all or nothing, replacing every output of an earlier prediction of the record.
+`_confusion.png`; written all or nothing, replacing every output of an earlier prediction of the record. A
+recording that fails removes its earlier outputs, so none looks current. `predictions.json` records the model
+(its sha256) and settings a folder's predictions come from: another model or other settings are refused there
+(`OutputFolderError`) unless `overwrite` removes the earlier predictions first, since files of two models
+side by side could not be told apart.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -50,7 +55,7 @@ import torch
 from distsleep.atomic import atomic_path
 from distsleep.bundle import BundleError, load_model, map_roles, resolve
 from distsleep.config import PreprocessConfig
-from distsleep.errors import MissingChannelError
+from distsleep.errors import InputError, MissingChannelError
 from distsleep.inspection import UNKNOWN_SOURCE, detect_source
 from distsleep.metrics import format_values, staging_metrics
 from distsleep.plots import confusion_png, hypnogram_png
@@ -77,6 +82,10 @@ DEFAULT_BATCH_SIZE = 64  # windows per forward pass
 
 class PredictionError(ValueError):
     """Inference options that cannot work with this bundle (e.g. a stride longer than the window)."""
+
+
+class OutputFolderError(InputError):
+    """The output folder holds predictions of another model, or made with other settings."""
 
 
 # ------------------------------------------------------------------------------------------ windowing
@@ -341,9 +350,88 @@ def _hypnogram_edf(stages: Sequence[int], start, epoch_seconds: float):
 # Every file `predict` may write for a record, by key; the name is <record id><suffix>.
 OUTPUT_SUFFIXES = {"stages_csv": "_stages.csv", "hypnogram_edf": "_hypnogram.edf", "hypnogram_png": "_hypnogram.png",
                    "input_report": "_input_report.json", "metrics": "_metrics.json", "confusion_png": "_confusion.png"}
+SUMMARY_NAME = "cohort_summary.csv"  # several nights' summary (distsleep.predict_many)
+PREDICTIONS_FILE = "predictions.json"  # the model and settings of a folder's predictions
+PREDICTIONS_FORMAT = "distsleep-predictions/1"
 
 
-def _write_outputs(result: PredictionResult, out_dir: Path, start, title: str) -> dict[str, Path]:
+def output_ids(recording: Path) -> set[str]:
+    """The record ids a recording's outputs may be named after: which one depends on the reader, known only once
+    its header is read (Sleep-EDF drops -PSG)."""
+    return {record_id_of(recording, "nsrr"), record_id_of(recording, "sleep-edf")}
+
+
+def remove_outputs(out_dir: str | os.PathLike, record_ids) -> None:
+    """Remove every output of the records `record_ids` in `out_dir`: a recording that fails now must not leave an
+    earlier run's files looking like its current result (as `evaluate` clears stale probabilities)."""
+    for record in record_ids:
+        for suffix in OUTPUT_SUFFIXES.values():
+            (Path(out_dir) / f"{record}{suffix}").unlink(missing_ok=True)
+
+
+def prediction_identity(loaded: "LoadedModel", stride: int, cohort: str | None, channel_map) -> dict:
+    """What a folder's predictions come from: the model (its bytes' sha256; its name as given, for messages) and
+    the settings that change the scores."""
+    entries = channel_map.items() if isinstance(channel_map, dict) else (channel_map or ())
+    return {"format": PREDICTIONS_FORMAT,
+            "model": {"sha256": loaded.sha256, "source": loaded.source, "name": loaded.bundle["model"],
+                      "stage": loaded.bundle.get("stage")},
+            "settings": {"stride": int(stride), "cohort": cohort,
+                         "channel_map": {role: list(labels) for role, labels in entries} or None}}
+
+
+def _describe(identity: dict) -> str:
+    model, settings = identity.get("model", {}), identity.get("settings", {})
+    extra = "".join([f", --cohort {settings['cohort']}" if settings.get("cohort") else "",
+                     ", a --channel-map" if settings.get("channel_map") else ""])
+    return (f"{model.get('source')} ({model.get('name')} {model.get('stage') or ''}, sha256 "
+            f"{str(model.get('sha256'))[:12]}) with --stride {settings.get('stride')}{extra}")
+
+
+def _is_prediction_file(name: str) -> bool:
+    return name in (SUMMARY_NAME, PREDICTIONS_FILE) or name.endswith(tuple(OUTPUT_SUFFIXES.values()))
+
+
+def check_output_folder(out_dir: str | os.PathLike, identity: dict, overwrite: bool = False) -> None:
+    """Refuse (OutputFolderError) to write predictions of `identity` into a folder holding predictions of another
+    model or settings, or of an unrecorded one (an older distsleep's): the folder would mix them and no file says
+    which model made it. With `overwrite` the earlier predictions (every file `predict` writes) are removed
+    first; the same model and settings again (a rerun) need nothing."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return
+    try:
+        before = json.loads((out_dir / PREDICTIONS_FILE).read_text())
+    except (FileNotFoundError, ValueError):  # absent or unreadable: which model made the predictions is unknown
+        before = None
+    if not isinstance(before, dict):
+        before = None
+    if before is not None and (before.get("model", {}).get("sha256"), before.get("settings")) == \
+            (identity["model"]["sha256"], identity["settings"]):
+        return
+    earlier = sorted(entry.name for entry in os.scandir(out_dir) if entry.is_file() and _is_prediction_file(entry.name))
+    if not earlier:
+        return
+    if not overwrite:
+        held = (f"the predictions of model {_describe(before)}" if before is not None else
+                f"predictions ({earlier[0]}, ...) without a {PREDICTIONS_FILE} saying which model made them (an "
+                "older distsleep wrote them)")
+        raise OutputFolderError(out_dir, f"holds {held}, and this run's model is {_describe(identity)}: one folder "
+                                         "holds one model's predictions, or their files could not be told apart. Give "
+                                         "another --out, or --overwrite to remove the earlier predictions first")
+    for name in earlier:
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def record_identity(out_dir: str | os.PathLike, identity: dict) -> None:
+    """Write the folder's PREDICTIONS_FILE unless it is there (`check_output_folder` made sure it matches)."""
+    path = Path(out_dir) / PREDICTIONS_FILE
+    if not path.is_file():
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(identity, indent=1, sort_keys=True) + "\n")
+
+
+def _write_outputs(result: PredictionResult, out_dir: Path, start, title: str, identity: dict) -> dict[str, Path]:
     """The outputs of one prediction, all or nothing: each is written to a temporary name; only when every one
     is written are the record's outputs of an earlier prediction that this one does not replace (metrics of a
     run with annotations, say) removed and the new files renamed into place. So the folder never holds a
@@ -366,6 +454,7 @@ def _write_outputs(result: PredictionResult, out_dir: Path, start, title: str) -
         for key, suffix in OUTPUT_SUFFIXES.items():
             if key not in files:
                 (out_dir / f"{result.record_id}{suffix}").unlink(missing_ok=True)
+        record_identity(out_dir, identity)  # before the outputs are renamed into place: none is ever unattributed
     return files
 
 
@@ -380,6 +469,7 @@ class LoadedModel:
     bundle: dict
     path: str  # the local file (or a description of where the bytes came from), for error messages
     source: str  # the model as the user named it (path, run id, runs:/ or models:/ URI)
+    sha256: str = ""  # of the bundle's bytes: which model a folder's predictions come from, however it was named
 
 
 def load_for_prediction(source: str | os.PathLike, data: bytes | None = None, name: str | None = None) -> LoadedModel:
@@ -388,13 +478,18 @@ def load_for_prediction(source: str | os.PathLike, data: bytes | None = None, na
     if data is None:
         path = resolve(source).path
         model, bundle = load_model(path)
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     else:
+        digest = hashlib.sha256(data).hexdigest()
         path = name or str(source)
-        model, bundle = load_model(io.BytesIO(data))
+        try:
+            model, bundle = load_model(io.BytesIO(data))
+        except BundleError as error:  # it names the in-memory copy; the user knows the model by its source
+            raise BundleError(path, error.problem) from error
     if bundle.get("task", "staging") != "staging":
         raise BundleError(path, f"this model was trained for the {bundle['task']} task; `predict` writes "
                                 "hypnograms and only takes sleep-staging models")
-    return LoadedModel(model, bundle, str(path), str(source))
+    return LoadedModel(model, bundle, str(path), str(source), digest)
 
 
 def _reader_for(header, record_id: str, trained: PreprocessConfig, cohort: str | None, channel_map
@@ -425,7 +520,8 @@ def _available_roles(reader: str, cohort: str | None, channel_map) -> set[str]:
 def predict_recording(bundle_source: str | os.PathLike | LoadedModel, recording: str | os.PathLike,
                       annotations: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
                       stride: int = DEFAULT_STRIDE, batch_size: int = DEFAULT_BATCH_SIZE,
-                      device: str | None = None, cohort: str | None = None, channel_map=None) -> PredictionResult:
+                      device: str | None = None, cohort: str | None = None, channel_map=None,
+                      overwrite: bool = False) -> PredictionResult:
     """Score every 30-s epoch of `recording` with the model bundle named by `bundle_source` (see
     `distsleep.bundle.resolve`: a model.pt, a folder holding one, an MLflow run id, runs:/ or models:/ URI), or
     with an already loaded model.
@@ -435,7 +531,8 @@ def predict_recording(bundle_source: str | os.PathLike | LoadedModel, recording:
     read through their cohort's alias table (`cohort`, else the file name's) and `channel_map` (luna alias
     entries, tried first). Raises MissingChannelError when the recording lacks a channel the model needs (or a
     label is ambiguous between cohorts), BundleError for an unusable bundle, PredictionError for a stride
-    outside 1..seq_len.
+    outside 1..seq_len, OutputFolderError when `out_dir` holds another model's predictions (`overwrite` removes
+    them). When the recording fails, its earlier outputs in `out_dir` are removed.
     """
 
     recording = Path(recording)
@@ -446,7 +543,23 @@ def predict_recording(bundle_source: str | os.PathLike | LoadedModel, recording:
     if batch_size < 1:
         raise PredictionError(f"batch_size must be >= 1, got {batch_size}")
     plan_windows(1, seq_len, stride)  # validate the stride before reading a whole night
+    identity = prediction_identity(loaded, stride, cohort, channel_map)
+    if out_dir is None:
+        return _score(loaded, recording, annotations, None, stride, batch_size, device, cohort, channel_map, identity)
+    check_output_folder(out_dir, identity, overwrite)
+    try:
+        return _score(loaded, recording, annotations, Path(out_dir), stride, batch_size, device, cohort, channel_map,
+                      identity)
+    except Exception:
+        remove_outputs(out_dir, output_ids(recording))  # this recording has no current result here
+        raise
 
+
+def _score(loaded: LoadedModel, recording: Path, annotations: Path | None, out_dir: Path | None, stride: int,
+           batch_size: int, device: str | None, cohort: str | None, channel_map, identity: dict) -> PredictionResult:
+    """`predict_recording` once the model, options and output folder are checked."""
+    model, bundle, bundle_path = loaded.model, loaded.bundle, loaded.path
+    seq_len = int(bundle["seq_len"])
     header = read_header(recording)
     trained = PreprocessConfig.from_dict(bundle["preprocess"])
     reader, cohort, detected_from = _reader_for(header, record_id_of(recording, "nsrr"), trained, cohort, channel_map)
@@ -507,7 +620,7 @@ def predict_recording(bundle_source: str | os.PathLike | LoadedModel, recording:
                               report=report, epoch_seconds=config.epoch_seconds)
     if out_dir is not None:
         title = f"{bundle['model']} {bundle.get('stage') or ''}".strip()
-        result.files = _write_outputs(result, Path(out_dir), record.start_time or header.start_time, title)
+        result.files = _write_outputs(result, out_dir, record.start_time or header.start_time, title, identity)
     return result
 
 

@@ -8,7 +8,10 @@ Annotations are found beside each EDF when they follow the NSRR layout (`edfs/` 
 `<id>-nsrr.xml`, else Profusion) or Sleep-EDF's (`SC4ssNE0-PSG.edf` -> `SC4ssNE?-Hypnogram.edf`); a list file
 can name them. The driver then writes `cohort_summary.csv`: one row per night with the predicted sleep
 statistics (YASA's), the model's confidence, agreement when annotations exist, and the input problems found;
-a night that fails is a row with status `failed` and its reason, and the others proceed.
+a night that fails is a row with status `failed` and its reason, its earlier outputs in `out` are removed,
+and the others proceed. A night whose file name is not UTF-8 fails before scoring: its name is written with
+backslash escapes, as a CSV file and a terminal can only show text. `out` holds one model's predictions
+(`distsleep.predict.check_output_folder`).
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ from distsleep.config import ConfigBase
 from distsleep.errors import InputError
 from distsleep.fanout import run_each
 from distsleep.night_metrics import SLEEP_STATISTICS, sleep_statistics
-from distsleep.predict import DEFAULT_BATCH_SIZE, DEFAULT_STRIDE, load_for_prediction, predict_recording, record_id_of
+from distsleep.predict import (DEFAULT_BATCH_SIZE, DEFAULT_STRIDE, SUMMARY_NAME, check_output_folder,
+                               load_for_prediction, output_ids, predict_recording, prediction_identity, record_id_of,
+                               record_identity, remove_outputs)
 from distsleep.runtime import connect_ray
 from distsleep.sources.channel_map import ChannelMap
 
-SUMMARY_NAME = "cohort_summary.csv"
 LOW_CONFIDENCE = 0.5  # an epoch whose top class probability is below this counts as low-confidence
 COLUMNS = (("record", "recording", "annotations", "status", "reason", "epochs", "hours", "mean_confidence",
             "low_confidence_pct") + tuple(SLEEP_STATISTICS) + ("accuracy", "kappa", "input_problems"))
@@ -65,6 +69,7 @@ class PredictManyConfig(ConfigBase):
     address: str | None = None
     progress: bool = True
     tracking_uri: str | None = None
+    overwrite: bool = False  # remove the predictions already in `out` (another model's are refused otherwise)
 
 
 @dataclass
@@ -172,6 +177,31 @@ def _summary_text(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
+def readable(text: str) -> str:
+    """`text` with the bytes of a file name that are not UTF-8 (which Python holds as lone surrogates, '\\udcff')
+    written as backslash escapes ('\\xff'): a UTF-8 CSV file or terminal cannot take them raw."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _unreadable_names(nights: list[NightInput]) -> tuple[list[NightInput], list[dict]]:
+    """(the nights whose paths are text, a failed row for each whose recording or annotation path is not UTF-8):
+    the summary, the console and the output names could only show its bytes escaped, so it is not scored."""
+    usable, failed = [], []
+    for night in nights:
+        bad = [path for path in (night.recording, night.annotations) if path and readable(path) != path]
+        if not bad:
+            usable.append(night)
+            continue
+        failed.append({"record": readable(Path(night.recording).stem), "recording": night.recording,
+                       "annotations": night.annotations or "", "status": "failed",
+                       "reason": f"the path {readable(bad[0])} is not valid UTF-8 (bytes that are not UTF-8 are shown "
+                                 "as \\xNN): give the file, and its annotations, a UTF-8 name to score it"})
+    return usable, failed
+
+
 def _shared_record_ids(nights: list[NightInput]) -> tuple[list[NightInput], list[dict]]:
     """(the nights whose record id is theirs alone, a failed row for each night sharing one): their outputs
     are named after the record id, so two such nights scored at once would overwrite each other's files."""
@@ -208,12 +238,16 @@ def predict_nights(cfg: PredictManyConfig) -> PredictManyResult:
         raise NoNightsError(", ".join(cfg.inputs) or str(cfg.list_file), "no EDF recording found")
     located = resolve(cfg.model, tracking_uri=cfg.tracking_uri)
     data = located.path.read_bytes()
-    load_for_prediction(cfg.model, data=data, name=located.name)  # an unusable model stops here, before any task
+    loaded = load_for_prediction(cfg.model, data=data, name=located.name)  # an unusable model stops here, before any task
     out = Path(cfg.out).resolve()  # Ray tasks run in other working directories
+    identity = prediction_identity(loaded, cfg.stride, cfg.cohort, cfg.channel_map)
+    check_output_folder(out, identity, cfg.overwrite)  # another model's predictions: refused before any task
     out.mkdir(parents=True, exist_ok=True)
+    record_identity(out, identity)
     cfg = cfg.replace(out=str(out))
+    nights, unreadable = _unreadable_names(nights)
     nights, shared = _shared_record_ids(nights)
-    rows += shared
+    rows += unreadable + shared
     connect_ray(cfg.address)
     outcomes = run_each(predict_night, nights, data, cfg, desc="predict", progress=cfg.progress)
     _duplicates(outcomes)
@@ -223,6 +257,13 @@ def predict_nights(cfg: PredictManyConfig) -> PredictManyResult:
         else:
             rows.append({"record": Path(outcome.item.recording).stem, "recording": outcome.item.recording,
                          "annotations": outcome.item.annotations or "", "status": "failed", "reason": outcome.error})
+    # A night that failed now keeps no earlier run's outputs (a task that died never removed them; nights refused
+    # before scoring never ran), unless a night scored now owns that record id.
+    scored = {row["record"] for row in rows if row["status"] == "ok"}
+    for row in rows:
+        if row["status"] != "ok" and row.get("record"):  # inputs naming no recording have no record
+            remove_outputs(out, output_ids(Path(row["recording"])) - scored)
+    rows = [{key: readable(value) if isinstance(value, str) else value for key, value in row.items()} for row in rows]
     summary = out / SUMMARY_NAME
     write_text_atomic(summary, _summary_text(rows))
     return PredictManyResult(rows, summary)

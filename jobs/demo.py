@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     pairs = {rid: (edf, xml) for rid, edf, xml in find_shhs_pairs(cohort)}
     edf, xml = pairs[test_ids[0]]
     os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri)
-    prediction = predict_recording(fine.run_id, edf, annotations=xml, out_dir=workdir / "predictions")
+    # The demo's own folder: a rerun that trained another model replaces its predictions rather than being refused.
+    prediction = predict_recording(fine.run_id, edf, annotations=xml, out_dir=workdir / "predictions", overwrite=True)
     if prediction.metrics:
         print(f"{test_ids[0]}: accuracy {prediction.metrics['accuracy']:.3f}  kappa {prediction.metrics['kappa']:.3f}")
     print("files: " + ", ".join(str(p) for p in prediction.files.values()))

@@ -99,3 +99,29 @@ def test_the_people_a_model_depends_on_are_found_by_what_they_did():
     assert overlap.chose_test == ["shhs1-200002", "shhs1-200003"]
     # A bundle older than the validation record is checked on what it learned from only.
     assert people_overlap(manifest, {"records": {"train": ["shhs1-200005"]}}).chose_test == []
+
+
+def test_an_init_from_source_that_is_not_there_is_named_as_missing(model_file, tmp_path):
+    """--init-from a path that does not exist says so, rather than that it cannot tell what the source was trained
+    on; an existing folder without a bundle or run identity still gets that answer, and a file that is no PyTorch
+    file says that."""
+    from distsleep.train.config import TrainConfig
+    from distsleep.train.identity import RunMismatch, check_init_sources
+
+    manifest = {"records": {"shhs1-200001": {"split": "test", "subject": "200001"}}}
+    missing = tmp_path / "nonexistent.pt"
+    with pytest.raises(RunMismatch) as caught:
+        check_init_sources(TrainConfig(shards="m.json", init_from=str(missing)), manifest, "")
+    message = str(caught.value)
+    assert message.startswith(f"--init-from {missing}: no such file or folder") and "cannot tell" not in message
+
+    (tmp_path / "checkpoint_2026-01-01_00-00-00").mkdir()  # exists, but says nothing about its data
+    with pytest.raises(RunMismatch, match="cannot tell which records it was trained on"):
+        check_init_sources(TrainConfig(shards="m.json", init_from=str(tmp_path / "checkpoint_2026-01-01_00-00-00")),
+                           manifest, "")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00" * 64)
+    with pytest.raises(RunMismatch, match=f"--init-from {garbage}: not a PyTorch model file"):
+        check_init_sources(TrainConfig(shards="m.json", init_from=str(garbage)), manifest, "")
+    found, learned, _ = check_init_sources(TrainConfig(shards="m.json", init_from=str(model_file)), manifest, "")
+    assert learned == ["r1"] and found[str(model_file)]["train_records"] == 1

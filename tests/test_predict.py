@@ -193,6 +193,8 @@ def test_bundle_with_pickled_object_is_refused(tmp_path, bundle_path):
     with pytest.raises(BundleError, match="weights_only") as caught:
         load_model(evil)
     assert str(evil) in str(caught.value)
+    assert "arbitrary code" in str(caught.value) and "NotATensor" in str(caught.value)
+    assert "weights_only=False" not in str(caught.value) and "add_safe_globals" not in str(caught.value)  # unsafe advice
 
 
 def test_training_checkpoint_is_refused(tmp_path, bundle_path):
@@ -262,7 +264,7 @@ def test_outputs_replace_an_earlier_prediction_as_a_whole(night, bundle_path, tm
     first = predict_recording(bundle_path, night["edf"], annotations=night["nsrr"], out_dir=out)
     assert {"metrics", "confusion_png"} <= set(first.files) and (out / f"{RECORD}_metrics.json").is_file()
     second = predict_recording(bundle_path, night["edf"], out_dir=out)
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in second.files.values())
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(p.name for p in second.files.values()), "predictions.json"])
     assert not (out / f"{RECORD}_metrics.json").exists() and not (out / f"{RECORD}_confusion.png").exists()
     with open(second.files["stages_csv"]) as stream:
         assert "true_stage" not in next(csv.reader(stream))
@@ -285,3 +287,77 @@ def test_corrupt_header_or_annotation_values_exit_2(night, bundle_path, tmp_path
     patch_signal(edf, eeg, "digital_max", "-32768")
     assert cli_main(["predict", "--model", str(bundle_path), str(edf)]) == 2
     assert "signal 'EEG' has digital minimum 32767 > digital maximum -32768" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------- output folders
+
+
+def test_a_recording_that_fails_now_leaves_no_earlier_outputs(night, bundle_path, tmp_path):
+    """Scored once, then truncated and scored again into the same folder: its earlier files would otherwise look
+    like the result of the run that failed."""
+    edf = tmp_path / f"{RECORD}.edf"
+    edf.write_bytes(night["edf"].read_bytes())
+    out = tmp_path / "out"
+    predict_recording(bundle_path, edf, annotations=night["nsrr"], out_dir=out)
+    assert (out / f"{RECORD}_stages.csv").is_file() and (out / f"{RECORD}_metrics.json").is_file()
+    edf.write_bytes(edf.read_bytes()[: edf.stat().st_size // 2])
+    with pytest.raises(Exception, match="truncated"):
+        predict_recording(bundle_path, edf, annotations=night["nsrr"], out_dir=out)
+    assert not list(out.glob(f"{RECORD}_*"))
+
+
+def test_a_folder_holds_the_predictions_of_one_model(night, bundle_path, tmp_path):
+    """Another model (or another stride) into a folder of predictions is refused, naming the folder and both
+    models, unless `overwrite` removes the earlier predictions; the same model again, however named, is a rerun."""
+    from distsleep.predict import PREDICTIONS_FILE, OutputFolderError
+
+    other = torch.load(bundle_path, weights_only=True)
+    other["stage"] = "pretrain"
+    other_path = tmp_path / "other" / "model.pt"
+    other_path.parent.mkdir()
+    torch.save(other, other_path)
+    same_path = tmp_path / "copy.pt"  # the same bytes under another name
+    same_path.write_bytes(bundle_path.read_bytes())
+
+    out = tmp_path / "out"
+    first = predict_recording(bundle_path, night["edf"], out_dir=out, stride=5)
+    recorded = json.loads((out / PREDICTIONS_FILE).read_text())
+    assert recorded["model"]["source"] == str(bundle_path) and recorded["settings"]["stride"] == 5
+    assert len(recorded["model"]["sha256"]) == 64
+    csv_before = first.files["stages_csv"].read_bytes()
+    predict_recording(same_path, night["edf"], out_dir=out, stride=5)  # a rerun of the same model: accepted
+    assert first.files["stages_csv"].read_bytes() == csv_before
+
+    with pytest.raises(OutputFolderError) as caught:
+        predict_recording(other_path, night["edf"], out_dir=out, stride=5)
+    message = str(caught.value)
+    assert message.startswith(f"{out}: ") and str(bundle_path) in message and str(other_path) in message
+    assert "--overwrite" in message
+    with pytest.raises(OutputFolderError, match="with --stride 5.*with --stride 1"):
+        predict_recording(bundle_path, night["edf"], out_dir=out, stride=1)
+    assert first.files["stages_csv"].read_bytes() == csv_before  # refused before anything was written
+
+    (out / "notes.txt").write_text("mine")  # not a prediction: kept
+    predict_recording(other_path, night["edf"], out_dir=out, stride=1, overwrite=True)
+    assert json.loads((out / PREDICTIONS_FILE).read_text())["model"]["source"] == str(other_path)
+    assert (out / "notes.txt").read_text() == "mine"
+    report = json.loads((out / f"{RECORD}_input_report.json").read_text())
+    assert report["model"]["stage"] == "pretrain" and report["windows"]["stride"] == 1
+
+
+def test_a_file_that_is_not_a_pytorch_file_is_named_so(night, bundle_path, tmp_path, capsys):
+    """Random bytes or JSON as --model: said to be no PyTorch file, never "objects that can run code" with
+    PyTorch's advice to load with weights_only=False (unsafe); one night or several (named by the user's path)."""
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(np.random.default_rng(0).bytes(4096))
+    as_json = tmp_path / "model.json.pt"
+    as_json.write_text('{"format": "distsleep-model/1"}')
+    for model in (garbage, as_json):
+        with pytest.raises(BundleError, match="not a PyTorch model file") as caught:
+            load_model(model)
+        assert "weights_only=False" not in str(caught.value) and "arbitrary code" not in str(caught.value)
+        for recordings in ([str(night["edf"])], [str(night["edf"].parent)]):
+            assert cli_main(["predict", "--model", str(model), *recordings, "--out", str(tmp_path / "out")]) == 2
+            err = capsys.readouterr().err
+            assert f"{model}: not a PyTorch model file" in err and "weights_only" not in err, err
+    assert not (tmp_path / "out").exists()

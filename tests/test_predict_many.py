@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +122,66 @@ def test_options_of_one_recording_are_refused_for_several(staging_cohort, bundle
                          *option]) == 2
         assert f"{option[0]} goes with one recording" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_a_file_name_that_is_not_utf8_is_a_failed_night(staging_cohort, bundle, tmp_path, ray_local, capsys):
+    """A recording whose name holds a byte that is not UTF-8 (b'\\xff') fails before scoring, shown with the byte
+    escaped, and the other nights are scored and summarised (the summary could not be written with it raw)."""
+    original = sorted(staging_cohort.rglob("*.edf"))[0]
+    folder = (tmp_path / "nights").resolve()
+    folder.mkdir()
+    (folder / original.name).write_bytes(original.read_bytes())
+    with open(os.fsencode(folder) + b"/shhs1-3000\xff11.edf", "wb") as stream:
+        stream.write(original.read_bytes())
+    out = tmp_path / "pred"
+    status = cli_main(["predict", "--model", str(bundle), str(folder), "--out", str(out), "--stride", "5",
+                       "--no-progress"])
+    console = capsys.readouterr().out
+    assert status == 1, console
+
+    rows = list(csv.DictReader(open(out / "cohort_summary.csv", encoding="utf-8")))
+    [failed] = [r for r in rows if r["status"] == "failed"]
+    assert failed["recording"] == f"{folder}/shhs1-3000\\xff11.edf" and failed["record"] == "shhs1-3000\\xff11"
+    assert failed["reason"].startswith(f"the path {folder}/shhs1-3000\\xff11.edf is not valid UTF-8 (bytes that are not "
+                                       "UTF-8 are shown as \\xNN): give the file")
+    assert [r["record"] for r in rows if r["status"] == "ok"] == [original.stem]
+    assert f"FAILED {folder}/shhs1-3000\\xff11.edf: the path" in console and "1 of 2 nights scored" in console
+    assert not [name for name in os.listdir(os.fsencode(out)) if b"\xff" in name]
+
+
+def test_a_rerun_clears_failed_nights_and_another_model_is_not_mixed_in(staging_cohort, bundle, tmp_path, ray_local,
+                                                                        capsys):
+    """Into the same --out: a night that fails now keeps none of the files an earlier run wrote for it; another
+    model is refused (naming the folder and both models) unless --overwrite removes the earlier predictions."""
+    folder = tmp_path / "nights"
+    folder.mkdir()
+    broken, kept = (folder / edf.name for edf in sorted(staging_cohort.rglob("*.edf"))[:2])
+    for edf in sorted(staging_cohort.rglob("*.edf"))[:2]:
+        (folder / edf.name).write_bytes(edf.read_bytes())
+    out = tmp_path / "pred"
+    common = ["predict", str(folder), "--out", str(out), "--stride", "5", "--no-progress"]
+    assert cli_main([*common, "--model", str(bundle)]) == 0
+    assert list(out.glob(f"{broken.stem}_*"))
+
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
+    assert cli_main([*common, "--model", str(bundle)]) == 1  # the same model again: a rerun
+    rows = {r["record"]: r for r in csv.DictReader(open(out / "cohort_summary.csv"))}
+    assert rows[broken.stem]["status"] == "failed" and "truncated" in rows[broken.stem]["reason"]
+    assert not list(out.glob(f"{broken.stem}_*")) and rows[kept.stem]["status"] == "ok"
+    capsys.readouterr()
+
+    other = write_bundle(tmp_path / "other" / "model.pt", trained_on=("shhs1-999999",))  # other bytes, other model
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert cli_main([*common, "--model", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out.resolve()}: holds the predictions of model {bundle} (" in err, err
+    assert f"this run's model is {other} (" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # refused before anything was written
+
+    assert cli_main([*common, "--model", str(other), "--overwrite"]) == 1
+    assert json.loads((out / "predictions.json").read_text())["model"]["source"] == str(other)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["cohort_summary.csv", "predictions.json",
+         *(f"{kept.stem}{s}" for s in ("_stages.csv", "_hypnogram.edf", "_hypnogram.png", "_input_report.json"))])
+    report = json.loads((out / f"{kept.stem}_input_report.json").read_text())
+    assert report["model"]["requested"] == str(other)

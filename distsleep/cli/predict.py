@@ -22,7 +22,9 @@ DESCRIPTION = ("Score every 30-s epoch of recordings with a model bundle. Each r
                "annotations found beside them (NSRR or Sleep-EDF layout), and cohort_summary.csv lists every night: "
                "sleep statistics, confidence, input problems, or why it failed. NSRR nights are read through their "
                "cohort's channel table (--cohort, else the file name's); a label that differs between cohorts (MESA "
-               "EEG1 is Fz-Cz, not C4-A1) needs --cohort or --channel-map. Exit status: 0 every night scored, 1 some "
+               "EEG1 is Fz-Cz, not C4-A1) needs --cohort or --channel-map. predictions.json records the model and "
+               "settings of --out's predictions; another model's are not mixed in (--overwrite replaces them), and "
+               "a night that fails leaves no earlier outputs. Exit status: 0 every night scored, 1 some "
                "nights failed (the others are done), 2 nothing could be scored (the message names the file and the "
                "problem).")
 
@@ -43,6 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channel-map", metavar="FILE",
                    help="luna-style alias file, lines 'role|label|label...' (e.g. eeg_c4|EEG3), tried before the tables")
     p.add_argument("--out", default=".", help="output folder, created if needed (default: the current folder)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="first remove the predictions already in --out (every <record>_* file predict writes, "
+                        "cohort_summary.csv, predictions.json); without it, a folder holding another model's predictions "
+                        "(or ones made with another --stride, --cohort or --channel-map) is refused")
     p.add_argument("--stride", type=int, default=DEFAULT_STRIDE,
                    help="epochs between windows, 1..sequence length (default %(default)s: every window, each epoch "
                         "averaged over up to L windows; larger is faster)")
@@ -65,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             result = predict_recording(args.model, args.recordings[0], annotations=args.annotations, out_dir=args.out,
                                        stride=args.stride, batch_size=args.batch_size, device=args.device,
-                                       cohort=args.cohort, channel_map=channel_map)
+                                       cohort=args.cohort, channel_map=channel_map, overwrite=args.overwrite)
         except PredictionError as error:
             print(f"distsleep predict: error: {error}", file=sys.stderr)
             return 2
@@ -82,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = PredictManyConfig(model=args.model, inputs=tuple(args.recordings), list_file=args.list_file, out=args.out,
                             find_annotations=not args.no_find_annotations, stride=args.stride, batch_size=args.batch_size,
                             cohort=args.cohort, channel_map=channel_map, address=args.address,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, overwrite=args.overwrite)
     try:
         result = predict_nights(cfg)
     except PredictionError as error:

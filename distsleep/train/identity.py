@@ -135,7 +135,7 @@ def _identity_near(path: Path) -> dict | None:
 
 def source_data(source: str, tracking_uri: str) -> dict | None:
     """{"manifest_hash", "records": {split: ids}, "trained_before": ids, "selected_before": ids} of the run or
-    bundle a run starts from, or None if unknown."""
+    bundle a run starts from, or None if unknown; BundleError when there is no such source."""
     path = Path(source)
     if path.is_dir():
         identity = _identity_near(path)
@@ -150,7 +150,9 @@ def source_data(source: str, tracking_uri: str) -> dict | None:
     try:
         located = bundle.resolve(source, bundle.MODEL, tracking_uri=tracking_uri)
     except bundle.BundleError:
-        return None  # a checkpoint folder without an identity file, or nothing usable: unknown
+        if path.is_dir():
+            return None  # a checkpoint folder without an identity file: it exists, but what it learned is unknown
+        raise  # no such file, or a run/model that cannot be fetched: say that, not "cannot tell what it learned"
     blob = bundle.load_file(located.path)
     return blob.get("data") if isinstance(blob, dict) else None
 
@@ -158,12 +160,15 @@ def source_data(source: str, tracking_uri: str) -> dict | None:
 def check_init_sources(cfg, manifest: dict, tracking_uri: str) -> tuple[dict[str, dict], list[str], list[str]]:
     """({source: its data}, the records all sources learned from, the records that chose their weights) for
     `cfg.init_from` and `cfg.init_parts`. RunMismatch when a source learned from a person of this run's
-    validation or test records or was chosen on a person of its test records (`bundle.people_overlap`), or does
-    not say what it trained on."""
+    validation or test records or was chosen on a person of its test records (`bundle.people_overlap`), does
+    not say what it trained on, or is not there (no such file, an MLflow run or model that cannot be fetched)."""
     sources = [s for s in [cfg.init_from, *getattr(cfg, "init_parts", {}).values()] if s]
     found, learned, selected = {}, set(), set()
     for source in sources:
-        data = source_data(str(source), tracking_uri)
+        try:
+            data = source_data(str(source), tracking_uri)
+        except bundle.BundleError as error:  # e.g. no such file: the source itself is at fault, named as given
+            raise RunMismatch(f"--init-from {source}: {error.problem if error.path == str(source) else error}") from error
         if data is None:
             raise RunMismatch(f"--init-from {source}: cannot tell which records it was trained on (no {IDENTITY_FILE}, "
                               "bundle data or data.json artifact), so its training records cannot be kept out of this "
