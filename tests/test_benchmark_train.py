@@ -7,6 +7,7 @@ comparison needs a Ray cluster of its own, so it is not run here.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -133,3 +134,19 @@ def test_inference_measurement_scores_every_test_epoch(shards, tmp_path):
     assert result["device"] == "cpu" and result["max_abs_difference"] == 0.0 and result["stage_agreement"] == 1.0
     assert result["epochs_per_s"] > 0 and result["cpu_epochs_per_s"] > 0
     assert "evaluate/predict scoring of 1 test record(s)" in format_result({"changes": {}, **result})
+
+
+def test_a_step_is_an_optimizer_step_over_the_accumulated_micro_batches(shards, tmp_path):
+    """With DeepSpeed's gradient_accumulation_steps 2, each step of the trainer draws 2 micro-batches and steps
+    the optimizer and the LR schedule once, so max_steps, val_every and the schedule count what the paper counts
+    (one micro-batch per step ended a cosine schedule at half its course)."""
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"gradient_accumulation_steps": 2}))
+    cfg = bench_train_config(shards, tmp_path, workers=1, model_size="small", batch_size=4, seq_len=5, steps=3,
+                             warmup=1, loader_workers=0, log_every=2)
+    cfg.deepspeed_config = str(ds)
+    assert cfg.gradient_accumulation == 2 and cfg.per_worker_batch == 2
+    result = run_isolated("engine", cfg, 3, 1, timeout=300)
+    assert "error" not in result, result.get("error")
+    assert (result["optimizer_steps"], result["micro_steps"], result["scheduler_steps"]) == (4, 8, 4)
+    assert result["losses_finite"] and result["timed_steps"] == 3

@@ -207,9 +207,10 @@ def measure_engine(cfg: TrainConfig, steps: int, warmup: int, *, fixed_batch: bo
     tick = time.perf_counter()
     for step in range(1, warmup + steps + 1):
         t0 = time.perf_counter()
-        batch = fixed if fixed is not None else next(batches)
+        # a step's micro-batches (gradient accumulation) fetched first, so that the wait is the loader's alone
+        micro = [fixed if fixed is not None else next(batches) for _ in range(cfg.gradient_accumulation)]
         waits.append(time.perf_counter() - t0)
-        pending.add(step, train_step(trainer, batch, cfg))
+        pending.add(step, train_step(trainer, iter(micro), cfg))
         if step % cfg.log_every == 0:
             losses += [values["loss"] for _, values in pending.drain()]
         now = time.perf_counter()
@@ -228,9 +229,13 @@ def measure_engine(cfg: TrainConfig, steps: int, warmup: int, *, fixed_batch: bo
         **paper_comparison(cfg, statistics.median(seconds[warmup:])),
         "median_batch_wait_s": statistics.median(waits[warmup:]), **_loss_trend(losses),
         "params_finite": all(bool(torch.isfinite(p).all()) for p in module.parameters()),
+        # one step = one optimizer step of gradient_accumulation_steps micro-batches (train_step)
+        "optimizer_steps": int(trainer.engine.global_steps), "micro_steps": int(trainer.engine.micro_steps),
+        "scheduler_steps": int(trainer.scheduler.last_epoch) if trainer.scheduler is not None else None,
     }
     if profile_steps:
-        result["profile"] = _profile(lambda: train_step(trainer, fixed if fixed is not None else next(batches), cfg),
+        result["profile"] = _profile(lambda: train_step(trainer, iter([fixed] * cfg.gradient_accumulation)
+                                                        if fixed is not None else batches, cfg),
                                      profile_steps, device)
     if full:
         result.update(_full_checks(cfg, trainer, stream, device))

@@ -212,8 +212,9 @@ def train_loop_per_worker(config: dict) -> None:
 
     step = state["step"]
     stop = state.get("stopped_early", False) or step >= cfg.max_steps
-    batches = endless_batches(loader, start_epoch=step // per_epoch)
-    epochs_per_batch = batch * cfg.seq_len * world
+    # `step` counts optimizer steps, `per_epoch` each rank's micro-batches of one loader epoch.
+    batches = endless_batches(loader, start_epoch=step * cfg.gradient_accumulation // per_epoch)
+    epochs_per_batch = cfg.batch_size * cfg.seq_len  # the global batch of one optimizer step
     pending, lrs = StepMetrics(), {}
     tick, tick_step = time.perf_counter(), step
 
@@ -229,7 +230,7 @@ def train_loop_per_worker(config: dict) -> None:
         tick, tick_step = now, step
 
     while not stop:
-        losses = train_step(trainer, next(batches), cfg)
+        losses = train_step(trainer, batches, cfg)
         step += 1
         if rank == 0:
             pending.add(step, losses)

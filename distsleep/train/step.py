@@ -19,6 +19,7 @@ What keeps the GPU busy (each item removes a host-device synchronisation or a co
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,16 +121,25 @@ def batch_to_device(batch: TrainBatch, device: torch.device) -> TrainBatch:
     return batch.to_device(device, non_blocking=device.type == "cuda")
 
 
-def train_step(engine: Engine, batch: TrainBatch, cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    """Forward, backward, clip and optimizer step on one batch; returns the step's detached loss tensors
-    (still on the device: nothing here waits for the GPU)."""
-    batch = batch_to_device(batch, engine.device)
-    out = engine.engine(batch.signals, labels=targets(cfg.task, batch.labels, batch.events), stage=cfg.stage)
-    engine.engine.backward(out["loss"])
-    if engine.clip is not None and engine.engine.is_gradient_accumulation_boundary():
-        torch.nn.utils.clip_grad_norm_(engine.clip, engine.grad_clip, foreach=True)
-    engine.engine.step()
-    return {k: v.detach() for k, v in out.items() if k.startswith("loss") or k in LOGGED_OUTPUTS}
+def train_step(engine: Engine, batches: Iterator[TrainBatch], cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """One optimizer step: forward and backward on DeepSpeed's `gradient_accumulation_steps` micro-batches drawn
+    from `batches`, then clip and step. A step is an optimizer step, as `max_steps`, `val_every`, the LR schedule
+    and the paper count them (one micro-batch per call let a schedule over optimizer steps end at 1/accumulation
+    of its course, and a validation land between micro-batches). Returns the detached losses, averaged over the
+    micro-batches (still on the device: nothing here waits for the GPU)."""
+    accumulation = int(engine.ds_config.get("gradient_accumulation_steps", 1))
+    total: dict[str, torch.Tensor] = {}
+    for _ in range(accumulation):
+        batch = batch_to_device(next(batches), engine.device)
+        out = engine.engine(batch.signals, labels=targets(cfg.task, batch.labels, batch.events), stage=cfg.stage)
+        engine.engine.backward(out["loss"])
+        if engine.clip is not None and engine.engine.is_gradient_accumulation_boundary():
+            torch.nn.utils.clip_grad_norm_(engine.clip, engine.grad_clip, foreach=True)
+        engine.engine.step()
+        for key, value in out.items():
+            if key.startswith("loss") or key in LOGGED_OUTPUTS:
+                total[key] = total[key] + value.detach() if key in total else value.detach()
+    return {key: value / accumulation for key, value in total.items()} if accumulation > 1 else total
 
 
 def full_fp32_state(engine) -> dict:
