@@ -212,7 +212,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     step = state["step"]
     stop = state.get("stopped_early", False) or step >= cfg.max_steps
-    batches = endless_batches(loader, start_epoch=step // per_epoch)
+    batches = endless_batches(loader, start_step=step)
     epochs_per_batch = batch * cfg.seq_len * world
     pending, lrs = StepMetrics(), {}
     tick, tick_step = time.perf_counter(), step
