@@ -7,11 +7,13 @@ was cut from, and we can check that the labels, events and uV values belong to e
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import json
 import pickle
 import tarfile
+import weakref
 from collections import Counter
 from pathlib import Path
 
@@ -20,12 +22,14 @@ import pytest
 import torch
 import webdataset as wds
 
+import distsleep.shards.loader as loader_module
 from distsleep.errors import MissingChannelError
 from distsleep.shards.format import ShardSample, encode_sample, read_shard, shard_bytes, write_shard
 from distsleep.shards.loader import (
     LoaderConfig,
     batches_per_epoch,
     count_train_sequences,
+    endless_batches,
     eval_batches,
     eval_sequences,
     load_manifest,
@@ -301,6 +305,73 @@ def test_train_dataset_pickles_and_selects_channels(dataset):
     assert len(batches) == 3 and batches[0].signals.shape == (2, 3, 1, SAMPLES)
     pickle.loads(pickle.dumps(stream))  # a started stream still pickles (for spawned workers)
     assert len(list(stream)) == 3
+
+
+@pytest.mark.parametrize("channels", [None, ["eog"]])
+def test_train_windows_own_their_data_so_a_cut_night_is_freed(dataset, monkeypatch, channels):
+    """The shuffle buffer holds windows of many nights (~170 per worker at 2000 windows): a window that were a view
+    into its night would keep the whole night (6 MB, ~42 MB multimodal) in memory while it waits there. Here every
+    window the stream cuts is kept, as a buffer would, and every night but the one being cut must be freed."""
+    manifest, base = load_manifest(dataset["root"])
+    urls = shard_urls(manifest, "train", base)
+    nights, windows = [], []  # weak references to each visited night's arrays; every window cut (strong)
+    load_night, cut = loader_module._load_night, loader_module._windows
+
+    def owner(array: np.ndarray) -> np.ndarray:  # the array holding the memory (a night's arrays may be views)
+        while isinstance(array.base, np.ndarray):
+            array = array.base
+        return array
+
+    def recorded_night(*args):
+        night = load_night(*args)
+        nights.append([weakref.ref(owner(a)) for a in (night.codes, night.labels, night.events)])
+        return night
+
+    def recorded_windows(*args):
+        for window in cut(*args):
+            windows.append(window)
+            yield window
+
+    monkeypatch.setattr(loader_module, "_load_night", recorded_night)
+    monkeypatch.setattr(loader_module, "_windows", recorded_windows)
+    cfg = LoaderConfig(seq_len=5, batch_size=4, shuffle_buffer=200, num_workers=0, seed=1, channels=channels)
+    stream = train_dataset(urls, cfg, world_size=1, rank=0, batches_per_epoch=10)
+    assert len(list(stream)) == 10
+    gc.collect()
+    assert len(nights) >= 15 and len(windows) >= 200
+    for codes, _, _, labels, events in windows:
+        assert codes.base is None and labels.base is None and events.base is None, "a window is a view"
+    alive = [i for i, refs in enumerate(nights) if any(ref() is not None for ref in refs)]
+    assert alive == [len(nights) - 1], "windows in the buffer keep their nights alive"
+
+
+def test_a_resumed_stream_does_not_replay_the_batches_of_its_epoch(dataset):
+    """A run resumed at step s inside epoch e must not rebuild epoch e's stream from its start, or it trains again
+    on the batches it already had; a fresh run's (and a resume at an epoch boundary's) stream is as before."""
+    manifest, base = load_manifest(dataset["root"])
+    urls = shard_urls(manifest, "train", base)
+    cfg = LoaderConfig(seq_len=5, batch_size=4, shuffle_buffer=64, num_workers=2, seed=7)
+    per_epoch = 10
+
+    def run(start_step: int, n: int = 6) -> tuple[list[tuple[str, int]], list[list[int]]]:
+        loader = make_train_loader(urls, cfg, world_size=2, rank=1, batches_per_epoch=per_epoch)
+        batches = endless_batches(loader, start_step=start_step)
+        taken = [next(batches) for _ in range(n)]
+        windows = [window_identity(dataset, b.signals[i], b.labels[i], b.events[i]) for b in taken for i in range(4)]
+        return windows, [loader.dataset.seeds(w) for w in range(cfg.num_workers)]
+
+    def parent_seeds(epoch: int) -> list[list[int]]:  # the formula before resumes had their own seeds
+        return [[int(s) for s in np.random.SeedSequence([7, 1, w, epoch]).generate_state(3)] for w in range(2)]
+
+    fresh, seeds = run(0)
+    assert seeds == parent_seeds(0)
+    epoch2, seeds = run(2 * per_epoch)  # a resume at an epoch boundary starts that epoch's stream, as before
+    assert seeds == parent_seeds(2) and epoch2 != fresh
+    resumed, seeds = run(2 * per_epoch + 3)
+    assert seeds != parent_seeds(2)
+    assert resumed != epoch2 and len(set(resumed) & set(epoch2)) < len(epoch2) // 2, "the resume replays its epoch"
+    assert run(2 * per_epoch + 3)[0] == resumed, "a resumed stream must be reproducible"
+    assert run(2 * per_epoch + 4)[0] != resumed
 
 
 # -------------------------------------------------------------------------------------------- evaluation

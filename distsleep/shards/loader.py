@@ -18,7 +18,7 @@ collective: run the forward passes with no gradient sync, then gather the per-ra
 
 The rank and world size are always passed explicitly, never read from RANK/WORLD_SIZE or
 torch.distributed. Tests and Ray Train then behave the same, and the stream is reproducible from
-(seed, rank, worker, epoch).
+(seed, rank, worker, epoch), plus the step a run resumed at when it resumed mid-epoch (`TrainStream.seeds`).
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ def _check_rank(world_size: int, rank: int) -> None:
 
 @dataclass
 class _Night:
-    """One decoded night. The signals stay int16 codes so that windows are views and the buffer stays small."""
+    """One decoded night. The signals stay int16 codes, so that windows (and the shuffle buffer) stay small."""
 
     record_id: str
     source: str
@@ -373,14 +373,18 @@ def physical_values(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tens
     return codes.float() * scale[:, None, :, None] + offset[:, None, :, None]
 
 
-# codes view, scale, offset (or None), labels view, events view
+# codes, scale, offset (or None), labels, events; codes/labels/events are copies owning their data (`_windows`)
 _Window = tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]
 
 
 def _windows(nights: Iterable[_Night], seq_len: int, rng: random.Random, n_urls: int,
              per_visit: int | None = None) -> Iterator[_Window]:
     """L-epoch windows of each night (start 0 .. n_epochs-L) in random order, at most `per_visit` per
-    night (None: ceil(n_epochs / L); 0: all); short nights give none."""
+    night (None: ceil(n_epochs / L); 0: all); short nights give none.
+
+    Each window's codes, labels and events are copied out of the night: a view would keep the whole night
+    (6 MB single-channel, ~42 MB multimodal) alive for as long as any of its windows waits in the shuffle
+    buffer, i.e. ~170 nights per worker at 2000 windows. Scale and offset are a few floats per night, shared."""
     seen = produced = 0
     for night in nights:
         seen += 1
@@ -389,8 +393,8 @@ def _windows(nights: Iterable[_Night], seq_len: int, rng: random.Random, n_urls:
         cap = -(-night.n_epochs // seq_len) if per_visit is None else per_visit
         for s in starts[:cap] if cap > 0 else starts:
             produced += 1
-            yield (night.codes[s:s + seq_len], night.scale, night.offset, night.labels[s:s + seq_len],
-                   night.events[s:s + seq_len])
+            yield (night.codes[s:s + seq_len].copy(), night.scale, night.offset, night.labels[s:s + seq_len].copy(),
+                   night.events[s:s + seq_len].copy())
         if produced == 0 and seen >= 10 * n_urls + 10:
             # Without this guard, a resampled stream over nights that are all too short would spin forever.
             raise ValueError(f"none of the {n_urls} training shards has a night of at least seq_len={seq_len} epochs")
@@ -420,8 +424,8 @@ class TrainStream(IterableDataset):
     """One rank's endless training stream, cut into epochs of exactly `batches_per_epoch` batches.
 
     In each DataLoader worker, the webdataset pipeline is built on first use with seeds derived from
-    (cfg.seed, rank, worker, epoch). It then stays open, so later epochs continue the stream without
-    refilling the shuffle buffer. Keep the workers persistent (`make_train_loader` does): with
+    (cfg.seed, rank, worker, epoch[, resume step]) (`seeds`). It then stays open, so later epochs continue the
+    stream without refilling the shuffle buffer. Keep the workers persistent (`make_train_loader` does): with
     non-persistent workers each epoch gets a new worker process and the pipeline is rebuilt; then call
     `set_epoch(e)` before each epoch, or every epoch repeats the same batches.
 
@@ -449,11 +453,14 @@ class TrainStream(IterableDataset):
         self.rank = rank
         self.batches_per_epoch = batches_per_epoch
         self.epoch = 0
+        self.resume_step: int | None = None
         self._stream: Iterator[TrainBatch] | None = None
 
-    def set_epoch(self, epoch: int) -> None:
-        """Seed for pipelines built from now on. Only needed with non-persistent workers (see class doc)."""
+    def set_epoch(self, epoch: int, resume_step: int | None = None) -> None:
+        """Seed for pipelines built from now on. Needed with non-persistent workers (see class doc) and when a
+        run resumes: `resume_step` is the step it resumed at when that step is inside `epoch` (see `seeds`)."""
         self.epoch = epoch
+        self.resume_step = resume_step
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -462,7 +469,13 @@ class TrainStream(IterableDataset):
 
     def seeds(self, worker: int) -> list[int]:
         """Independent seeds for (shard sampler, window order, shuffle buffer) of one worker of this rank."""
-        sequence = np.random.SeedSequence([self.cfg.seed, self.rank, worker, self.epoch])
+        key = [self.cfg.seed, self.rank, worker, self.epoch]
+        if self.resume_step is not None:
+            # A run resumed mid-epoch would otherwise rebuild that epoch's stream from its start and train again on
+            # the batches it already had (the stream is resampled, so it cannot skip ahead cheaply); the step makes
+            # a new stream. Only then: a fresh run's seeds, and so every earlier result, stay as they were.
+            key.append(self.resume_step)
+        sequence = np.random.SeedSequence(key)
         return [int(s) for s in sequence.generate_state(3)]
 
     def pipeline(self, worker: int) -> wds.DataPipeline:
@@ -512,14 +525,16 @@ def make_train_loader(
     )
 
 
-def endless_batches(loader: DataLoader, start_epoch: int = 0) -> Iterator[TrainBatch]:
+def endless_batches(loader: DataLoader, start_step: int = 0) -> Iterator[TrainBatch]:
     """The loader's batches across epochs without end: each time an epoch runs out, the next one starts
-    (`set_epoch`, so a resumed run continues with the stream of the epoch it stopped in)."""
-    epoch = start_epoch
+    (`set_epoch`). A run resumed at `start_step` (batches already trained on) starts in the epoch of that step;
+    inside an epoch, with seeds that include the step, so it does not replay the epoch's first batches."""
+    epoch, into = divmod(start_step, loader.dataset.batches_per_epoch)
+    loader.dataset.set_epoch(epoch, start_step if into else None)
     while True:
-        loader.dataset.set_epoch(epoch)
         yield from loader
         epoch += 1
+        loader.dataset.set_epoch(epoch)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation

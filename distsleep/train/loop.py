@@ -212,8 +212,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     step = state["step"]
     stop = state.get("stopped_early", False) or step >= cfg.max_steps
-    # `step` counts optimizer steps, `per_epoch` each rank's micro-batches of one loader epoch.
-    batches = endless_batches(loader, start_epoch=step * cfg.gradient_accumulation // per_epoch)
+    # `step` counts optimizer steps; the loader, each rank's micro-batches (gradient accumulation x per step).
+    batches = endless_batches(loader, start_step=step * cfg.gradient_accumulation)
     epochs_per_batch = cfg.batch_size * cfg.seq_len  # the global batch of one optimizer step
     pending, lrs = StepMetrics(), {}
     tick, tick_step = time.perf_counter(), step
