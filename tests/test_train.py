@@ -322,6 +322,45 @@ def test_a_relaunch_under_a_name_must_be_the_same_run(bundle_lost, shards):
                                                  if e["split"] == "test")
 
 
+def test_a_zero_partitioned_run_resumes_only_on_its_number_of_workers(tmp_path):
+    """At ZeRO 1/2 each worker's checkpoint holds its partition of the optimizer state, which DeepSpeed loads on
+    that number of workers only (it failed on every worker after start-up): another --num-workers is refused
+    before launch once the run has checkpoints. At ZeRO 0 any number resumes it."""
+    from distsleep.train.driver import guarded_launch
+    from distsleep.train.identity import check_identity, run_identity
+
+    manifest = {"config_hash": "c", "records": {"shhs1-1": {"split": "train", "sha256": "a"},
+                                                "shhs1-2": {"split": "val", "sha256": "b"}}}
+
+    def launch(name: str, **changes) -> None:
+        cfg = tiny(tmp_path / "manifest.json", tmp_path, name=name, **changes)
+        (tmp_path / "runs" / name).mkdir(parents=True, exist_ok=True)
+        check_identity(str(tmp_path / "runs" / name), run_identity(cfg, manifest))
+
+    launch("zero1", zero_stage=1, num_workers=2)
+    recorded = json.loads((tmp_path / "runs" / "zero1" / "run_identity.json").read_text())
+    assert (recorded["config"]["zero_stage"], recorded["num_workers"]) == (1, 2), "the first launch records both"
+    # No checkpoint yet (a first launch that never got its workers): another count starts the run afresh, and is its count.
+    launch("zero1", zero_stage=1, num_workers=4)
+    assert json.loads((tmp_path / "runs" / "zero1" / "run_identity.json").read_text())["num_workers"] == 4
+    (tmp_path / "runs" / "zero1" / "checkpoint_000000").mkdir()
+    launch("zero1", zero_stage=1, num_workers=4)  # its own count resumes it
+    storage = tmp_path / "runs" / "zero1"
+    cfg = tiny(tmp_path / "manifest.json", tmp_path, name="zero1", zero_stage=1, num_workers=2)
+    with pytest.raises(LaunchError, match=rf"run 'zero1' in {storage} trains at ZeRO stage 1 with --num-workers 4, and "
+                                          rf"this launch has --num-workers 2: .* Relaunch with --num-workers 4 to resume "
+                                          rf"it, or start a new run .* another --name and --init-from {storage} "):
+        with guarded_launch(cfg, manifest, str(storage)):
+            pass
+    with pytest.raises(RunMismatch, match=r"its config \(zero_stage: 1 -> 0\)"):  # the stage cannot change either
+        launch("zero1", zero_stage=0, num_workers=4)
+
+    launch("zero0", num_workers=2)  # ZeRO 0, the default: rank 0's one file, loaded by any number of workers
+    (tmp_path / "runs" / "zero0" / "checkpoint_000000").mkdir()
+    launch("zero0", num_workers=4)
+    launch("zero0", num_workers=1, batch_size=32)
+
+
 def test_a_changed_checkpoint_is_refused_before_loading(bundle_lost, shards):
     import shutil
 

@@ -1,4 +1,5 @@
-"""TrainConfig and the DeepSpeed config built from it (pure functions; no cluster)."""
+"""TrainConfig and the DeepSpeed config built from it, and the step's helpers (no cluster; one test starts a
+two-process gloo group)."""
 
 from __future__ import annotations
 
@@ -166,6 +167,75 @@ def test_step_metrics_keep_every_step_and_read_once():
     with pytest.raises(ValueError, match="reports metrics"):
         pending.add(4, {"loss": torch.tensor(1.0)})
         pending.add(5, {"other": torch.tensor(1.0)})
+
+
+def _bn_model():
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    model.register_buffer("constant", torch.zeros(3), persistent=False)  # e.g. a positional encoding
+    return model
+
+
+def _average_on_rank(rank: int, world: int, init_file: str, queue) -> None:
+    """One rank of a real gloo group: BatchNorm statistics from its own batches, then `average_buffers`."""
+    import torch
+    import torch.distributed as dist
+
+    from distsleep.train.step import average_buffers
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = _bn_model()  # same weights on every rank, as DeepSpeed starts them
+        generator = torch.Generator().manual_seed(100 + rank)
+        with torch.no_grad():
+            for _ in range(rank + 1):  # another number of batches per rank, so num_batches_tracked differs too
+                model(torch.randn(8, 4, generator=generator) * (rank + 1) + rank)
+            model.constant.fill_(rank)
+        before = {k: v.clone() for k, v in model.named_buffers()}
+        average_buffers(model)
+        queue.put((rank, before, {k: v.clone() for k, v in model.named_buffers()},
+                   {k: v.detach().clone() for k, v in model.named_parameters()}))
+    except BaseException:  # said to the test, which would otherwise wait for this rank forever
+        import traceback
+        queue.put((rank, traceback.format_exc(), None, None))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_batchnorm_statistics_are_averaged_over_ranks(tmp_path):
+    """DeepSpeed broadcasts buffers only at start, so each rank's running statistics follow its own batches;
+    before validation every rank gets their mean, and integer and non-persistent buffers are left alone."""
+    import torch
+    import torch.multiprocessing as mp
+
+    from distsleep.train.step import average_buffers
+
+    context = mp.get_context("spawn")
+    queue = context.SimpleQueue()
+    workers = [context.Process(target=_average_on_rank, args=(r, 2, str(tmp_path / "init"), queue)) for r in range(2)]
+    for worker in workers:
+        worker.start()
+    results = sorted((queue.get() for _ in workers), key=lambda r: r[0])
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert not [r[1] for r in results if isinstance(r[1], str)]
+    (_, before0, after0, params0), (_, before1, after1, params1) = results
+    for name in ("1.running_mean", "1.running_var"):
+        assert not torch.allclose(before0[name], before1[name]), f"{name} should differ before"
+        assert torch.equal(after0[name], after1[name]), f"{name} not identical on both ranks"
+        assert torch.allclose(after0[name], (before0[name] + before1[name]) / 2, rtol=1e-6), name
+    assert (after0["1.num_batches_tracked"].item(), after1["1.num_batches_tracked"].item()) == (1, 2)
+    assert (after0["constant"].tolist(), after1["constant"].tolist()) == ([0.0] * 3, [1.0] * 3)
+    assert all(torch.equal(params0[k], params1[k]) for k in params0), "parameters untouched"
+
+    alone = _bn_model()  # no process group: nothing to average with
+    alone(torch.randn(8, 4))
+    kept = {k: v.clone() for k, v in alone.state_dict().items()}
+    average_buffers(alone)
+    assert all(torch.equal(kept[k], v) for k, v in alone.state_dict().items())
 
 
 def test_global_batch_is_split_over_workers_with_an_explicit_lr_rule(tmp_path):

@@ -7,9 +7,11 @@ manifest hash over the records, their splits and the sha256 of their shards, and
 split), and every later launch must match it: another manifest (other data, even with the same name and
 preprocessing) or another config is refused with what differs and how to start a new run. Options that
 only say how far or where to run (max steps, validation cadence, number of workers and their CPUs, tracking,
-storage) may change. The checkpoints found there are verified against their checksums before anything loads them, and
-the launch holds STORAGE/NAME/.launch.lock while it runs, so a second launch of the same name at once is
-refused (naming the first). STORAGE may be an s3:// prefix: the identity file and lock are objects there.
+storage) may change, except the number of workers of a run at ZeRO stage 1 or 2 once it has checkpoints (their
+optimizer state is partitioned over its workers; `_check_workers`). The checkpoints found there are verified
+against their checksums before anything loads them, and the launch holds STORAGE/NAME/.launch.lock while it
+runs, so a second launch of the same name at once is refused (naming the first). STORAGE may be an s3://
+prefix: the identity file and lock are objects there.
 
 `--init-from` / `--init-part` sources are identified the same way (a run's identity file, a bundle's
 "data", an MLflow run's data.json): a run is refused when a person of its validation or test records was
@@ -61,6 +63,7 @@ def run_identity(cfg, manifest: dict, augmentations: list[dict] = (), trained_be
     only through its sources, which its config names)."""
     config = json.loads(json.dumps(identity_config(cfg), default=str))
     return {"format": IDENTITY_FORMAT, "name": cfg.name, "config": config, "config_hash": canonical_hash(config),
+            "num_workers": cfg.num_workers,  # operational, but what a ZeRO 1/2 run's checkpoints are partitioned over
             "manifest": str(cfg.shards), "manifest_hash": manifest_hash(manifest),
             "augmentation_hash": canonical_hash([manifest_hash(a) for a in augmentations]),
             "records": split_records(manifest), "trained_before": sorted(trained_before),
@@ -98,6 +101,34 @@ def check_identity(storage: str, identity: dict) -> None:
         raise RunMismatch(f"run {name!r} in {storage} was started with other " + "; other ".join(differences)
                           + f". Relaunching a --name resumes that run, so it must be the same run: relaunch with its "
                             f"--shards and options to resume it, or give a new --name (or remove {storage}) to start a new run")
+    _check_workers(storage, before, identity, path)
+
+
+def _check_workers(storage: str, before: dict, identity: dict, path: str) -> None:
+    """Refuse another number of workers for a ZeRO 1/2 run that has checkpoints.
+
+    At ZeRO 1/2 each worker saves its partition of the optimizer state, and DeepSpeed's load_checkpoint refuses
+    another data-parallel world size on every worker, after start-up ("Automatic adjustment of ZeRO's optimizer
+    state partitioning with a new world size is not currently supported"). At ZeRO 0 (the default) the model
+    and the whole torch optimizer state are one file written by rank 0 (mp_rank_00_model_states.pt) that every
+    rank loads, and DeepSpeed 0.19 only reads ZeRO partition files when ZeRO is on (`zero_enabled`: stage > 0),
+    so any number of workers resumes it (checked: a 2-worker ZeRO 0 checkpoint loads on 1 and on 3 workers, a
+    ZeRO 1 one raises the error above on 1). The ZeRO stage is part of the config, so it cannot change either.
+    """
+    stage, workers, recorded = identity["config"].get("zero_stage", 0), identity["num_workers"], before.get("num_workers")
+    if not stage or recorded in (None, workers):  # None: an identity of an earlier version (not checked)
+        return
+    if store.children(storage, bundle.CHECKPOINT_GLOB):
+        # --init-from reads a local run folder (its latest checkpoint carries the best weights), not an s3:// one
+        source = ("--init-from with a local copy of its latest checkpoint_* folder"
+                  if store.is_url(storage) else f"--init-from {storage}")
+        raise RunMismatch(f"run {identity['name']!r} in {storage} trains at ZeRO stage {stage} with --num-workers "
+                          f"{recorded}, and this launch has --num-workers {workers}: its checkpoints hold the optimizer "
+                          f"state partitioned over {recorded} workers, which DeepSpeed cannot load on {workers}. "
+                          f"Relaunch with --num-workers {recorded} to resume it, or start a new run from its weights "
+                          f"with another --name and {source} (a fresh optimizer state)")
+    # Nothing saved yet (e.g. the first launch never got its workers): this launch's count becomes the run's.
+    store.write_json(path, {**before, "num_workers": workers})
 
 
 def verify_checkpoints(storage: str) -> None:

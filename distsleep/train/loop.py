@@ -42,7 +42,8 @@ from distsleep.train.config import TrainConfig
 from distsleep.train.driver import worker_context
 from distsleep.train.evaluate import evaluate
 from distsleep.train.inputs import check_parts, input_roles, loader_config, model_and_config, stream_urls
-from distsleep.train.step import DS_TAG, StepMetrics, build_engine, full_fp32_state, plain_state_keys, train_step
+from distsleep.train.step import (DS_TAG, StepMetrics, average_buffers, build_engine, full_fp32_state, plain_state_keys,
+                                  train_step)
 
 def _node() -> str:
     """This worker's node: its IP (distinct per node, also on one machine) and host name."""
@@ -184,6 +185,9 @@ def train_loop_per_worker(config: dict) -> None:
     def validate_and_checkpoint(step: int) -> bool:
         """Validation, best tracking, early stopping and the checkpoint report; True to stop."""
         nonlocal best_weights
+        # Every rank's BatchNorm statistics made the mean over ranks (DeepSpeed broadcasts buffers only at start):
+        # one model is validated, and the best weights and checkpoint hold what every rank holds.
+        average_buffers(engine.module)
         metrics, _ = evaluate(engine.module, val_urls, loader_cfg, world, rank, device, autocast_dtype, cfg.task,
                               batch_size=cfg.resolved_eval_batch_size)
         value = metrics[cfg.select_metric]

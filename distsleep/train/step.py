@@ -156,6 +156,32 @@ def full_fp32_state(engine) -> dict:
     return state
 
 
+def average_buffers(module: torch.nn.Module) -> None:
+    """Replace every rank's persistent floating-point buffers (BatchNorm running mean and variance) by their mean
+    over the ranks, in place; a collective, a no-op without a process group or with one rank.
+
+    DeepSpeed broadcasts buffers once, when the engine starts (torch DDP re-broadcasts them every forward), so
+    each rank's running statistics follow its own batches: without this, validation would score each rank's
+    share of nights with a slightly different model, and the checkpoint would keep rank 0's. The mean over
+    ranks is about the statistics of the global batch, what SyncBatchNorm would give at evaluation. Integer
+    buffers (num_batches_tracked) agree already; non-persistent ones are constants (positional encodings).
+    """
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    saved = module.state_dict(keep_vars=True)
+    buffers = [b for name, b in module.named_buffers() if name in saved and b.is_floating_point()]
+    if not buffers:
+        return
+    # One all-reduce of them all, in float64: tiny, and buffers that agree (frozen BatchNorms) stay bit-exact.
+    flat = torch.cat([b.detach().reshape(-1).double() for b in buffers])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for buffer, mean in zip(buffers, flat.split([b.numel() for b in buffers])):
+        buffer.data.copy_(mean.view_as(buffer))
+
+
 class StepMetrics:
     """Per-step scalar metrics held on the device and read back in one copy per `drain()`.
 
