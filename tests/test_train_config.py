@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from distsleep.config import flatten
@@ -193,10 +194,12 @@ def _average_on_rank(rank: int, world: int, init_file: str, queue) -> None:
             for _ in range(rank + 1):  # another number of batches per rank, so num_batches_tracked differs too
                 model(torch.randn(8, 4, generator=generator) * (rank + 1) + rank)
             model.constant.fill_(rank)
-        before = {k: v.clone() for k, v in model.named_buffers()}
+        # NumPy copies, pickled by value: a tensor would travel as a shared-memory handle that this process
+        # must still serve when the test reads it, and the rank may have exited by then.
+        before = {k: v.numpy().copy() for k, v in model.named_buffers()}
         average_buffers(model)
-        queue.put((rank, before, {k: v.clone() for k, v in model.named_buffers()},
-                   {k: v.detach().clone() for k, v in model.named_parameters()}))
+        queue.put((rank, before, {k: v.numpy().copy() for k, v in model.named_buffers()},
+                   {k: v.detach().numpy().copy() for k, v in model.named_parameters()}))
     except BaseException:  # said to the test, which would otherwise wait for this rank forever
         import traceback
         queue.put((rank, traceback.format_exc(), None, None))
@@ -224,12 +227,12 @@ def test_batchnorm_statistics_are_averaged_over_ranks(tmp_path):
     assert not [r[1] for r in results if isinstance(r[1], str)]
     (_, before0, after0, params0), (_, before1, after1, params1) = results
     for name in ("1.running_mean", "1.running_var"):
-        assert not torch.allclose(before0[name], before1[name]), f"{name} should differ before"
-        assert torch.equal(after0[name], after1[name]), f"{name} not identical on both ranks"
-        assert torch.allclose(after0[name], (before0[name] + before1[name]) / 2, rtol=1e-6), name
+        assert not np.allclose(before0[name], before1[name]), f"{name} should differ before"
+        assert np.array_equal(after0[name], after1[name]), f"{name} not identical on both ranks"
+        assert np.allclose(after0[name], (before0[name] + before1[name]) / 2, rtol=1e-6), name
     assert (after0["1.num_batches_tracked"].item(), after1["1.num_batches_tracked"].item()) == (1, 2)
     assert (after0["constant"].tolist(), after1["constant"].tolist()) == ([0.0] * 3, [1.0] * 3)
-    assert all(torch.equal(params0[k], params1[k]) for k in params0), "parameters untouched"
+    assert all(np.array_equal(params0[k], params1[k]) for k in params0), "parameters untouched"
 
     alone = _bn_model()  # no process group: nothing to average with
     alone(torch.randn(8, 4))
